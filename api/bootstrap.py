@@ -1,0 +1,61 @@
+"""Composition root: the one place that builds the archive's backends from configuration."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+from api.config import Settings
+from ingest.blobs import BlobStore, open_blob_store
+from projections.catalogue import EventCatalogue
+from projections.sinks import WarehouseSink
+from projections.warehouse import Warehouse, open_warehouse
+from streams import EventLog, open_event_log
+from streams.processing import Processor, Sink
+from streams.topics import archive_topics
+
+
+@dataclass
+class Archive:
+    settings: Settings
+    event_log: EventLog
+    blobs: BlobStore
+    _warehouse: Warehouse | None = field(default=None, repr=False)
+
+    @property
+    def warehouse(self) -> Warehouse:
+        # opened on first use: chdb locks its directory, and not every command needs it
+        if self._warehouse is None:
+            self._warehouse = open_warehouse(self.settings.warehouse_url)
+        return self._warehouse
+
+    def processors(self) -> list[Processor]:
+        return [EventCatalogue()]
+
+    def bindings(self, names: Sequence[str] = ()) -> list[tuple[Processor, Sink]]:
+        chosen = [p for p in self.processors() if not names or p.name in names]
+        unknown = set(names) - {p.name for p in chosen}
+        if unknown:
+            raise ValueError(f"unknown processor(s) {sorted(unknown)}")
+        return [(p, WarehouseSink(self.warehouse, getattr(p, "ddl", ()))) for p in chosen]
+
+    def close(self) -> None:
+        self.event_log.close()
+        self.blobs.close()
+        if self._warehouse is not None:
+            self._warehouse.close()
+
+
+def bootstrap(settings: Settings | None = None, *, create: bool = True) -> Archive:
+    """Open every backend named by ``settings``; with ``create``, make topics exist."""
+    settings = settings or Settings.from_env()
+    settings.home.mkdir(parents=True, exist_ok=True)
+    event_log = open_event_log(settings.event_log_url)
+    try:
+        blobs = open_blob_store(settings.blob_store_url)
+    except Exception:
+        event_log.close()
+        raise
+    if create:
+        event_log.ensure_topics(archive_topics(settings.partitions))
+    return Archive(settings, event_log, blobs)

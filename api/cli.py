@@ -1,0 +1,229 @@
+"""The ``cami`` command.
+
+Exit codes: 0 success, 1 the operation failed (message on stderr), 2 usage error.
+``--json`` prints machine-readable output on stdout for scripts.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import logging
+import signal
+import sys
+import threading
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+from rich.table import Table
+
+from api.config import Settings
+
+console = Console(stderr=True)
+out = Console()
+
+
+def _print_json(data: Any) -> None:
+    sys.stdout.write(json.dumps(data, ensure_ascii=False, indent=2, default=str) + "\n")
+
+
+# -- cami schemas ------------------------------------------------------------------------------
+def cmd_schemas(args: argparse.Namespace) -> int:
+    from schemas.registry import registry
+    from streams.topics import topic_for
+
+    rows: list[dict[str, Any]] = [
+        {
+            "event_type": name,
+            "version": s.current.version,
+            "fingerprint": s.current.fingerprint.hex(),
+            "topic": topic_for(name),
+            "released": s.frozen,
+            "phi_fields": sorted(s.phi_fields),
+        }
+        for name, s in sorted(registry().events.items())
+    ]
+    if args.json:
+        _print_json(rows)
+        return 0
+    table = Table(title="Event schemas (Avro single-object encoding)")
+    for col in ("event type", "version", "fingerprint", "topic", "patient data fields"):
+        table.add_column(col)
+    for r in rows:
+        table.add_row(r["event_type"], str(r["version"]), r["fingerprint"], r["topic"], ", ".join(r["phi_fields"]))
+    out.print(table)
+    return 0
+
+
+# -- cami status -------------------------------------------------------------------------------
+def archive_state(settings: Settings) -> dict[str, Any]:
+    """What each backend holds: events per topic, blob store reachability, read-model rows."""
+    from api.bootstrap import bootstrap
+    from streams.topics import SOURCE_OF_TRUTH
+
+    archive = bootstrap(settings)
+    try:
+        topics = {t: sum(archive.event_log.end_offsets(t).values()) for t in SOURCE_OF_TRUTH}
+        catalogue = archive.warehouse
+        catalogue.command(_catalogue_ddl())
+        by_type = catalogue.query(
+            "SELECT event_type, count() FROM (SELECT * FROM event_catalogue FINAL) GROUP BY event_type ORDER BY 1"
+        ).rows
+        return {
+            "settings": settings.describe(),
+            "event_log": {"backend": archive.event_log.backend, "events_per_topic": topics},
+            "blobs": {"backend": archive.blobs.backend},
+            "clickhouse": {
+                "backend": catalogue.backend,
+                "catalogue_rows": {name: count for name, count in by_type},
+            },
+        }
+    finally:
+        archive.close()
+
+
+def _catalogue_ddl() -> str:
+    from projections.catalogue import DDL
+
+    return DDL
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    state = archive_state(Settings.from_env())
+    if args.json:
+        _print_json(state)
+        return 0
+    _render_state(state)
+    return 0
+
+
+def _render_state(state: dict[str, Any]) -> None:
+    table = Table(title="CAMI backbone")
+    table.add_column("part")
+    table.add_column("backend")
+    table.add_column("where")
+    table.add_column("holds")
+    settings = state["settings"]
+    events = state["event_log"]["events_per_topic"]
+    table.add_row(
+        "event log",
+        state["event_log"]["backend"],
+        settings["event_log"],
+        ", ".join(f"{t}: {n}" for t, n in events.items()),
+    )
+    table.add_row("blob store", state["blobs"]["backend"], settings["blobs"], "")
+    rows = state["clickhouse"]["catalogue_rows"]
+    table.add_row(
+        "ClickHouse",
+        state["clickhouse"]["backend"],
+        settings["clickhouse"],
+        ", ".join(f"{t}: {n}" for t, n in rows.items()) or "no rows yet",
+    )
+    out.print(table)
+
+
+# -- cami demo ---------------------------------------------------------------------------------
+def cmd_demo(args: argparse.Namespace) -> int:
+    from api.demo import run_demo
+
+    settings = Settings.from_env()
+    summary = run_demo(settings, console=console)
+    state = archive_state(settings)
+    if args.json:
+        _print_json({"demo": summary, "state": state})
+    else:
+        _render_state(state)
+        out.print(f"Demo data in [bold]{settings.home}[/bold]; run [bold]cami status[/bold] to see it again.")
+    return 0
+
+
+# -- cami workers ------------------------------------------------------------------------------
+def cmd_workers(args: argparse.Namespace) -> int:
+    from api.bootstrap import bootstrap
+    from streams.processing import EmbeddedRunner, Processor, Sink
+    from streams.sinks import JsonLinesSink
+
+    settings = Settings.from_env()
+    archive = bootstrap(settings)
+    bindings: list[tuple[Processor, Sink]]
+    if args.jsonl:
+        sink = JsonLinesSink(Path(args.jsonl))
+        bindings = [(p, sink) for p in archive.processors() if not args.processor or p.name in args.processor]
+    else:
+        bindings = archive.bindings(args.processor or ())
+    if archive.event_log.backend == "kafka":
+        from streams.faust_app import create_app, run_worker
+        from streams.kafka import KafkaEventLog
+
+        assert isinstance(archive.event_log, KafkaEventLog)
+        app = create_app(archive.event_log.bootstrap, bindings, datadir=settings.home / "faust")
+        console.print(f"faust worker: {', '.join(p.name for p, _ in bindings)} on {archive.event_log.bootstrap}")
+        run_worker(app, loglevel=args.loglevel)
+        return 0
+    runner = EmbeddedRunner(archive.event_log, bindings)
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    runner.start()
+    console.print(f"embedded workers: {', '.join(p.name for p, _ in bindings)} (Ctrl-C stops)")
+    with contextlib.suppress(KeyboardInterrupt):
+        stop.wait()
+    runner.stop()
+    archive.close()
+    return 0
+
+
+# -- parser ------------------------------------------------------------------------------------
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="cami",
+        description="CAMI, the regional Central Archive of Medical Images (event-sourced DICOM archive).",
+        epilog="Backends come from CAMI_EVENT_LOG, CAMI_BLOBS, CAMI_CLICKHOUSE (see README, Configuration).",
+    )
+    parser.add_argument("-v", "--verbose", action="store_true", help="log what happens (stderr)")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("demo", help="start the archive on embedded defaults with synthetic data and report it")
+    p.add_argument("--json", action="store_true", help="print the summary as JSON")
+    p.set_defaults(func=cmd_demo)
+
+    p = sub.add_parser("status", help="show each backend and what it holds")
+    p.add_argument("--json", action="store_true", help="print as JSON")
+    p.set_defaults(func=cmd_status)
+
+    p = sub.add_parser("schemas", help="list event types, schema versions and fingerprints")
+    p.add_argument("--json", action="store_true", help="print as JSON")
+    p.set_defaults(func=cmd_schemas)
+
+    p = sub.add_parser("workers", help="run the stream processors (Faust on Kafka, threads on the embedded log)")
+    p.add_argument("--processor", action="append", help="run only this processor (repeatable)")
+    p.add_argument("--jsonl", help="write rows to this JSON-lines file instead of ClickHouse")
+    p.add_argument("--loglevel", default="warning", help="Faust worker log level")
+    p.set_defaults(func=cmd_workers)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=logging.INFO if args.verbose else logging.WARNING,
+        stream=sys.stderr,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    try:
+        code: int = args.func(args)
+    except KeyboardInterrupt:
+        return 130
+    except Exception as exc:  # one clear line for people; the traceback only with -v
+        if args.verbose:
+            console.print_exception()
+        console.print(f"[red]cami {args.command}: {type(exc).__name__}: {exc}[/red]")
+        return 1
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,62 @@
+"""Configuration: a few environment variables with local defaults (12-factor style).
+
+=====================  ==========================================  =================================
+variable               meaning                                     default
+=====================  ==========================================  =================================
+CAMI_HOME              data directory of the embedded backends      ./cami-data
+CAMI_EVENT_LOG         event log URL                                sqlite:///$CAMI_HOME/events.db
+CAMI_BLOBS             blob store URL                               file:///$CAMI_HOME/blobs
+CAMI_CLICKHOUSE        ClickHouse URL                               chdb:///$CAMI_HOME/clickhouse
+CAMI_PARTITIONS        partitions of newly created topics           6
+=====================  ==========================================  =================================
+
+Real servers: ``CAMI_EVENT_LOG=kafka://broker1:9092,broker2:9092?replication=3&min_insync=2``,
+``CAMI_BLOBS=s3://bucket?endpoint=https://s3.region.local`` (credentials from the usual
+AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY), ``CAMI_CLICKHOUSE=clickhouse://user:pass@host:8123/cami``.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+
+@dataclass(frozen=True)
+class Settings:
+    home: Path
+    event_log_url: str
+    blob_store_url: str
+    warehouse_url: str
+    partitions: int = 6
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
+        env = os.environ if env is None else env
+        home = Path(env.get("CAMI_HOME", "cami-data")).expanduser().resolve()
+        return cls(
+            home=home,
+            event_log_url=env.get("CAMI_EVENT_LOG", f"sqlite://{home}/events.db"),
+            blob_store_url=env.get("CAMI_BLOBS", f"file://{home}/blobs"),
+            warehouse_url=env.get("CAMI_CLICKHOUSE", f"chdb://{home}/clickhouse"),
+            partitions=int(env.get("CAMI_PARTITIONS", "6")),
+        )
+
+    def describe(self) -> dict[str, str]:
+        """The settings without secrets (user:password in URLs masked)."""
+        return {
+            "home": str(self.home),
+            "event_log": _mask(self.event_log_url),
+            "blobs": _mask(self.blob_store_url),
+            "clickhouse": _mask(self.warehouse_url),
+        }
+
+
+def _mask(url: str) -> str:
+    scheme, sep, rest = url.partition("://")
+    if "@" in rest.split("/", 1)[0]:
+        credentials, _, host = rest.partition("@")
+        user = credentials.split(":", 1)[0]
+        return f"{scheme}{sep}{user}:***@{host}"
+    return url

@@ -1,0 +1,169 @@
+# shellcheck shell=bash
+# Shared helpers for the infra/ scripts. Source it; do not execute it.
+#
+# Conventions for every script that sources this file:
+#   - stdout carries only the final useful line (an address); everything else goes to stderr;
+#   - installs go under $CAMI_CACHE (default ~/.cache/cami) and are skipped when already done;
+#   - a started server is detached from the caller (own session) and recorded in DIR/<name>.pid.
+
+CAMI_CACHE="${CAMI_CACHE:-$HOME/.cache/cami}"
+export CAMI_CACHE
+INFRA_DIR="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+CAMI_LOG_PREFIX="${CAMI_LOG_PREFIX:-$(basename "$0" .sh)}"
+
+log() { printf '[%s] %s\n' "$CAMI_LOG_PREFIX" "$*" >&2; }
+
+# Print a message to stderr and exit non-zero.
+die() {
+    printf '[%s] error: %s\n' "$CAMI_LOG_PREFIX" "$*" >&2
+    exit 1
+}
+
+# Only log when CAMI_VERBOSE is set (keeps successful runs quiet).
+debug() { [[ -n "${CAMI_VERBOSE:-}" ]] && log "$@"; return 0; }
+
+require_cmd() {
+    local cmd
+    for cmd in "$@"; do
+        command -v "$cmd" >/dev/null 2>&1 || die "'$cmd' is not on PATH; it is needed by $(basename "$0")"
+    done
+}
+
+# Run "$@" while holding an exclusive lock on FILE, so that parallel installs do not race.
+# Usage: with_lock FILE cmd args...
+with_lock() {
+    local lock_file="$1"
+    shift
+    mkdir -p "$(dirname "$lock_file")"
+    (
+        flock -w 1800 9 || die "timed out waiting for lock $lock_file"
+        "$@"
+    ) 9>"$lock_file"
+}
+
+# Print the last lines of each existing log file to stderr.
+# Usage: show_log_tail LINES FILE...
+show_log_tail() {
+    local lines="$1" f
+    shift
+    for f in "$@"; do
+        [[ -s "$f" ]] || continue
+        printf -- '----- last %s lines of %s -----\n' "$lines" "$f" >&2
+        tail -n "$lines" "$f" >&2 || true
+    done
+}
+
+is_port_number() { [[ "$1" =~ ^[0-9]+$ ]] && (("$1" > 0 && "$1" < 65536)); }
+
+# True when something accepts TCP connections on HOST:PORT.
+port_open() {
+    local host="$1" port="$2"
+    timeout 2 bash -c 'exec 3<>"/dev/tcp/$1/$2"' _ "$host" "$port" 2>/dev/null
+}
+
+# Wait until HOST:PORT accepts connections. Returns 1 after TIMEOUT seconds.
+# Usage: wait_for_port HOST PORT TIMEOUT
+wait_for_port() {
+    local host="$1" port="$2" timeout_s="$3"
+    local deadline=$((SECONDS + timeout_s))
+    until port_open "$host" "$port"; do
+        ((SECONDS < deadline)) || return 1
+        sleep 0.2
+    done
+}
+
+# State letter of a task from its /proc/.../stat file (field 3; field 2 may contain spaces).
+_proc_state() { sed -e 's/^.*) //' "$1" 2>/dev/null | cut -d' ' -f1; }
+
+# True when PID names a live process. A zombie counts as dead only once all of its threads are gone:
+# after SIGKILL a multi-threaded JVM's leader turns Z while other threads still hold its sockets, and
+# the reaper (PID 1 here) may take a while.
+pid_alive() {
+    local pid="$1" state task
+    [[ "$pid" =~ ^[0-9]+$ ]] || return 1
+    state="$(_proc_state "/proc/$pid/stat")"
+    [[ -n "$state" ]] || return 1
+    [[ "$state" == "Z" || "$state" == "X" ]] || return 0
+    for task in "/proc/$pid/task/"*/stat; do
+        state="$(_proc_state "$task")"
+        [[ -z "$state" || "$state" == "Z" || "$state" == "X" ]] || return 0
+    done
+    return 1
+}
+
+# Print the pid stored in PIDFILE if that process is alive and its command line contains MARKER
+# (guards against pid reuse). Returns 1 otherwise.
+# Usage: read_live_pid PIDFILE MARKER
+read_live_pid() {
+    local pid_file="$1" marker="$2" pid
+    [[ -f "$pid_file" ]] || return 1
+    pid="$(tr -dc '0-9' <"$pid_file")"
+    pid_alive "$pid" || return 1
+    tr '\0' ' ' <"/proc/$pid/cmdline" 2>/dev/null | grep -qF -- "$marker" || return 1
+    printf '%s\n' "$pid"
+}
+
+# Wait until PID is gone. Returns 1 after TIMEOUT seconds.
+wait_pid_gone() {
+    local pid="$1" timeout_s="$2"
+    local deadline=$((SECONDS + timeout_s))
+    while pid_alive "$pid"; do
+        ((SECONDS < deadline)) || return 1
+        sleep 0.1
+    done
+}
+
+# Start "$@" detached from the caller (new session, stdin from /dev/null, output to LOGFILE)
+# and write its pid to PIDFILE. The recorded pid is the server process itself (exec), so
+# signals sent to it reach the server and not a wrapper shell.
+# Usage: spawn_detached PIDFILE LOGFILE cmd args...
+spawn_detached() {
+    local pid_file="$1" out_file="$2"
+    shift 2
+    rm -f "$pid_file"
+    setsid -f bash -c 'echo $$ >"$1.tmp" && mv -f "$1.tmp" "$1" && shift && exec "$@"' \
+        _ "$pid_file" "$@" </dev/null >>"$out_file" 2>&1
+    local deadline=$((SECONDS + 10))
+    until [[ -s "$pid_file" ]]; do
+        ((SECONDS < deadline)) || die "process did not record its pid in $pid_file"
+        sleep 0.05
+    done
+}
+
+# SIGTERM, wait up to TIMEOUT seconds, then SIGKILL. Removes PIDFILE.
+# Usage: stop_pid_file PIDFILE MARKER TIMEOUT
+stop_pid_file() {
+    local pid_file="$1" marker="$2" timeout_s="$3" pid
+    if ! pid="$(read_live_pid "$pid_file" "$marker")"; then
+        debug "not running ($pid_file)"
+        rm -f "$pid_file"
+        return 0
+    fi
+    kill -TERM "$pid" 2>/dev/null || true
+    if ! wait_pid_gone "$pid" "$timeout_s"; then
+        log "pid $pid did not exit ${timeout_s}s after SIGTERM; sending SIGKILL"
+        kill -KILL "$pid" 2>/dev/null || true
+        wait_pid_gone "$pid" 10 || die "pid $pid survived SIGKILL"
+    fi
+    rm -f "$pid_file"
+}
+
+# SIGKILL immediately (crash simulation) and wait until the process is gone. Removes PIDFILE.
+# Usage: kill_pid_file PIDFILE MARKER
+kill_pid_file() {
+    local pid_file="$1" marker="$2" pid
+    if ! pid="$(read_live_pid "$pid_file" "$marker")"; then
+        debug "not running ($pid_file)"
+        rm -f "$pid_file"
+        return 0
+    fi
+    kill -KILL "$pid" 2>/dev/null || true
+    wait_pid_gone "$pid" 10 || die "pid $pid survived SIGKILL"
+    rm -f "$pid_file"
+}
+
+# Absolute path of DIR (created if needed).
+abs_dir() {
+    mkdir -p "$1"
+    (cd "$1" && pwd)
+}

@@ -1,0 +1,29 @@
+"""Write projection rows into ClickHouse through the :class:`Warehouse` interface."""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+from projections.warehouse.base import Warehouse
+from streams.processing import Row
+
+
+class WarehouseSink:
+    """Batch-inserts rows per table. Idempotency comes from the tables' engines and keys
+    (ReplacingMergeTree on the event's log position), not from this class."""
+
+    def __init__(self, warehouse: Warehouse, ddl: Iterable[str] = ()) -> None:
+        self.warehouse = warehouse
+        for statement in ddl:
+            warehouse.command(statement)
+
+    def write(self, rows: Sequence[Row]) -> None:
+        by_table: dict[str, list[Row]] = defaultdict(list)
+        for row in rows:
+            by_table[row.table].append(row)
+        for table, table_rows in by_table.items():
+            columns = list(table_rows[0].values)
+            values: list[list[Any]] = [[r.values[c] for c in columns] for r in table_rows]
+            self.warehouse.insert(table, columns, values)

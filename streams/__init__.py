@@ -1,0 +1,52 @@
+"""Kafka plumbing: the event log interface, its two backends, topics and processors."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from urllib.parse import parse_qs, urlsplit
+
+from streams.log import Consumer, EventLog, EventLogError, EventLogUnavailable, Position, Record, TopicSpec
+
+__all__ = [
+    "Consumer",
+    "EventLog",
+    "EventLogError",
+    "EventLogUnavailable",
+    "Position",
+    "Record",
+    "TopicSpec",
+    "open_event_log",
+]
+
+
+def open_event_log(url: str) -> EventLog:
+    """``sqlite:///abs/path/events.db`` (embedded) or ``kafka://host:port[,host:port]?options``.
+
+    Kafka options: ``replication`` (topic replication factor, default 1), ``min_insync``
+    (min.insync.replicas for new topics), ``delivery_timeout_ms`` (how long an append may wait).
+    """
+    parts = urlsplit(url)
+    if parts.scheme == "sqlite":
+        if not parts.path or parts.netloc:
+            raise ValueError(f"embedded log URL must be sqlite:///absolute/path, got {url!r}")
+        from streams.embedded import EmbeddedEventLog
+
+        return EmbeddedEventLog(Path(parts.path))
+    if parts.scheme == "kafka":
+        if not parts.netloc:
+            raise ValueError(f"Kafka URL must name the bootstrap servers: kafka://host:port, got {url!r}")
+        options = {k: v[-1] for k, v in parse_qs(parts.query).items()}
+        known = {"replication", "min_insync", "delivery_timeout_ms", "client_id"}
+        unknown = set(options) - known
+        if unknown:
+            raise ValueError(f"unknown Kafka URL option(s) {sorted(unknown)}; known: {sorted(known)}")
+        from streams.kafka import KafkaEventLog
+
+        return KafkaEventLog(
+            parts.netloc,
+            replication_factor=int(options.get("replication", 1)),
+            min_insync_replicas=int(options["min_insync"]) if "min_insync" in options else None,
+            delivery_timeout_ms=int(options.get("delivery_timeout_ms", 15_000)),
+            client_id=options.get("client_id", "cami"),
+        )
+    raise ValueError(f"unsupported event log URL scheme {parts.scheme!r} (use sqlite:/// or kafka://)")

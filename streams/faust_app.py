@@ -1,0 +1,83 @@
+"""The Faust (faust-streaming) app that runs processors against Kafka.
+
+Topology is declared here; processing is the same pure :func:`streams.processing.process_batch`
+the embedded runner calls. Each processor becomes one agent reading its topics as raw bytes
+(our Avro codec decodes them, not Faust's serializers). Agents take events in batches and Faust
+acknowledges them only after the batch was written by the sink, so offsets are committed after
+the rows are durable (at-least-once). Several worker processes with the same app id share the
+partitions between them (Kafka consumer group = app id).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator, Callable, Coroutine, Sequence
+from pathlib import Path
+from typing import Any
+
+import faust
+
+from streams.processing import Processor, Sink, Source, process_batch
+
+log = logging.getLogger("cami.faust")
+
+#: the consumer group of the projection workers
+DEFAULT_APP_ID = "cami-processors"
+
+
+def faust_broker_url(bootstrap: str) -> str:
+    """Faust's broker URL for a comma-separated bootstrap list."""
+    return ";".join(f"kafka://{server}" for server in bootstrap.split(","))
+
+
+def _agent(processor: Processor, sink: Sink) -> Callable[[Any], Coroutine[Any, Any, None]]:
+    async def agent(stream: Any) -> None:
+        loop = asyncio.get_running_loop()
+        batches: AsyncIterator[Sequence[Any]] = stream.take_events(500, within=0.2)
+        async for events in batches:
+            records = [
+                (Source(e.message.topic, e.message.partition, e.message.offset), e.message.value) for e in events
+            ]
+            result = process_batch(processor, records)
+            if result.rows:
+                # sinks do blocking I/O; keep the event loop (heartbeats, fetches) responsive
+                await loop.run_in_executor(None, sink.write, result.rows)
+
+    agent.__name__ = f"agent_{processor.name}"
+    return agent
+
+
+def create_app(
+    bootstrap: str,
+    bindings: Sequence[tuple[Processor, Sink]],
+    *,
+    app_id: str = DEFAULT_APP_ID,
+    datadir: Path | None = None,
+) -> faust.App:
+    app = faust.App(
+        app_id,
+        broker=faust_broker_url(bootstrap),
+        datadir=str(datadir) if datadir else None,
+        web_enabled=False,
+        # our topics are created by the archive (retention forever); Faust must not redeclare them
+        topic_allow_declare=False,
+        topic_disable_leader=True,
+        consumer_auto_offset_reset="earliest",
+        key_serializer="raw",
+        value_serializer="raw",
+        broker_commit_every=100,
+        broker_commit_interval=1.0,
+    )
+    for processor, sink in bindings:
+        topic = app.topic(
+            *processor.topics, key_type=bytes, value_type=bytes, key_serializer="raw", value_serializer="raw"
+        )
+        app.agent(topic, name=processor.name)(_agent(processor, sink))
+    return app
+
+
+def run_worker(app: faust.App, loglevel: str = "warning") -> None:
+    """Run the app's worker in this process until it is stopped (SIGTERM/SIGINT)."""
+    worker = faust.Worker(app, loglevel=loglevel, quiet=True)
+    worker.execute_from_commandline()

@@ -1,0 +1,299 @@
+"""Kafka event log on confluent-kafka (librdkafka).
+
+Producer: idempotent, ``acks=all``, Java-compatible ``murmur2_random`` partitioner; ``append``
+returns when the delivery report arrives, which with ``acks=all`` means every in-sync replica
+has the event. A background thread serves delivery callbacks (``poll``) so many appends can be
+in flight at once. Consumers never auto-commit: a processor commits after it has applied what it
+polled, which is what makes delivery at-least-once.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+import uuid
+from collections.abc import Iterable, Mapping, Sequence
+from concurrent.futures import Future
+from typing import Any
+
+from confluent_kafka import (
+    OFFSET_BEGINNING,
+    ConsumerGroupTopicPartitions,
+    KafkaError,
+    KafkaException,
+    Message,
+    Producer,
+    TopicPartition,
+)
+from confluent_kafka import Consumer as _KafkaConsumer
+from confluent_kafka.admin import AdminClient, NewTopic, OffsetSpec  # type: ignore[attr-defined]
+
+from streams.log import Consumer, EventLog, EventLogError, EventLogUnavailable, Position, Record, TopicSpec
+
+
+class KafkaEventLog(EventLog):
+    backend = "kafka"
+
+    def __init__(
+        self,
+        bootstrap: str,
+        *,
+        replication_factor: int = 1,
+        min_insync_replicas: int | None = None,
+        delivery_timeout_ms: int = 15_000,
+        client_id: str = "cami",
+        extra_config: Mapping[str, Any] | None = None,
+    ) -> None:
+        self.bootstrap = bootstrap
+        self.replication_factor = replication_factor
+        self.min_insync_replicas = min_insync_replicas
+        self._common: dict[str, Any] = {"bootstrap.servers": bootstrap, "client.id": client_id}
+        self._common.update(extra_config or {})
+        self._producer = Producer(
+            {
+                **self._common,
+                "enable.idempotence": True,
+                "acks": "all",
+                "partitioner": "murmur2_random",
+                "linger.ms": 2,
+                # how long an append may wait for the broker before it fails (the sender then
+                # gets a failure status, never a success for an event that is not durable)
+                "message.timeout.ms": delivery_timeout_ms,
+            }
+        )
+        self._admin = AdminClient(self._common)
+        self._closed = threading.Event()
+        self._poller = threading.Thread(target=self._poll_loop, name="cami-kafka-delivery", daemon=True)
+        self._poller.start()
+        self._reader_lock = threading.Lock()
+        self._reader: _KafkaConsumer | None = None
+
+    def _poll_loop(self) -> None:
+        while not self._closed.is_set():
+            self._producer.poll(0.05)
+
+    # -- topics ----------------------------------------------------------------------------------
+    def ensure_topics(self, topics: Iterable[TopicSpec]) -> None:
+        wanted = list(topics)
+        existing = set(self._metadata(None).topics)
+        new = []
+        for spec in wanted:
+            if spec.name in existing:
+                continue
+            config = {"retention.ms": str(spec.retention_ms), **spec.config}
+            if self.min_insync_replicas is not None:
+                config["min.insync.replicas"] = str(self.min_insync_replicas)
+            new.append(NewTopic(spec.name, spec.partitions, self.replication_factor, config=config))
+        if new:
+            for name, future in self._admin.create_topics(new, operation_timeout=30).items():
+                try:
+                    future.result()
+                except KafkaException as exc:
+                    if exc.args[0].code() != KafkaError.TOPIC_ALREADY_EXISTS:
+                        raise EventLogError(f"cannot create topic {name}: {exc}") from exc
+        # wait until every partition has a leader, so the first append does not race creation
+        deadline = time.monotonic() + 30
+        for spec in wanted:
+            while True:
+                meta = self._metadata(spec.name).topics.get(spec.name)
+                if (
+                    meta is not None
+                    and meta.error is None
+                    and meta.partitions
+                    and all(p.leader >= 0 for p in meta.partitions.values())
+                ):
+                    break
+                if time.monotonic() > deadline:
+                    raise EventLogUnavailable(f"topic {spec.name} has no leader after 30 s")
+                time.sleep(0.1)
+
+    def _metadata(self, topic: str | None) -> Any:
+        try:
+            return self._admin.list_topics(topic=topic, timeout=10)
+        except KafkaException as exc:
+            raise EventLogUnavailable(f"Kafka at {self.bootstrap} is unreachable: {exc}") from exc
+
+    def partitions(self, topic: str) -> list[int]:
+        meta = self._metadata(topic).topics.get(topic)
+        if meta is None or meta.error is not None:
+            raise EventLogError(f"unknown topic {topic!r}")
+        return sorted(meta.partitions)
+
+    # -- append ------------------------------------------------------------------------------------
+    def append_async(
+        self, topic: str, key: bytes, value: bytes, headers: Sequence[tuple[str, bytes]] = ()
+    ) -> Future[Position]:
+        future: Future[Position] = Future()
+        if self._closed.is_set():
+            future.set_exception(EventLogError("event log is closed"))
+            return future
+
+        def delivered(err: KafkaError | None, msg: Message) -> None:
+            if err is not None:
+                future.set_exception(EventLogUnavailable(f"append to {topic!r} failed: {err.str()}"))
+            else:
+                future.set_result(Position(topic, msg.partition() or 0, msg.offset() or 0))
+
+        while True:
+            try:
+                self._producer.produce(topic, value=value, key=key, headers=list(headers), on_delivery=delivered)
+                break
+            except BufferError:
+                time.sleep(0.01)  # the local queue is full; the poller thread drains it
+            except KafkaException as exc:
+                future.set_exception(EventLogError(f"append to {topic!r} refused: {exc}"))
+                break
+        return future
+
+    # -- reading -------------------------------------------------------------------------------------
+    def _group_consumer(self, group: str, **extra: Any) -> _KafkaConsumer:
+        return _KafkaConsumer(
+            {
+                **self._common,
+                "group.id": group,
+                "enable.auto.commit": False,
+                "enable.auto.offset.store": False,
+                "auto.offset.reset": "earliest",
+                **extra,
+            }
+        )
+
+    def read(self, topic: str, partition: int, offset: int = 0, max_records: int = 1000) -> list[Record]:
+        with self._reader_lock:
+            if self._reader is None:
+                self._reader = self._group_consumer(f"cami-reader-{uuid.uuid4()}")
+            reader = self._reader
+            low, high = reader.get_watermark_offsets(TopicPartition(topic, partition), timeout=10)
+            start = max(offset, low)
+            if start >= high:
+                return []
+            reader.assign([TopicPartition(topic, partition, start)])
+            out: list[Record] = []
+            deadline = time.monotonic() + 30
+            want = min(max_records, high - start)
+            while len(out) < want and time.monotonic() < deadline:
+                for msg in reader.consume(num_messages=want - len(out), timeout=1.0):
+                    if msg.error() is None:
+                        out.append(_record(msg))
+            reader.unassign()
+            return out
+
+    def end_offsets(self, topic: str) -> dict[int, int]:
+        latest = OffsetSpec.latest()  # type: ignore[no-untyped-call]
+        request = {TopicPartition(topic, p): latest for p in self.partitions(topic)}
+        result = {}
+        for tp, future in self._admin.list_offsets(request, request_timeout=10).items():
+            result[tp.partition] = future.result().offset
+        return result
+
+    def committed(self, group: str, topic: str) -> dict[int, int]:
+        request = [ConsumerGroupTopicPartitions(group, [TopicPartition(topic, p) for p in self.partitions(topic)])]
+        out: dict[int, int] = {}
+        for future in self._admin.list_consumer_group_offsets(request, request_timeout=10).values():
+            for tp in future.result().topic_partitions:
+                if tp.offset >= 0:
+                    out[tp.partition] = tp.offset
+        return out
+
+    def consumer(self, group: str, topics: Sequence[str]) -> Consumer:
+        return KafkaGroupConsumer(self, group, topics)
+
+    def close(self) -> None:
+        if self._closed.is_set():
+            return
+        self._producer.flush(30)
+        self._closed.set()
+        self._poller.join(timeout=5)
+        with self._reader_lock:
+            if self._reader is not None:
+                self._reader.close()
+                self._reader = None
+
+
+def _bytes(value: str | bytes | None) -> bytes:
+    if value is None:
+        return b""
+    return value.encode() if isinstance(value, str) else value
+
+
+def _record(msg: Message) -> Record:
+    _, ts = msg.timestamp()
+    return Record(
+        topic=msg.topic() or "",
+        partition=msg.partition() or 0,
+        offset=msg.offset() or 0,
+        key=_bytes(msg.key()),
+        value=_bytes(msg.value()),
+        timestamp_ms=ts,
+        headers=tuple((str(h[0]), _bytes(h[1])) for h in (msg.headers() or [])),
+    )
+
+
+class KafkaGroupConsumer(Consumer):
+    def __init__(self, log: KafkaEventLog, group: str, topics: Sequence[str]) -> None:
+        settings = {
+            # a crashed worker's partitions move to the survivors within seconds
+            "session.timeout.ms": 6000,
+            "heartbeat.interval.ms": 1000,
+            "partition.assignment.strategy": "cooperative-sticky",
+        }
+        self._consumer = log._group_consumer(group, **settings)
+        self._rewind = False
+        self._assigned: set[tuple[str, int]] = set()
+        self._polled: dict[tuple[str, int], int] = {}
+        self._consumer.subscribe(list(topics), on_assign=self._on_assign, on_revoke=self._on_revoke)
+
+    def _on_assign(self, consumer: _KafkaConsumer, partitions: list[TopicPartition]) -> None:
+        if self._rewind:
+            for tp in partitions:
+                tp.offset = OFFSET_BEGINNING
+        self._assigned.update((tp.topic, tp.partition) for tp in partitions)
+        consumer.incremental_assign(partitions)
+
+    def _on_revoke(self, consumer: _KafkaConsumer, partitions: list[TopicPartition]) -> None:
+        for tp in partitions:
+            self._assigned.discard((tp.topic, tp.partition))
+            self._polled.pop((tp.topic, tp.partition), None)
+        consumer.incremental_unassign(partitions)
+
+    def poll(self, max_records: int = 500, timeout: float = 1.0) -> list[Record]:
+        out: list[Record] = []
+        for msg in self._consumer.consume(num_messages=max_records, timeout=timeout):
+            err = msg.error()
+            if err is not None:
+                if err.fatal():
+                    raise EventLogError(f"consumer failed: {err.str()}")
+                continue  # transient (e.g. partition EOF, rebalance): librdkafka recovers itself
+            record = _record(msg)
+            self._polled[(record.topic, record.partition)] = record.offset + 1
+            out.append(record)
+        return out
+
+    def commit(self, records: Sequence[Record] | None = None) -> None:
+        if records is None:
+            offsets = dict(self._polled)
+        else:
+            offsets = {}
+            for r in records:
+                slot = (r.topic, r.partition)
+                offsets[slot] = max(offsets.get(slot, 0), r.offset + 1)
+        # a partition taken away by a rebalance is no longer ours to commit; its new owner
+        # re-reads from the last commit (at-least-once)
+        owned = [TopicPartition(t, p, off) for (t, p), off in offsets.items() if (t, p) in self._assigned]
+        if not owned:
+            return
+        try:
+            self._consumer.commit(offsets=owned, asynchronous=False)
+        except KafkaException as exc:
+            raise EventLogError(f"commit failed: {exc}") from exc
+
+    def seek_to_beginning(self) -> None:
+        self._rewind = True
+        for topic, partition in list(self._assigned):
+            self._consumer.seek(TopicPartition(topic, partition, OFFSET_BEGINNING))
+
+    def assignment(self) -> list[tuple[str, int]]:
+        return sorted(self._assigned)
+
+    def close(self) -> None:
+        self._consumer.close()

@@ -1,0 +1,153 @@
+"""Stream processors: pure functions over events, driven by either runner.
+
+A :class:`Processor` is the pure part (``apply(event, source) -> rows``, no I/O). A :class:`Sink`
+is the adapter that writes rows (ClickHouse, a file...) and must be idempotent, because delivery
+is at-least-once: a batch may be applied again after a crash between ``write`` and ``commit``.
+
+:func:`process_batch` is the one place that turns raw records into rows; the embedded runner
+(:class:`EmbeddedRunner`) and the Faust agents (``streams.faust_app``) both call it, so the two
+paths cannot drift apart.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from schemas.codec import CodecError, decode
+from schemas.events import Event
+from streams.log import Consumer, EventLog, Record
+
+log = logging.getLogger("cami.streams")
+
+
+@dataclass(frozen=True, slots=True)
+class Source:
+    """Where an event was read from; rows keyed by it are idempotent under redelivery."""
+
+    topic: str
+    partition: int
+    offset: int
+
+
+@dataclass(frozen=True, slots=True)
+class Row:
+    table: str
+    values: Mapping[str, Any]
+
+
+class Processor(Protocol):
+    #: stable name; the consumer group is ``cami.<name>``
+    name: str
+    topics: Sequence[str]
+
+    def apply(self, event: Event, source: Source) -> Sequence[Row]:
+        """Pure: the rows this event contributes. Must not do I/O."""
+        ...
+
+
+class Sink(Protocol):
+    def write(self, rows: Sequence[Row]) -> None:
+        """Write rows durably; writing the same rows twice must not change the result."""
+        ...
+
+
+def group_id(processor: Processor) -> str:
+    return f"cami.{processor.name}"
+
+
+@dataclass
+class BatchResult:
+    rows: list[Row] = field(default_factory=list)
+    events: int = 0
+    #: records that could not be decoded (logged with their position, never fatal)
+    undecodable: list[Source] = field(default_factory=list)
+
+
+def process_batch(processor: Processor, records: Sequence[tuple[Source, bytes]]) -> BatchResult:
+    result = BatchResult()
+    for source, value in records:
+        try:
+            event = decode(value)
+        except CodecError as exc:
+            # the log is the source of truth and written only by our codec; an undecodable
+            # record is an operational alarm, but one bad record must not stop the archive
+            log.error("skipping undecodable record %s/%s@%s: %s", source.topic, source.partition, source.offset, exc)
+            result.undecodable.append(source)
+            continue
+        result.events += 1
+        result.rows.extend(processor.apply(event, source))
+    return result
+
+
+def record_source(record: Record) -> tuple[Source, bytes]:
+    return Source(record.topic, record.partition, record.offset), record.value
+
+
+class EmbeddedRunner:
+    """Drives processors from an :class:`EventLog` in threads of this process.
+
+    Each processor has its own consumer group, so each resumes from its own committed offsets.
+    """
+
+    def __init__(self, event_log: EventLog, bindings: Sequence[tuple[Processor, Sink]], batch_size: int = 500):
+        self._log = event_log
+        self._bindings = list(bindings)
+        self._batch_size = batch_size
+        self._stop = threading.Event()
+        self._threads: list[threading.Thread] = []
+        self.processed: dict[str, int] = {p.name: 0 for p, _ in self._bindings}
+        self.errors: dict[str, str] = {}
+
+    def run_once(self, processor: Processor, sink: Sink, consumer: Consumer, timeout: float = 0.2) -> int:
+        """Poll one batch, apply, write, commit. Returns the number of records handled."""
+        records = consumer.poll(self._batch_size, timeout)
+        if not records:
+            return 0
+        result = process_batch(processor, [record_source(r) for r in records])
+        if result.rows:
+            sink.write(result.rows)
+        consumer.commit(records)  # only after the sink has the rows: at-least-once
+        self.processed[processor.name] += len(records)
+        return len(records)
+
+    def catch_up(self, timeout: float = 0.2) -> dict[str, int]:
+        """Process until every processor has nothing left (used by tests, demo and replay)."""
+        done: dict[str, int] = {}
+        for processor, sink in self._bindings:
+            with self._log.consumer(group_id(processor), processor.topics) as consumer:
+                total = 0
+                while n := self.run_once(processor, sink, consumer, timeout):
+                    total += n
+                done[processor.name] = total
+        return done
+
+    def start(self) -> None:
+        for processor, sink in self._bindings:
+            thread = threading.Thread(
+                target=self._loop, args=(processor, sink), name=f"cami-{processor.name}", daemon=True
+            )
+            thread.start()
+            self._threads.append(thread)
+
+    def _loop(self, processor: Processor, sink: Sink) -> None:
+        with self._log.consumer(group_id(processor), processor.topics) as consumer:
+            while not self._stop.is_set():
+                try:
+                    self.run_once(processor, sink, consumer, timeout=0.2)
+                except Exception as exc:  # keep the thread alive; the batch was not committed
+                    self.errors[processor.name] = str(exc)
+                    log.exception("processor %s failed on a batch; retrying", processor.name)
+                    self._stop.wait(1.0)
+
+    def stop(self) -> None:
+        self._stop.set()
+        for thread in self._threads:
+            thread.join(timeout=10)
+        self._threads.clear()
+
+
+Factory = Callable[[], Sequence[tuple[Processor, Sink]]]

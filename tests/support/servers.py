@@ -1,0 +1,250 @@
+"""Real Kafka and MinIO servers on loopback for tests and benchmarks.
+
+Thin drivers over ``infra/kafka.sh`` and ``infra/minio.sh``: the scripts install (cached under
+``$CAMI_CACHE``), start detached servers and record their pids in the data directory; these classes
+only choose ports, call the scripts and turn failures into exceptions that carry the server log.
+
+    kafka = KafkaServer(tmp_path / "kafka")
+    kafka.start()          # installs on first use, then waits until the broker answers
+    ...                    # use kafka.bootstrap
+    kafka.kill()           # SIGKILL (crash)
+    kafka.restart()        # same data dir and ports
+    kafka.stop()
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+from pathlib import Path
+from types import TracebackType
+from typing import ClassVar, Self
+
+INFRA_DIR = Path(__file__).resolve().parents[2] / "infra"
+
+# Scripts already installed by this process (install is idempotent, but skip even the cheap check).
+_installed: set[str] = set()
+
+_INSTALL_TIMEOUT_S = 1800.0
+_START_TIMEOUT_S = 180.0
+_STOP_TIMEOUT_S = 90.0
+_LOG_TAIL_LINES = 60
+
+
+class ServerError(RuntimeError):
+    """A server script failed; the message carries the script's stderr and the server log tail."""
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that was free a moment ago."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def free_ports(count: int) -> list[int]:
+    """``count`` distinct free ports (all bound at once, so they cannot repeat)."""
+    socks = [socket.socket(socket.AF_INET, socket.SOCK_STREAM) for _ in range(count)]
+    try:
+        for sock in socks:
+            sock.bind(("127.0.0.1", 0))
+        return [int(sock.getsockname()[1]) for sock in socks]
+    finally:
+        for sock in socks:
+            sock.close()
+
+
+def _tail(path: Path, lines: int = _LOG_TAIL_LINES) -> str:
+    try:
+        text = path.read_text(encoding="utf-8", errors="replace")
+    except OSError:
+        return ""
+    return "\n".join(text.splitlines()[-lines:])
+
+
+class _ScriptServer:
+    """Common driver for an ``infra/<name>.sh`` server script."""
+
+    script: ClassVar[str]
+    # Files in the data dir whose tails go into error messages.
+    log_files: ClassVar[tuple[str, ...]]
+
+    def __init__(self, data_dir: Path, port: int, second_port_option: str, second_port: int) -> None:
+        self.data_dir = Path(data_dir).resolve()
+        self.port = port
+        self._second_port_option = second_port_option
+        self.second_port = second_port
+
+    # -- script plumbing ---------------------------------------------------------------------------
+
+    @property
+    def script_path(self) -> Path:
+        return INFRA_DIR / self.script
+
+    def _env(self) -> dict[str, str]:
+        return dict(os.environ)
+
+    def _run(self, *args: str, timeout: float, check: bool = True) -> subprocess.CompletedProcess[str]:
+        cmd = ["bash", str(self.script_path), *args]
+        try:
+            proc = subprocess.run(
+                cmd,
+                stdin=subprocess.DEVNULL,
+                capture_output=True,
+                text=True,
+                timeout=timeout,
+                env=self._env(),
+                check=False,
+            )
+        except subprocess.TimeoutExpired as exc:
+            raise ServerError(self._describe(f"{' '.join(cmd)} timed out after {timeout:.0f}s", "")) from exc
+        if check and proc.returncode != 0:
+            raise ServerError(self._describe(f"{' '.join(cmd)} exited with {proc.returncode}", proc.stderr))
+        return proc
+
+    def _describe(self, what: str, stderr: str) -> str:
+        parts = [what]
+        if stderr.strip():
+            parts.append(f"--- script stderr ---\n{stderr.rstrip()}")
+        if "----- last " in stderr:  # the script already showed the server log tails
+            return "\n".join(parts)
+        for name in self.log_files:
+            tail = _tail(self.data_dir / name)
+            if tail:
+                parts.append(f"--- tail of {self.data_dir / name} ---\n{tail}")
+        return "\n".join(parts)
+
+    def _dir_args(self) -> list[str]:
+        return ["--dir", str(self.data_dir)]
+
+    # -- lifecycle ---------------------------------------------------------------------------------
+
+    def install(self) -> None:
+        if self.script in _installed:
+            return
+        self._run("install", timeout=_INSTALL_TIMEOUT_S)
+        _installed.add(self.script)
+
+    def start(self) -> None:
+        """Install if needed, start on ``data_dir`` and wait until the server answers."""
+        self.install()
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        args = [
+            "start",
+            *self._dir_args(),
+            "--port",
+            str(self.port),
+            self._second_port_option,
+            str(self.second_port),
+        ]
+        proc = self._run(*args, timeout=_START_TIMEOUT_S)
+        address = proc.stdout.strip().splitlines()[-1] if proc.stdout.strip() else ""
+        if address != self.address:
+            raise ServerError(
+                self._describe(
+                    f"{self.script} start printed {address!r}, expected {self.address!r} "
+                    f"(another server already running on {self.data_dir}?)",
+                    proc.stderr,
+                )
+            )
+
+    @property
+    def address(self) -> str:
+        """What the script prints on a successful start."""
+        raise NotImplementedError
+
+    def stop(self) -> None:
+        """SIGTERM, then SIGKILL after 30 s; returns once the process is gone. No-op when not running."""
+        self._run("stop", *self._dir_args(), timeout=_STOP_TIMEOUT_S)
+
+    def kill(self) -> None:
+        """SIGKILL (crash simulation); returns once the process is gone."""
+        self._run("kill", *self._dir_args(), timeout=_STOP_TIMEOUT_S)
+
+    def restart(self) -> None:
+        """Start again on the same data dir and ports (stopping first if still running)."""
+        if self.is_running():
+            self.stop()
+        self.start()
+
+    def is_running(self) -> bool:
+        return self._run("status", *self._dir_args(), timeout=30.0, check=False).returncode == 0
+
+    def __enter__(self) -> Self:
+        self.start()
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()
+
+
+class KafkaServer(_ScriptServer):
+    """Single-node KRaft Apache Kafka broker started by ``infra/kafka.sh``."""
+
+    script = "kafka.sh"
+    log_files = ("logs/server.log", "kafka.out")
+
+    def __init__(self, data_dir: Path, port: int | None = None, controller_port: int | None = None) -> None:
+        if port is None or controller_port is None:
+            picked = free_ports(2)
+            port = port if port is not None else picked[0]
+            if controller_port is None:
+                controller_port = picked[1] if picked[1] != port else picked[0]
+        super().__init__(data_dir, port, "--controller-port", controller_port)
+        self.controller_port = controller_port
+
+    @property
+    def bootstrap(self) -> str:
+        """``127.0.0.1:PORT`` for ``bootstrap.servers``."""
+        return f"127.0.0.1:{self.port}"
+
+    @property
+    def address(self) -> str:
+        return self.bootstrap
+
+
+class MinioServer(_ScriptServer):
+    """Single-drive MinIO S3 server started by ``infra/minio.sh``."""
+
+    script = "minio.sh"
+    log_files = ("minio.out",)
+
+    def __init__(
+        self,
+        data_dir: Path,
+        port: int | None = None,
+        console_port: int | None = None,
+        access_key: str | None = None,
+        secret_key: str | None = None,
+    ) -> None:
+        if port is None or console_port is None:
+            picked = free_ports(2)
+            port = port if port is not None else picked[0]
+            if console_port is None:
+                console_port = picked[1] if picked[1] != port else picked[0]
+        super().__init__(data_dir, port, "--console-port", console_port)
+        self.console_port = console_port
+        self.access_key = access_key or os.environ.get("CAMI_S3_ACCESS_KEY", "cami-test")
+        self.secret_key = secret_key or os.environ.get("CAMI_S3_SECRET_KEY", "cami-test-secret")
+
+    @property
+    def endpoint(self) -> str:
+        """``http://127.0.0.1:PORT`` for ``endpoint_url``."""
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def address(self) -> str:
+        return self.endpoint
+
+    def _env(self) -> dict[str, str]:
+        env = super()._env()
+        env["CAMI_S3_ACCESS_KEY"] = self.access_key
+        env["CAMI_S3_SECRET_KEY"] = self.secret_key
+        return env
