@@ -57,5 +57,11 @@ def bootstrap(settings: Settings | None = None, *, create: bool = True) -> Archi
         event_log.close()
         raise
     if create:
-        event_log.ensure_topics(archive_topics(settings.partitions))
+        try:
+            event_log.ensure_topics(archive_topics(settings.partitions))
+            blobs.ensure_ready()
+        except Exception:
+            event_log.close()
+            blobs.close()
+            raise
     return Archive(settings, event_log, blobs)

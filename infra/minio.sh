@@ -21,7 +21,8 @@ set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
 MINIO_MODULE="github.com/minio/minio"
-MINIO_VERSION="${CAMI_MINIO_VERSION:-latest}"
+# pinned to what @latest resolved to when this was written, so every machine builds the same server
+MINIO_VERSION="${CAMI_MINIO_VERSION:-v0.0.0-20260212201848-7aac2a2c5b7c}"
 MINIO_BIN_DIR="$CAMI_CACHE/bin"
 MINIO_BIN="$MINIO_BIN_DIR/minio"
 MINIO_START_TIMEOUT="${CAMI_MINIO_START_TIMEOUT:-60}"

@@ -9,10 +9,11 @@ polled, which is what makes delivery at-least-once.
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 import uuid
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from concurrent.futures import Future
 from typing import Any
 
@@ -47,7 +48,12 @@ class KafkaEventLog(EventLog):
         self.bootstrap = bootstrap
         self.replication_factor = replication_factor
         self.min_insync_replicas = min_insync_replicas
-        self._common: dict[str, Any] = {"bootstrap.servers": bootstrap, "client.id": client_id}
+        self._common: dict[str, Any] = {
+            "bootstrap.servers": bootstrap,
+            "client.id": client_id,
+            # librdkafka's own log lines go through Python logging instead of raw stderr
+            "logger": logging.getLogger("cami.kafka.client"),
+        }
         self._common.update(extra_config or {})
         self._producer = Producer(
             {
@@ -55,7 +61,9 @@ class KafkaEventLog(EventLog):
                 "enable.idempotence": True,
                 "acks": "all",
                 "partitioner": "murmur2_random",
-                "linger.ms": 2,
+                # a C-STORE waits for its event: do not hold it back to build batches (batches form
+                # anyway while earlier requests are in flight)
+                "linger.ms": 0.2,
                 # how long an append may wait for the broker before it fails (the sender then
                 # gets a failure status, never a success for an event that is not durable)
                 "message.timeout.ms": delivery_timeout_ms,
@@ -144,6 +152,61 @@ class KafkaEventLog(EventLog):
                 future.set_exception(EventLogError(f"append to {topic!r} refused: {exc}"))
                 break
         return future
+
+    def append(
+        self,
+        topic: str,
+        key: bytes,
+        value: bytes,
+        headers: Sequence[tuple[str, bytes]] = (),
+        timeout: float = 30.0,
+    ) -> Position:
+        future = self.append_async(topic, key, value, headers)
+        # serve delivery reports from this thread too, rather than waiting for the poller's turn
+        # (librdkafka allows poll() from several threads; whichever serves the report resolves it)
+        deadline = time.monotonic() + timeout
+        while not future.done():
+            if time.monotonic() > deadline:
+                raise EventLogUnavailable(f"append to {topic!r} not confirmed within {timeout} s")
+            self._producer.poll(0.001)
+        return future.result()
+
+    def append_many(self, topic: str, items: Iterable[tuple[bytes, bytes]], timeout: float = 60.0) -> list[Position]:
+        """Bulk path (imports, replays, benchmarks): one light callback per event, no Future each."""
+        batch = list(items)
+        positions: list[Position | None] = [None] * len(batch)
+        errors: list[str] = []
+        reported = [0]
+
+        def on_delivery(index: int) -> Callable[[KafkaError | None, Message], None]:
+            def delivered(err: KafkaError | None, msg: Message) -> None:
+                reported[0] += 1
+                if err is not None:
+                    errors.append(err.str())
+                else:
+                    positions[index] = Position(topic, msg.partition() or 0, msg.offset() or 0)
+
+            return delivered
+
+        for index, (key, value) in enumerate(batch):
+            while True:
+                try:
+                    self._producer.produce(topic, value=value, key=key, on_delivery=on_delivery(index))
+                    break
+                except BufferError:
+                    self._producer.poll(0.01)
+                except KafkaException as exc:
+                    raise EventLogError(f"append to {topic!r} refused: {exc}") from exc
+        deadline = time.monotonic() + timeout
+        while reported[0] < len(batch):
+            if errors:
+                raise EventLogUnavailable(f"{len(errors)} appends to {topic!r} failed, e.g. {errors[0]}")
+            if time.monotonic() > deadline:
+                raise EventLogUnavailable(f"appends to {topic!r} not confirmed within {timeout} s")
+            self._producer.poll(0.01)
+        if errors:
+            raise EventLogUnavailable(f"{len(errors)} appends to {topic!r} failed, e.g. {errors[0]}")
+        return [p for p in positions if p is not None]
 
     # -- reading -------------------------------------------------------------------------------------
     def _group_consumer(self, group: str, **extra: Any) -> _KafkaConsumer:

@@ -90,6 +90,9 @@ class BlobStore(abc.ABC):
             data = f.read()
         return self.put(data, expected_sha256)
 
+    def ensure_ready(self) -> None:  # noqa: B027 - optional hook
+        """Create what the store needs (an S3 bucket); the local store needs nothing."""
+
     def close(self) -> None:  # noqa: B027 - optional hook
         """Release connections."""
 
@@ -150,13 +153,9 @@ class ChunkManifest:
             )
 
     @classmethod
-    def of_bytes(
-        cls, data: bytes | memoryview, chunk_size: int = CHUNK_SIZE, sha256: str = ""
-    ) -> ChunkManifest:
+    def of_bytes(cls, data: bytes | memoryview, chunk_size: int = CHUNK_SIZE, sha256: str = "") -> ChunkManifest:
         view = memoryview(data)
-        digests = tuple(
-            hashlib.sha256(view[i : i + chunk_size]).digest() for i in range(0, len(view), chunk_size)
-        )
+        digests = tuple(hashlib.sha256(view[i : i + chunk_size]).digest() for i in range(0, len(view), chunk_size))
         return cls(sha256 or hashlib.sha256(view).hexdigest(), len(view), chunk_size, digests)
 
     def encode(self) -> bytes:

@@ -1,0 +1,24 @@
+#!/usr/bin/env bash
+# Quick start, part two: install everything (Python deps, Apache Kafka, MinIO, dcmtk, Orthanc)
+# and run the whole test suite: lint, types, then pytest against the real servers.
+# Extra arguments go to pytest (e.g. `infra/test.sh tests/unit -x`).
+set -euo pipefail
+root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$root"
+started=$SECONDS
+bash infra/python.sh
+bash infra/kafka.sh install
+bash infra/minio.sh install
+bash infra/dicom-peers.sh install
+echo "[test] installs done in $((SECONDS - started)) s" >&2
+
+# dcmtk and Orthanc wait ~45 ms per object for delayed ACKs unless Nagle is off (DESIGN.md, 5)
+export TCP_NODELAY=1
+export PATH="$root/.venv/bin:$PATH"
+
+echo "[test] ruff check" >&2
+ruff check .
+echo "[test] mypy" >&2
+mypy
+echo "[test] pytest" >&2
+pytest "$@"
