@@ -2,16 +2,22 @@
 
 from __future__ import annotations
 
+import socket
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from api.config import Settings
 from ingest.blobs import BlobStore, open_blob_store
+from ingest.commitment import StorageCommitment
+from ingest.pipeline import Ingestor
+from ingest.scp import StorageSCP
+from ingest.senders import Senders, load_senders
+from ingest.sop_index import SopIndex, SopIndexProjection, SopIndexSink
 from projections.catalogue import EventCatalogue
 from projections.sinks import WarehouseSink
 from projections.warehouse import Warehouse, open_warehouse
 from streams import EventLog, open_event_log
-from streams.processing import Processor, Sink
+from streams.processing import EmbeddedRunner, Processor, Sink
 from streams.topics import archive_topics
 
 
@@ -21,6 +27,42 @@ class Archive:
     event_log: EventLog
     blobs: BlobStore
     _warehouse: Warehouse | None = field(default=None, repr=False)
+    _sop_index: SopIndex | None = field(default=None, repr=False)
+    _ingestor: Ingestor | None = field(default=None, repr=False)
+
+    @property
+    def sop_index(self) -> SopIndex:
+        if self._sop_index is None:
+            self._sop_index = SopIndex(self.settings.home / "sop-index.db")
+            # learn what other ingest nodes stored since this node last looked (a no-op when alone)
+            EmbeddedRunner(self.event_log, [(SopIndexProjection(_node()), SopIndexSink(self._sop_index))]).catch_up()
+        return self._sop_index
+
+    @property
+    def ingestor(self) -> Ingestor:
+        if self._ingestor is None:
+            self._ingestor = Ingestor(self.blobs, self.event_log, self.sop_index, store_name=self.blob_store_name)
+        return self._ingestor
+
+    @property
+    def blob_store_name(self) -> str:
+        """Where blobs live, as events record it (the URL without credentials or options)."""
+        return self.settings.blob_store_url.split("?", 1)[0]
+
+    def senders(self) -> Senders:
+        return load_senders(self.settings.senders_file)
+
+    def storage_scp(self, port: int | None = None) -> StorageSCP:
+        senders = self.senders()
+        commitment = StorageCommitment(self.sop_index, self.blobs, senders)
+        return StorageSCP(
+            self.ingestor,
+            senders,
+            self.event_log,
+            host=self.settings.dicom_host,
+            port=self.settings.dicom_port if port is None else port,
+            commitment=commitment,
+        )
 
     @property
     def warehouse(self) -> Warehouse:
@@ -40,10 +82,16 @@ class Archive:
         return [(p, WarehouseSink(self.warehouse, getattr(p, "ddl", ()))) for p in chosen]
 
     def close(self) -> None:
+        if self._sop_index is not None:
+            self._sop_index.close()
         self.event_log.close()
         self.blobs.close()
         if self._warehouse is not None:
             self._warehouse.close()
+
+
+def _node() -> str:
+    return socket.gethostname() or "local"
 
 
 def bootstrap(settings: Settings | None = None, *, create: bool = True) -> Archive:

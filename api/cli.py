@@ -175,6 +175,39 @@ def cmd_workers(args: argparse.Namespace) -> int:
     return 0
 
 
+# -- cami serve --------------------------------------------------------------------------------
+def cmd_serve(args: argparse.Namespace) -> int:
+    from api.bootstrap import bootstrap
+    from streams.processing import EmbeddedRunner
+
+    settings = Settings.from_env()
+    archive = bootstrap(settings)
+    scp = archive.storage_scp(port=args.dicom_port)
+    runner = None
+    if archive.event_log.backend == "embedded":
+        # one process owns the embedded ClickHouse directory: the processors run here
+        runner = EmbeddedRunner(archive.event_log, archive.bindings())
+        runner.start()
+    scp.start()
+    senders = archive.senders()
+    pilot = ", pilot mode: unknown callers accepted" if senders.accept_unknown else ""
+    known = len(senders.senders)
+    console.print(f"CAMI Storage SCP {senders.ae_title} on {scp.host}:{scp.port} ({known} senders{pilot})")
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    with contextlib.suppress(KeyboardInterrupt):
+        stop.wait()
+    scp.stop()
+    if runner is not None:
+        runner.stop()
+    archive.close()
+    return 0
+
+
+#: modules that add their own subcommands with ``register(subparsers)``
+COMMAND_MODULES: list[str] = []
+
+
 # -- parser ------------------------------------------------------------------------------------
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
@@ -202,6 +235,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--jsonl", help="write rows to this JSON-lines file instead of ClickHouse")
     p.add_argument("--loglevel", default="warning", help="Faust worker log level")
     p.set_defaults(func=cmd_workers)
+
+    p = sub.add_parser("serve", help="run the archive's network services (DICOM Storage SCP with commitment)")
+    p.add_argument("--dicom-port", type=int, help="DICOM port (default CAMI_DICOM_PORT or 11112)")
+    p.set_defaults(func=cmd_serve)
+
+    import importlib
+
+    for module in COMMAND_MODULES:
+        importlib.import_module(module).register(sub)
     return parser
 
 

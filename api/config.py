@@ -8,6 +8,11 @@ CAMI_EVENT_LOG         event log URL                                sqlite:///$C
 CAMI_BLOBS             blob store URL                               file:///$CAMI_HOME/blobs
 CAMI_CLICKHOUSE        ClickHouse URL                               chdb:///$CAMI_HOME/clickhouse
 CAMI_PARTITIONS        partitions of newly created topics           6
+CAMI_SENDERS           who may send (AE title -> organisation)      $CAMI_HOME/senders.toml
+CAMI_DICOM_HOST        address the DICOM services listen on         127.0.0.1
+CAMI_DICOM_PORT        port of the DICOM services                   11112
+CAMI_HTTP_HOST         address the HTTP API listens on              127.0.0.1
+CAMI_HTTP_PORT         port of the HTTP API (DICOMweb, reports)     8042
 =====================  ==========================================  =================================
 
 Real servers: ``CAMI_EVENT_LOG=kafka://broker1:9092,broker2:9092?replication=3&min_insync=2``,
@@ -30,6 +35,15 @@ class Settings:
     blob_store_url: str
     warehouse_url: str
     partitions: int = 6
+    senders_path: Path | None = None
+    dicom_host: str = "127.0.0.1"
+    dicom_port: int = 11112
+    http_host: str = "127.0.0.1"
+    http_port: int = 8042
+
+    @property
+    def senders_file(self) -> Path:
+        return self.senders_path or self.home / "senders.toml"
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -41,6 +55,11 @@ class Settings:
             blob_store_url=env.get("CAMI_BLOBS", f"file://{home}/blobs"),
             warehouse_url=env.get("CAMI_CLICKHOUSE", f"chdb://{home}/clickhouse"),
             partitions=int(env.get("CAMI_PARTITIONS", "6")),
+            senders_path=Path(env["CAMI_SENDERS"]).expanduser().resolve() if env.get("CAMI_SENDERS") else None,
+            dicom_host=env.get("CAMI_DICOM_HOST", "127.0.0.1"),
+            dicom_port=int(env.get("CAMI_DICOM_PORT", "11112")),
+            http_host=env.get("CAMI_HTTP_HOST", "127.0.0.1"),
+            http_port=int(env.get("CAMI_HTTP_PORT", "8042")),
         )
 
     def describe(self) -> dict[str, str]:

@@ -20,6 +20,7 @@ SOURCE_OF_TRUTH = (DICOM, REPORTS, ORDERS, TRANSFERS, PATIENTS, ACCESS)
 TOPIC_OF_EVENT = {
     "InstanceReceived": DICOM,
     "InstanceRejected": DICOM,
+    "AssociationRejected": DICOM,
     "ReportDrafted": REPORTS,
     "ReportEdited": REPORTS,
     "ReportSigned": REPORTS,

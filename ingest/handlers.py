@@ -1,0 +1,133 @@
+"""DICOM service handlers for the Storage SCP: plain functions, dependencies as arguments.
+
+Every handler answers with a DICOM status (never raises to pynetdicom): a refused object gets a
+specific failure status with an ErrorComment and, where one element is at fault, the
+OffendingElement; storage trouble is "out of resources" so the sender retries later.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from pydicom.dataset import Dataset
+
+from ingest.pipeline import Arrival, Ingestor, Outcome
+from ingest.senders import Senders
+from ingest.statuses import Status
+from schemas.events import Actor, new_event
+from streams import EventLog, EventLogError
+from streams.publisher import publish
+
+log = logging.getLogger("cami.scp")
+
+
+def _ae(value: Any) -> str:
+    return (value.decode("ascii", "replace") if isinstance(value, bytes) else str(value or "")).strip()
+
+
+def handle_echo(event: Any) -> int:
+    return int(Status.SUCCESS)
+
+
+def arrival_for(event: Any, senders: Senders) -> Arrival:
+    assoc = event.assoc
+    calling = _ae(assoc.requestor.ae_title)
+    called = _ae(assoc.acceptor.ae_title)
+    sender = senders.lookup(calling)
+    return Arrival(
+        channel="dicom",
+        source_node=calling,
+        organisation=sender.organisation if sender else None,
+        calling_ae_title=calling,
+        called_ae_title=called,
+        peer_address=assoc.requestor.address,
+        actor=Actor(calling, "modality"),
+        pathology=bool(sender and sender.pathology),
+        emergency=bool(senders.emergency_ae_title and called == senders.emergency_ae_title),
+        correlation_id=f"assoc-{id(assoc):x}",
+        unknown_sender=sender is None,
+        implementation_class_uid=_ae(assoc.requestor.implementation_class_uid) or None,
+        implementation_version_name=_ae(assoc.requestor.implementation_version_name) or None,
+    )
+
+
+def status_dataset(outcome: Outcome) -> Dataset:
+    response = Dataset()
+    response.Status = int(outcome.status)
+    if outcome.comment:
+        # ErrorComment is LO: 64 characters at most
+        response.ErrorComment = outcome.comment[:64]
+    if outcome.offending:
+        response.OffendingElement = list(outcome.offending)
+    return response
+
+
+def handle_store(event: Any, ingestor: Ingestor, senders: Senders) -> Dataset:
+    try:
+        arrival = arrival_for(event, senders)
+        request = event.request
+        dataset = request.DataSet.getvalue() if request.DataSet is not None else b""
+        outcome = ingestor.store_dataset(
+            dataset,
+            str(event.context.transfer_syntax),
+            arrival,
+            sop_class_uid=str(request.AffectedSOPClassUID) if request.AffectedSOPClassUID else None,
+            sop_instance_uid=str(request.AffectedSOPInstanceUID) if request.AffectedSOPInstanceUID else None,
+        )
+    except Exception as exc:  # a bug must not turn into a success, nor kill the association
+        log.exception("C-STORE handler failed")
+        outcome = Outcome(Status.OUT_OF_RESOURCES, f"internal error, nothing stored: {type(exc).__name__}")
+    if not outcome.stored:
+        log.warning(
+            "refused %s from %s: %s", outcome.sop_instance_uid, _ae(event.assoc.requestor.ae_title), outcome.comment
+        )
+    return status_dataset(outcome)
+
+
+def record_association_rejected(
+    event_log: EventLog, reason: str, calling: str, called: str | None, address: str | None, port: int | None
+) -> None:
+    rejection = new_event(
+        "AssociationRejected",
+        {
+            "reason": reason,
+            "calling_ae_title": calling or "?",
+            "called_ae_title": called,
+            "peer_address": address,
+            "peer_port": port,
+        },
+        aggregate_id=calling or "?",
+        source_node=calling or "?",
+        actor=Actor(calling or "?", "modality"),
+    )
+    try:
+        publish(event_log, rejection)
+    except EventLogError as exc:
+        log.error("could not record association rejection: %s", exc)
+
+
+def handle_rejected(event: Any, senders: Senders, event_log: EventLog) -> None:
+    """pynetdicom refused the association (A-ASSOCIATE-RJ); record who and why."""
+    assoc = event.assoc
+    calling = _ae(assoc.requestor.ae_title)
+    reason = "unknown-caller" if senders.lookup(calling) is None else "association-rejected"
+    log.warning("rejected association from %s@%s: %s", calling, assoc.requestor.address, reason)
+    record_association_rejected(
+        event_log, reason, calling, _ae(assoc.acceptor.ae_title) or None, assoc.requestor.address, assoc.requestor.port
+    )
+
+
+def handle_established(event: Any, senders: Senders, event_log: EventLog) -> None:
+    """Refuse callers from a wrong address or calling a wrong AE title (unknown AE titles never get
+    this far: the association is rejected outright, see :func:`handle_rejected`)."""
+    assoc = event.assoc
+    calling = _ae(assoc.requestor.ae_title)
+    called = _ae(assoc.acceptor.ae_title)
+    allowed, reason = senders.allowed(calling, assoc.requestor.address)
+    if allowed and called not in {senders.ae_title, senders.emergency_ae_title}:
+        allowed, reason = False, "wrong-called-ae-title"
+    if not allowed:
+        log.warning("refusing association from %s@%s to %s: %s", calling, assoc.requestor.address, called, reason)
+        record_association_rejected(event_log, reason, calling, called, assoc.requestor.address, assoc.requestor.port)
+        assoc.abort()

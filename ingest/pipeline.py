@@ -1,0 +1,283 @@
+"""The write path, one object at a time, for every channel (C-STORE, STOW-RS, import).
+
+    check the bytes -> apply the regional rules -> blob (durable) -> event (durable) -> "stored"
+
+The sender hears success only after both the blob and the InstanceReceived event are durable.
+If either backend fails, the answer is "out of resources" and nothing was acknowledged; a retry
+is harmless: identical bytes under the same SOPInstanceUID are recognised (no second event),
+different bytes become a new version and nothing is ever deleted.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Any
+
+from ingest.blobs import BlobRef, BlobStore, BlobStoreError
+from ingest.dicom import MalformedObject, Received, check_structure, part10, read_header, split_part10
+from ingest.sop_index import HeldInstance, SopIndex
+from ingest.statuses import Status
+from ingest.validation import Inspection, Refusal, inspect
+from schemas.events import SYSTEM, Actor, Event, new_event
+from streams import EventLog, EventLogError
+from streams.publisher import publish
+
+log = logging.getLogger("cami.ingest")
+
+
+@dataclass(frozen=True)
+class Arrival:
+    """Who sent an object, how, and with which marks."""
+
+    channel: str  # dicom, stow-rs, import
+    source_node: str  # calling AE title, host or "import"
+    organisation: str | None = None
+    calling_ae_title: str | None = None
+    called_ae_title: str | None = None
+    peer_address: str | None = None
+    actor: Actor = SYSTEM
+    #: marks from the request or configuration; they add to marks in the object itself
+    pathology: bool = False
+    emergency: bool = False
+    correlation_id: str | None = None
+    #: accepted in pilot mode although the caller is not in the senders file
+    unknown_sender: bool = False
+    #: the sender's software as its association request announced it (for the Part-10 header)
+    implementation_class_uid: str | None = None
+    implementation_version_name: str | None = None
+
+
+@dataclass(frozen=True)
+class Outcome:
+    status: Status
+    comment: str | None = None
+    reason: str | None = None
+    offending: tuple[int, ...] = ()
+    sop_instance_uid: str | None = None
+    sop_class_uid: str | None = None
+    study_instance_uid: str | None = None
+    blob: BlobRef | None = None
+    event: Event | None = None
+    #: the same bytes were already held under this SOPInstanceUID (no new event)
+    duplicate: bool = False
+    version: int | None = None
+    missing: list[str] = field(default_factory=list)
+
+    @property
+    def stored(self) -> bool:
+        return self.status in (Status.SUCCESS, Status.WARNING_COERCED)
+
+
+class Ingestor:
+    def __init__(self, blobs: BlobStore, event_log: EventLog, sop_index: SopIndex, store_name: str | None = None):
+        self.blobs = blobs
+        self.event_log = event_log
+        self.sop_index = sop_index
+        self.store_name = store_name or blobs.backend
+        self._locks: dict[str, threading.Lock] = {}
+        self._locks_guard = threading.Lock()
+
+    # -- entry points --------------------------------------------------------------------------
+    def store_dataset(
+        self,
+        dataset: bytes,
+        transfer_syntax: str,
+        arrival: Arrival,
+        *,
+        sop_class_uid: str | None = None,
+        sop_instance_uid: str | None = None,
+    ) -> Outcome:
+        """A data set as received by C-STORE (no file meta), in ``transfer_syntax``."""
+        try:
+            check_structure(dataset, transfer_syntax)
+            header = read_header(dataset, transfer_syntax)
+        except MalformedObject as exc:
+            return self._refuse(
+                Refusal("malformed", Status.CANNOT_UNDERSTAND, str(exc)),
+                arrival,
+                dataset,
+                sop_class_uid,
+                sop_instance_uid,
+            )
+        inspection = inspect(header, request_sop_class_uid=sop_class_uid, request_sop_instance_uid=sop_instance_uid)
+        if inspection.refusal is not None:
+            return self._refuse(inspection.refusal, arrival, dataset, sop_class_uid, sop_instance_uid, inspection)
+        attrs = inspection.attributes
+        received = part10(
+            dataset,
+            attrs["SOPClassUID"],
+            attrs["SOPInstanceUID"],
+            transfer_syntax,
+            arrival.implementation_class_uid,
+            arrival.implementation_version_name,
+        )
+        return self._store(received, inspection, arrival)
+
+    def store_file(self, data: bytes, arrival: Arrival) -> Outcome:
+        """A Part-10 file (import, STOW-RS), kept exactly as received."""
+        try:
+            received = split_part10(data)
+            dataset = data[received.dataset_offset :]
+            check_structure(dataset, received.transfer_syntax)
+            header = read_header(dataset, received.transfer_syntax)
+        except MalformedObject as exc:
+            return self._refuse(Refusal("malformed", Status.CANNOT_UNDERSTAND, str(exc)), arrival, data)
+        inspection = inspect(header)
+        if inspection.refusal is not None:
+            return self._refuse(inspection.refusal, arrival, data, None, None, inspection)
+        return self._store(received, inspection, arrival)
+
+    # -- the write path ------------------------------------------------------------------------
+    @contextmanager
+    def _instance_lock(self, sop_instance_uid: str) -> Iterator[None]:
+        """Serialise concurrent arrivals of one SOPInstanceUID (two associations, same object)."""
+        with self._locks_guard:
+            lock = self._locks.setdefault(sop_instance_uid, threading.Lock())
+        with lock:
+            yield
+        with self._locks_guard:
+            if not lock.locked():
+                self._locks.pop(sop_instance_uid, None)
+
+    def _store(self, received: Received, inspection: Inspection, arrival: Arrival) -> Outcome:
+        attrs = inspection.attributes
+        uid = attrs["SOPInstanceUID"]
+        base = {
+            "sop_instance_uid": uid,
+            "sop_class_uid": attrs["SOPClassUID"],
+            "study_instance_uid": attrs["StudyInstanceUID"],
+            "missing": inspection.missing,
+        }
+        with self._instance_lock(uid):
+            try:
+                blob = self.blobs.put(received.part10)
+            except BlobStoreError as exc:
+                log.error("blob store failed for %s: %s", uid, exc)
+                return Outcome(
+                    Status.OUT_OF_RESOURCES,
+                    f"archive storage unavailable, nothing stored: {exc}",
+                    reason="storage-unavailable",
+                    **base,
+                )
+            held = self.sop_index.versions(uid)
+            for version in held:
+                if version.sha256 == blob.sha256:
+                    return Outcome(Status.SUCCESS, None, blob=blob, duplicate=True, version=version.version, **base)
+            number = held[-1].version + 1 if held else 1
+            event = self._received_event(attrs, inspection, arrival, blob, number, received.transfer_syntax)
+            try:
+                publish(self.event_log, event)
+            except (EventLogError, TimeoutError) as exc:
+                log.error("event log failed for %s: %s", uid, exc)
+                return Outcome(
+                    Status.OUT_OF_RESOURCES,
+                    f"archive event log unavailable, nothing recorded: {exc}",
+                    reason="log-unavailable",
+                    blob=blob,
+                    **base,
+                )
+            self.sop_index.record(
+                HeldInstance(uid, number, blob.sha256, attrs["SOPClassUID"], attrs["StudyInstanceUID"])
+            )
+        return Outcome(Status.SUCCESS, None, blob=blob, event=event, version=number, **base)
+
+    def _received_event(
+        self,
+        attrs: dict[str, Any],
+        inspection: Inspection,
+        arrival: Arrival,
+        blob: BlobRef,
+        version: int,
+        transfer_syntax: str,
+    ) -> Event:
+        missing = list(inspection.missing)
+        if arrival.unknown_sender:
+            missing.append("KnownSender")
+        payload = {
+            **attrs,
+            "TransferSyntaxUID": transfer_syntax,
+            "blob": {"sha256": blob.sha256, "size": blob.size, "store": self.store_name},
+            "version": version,
+            "pathology": inspection.pathology or arrival.pathology,
+            "emergency": inspection.emergency or arrival.emergency,
+            "missing": missing,
+            "channel": arrival.channel,
+            "calling_ae_title": arrival.calling_ae_title,
+            "called_ae_title": arrival.called_ae_title,
+            "peer_address": arrival.peer_address,
+        }
+        return new_event(
+            "InstanceReceived",
+            payload,
+            aggregate_id=attrs["StudyInstanceUID"],
+            source_node=arrival.source_node,
+            organisation=arrival.organisation,
+            actor=arrival.actor,
+            correlation_id=arrival.correlation_id,
+        )
+
+    def _refuse(
+        self,
+        refusal: Refusal,
+        arrival: Arrival,
+        data: bytes,
+        sop_class_uid: str | None = None,
+        sop_instance_uid: str | None = None,
+        inspection: Inspection | None = None,
+    ) -> Outcome:
+        """Answer the refusal; record it as an event (best effort: the refusal stands regardless)."""
+        attrs = inspection.attributes if inspection else {}
+        payload: dict[str, Any] = {
+            "reason": refusal.reason,
+            "status": int(refusal.status),
+            "error_comment": refusal.comment,
+            "StudyInstanceUID": _uid_or_none(attrs.get("StudyInstanceUID")),
+            "SeriesInstanceUID": _uid_or_none(attrs.get("SeriesInstanceUID")),
+            "SOPInstanceUID": _uid_or_none(attrs.get("SOPInstanceUID") or sop_instance_uid),
+            "SOPClassUID": _uid_or_none(attrs.get("SOPClassUID") or sop_class_uid),
+            "PatientID": attrs.get("PatientID"),
+            "received_bytes": len(data),
+            "received_sha256": hashlib.sha256(data).hexdigest(),
+            "channel": arrival.channel,
+            "calling_ae_title": arrival.calling_ae_title,
+            "called_ae_title": arrival.called_ae_title,
+            "peer_address": arrival.peer_address,
+        }
+        aggregate = str(payload["StudyInstanceUID"] or arrival.organisation or arrival.source_node)
+        rejection = new_event(
+            "InstanceRejected",
+            payload,
+            aggregate_id=aggregate,
+            source_node=arrival.source_node,
+            organisation=arrival.organisation,
+            actor=arrival.actor,
+            correlation_id=arrival.correlation_id,
+        )
+        event: Event | None = rejection
+        try:
+            publish(self.event_log, rejection)
+        except (EventLogError, TimeoutError) as exc:
+            log.error("could not record rejection (%s): %s", refusal.reason, exc)
+            event = None
+        return Outcome(
+            refusal.status,
+            refusal.comment,
+            reason=refusal.reason,
+            offending=refusal.offending,
+            sop_instance_uid=_uid_or_none(attrs.get("SOPInstanceUID") or sop_instance_uid),
+            sop_class_uid=_uid_or_none(attrs.get("SOPClassUID") or sop_class_uid),
+            study_instance_uid=_uid_or_none(attrs.get("StudyInstanceUID")),
+            event=event,
+        )
+
+
+def _uid_or_none(value: str | None) -> str | None:
+    """Only well-formed UIDs go into events: a hostile value is described, not repeated."""
+    from ingest.dicom import is_uid
+
+    return value if value and is_uid(value) else None

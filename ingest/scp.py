@@ -1,0 +1,72 @@
+"""The archive's DICOM Storage SCP: wiring only (handlers live in ``ingest.handlers``).
+
+Accepts C-ECHO, C-STORE for every standard storage SOP class in every transfer syntax
+pynetdicom knows (compressed ones included: objects are kept as received, never transcoded),
+and Storage Commitment (push model) when a commitment service is given.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pynetdicom import AE, ALL_TRANSFER_SYNTAXES, AllStoragePresentationContexts, evt
+
+from ingest.handlers import handle_echo, handle_established, handle_rejected, handle_store
+from ingest.pipeline import Ingestor
+from ingest.senders import Senders
+from streams import EventLog
+
+VERIFICATION = "1.2.840.10008.1.1"
+STORAGE_COMMITMENT_PUSH = "1.2.840.10008.1.20.1"
+
+#: bigger PDUs mean fewer round trips for large objects; peers may still send smaller ones
+MAX_PDU = 256 * 1024
+
+
+class StorageSCP:
+    def __init__(
+        self,
+        ingestor: Ingestor,
+        senders: Senders,
+        event_log: EventLog,
+        *,
+        host: str = "127.0.0.1",
+        port: int = 11112,
+        commitment: Any | None = None,
+    ) -> None:
+        self.host = host
+        self.port = port
+        self.ae = AE(ae_title=senders.ae_title)
+        self.ae.maximum_pdu_size = MAX_PDU
+        self.ae.require_called_aet = False  # checked in handle_established (the emergency AE title too)
+        # unknown callers get A-ASSOCIATE-RJ "calling AE title not recognised" (unless in pilot mode)
+        self.ae.require_calling_aet = [] if senders.accept_unknown else sorted(senders.senders)
+        self.ae.maximum_associations = 32
+        self.ae.add_supported_context(VERIFICATION, ALL_TRANSFER_SYNTAXES)
+        for context in AllStoragePresentationContexts:
+            if context.abstract_syntax is not None:
+                self.ae.add_supported_context(context.abstract_syntax, ALL_TRANSFER_SYNTAXES)
+        self.handlers: list[Any] = [
+            (evt.EVT_C_ECHO, handle_echo),
+            (evt.EVT_C_STORE, handle_store, [ingestor, senders]),
+            (evt.EVT_ESTABLISHED, handle_established, [senders, event_log]),
+            (evt.EVT_REJECTED, handle_rejected, [senders, event_log]),
+        ]
+        if commitment is not None:
+            from ingest.commitment import handle_n_action
+
+            self.ae.add_supported_context(STORAGE_COMMITMENT_PUSH)
+            self.handlers.append((evt.EVT_N_ACTION, handle_n_action, [commitment]))
+        self._server: Any = None
+
+    def start(self) -> None:
+        self._server = self.ae.start_server((self.host, self.port), block=False, evt_handlers=self.handlers)
+        self.port = self._server.server_address[1]
+
+    def serve_forever(self) -> None:
+        self.ae.start_server((self.host, self.port), block=True, evt_handlers=self.handlers)
+
+    def stop(self) -> None:
+        if self._server is not None:
+            self._server.shutdown()
+            self._server = None

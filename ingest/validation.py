@@ -1,0 +1,202 @@
+"""The regional rules for an arriving object (DESIGN.md 2.1), as a pure function.
+
+Refused (nothing stored, a specific failure status and a rejection event): missing or invalid
+PatientID, StudyInstanceUID, SeriesInstanceUID, SOPInstanceUID, SOPClassUID; UIDs outside the
+UID grammar; an object whose identifiers contradict the C-STORE request.
+
+Accepted but *incomplete package* (listed in the event's ``missing``): patient name, birth
+date and sex; the performing doctor's regional code and name; the procedure's code and name
+from the regional classifier.
+
+Pathology and emergency marks travel in a private block (creator ``CAMI``, group 0x0011):
+``(0011,xx10)`` CS ``Y``/``N`` = detected pathology, ``(0011,xx11)`` CS ``EMERGENCY``/``ROUTINE``.
+Import options, the sender's configuration and the called AE title can set them too.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from pydicom.dataset import Dataset
+from pydicom.tag import Tag
+
+from ingest.dicom import first_item, integer, is_uid, text
+from ingest.statuses import Status
+
+PRIVATE_GROUP = 0x0011
+PRIVATE_CREATOR = "CAMI"
+PATHOLOGY_ELEMENT = 0x10
+PRIORITY_ELEMENT = 0x11
+
+_REQUIRED_UIDS = {
+    "StudyInstanceUID": 0x0020000D,
+    "SeriesInstanceUID": 0x0020000E,
+    "SOPInstanceUID": 0x00080018,
+    "SOPClassUID": 0x00080016,
+}
+
+
+@dataclass(frozen=True)
+class Refusal:
+    """Why an object is refused, in words for people and a code for machines."""
+
+    reason: str
+    status: Status
+    comment: str
+    offending: tuple[int, ...] = ()
+
+
+@dataclass(frozen=True)
+class Inspection:
+    attributes: dict[str, Any] = field(default_factory=dict)
+    missing: list[str] = field(default_factory=list)
+    pathology: bool = False
+    emergency: bool = False
+    refusal: Refusal | None = None
+
+
+def _code(item: Dataset | None) -> tuple[str | None, str | None, str | None]:
+    if item is None:
+        return None, None, None
+    return text(item, "CodeValue"), text(item, "CodingSchemeDesignator"), text(item, "CodeMeaning")
+
+
+def _private(ds: Dataset, element: int) -> str | None:
+    try:
+        block = ds.private_block(PRIVATE_GROUP, PRIVATE_CREATOR)
+        value = block[element].value
+    except (KeyError, ValueError):
+        return None
+    if isinstance(value, bytes):
+        value = value.decode("ascii", "replace")
+    return str(value).strip().upper() or None
+
+
+def _clean_identifier(value: str) -> bool:
+    """LO values: no control characters, no backslash (that would make several values)."""
+    return not any(ord(ch) < 0x20 or ch == "\\" for ch in value)
+
+
+def inspect(
+    ds: Dataset, *, request_sop_class_uid: str | None = None, request_sop_instance_uid: str | None = None
+) -> Inspection:
+    uids: dict[str, str] = {}
+    for keyword, tag in _REQUIRED_UIDS.items():
+        value = text(ds, keyword)
+        if value is None:
+            return Inspection(
+                refusal=Refusal(
+                    "missing-uid",
+                    Status.DATASET_DOES_NOT_MATCH_SOP_CLASS,
+                    f"{keyword} {Tag(tag)} is missing: the archive needs it to identify the object",
+                    (tag,),
+                )
+            )
+        if not is_uid(value):
+            return Inspection(
+                refusal=Refusal(
+                    "invalid-uid",
+                    Status.DATASET_DOES_NOT_MATCH_SOP_CLASS,
+                    f"{keyword} {Tag(tag)} is not a valid UID (digits and dots, no leading zeros, max 64)",
+                    (tag,),
+                )
+            )
+        uids[keyword] = value
+    if request_sop_instance_uid and request_sop_instance_uid != uids["SOPInstanceUID"]:
+        return Inspection(
+            refusal=Refusal(
+                "uid-mismatch",
+                Status.DATASET_DOES_NOT_MATCH_SOP_CLASS,
+                "SOPInstanceUID in the data set differs from the C-STORE request's AffectedSOPInstanceUID",
+                (0x00080018,),
+            )
+        )
+    if request_sop_class_uid and request_sop_class_uid != uids["SOPClassUID"]:
+        return Inspection(
+            refusal=Refusal(
+                "uid-mismatch",
+                Status.DATASET_DOES_NOT_MATCH_SOP_CLASS,
+                "SOPClassUID in the data set differs from the C-STORE request's AffectedSOPClassUID",
+                (0x00080016,),
+            )
+        )
+    patient_id = text(ds, "PatientID")
+    if patient_id is None:
+        return Inspection(
+            refusal=Refusal(
+                "missing-patient-id",
+                Status.DATASET_DOES_NOT_MATCH_SOP_CLASS,
+                "PatientID (0010,0020) is missing: regional rules require a unique patient ID",
+                (0x00100020,),
+            )
+        )
+    if not _clean_identifier(patient_id) or len(patient_id) > 64:
+        return Inspection(
+            refusal=Refusal(
+                "invalid-patient-id",
+                Status.DATASET_DOES_NOT_MATCH_SOP_CLASS,
+                "PatientID (0010,0020) contains control characters, a backslash or is too long",
+                (0x00100020,),
+            )
+        )
+
+    doctor = first_item(ds, "PerformingPhysicianIdentificationSequence", "PersonIdentificationCodeSequence")
+    doctor_code = text(doctor, "CodeValue") if doctor is not None else None
+    doctor_name = text(ds, "PerformingPhysicianName")
+    procedure = first_item(ds, "ProcedureCodeSequence") or first_item(ds, "RequestedProcedureCodeSequence")
+    procedure_code, procedure_scheme, procedure_meaning = _code(procedure)
+
+    attributes: dict[str, Any] = {
+        **uids,
+        "PatientID": patient_id,
+        "IssuerOfPatientID": text(ds, "IssuerOfPatientID"),
+        "PatientName": text(ds, "PatientName"),
+        "PatientBirthDate": text(ds, "PatientBirthDate"),
+        "PatientSex": text(ds, "PatientSex"),
+        "SpecificCharacterSet": _charset(ds),
+        "StudyDate": text(ds, "StudyDate"),
+        "StudyTime": text(ds, "StudyTime"),
+        "AccessionNumber": text(ds, "AccessionNumber"),
+        "StudyID": text(ds, "StudyID"),
+        "StudyDescription": text(ds, "StudyDescription"),
+        "ReferringPhysicianName": text(ds, "ReferringPhysicianName"),
+        "Modality": text(ds, "Modality"),
+        "SeriesNumber": integer(ds, "SeriesNumber"),
+        "SeriesDescription": text(ds, "SeriesDescription"),
+        "BodyPartExamined": text(ds, "BodyPartExamined"),
+        "InstanceNumber": integer(ds, "InstanceNumber"),
+        "NumberOfFrames": integer(ds, "NumberOfFrames"),
+        "Rows": integer(ds, "Rows"),
+        "Columns": integer(ds, "Columns"),
+        "InstitutionName": text(ds, "InstitutionName"),
+        "PerformingPhysician": {"code": doctor_code, "name": doctor_name},
+        "ProcedureCodeValue": procedure_code,
+        "ProcedureCodingScheme": procedure_scheme,
+        "ProcedureCodeMeaning": procedure_meaning,
+    }
+    checks = [
+        ("PatientName", attributes["PatientName"]),
+        ("PatientBirthDate", attributes["PatientBirthDate"]),
+        ("PatientSex", attributes["PatientSex"]),
+        ("PerformingPhysicianCode", doctor_code),
+        ("PerformingPhysicianName", doctor_name),
+        ("ProcedureCode", procedure_code),
+        ("ProcedureCodeMeaning", procedure_meaning),
+    ]
+    missing = [name for name, value in checks if value is None]
+    return Inspection(
+        attributes=attributes,
+        missing=missing,
+        pathology=_private(ds, PATHOLOGY_ELEMENT) == "Y",
+        emergency=_private(ds, PRIORITY_ELEMENT) == "EMERGENCY",
+    )
+
+
+def _charset(ds: Dataset) -> str | None:
+    value = ds.get("SpecificCharacterSet")
+    if value is None:
+        return None
+    if isinstance(value, list | tuple) or type(value).__name__ == "MultiValue":
+        return "\\".join(str(v) for v in value)
+    return str(value) or None
