@@ -10,6 +10,7 @@ from api.config import Settings
 from ingest.blobs import BlobStore, open_blob_store
 from ingest.commitment import StorageCommitment
 from ingest.pipeline import Ingestor
+from ingest.reports import DocumentReportHook
 from ingest.scp import StorageSCP
 from ingest.senders import Senders, load_senders
 from ingest.sop_index import SopIndex, SopIndexProjection, SopIndexSink
@@ -34,14 +35,25 @@ class Archive:
     def sop_index(self) -> SopIndex:
         if self._sop_index is None:
             self._sop_index = SopIndex(self.settings.home / "sop-index.db")
-            # learn what other ingest nodes stored since this node last looked (a no-op when alone)
-            EmbeddedRunner(self.event_log, [(SopIndexProjection(_node()), SopIndexSink(self._sop_index))]).catch_up()
+            # learn what other ingest nodes stored since this node last looked
+            self.refresh_sop_index()
         return self._sop_index
+
+    def refresh_sop_index(self) -> None:
+        index = self.sop_index
+        EmbeddedRunner(self.event_log, [(SopIndexProjection(_node()), SopIndexSink(index))]).catch_up(timeout=60)
 
     @property
     def ingestor(self) -> Ingestor:
         if self._ingestor is None:
-            self._ingestor = Ingestor(self.blobs, self.event_log, self.sop_index, store_name=self.blob_store_name)
+            self._ingestor = Ingestor(
+                self.blobs,
+                self.event_log,
+                self.sop_index,
+                store_name=self.blob_store_name,
+                refresh_index=self.refresh_sop_index,
+                document_hooks=[DocumentReportHook(self.blob_store_name)],  # SR / PDF -> report events
+            )
         return self._ingestor
 
     @property

@@ -13,10 +13,12 @@ from __future__ import annotations
 import hashlib
 import logging
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
+
+from pydicom.dataset import Dataset
 
 from ingest.blobs import BlobRef, BlobStore, BlobStoreError
 from ingest.dicom import MalformedObject, Received, check_structure, part10, read_header, split_part10
@@ -74,11 +76,25 @@ class Outcome:
 
 
 class Ingestor:
-    def __init__(self, blobs: BlobStore, event_log: EventLog, sop_index: SopIndex, store_name: str | None = None):
+    def __init__(
+        self,
+        blobs: BlobStore,
+        event_log: EventLog,
+        sop_index: SopIndex,
+        store_name: str | None = None,
+        refresh_index: Callable[[], None] | None = None,
+        document_hooks: Sequence[Callable[[Dataset, Outcome, Arrival], list[Event]]] = (),
+    ):
         self.blobs = blobs
         self.event_log = event_log
         self.sop_index = sop_index
         self.store_name = store_name or blobs.backend
+        #: reads the log into the SOP index (events this node could not confirm may still be there)
+        self.refresh_index = refresh_index
+        #: called after a new (non-duplicate) store; their events are published (e.g. SR -> report)
+        self.document_hooks = tuple(document_hooks)
+        #: SOPInstanceUIDs whose event append failed ambiguously (the log may hold it anyway)
+        self._uncertain: set[str] = set()
         self._locks: dict[str, threading.Lock] = {}
         self._locks_guard = threading.Lock()
 
@@ -116,7 +132,7 @@ class Ingestor:
             arrival.implementation_class_uid,
             arrival.implementation_version_name,
         )
-        return self._store(received, inspection, arrival)
+        return self._store(received, inspection, arrival, header)
 
     def store_file(self, data: bytes, arrival: Arrival) -> Outcome:
         """A Part-10 file (import, STOW-RS), kept exactly as received."""
@@ -130,7 +146,7 @@ class Ingestor:
         inspection = inspect(header)
         if inspection.refusal is not None:
             return self._refuse(inspection.refusal, arrival, data, None, None, inspection)
-        return self._store(received, inspection, arrival)
+        return self._store(received, inspection, arrival, header)
 
     # -- the write path ------------------------------------------------------------------------
     @contextmanager
@@ -144,7 +160,9 @@ class Ingestor:
             if not lock.locked():
                 self._locks.pop(sop_instance_uid, None)
 
-    def _store(self, received: Received, inspection: Inspection, arrival: Arrival) -> Outcome:
+    def _store(
+        self, received: Received, inspection: Inspection, arrival: Arrival, header: Dataset | None = None
+    ) -> Outcome:
         attrs = inspection.attributes
         uid = attrs["SOPInstanceUID"]
         base = {
@@ -164,6 +182,22 @@ class Ingestor:
                     reason="storage-unavailable",
                     **base,
                 )
+            if uid in self._uncertain and self.refresh_index is not None:
+                # a broker that died after writing but before acknowledging leaves the event in
+                # the log: learn it before deciding, so a re-send does not record it twice
+                try:
+                    pending = set(self._uncertain)
+                    self.refresh_index()
+                    self._uncertain -= pending  # the log has been read past all of them
+                except Exception as exc:
+                    log.error("cannot refresh the SOP index from the log: %s", exc)
+                    return Outcome(
+                        Status.OUT_OF_RESOURCES,
+                        "archive event log unavailable, nothing recorded",
+                        reason="log-unavailable",
+                        blob=blob,
+                        **base,
+                    )
             held = self.sop_index.versions(uid)
             for version in held:
                 if version.sha256 == blob.sha256:
@@ -184,7 +218,19 @@ class Ingestor:
             self.sop_index.record(
                 HeldInstance(uid, number, blob.sha256, attrs["SOPClassUID"], attrs["StudyInstanceUID"])
             )
-        return Outcome(Status.SUCCESS, None, blob=blob, event=event, version=number, **base)
+        outcome = Outcome(Status.SUCCESS, None, blob=blob, event=event, version=number, **base)
+        if header is not None:
+            self._run_document_hooks(header, outcome, arrival)
+        return outcome
+
+    def _run_document_hooks(self, header: Dataset, outcome: Outcome, arrival: Arrival) -> None:
+        """Derived events (a report from an SR...): failures are logged; the instance stays stored."""
+        for hook in self.document_hooks:
+            try:
+                for derived in hook(header, outcome, arrival):
+                    publish(self.event_log, derived)
+            except Exception as exc:
+                log.error("document hook %s failed for %s: %s", hook, outcome.sop_instance_uid, exc)
 
     def _received_event(
         self,

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -114,16 +115,32 @@ class EmbeddedRunner:
         self.processed[processor.name] += len(records)
         return len(records)
 
-    def catch_up(self, timeout: float = 0.2) -> dict[str, int]:
-        """Process until every processor has nothing left (used by tests, demo and replay)."""
+    def catch_up(self, timeout: float = 120.0) -> dict[str, int]:
+        """Process until every processor has committed up to the end of its topics as they were
+        when the call began (used by the demo, replay, tests, and the ingest node's SOP index).
+
+        Ends by offsets, not by an empty poll: on Kafka the first polls are empty while the
+        consumer joins its group."""
         done: dict[str, int] = {}
         for processor, sink in self._bindings:
-            with self._log.consumer(group_id(processor), processor.topics) as consumer:
-                total = 0
-                while n := self.run_once(processor, sink, consumer, timeout):
-                    total += n
-                done[processor.name] = total
+            group = group_id(processor)
+            targets = {t: self._log.end_offsets(t) for t in processor.topics}
+            deadline = time.monotonic() + timeout
+            total = 0
+            with self._log.consumer(group, processor.topics) as consumer:
+                while not self._reached(group, targets):
+                    if time.monotonic() > deadline:
+                        raise TimeoutError(f"{processor.name} did not catch up within {timeout} s")
+                    total += self.run_once(processor, sink, consumer, timeout=0.5)
+            done[processor.name] = total
         return done
+
+    def _reached(self, group: str, targets: dict[str, dict[int, int]]) -> bool:
+        for topic, ends in targets.items():
+            committed = self._log.committed(group, topic)
+            if any(committed.get(p, 0) < end for p, end in ends.items() if end > 0):
+                return False
+        return True
 
     def start(self) -> None:
         for processor, sink in self._bindings:

@@ -1,0 +1,230 @@
+"""The Storage SCP driven by real DICOM peers: dcmtk's storescu/echoscu and a pynetdicom SCU."""
+
+from __future__ import annotations
+
+import hashlib
+import struct
+import subprocess
+import time
+from collections import Counter
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+from pydicom import dcmread
+from pynetdicom import AE
+from pynetdicom import _config as pynetdicom_config
+
+from api.bootstrap import Archive, bootstrap
+from api.config import Settings
+from ingest.scp import StorageSCP
+from schemas.codec import decode
+from schemas.events import Event
+from streams.topics import DICOM
+from tests.support.studies import (
+    DCMTK_ENV,
+    PATIENTS,
+    instance,
+    outcomes,
+    storescu,
+    storescu_profile,
+    write_study,
+)
+
+ORGANISATION = "1.2.643.5.1.13.13.12.2.50.1001"
+SENDERS = f"""
+[archive]
+ae_title = "CAMI"
+
+[[sender]]
+ae_title = "OKB_CT1"
+organisation = "{ORGANISATION}"
+name = "Regional clinical hospital, CT 1"
+"""
+
+
+@dataclass
+class Running:
+    archive: Archive
+    scp: StorageSCP
+
+    def events(self, event_type: str | None = None) -> list[Event]:
+        log = self.archive.event_log
+        found = [decode(r.value) for p in log.partitions(DICOM) for r in log.read(DICOM, p, 0, 1_000_000)]
+        return [e for e in found if event_type is None or e.type == event_type]
+
+
+def start_archive(home: Path, **urls: str) -> Running:
+    home.mkdir(parents=True, exist_ok=True)
+    (home / "senders.toml").write_text(SENDERS, encoding="utf-8")
+    settings = Settings(
+        home=home,
+        event_log_url=urls.get("event_log", f"sqlite://{home}/events.db"),
+        blob_store_url=urls.get("blobs", f"file://{home}/blobs"),
+        warehouse_url=f"chdb://{home}/clickhouse",
+        partitions=3,
+    )
+    archive = bootstrap(settings)
+    scp = archive.storage_scp(port=0)
+    scp.start()
+    return Running(archive, scp)
+
+
+@pytest.fixture
+def running(tmp_path: Path) -> Iterator[Running]:
+    run = start_archive(tmp_path / "home")
+    yield run
+    run.scp.stop()
+    run.archive.close()
+
+
+def sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+@pytest.mark.slow
+def test_storescu_study_of_500_instances_in_seven_transfer_syntaxes_is_kept_bit_for_bit(
+    running: Running, tmp_path: Path
+) -> None:
+    files = write_study(tmp_path / "study", 500)
+    assert len({f.transfer_syntax for f in files}) == 7
+    result = storescu("127.0.0.1", running.scp.port, [f.path for f in files], calling="OKB_CT1",
+                      profile=storescu_profile(tmp_path / "storescu.cfg"))
+    statuses = outcomes(result.stdout + result.stderr)
+    assert Counter(statuses.values()) == {"Success": 500}, result.stderr[-2000:]
+
+    received = running.events("InstanceReceived")
+    by_uid = {e["SOPInstanceUID"]: e for e in received}
+    assert len(received) == 500 and len(by_uid) == 500  # exactly one event per instance
+    names = {charset: name for charset, name in PATIENTS}
+    for sent in files:
+        event = by_uid[sent.sop_instance_uid]
+        digest = sha256(sent.path)
+        assert event["blob"]["sha256"] == digest  # the stored object IS the file that was sent
+        assert running.archive.blobs.get(digest) == sent.path.read_bytes()
+        assert event["TransferSyntaxUID"] == sent.transfer_syntax
+        assert event["PatientName"] == names[event["SpecificCharacterSet"]]  # Cyrillic, decoded
+        assert event.envelope.organisation == ORGANISATION
+        assert event["calling_ae_title"] == "OKB_CT1" and event["missing"] == []
+
+    echo = subprocess.run(["/usr/bin/echoscu", "-aet", "OKB_CT1", "-aec", "CAMI", "127.0.0.1",
+                           str(running.scp.port)], env=DCMTK_ENV, capture_output=True, text=True, check=False)
+    assert echo.returncode == 0, echo.stderr
+
+
+def test_resending_is_harmless_and_changed_bytes_become_a_new_version(running: Running, tmp_path: Path) -> None:
+    [sent] = write_study(tmp_path / "one", 1, ["1.2.840.10008.1.2.1"])
+    for _ in range(2):
+        result = storescu("127.0.0.1", running.scp.port, [sent.path], calling="OKB_CT1")
+        assert list(outcomes(result.stderr).values()) == ["Success"]
+    assert len(running.events("InstanceReceived")) == 1  # identical bytes: no second event
+
+    ds = dcmread(sent.path)
+    ds.StudyDescription = "КТ грудной клетки (исправлено)"
+    changed = tmp_path / "changed.dcm"
+    ds.save_as(changed)
+    result = storescu("127.0.0.1", running.scp.port, [changed], calling="OKB_CT1")
+    assert list(outcomes(result.stderr).values()) == ["Success"]
+    versions = sorted((e["version"], e["blob"]["sha256"]) for e in running.events("InstanceReceived"))
+    assert [v for v, _ in versions] == [1, 2]
+    assert all(running.archive.blobs.exists(digest) for _, digest in versions)  # nothing deleted
+
+
+def _send_raw(port: int, path: Path, calling: str = "OKB_CT1") -> Any:
+    """Send a file's data set bytes exactly as they are on disk, broken or not: pynetdicom's
+    chunked mode streams them from the file, taking the UIDs from the file meta."""
+    ae = AE(ae_title=calling)
+    meta = dcmread(path, stop_before_pixels=True, force=True).file_meta
+    ae.add_requested_context(meta.MediaStorageSOPClassUID, meta.TransferSyntaxUID)
+    previous = pynetdicom_config.STORE_SEND_CHUNKED_DATASET
+    pynetdicom_config.STORE_SEND_CHUNKED_DATASET = True
+    assoc = ae.associate("127.0.0.1", port, ae_title="CAMI")
+    assert assoc.is_established
+    try:
+        return assoc.send_c_store(path)
+    finally:
+        assoc.release()
+        pynetdicom_config.STORE_SEND_CHUNKED_DATASET = previous
+
+
+def _valid(tmp_path: Path, name: str) -> Path:
+    [sent] = write_study(tmp_path / name, 1, ["1.2.840.10008.1.2.1"])
+    return sent.path
+
+
+def _truncated(tmp_path: Path) -> Path:
+    path = _valid(tmp_path, "trunc")
+    path.write_bytes(path.read_bytes()[:-700])  # cut inside the pixel data
+    return path
+
+
+def _oversized_length(tmp_path: Path) -> Path:
+    path = _valid(tmp_path, "oversize")
+    data = bytearray(path.read_bytes())
+    at = data.index(b"\x10\x00\x10\x00PN")  # (0010,0010) PatientName, explicit VR: 2-byte length
+    data[at + 6 : at + 8] = struct.pack("<H", 0xFFF0)
+    path.write_bytes(bytes(data))
+    return path
+
+
+def _non_dicom(tmp_path: Path) -> Path:
+    """A valid file meta header, then a data set that is not DICOM at all (a PDF's bytes)."""
+    path = _valid(tmp_path, "garbage")
+    data = path.read_bytes()
+    dataset_start = data.index(b"\x08\x00\x05\x00CS")  # SpecificCharacterSet, first data set element
+    path.write_bytes(data[:dataset_start] + b"%PDF-1.4\n%\xe2\xe3\xcf\xd3 not a DICOM data set at all\n")
+    return path
+
+
+def _modified(tmp_path: Path, name: str, **changes: Any) -> Path:
+    ds = instance("1.2.826.0.1.3680043.8.498.77", "1.2.826.0.1.3680043.8.498.77.1", 1)
+    for keyword, value in changes.items():
+        if value is None:
+            delattr(ds, keyword)
+        else:
+            setattr(ds, keyword, value)
+            if keyword == "SOPInstanceUID":
+                ds.file_meta.MediaStorageSOPInstanceUID = value
+    path = tmp_path / f"{name}.dcm"
+    ds.save_as(path, enforce_file_format=True)
+    return path
+
+
+BAD_INPUTS = {
+    "truncated": (_truncated, 0xC000, "malformed"),
+    "oversized-element-length": (_oversized_length, 0xC000, "malformed"),
+    "non-dicom-bytes": (_non_dicom, 0xC000, "malformed"),
+    "no-patient-id": (lambda t: _modified(t, "nopid", PatientID=None), 0xA900, "missing-patient-id"),
+    "invalid-uid": (lambda t: _modified(t, "baduid", SeriesInstanceUID="1.2.03.x"), 0xA900, "invalid-uid"),
+    "no-study-uid": (lambda t: _modified(t, "nostudy", StudyInstanceUID=None), 0xA900, "missing-uid"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(BAD_INPUTS))
+def test_bad_input_is_refused_with_its_status_and_a_rejection_event(running: Running, tmp_path: Path,
+                                                                    case: str) -> None:
+    make, status, reason = BAD_INPUTS[case]
+    response = _send_raw(running.scp.port, make(tmp_path))
+    assert response.Status == status
+    assert response.ErrorComment  # the sender is told why
+    [rejection] = running.events("InstanceRejected")
+    assert rejection["reason"] == reason and rejection["status"] == status
+    assert rejection.envelope.organisation == ORGANISATION
+    assert running.events("InstanceReceived") == []
+    # and the SCP keeps serving
+    assert _send_raw(running.scp.port, _valid(tmp_path, "after")).Status == 0x0000
+
+
+def test_unknown_calling_ae_title_is_rejected_at_association(running: Running, tmp_path: Path) -> None:
+    result = storescu("127.0.0.1", running.scp.port, [_valid(tmp_path, "x")], calling="STRANGER")
+    assert "Calling AE Title Not Recognized" in result.stderr
+    deadline = time.monotonic() + 10  # recorded by the SCP's thread right after it answered
+    while not running.events("AssociationRejected") and time.monotonic() < deadline:
+        time.sleep(0.05)
+    [event] = running.events("AssociationRejected")
+    assert event["reason"] == "unknown-caller" and event["calling_ae_title"] == "STRANGER"
+    assert running.events("InstanceReceived") == []
+    ok = storescu("127.0.0.1", running.scp.port, [_valid(tmp_path, "y")], calling="OKB_CT1")
+    assert list(outcomes(ok.stderr).values()) == ["Success"]
