@@ -189,14 +189,19 @@ def cmd_serve(args: argparse.Namespace) -> int:
         runner = EmbeddedRunner(archive.event_log, archive.bindings())
         runner.start()
     scp.start()
+    from api.http import serve_http
+
+    http = serve_http(archive)  # DICOMweb STOW-RS and the reports API, CAMI_HTTP_HOST:CAMI_HTTP_PORT
     senders = archive.senders()
     pilot = ", pilot mode: unknown callers accepted" if senders.accept_unknown else ""
     known = len(senders.senders)
     console.print(f"CAMI Storage SCP {senders.ae_title} on {scp.host}:{scp.port} ({known} senders{pilot})")
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    console.print(f"CAMI HTTP (DICOMweb STOW-RS, reports) on {http.url}")
     with contextlib.suppress(KeyboardInterrupt):
         stop.wait()
+    http.stop()
     scp.stop()
     if runner is not None:
         runner.stop()
@@ -205,7 +210,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 
 #: modules that add their own subcommands with ``register(subparsers)``
-COMMAND_MODULES: list[str] = []
+COMMAND_MODULES: list[str] = ["api.import_command", "api.users_command"]
 
 
 # -- parser ------------------------------------------------------------------------------------

@@ -1,137 +1,458 @@
-"""``cami demo``: bring the backbone up and push a small synthetic region through it.
+"""``cami demo``: a synthetic region sent through the real Storage SCP, projected and reported.
 
-For now the demo writes DICOM instances straight through the write path (blob first, then the
-event), then lets the embedded runner project every event into ClickHouse. The Storage SCP and
-the full synthetic-region generator replace the direct write in the ingest issue.
+1. A demo senders file ($CAMI_HOME/senders.toml, unless one exists) lists the region's
+   organisations: their AE titles and regional codes.
+2. The archive's own Storage SCP (``Archive.storage_scp``) starts in this process on a free port.
+3. Every organisation's studies (``ingest.synthetic``) go over the network with a pynetdicom SCU:
+   one association per AE title, each instance in its own transfer syntax, as a local PACS would.
+   Two deliberate mistakes show the refusals: an object without PatientID and a caller whose AE
+   title is not in the senders file.
+4. The embedded runner projects the events; the summary is read back from the event log (what
+   the archive recorded, not what the demo sent).
 """
 
 from __future__ import annotations
 
-import io
-import random
-from datetime import UTC, datetime, timedelta
+import copy
+import json
+import logging
+import time
+from collections import Counter, defaultdict
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
-from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.dataset import Dataset
 from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+from pynetdicom import AE
 from rich.console import Console
-from rich.progress import Progress
+from rich.progress import (
+    BarColumn,
+    DownloadColumn,
+    Progress,
+    TaskProgressColumn,
+    TextColumn,
+    TimeRemainingColumn,
+    TransferSpeedColumn,
+)
+from rich.table import Table
 
-from api.bootstrap import bootstrap
+from api.bootstrap import Archive, bootstrap
 from api.config import Settings
-from schemas.events import Actor, new_event
-from streams.processing import EmbeddedRunner
-from streams.publisher import publish, publish_async
+from ingest.senders import Senders
+from ingest.synthetic import Organisation, SyntheticStudy, region, synthetic_region
+from schemas.events import Actor, Event
+from streams.processing import EmbeddedRunner, Row, Source
+from streams.topics import DICOM
 
-#: regional organisations (codes in the style of the federal register of medical organisations)
-ORGANISATIONS = [
-    ("1.2.643.5.1.13.13.12.2.50.1001", "ГБУЗ Областная клиническая больница", "OKB_CT1", "CT"),
-    ("1.2.643.5.1.13.13.12.2.50.1002", "ГБУЗ Городская больница №2", "GB2_MR1", "MR"),
-    ("1.2.643.5.1.13.13.12.2.50.1003", "ГБУЗ Районная больница", "CRB_DX1", "DX"),
-]
-SOP_CLASSES = {
-    "CT": "1.2.840.10008.5.1.4.1.1.2",  # CT Image Storage
-    "MR": "1.2.840.10008.5.1.4.1.1.4",  # MR Image Storage
-    "DX": "1.2.840.10008.5.1.4.1.1.1.1",  # Digital X-Ray Image Storage - For Presentation
-}
-PATIENTS = [("Иванов^Иван^Иванович", "M"), ("Петрова^Анна^Сергеевна", "F"), ("Сидоров^Пётр", "M")]
+#: a calling AE title that no senders file lists: the demo shows that it is refused
+UNKNOWN_AE_TITLE = "UNKNOWN_MOD"
+#: the demo's deterministic region; a second run re-sends the same objects (all duplicates)
+DEFAULT_SEED = 1
+DEFAULT_STUDIES = 12
 
 
-def synthetic_instance(
-    modality: str, study_uid: str, series_uid: str, sop_uid: str, number: int, patient: tuple[str, str], patient_id: str
-) -> bytes:
-    """A small but valid DICOM Part 10 object (explicit VR little endian, Cyrillic in ISO_IR 192)."""
-    ds = Dataset()
-    ds.SpecificCharacterSet = "ISO_IR 192"
-    ds.SOPClassUID = SOP_CLASSES.get(modality, SOP_CLASSES["DX"])
-    ds.SOPInstanceUID = sop_uid
-    ds.StudyInstanceUID = study_uid
-    ds.SeriesInstanceUID = series_uid
-    ds.PatientName, ds.PatientSex = patient
-    ds.PatientID = patient_id
-    ds.PatientBirthDate = "19700101"
-    ds.Modality = modality
-    ds.InstanceNumber = number
-    ds.StudyDate = datetime.now(UTC).strftime("%Y%m%d")
-    ds.Rows = ds.Columns = 64
-    ds.BitsAllocated = ds.BitsStored = 16
-    ds.HighBit = 15
-    ds.PixelRepresentation = 0
-    ds.SamplesPerPixel = 1
-    ds.PhotometricInterpretation = "MONOCHROME2"
-    ds.PixelData = random.randbytes(64 * 64 * 2)
-    meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID = ds.SOPClassUID
-    meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
-    meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    ds.file_meta = meta
-    buffer = io.BytesIO()
-    ds.save_as(buffer, enforce_file_format=True)
-    return buffer.getvalue()
+def senders_toml(organisations: Sequence[Organisation], archive_ae_title: str = "CAMI") -> str:
+    """A senders file (see ``ingest.senders``) for the synthetic region."""
+    lines = [
+        "# Demo senders file written by `cami demo`: who may send to the archive.",
+        "[archive]",
+        f"ae_title = {json.dumps(archive_ae_title)}",
+        "accept_unknown = false",
+        'emergency_ae_title = "CAMI_URGENT"',
+    ]
+    for org in organisations:
+        lines += [
+            "",
+            "[[sender]]",
+            f"ae_title = {json.dumps(org.ae_title)}",
+            f"organisation = {json.dumps(org.code)}",
+            f"name = {json.dumps(org.name, ensure_ascii=False)}",
+        ]
+    return "\n".join(lines) + "\n"
 
 
-def run_demo(settings: Settings, console: Console, instances_per_study: int = 12) -> dict[str, Any]:
-    archive = bootstrap(settings)
-    stored = 0
+def ensure_senders_file(path: Path, organisations: Sequence[Organisation]) -> bool:
+    """Write the demo senders file if there is none; True when written."""
+    if path.exists():
+        return False
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(senders_toml(organisations), encoding="utf-8")
+    tmp.replace(path)
+    return True
+
+
+# -- reading back what the archive recorded --------------------------------------------------------
+@dataclass
+class _Collector:
+    """A processor + sink pair that keeps this run's cami.dicom events in memory.
+
+    It keeps only events at or after the log's end as it was when this run began (``since``),
+    whatever its consumer group (``cami.demo-arrivals``) had read before."""
+
+    name: str = "demo-arrivals"
+    topics: Sequence[str] = (DICOM,)
+    events: list[Event] = field(default_factory=list)
+    #: per partition, the first offset of this run (what was there before is not this run's)
+    since: dict[int, int] = field(default_factory=dict)
+
+    def apply(self, event: Event, source: Source) -> Sequence[Row]:
+        if source.offset < self.since.get(source.partition, 0):
+            return []
+        return [Row("demo", {"event": event})]
+
+    def write(self, rows: Sequence[Row]) -> None:
+        self.events.extend(row.values["event"] for row in rows)
+
+
+@dataclass
+class _Sent:
+    statuses: Counter[int] = field(default_factory=Counter)
+    failures: list[dict[str, Any]] = field(default_factory=list)
+    bytes: int = 0
+    instances: int = 0
+
+
+@contextmanager
+def quiet(*names: str) -> Iterator[None]:
+    """Silence loggers while the demo makes its deliberate mistakes (it reports them itself)."""
+    loggers = [logging.getLogger(n) for n in names]
+    levels = [lg.level for lg in loggers]
+    for lg in loggers:
+        lg.setLevel(logging.CRITICAL)
     try:
-        with Progress(console=console, transient=True) as progress:
-            task = progress.add_task("storing synthetic studies", total=len(ORGANISATIONS) * instances_per_study)
-            for (org, _name, ae_title, modality), patient in zip(ORGANISATIONS, PATIENTS, strict=True):
-                study_uid, series_uid = generate_uid(), generate_uid()
-                patient_id = f"{org.rsplit('.', 1)[-1]}-{random.randint(10000, 99999)}"
-                pending = []
-                for number in range(1, instances_per_study + 1):
-                    sop_uid = generate_uid()
-                    data = synthetic_instance(modality, study_uid, series_uid, sop_uid, number, patient, patient_id)
-                    blob = archive.blobs.put(data)  # blob first...
-                    event = new_event(
-                        "InstanceReceived",
-                        {
-                            "StudyInstanceUID": study_uid,
-                            "SeriesInstanceUID": series_uid,
-                            "SOPInstanceUID": sop_uid,
-                            "SOPClassUID": SOP_CLASSES.get(modality, SOP_CLASSES["DX"]),
-                            "TransferSyntaxUID": ExplicitVRLittleEndian,
-                            "PatientID": patient_id,
-                            "PatientName": patient[0],
-                            "PatientSex": patient[1],
-                            "Modality": modality,
-                            "InstanceNumber": number,
-                            "PerformingPhysician": {},
-                            "blob": {"sha256": blob.sha256, "size": blob.size, "store": archive.blobs.backend},
-                            "missing": ["PerformingPhysician", "ProcedureCode"],
-                            "channel": "import",
-                            "calling_ae_title": ae_title,
-                        },
-                        aggregate_id=study_uid,
-                        source_node=ae_title,
-                        organisation=org,
-                    )
-                    pending.append(publish_async(archive.event_log, event))  # ...then the event
-                    progress.advance(task)
-                for future in pending:
-                    future.result(timeout=30)
-                    stored += 1
-                publish(
-                    archive.event_log,
-                    new_event(
-                        "AgentHeartbeat",
-                        {
-                            "agent_id": f"agent-{ae_title.lower()}",
-                            "queue_depth": 0,
-                            "queue_bytes": 0,
-                            "in_flight": 0,
-                            "last_success_at": datetime.now(UTC) - timedelta(seconds=5),
-                        },
-                        aggregate_id=org,
-                        source_node=ae_title,
-                        organisation=org,
-                        actor=Actor("agent", "system"),
-                    ),
+        yield
+    finally:
+        for lg, level in zip(loggers, levels, strict=True):
+            lg.setLevel(level)
+
+
+def _instance_bytes(ds: Dataset) -> int:
+    return len(ds.PixelData) if "PixelData" in ds else 0
+
+
+def send_organisation(
+    org_ae_title: str,
+    instances: Sequence[Dataset],
+    host: str,
+    port: int,
+    called_ae_title: str,
+    progress: Progress | None = None,
+    task: Any = None,
+) -> _Sent:
+    """One association from ``org_ae_title``; each instance in its own transfer syntax."""
+    ae = AE(ae_title=org_ae_title)
+    ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = 30
+    contexts = sorted({(str(ds.SOPClassUID), str(ds.file_meta.TransferSyntaxUID)) for ds in instances})
+    for sop_class, syntax in contexts:
+        ae.add_requested_context(sop_class, syntax)
+    sent = _Sent()
+    assoc = ae.associate(host, port, ae_title=called_ae_title)
+    if not assoc.is_established:
+        reason = "rejected" if assoc.is_rejected else "aborted" if assoc.is_aborted else "failed"
+        sent.failures.append({"ae_title": org_ae_title, "association": reason, "instances": len(instances)})
+        if progress is not None:
+            progress.advance(task, sum(_instance_bytes(ds) for ds in instances))
+        return sent
+    try:
+        for ds in instances:
+            response = assoc.send_c_store(ds)
+            status = int(response.Status) if "Status" in response else -1
+            sent.statuses[status] += 1
+            sent.instances += 1
+            size = _instance_bytes(ds)
+            if status in (0x0000, 0xB000, 0xB007, 0xB006):
+                sent.bytes += size
+            else:
+                sent.failures.append(
+                    {
+                        "ae_title": org_ae_title,
+                        "sop_instance_uid": str(ds.SOPInstanceUID),
+                        "status": f"0x{status:04X}",
+                        "error_comment": str(response.get("ErrorComment", "")),
+                    }
                 )
-        runner = EmbeddedRunner(archive.event_log, archive.bindings())
-        projected = runner.catch_up()
+            if progress is not None:
+                progress.advance(task, size)
+    finally:
+        assoc.release()
+    return sent
+
+
+def _without_patient_id(study: SyntheticStudy) -> Dataset:
+    """A copy of one instance with no PatientID (and its own UID): the archive must refuse it."""
+    bad = copy.deepcopy(study.instances[0])
+    del bad.PatientID
+    bad.SOPInstanceUID = generate_uid(entropy_srcs=["demo-no-patient-id", study.study_uid])
+    bad.file_meta.MediaStorageSOPInstanceUID = bad.SOPInstanceUID
+    return bad
+
+
+def _publish_reports(archive: Archive, studies: Sequence[SyntheticStudy]) -> dict[str, Any]:
+    """Each written report is drafted and signed by its doctor through ``ingest.reports``
+    (ReportDrafted, ReportSigned; the signing time is the archive's clock). Studies that
+    already have a report (a second demo run) are left alone."""
+    from ingest.reports import Author, ReportService, ReportStore
+
+    service = ReportService(
+        ReportStore(archive.settings.home / "reports-demo.db"), archive.event_log, node="demo", source_node="demo"
+    )
+    drafted = signed = already = 0
+    try:
+        for study in studies:
+            if study.report is None:
+                continue
+            if service.for_study(study.study_uid):
+                already += 1
+                continue
+            code, name, protocol, conclusion = study.report
+            author = Author(
+                Actor(f"doctor-{code[:11]}", "radiologist"), {"code": code, "name": name}, study.organisation.code
+            )
+            report = service.create(study.study_uid, protocol, conclusion, author)
+            drafted += 1
+            service.sign(report.report_id, author)
+            signed += 1
+    finally:
+        service.close()
+    written = sum(1 for s in studies if s.report is not None)
+    return {
+        "written": written,
+        "drafted": drafted,
+        "signed": signed,
+        "already_reported": already,
+        "without_report": len(studies) - written,
+    }
+
+
+def run_demo(
+    settings: Settings, console: Console, *, seed: int = DEFAULT_SEED, studies: int = DEFAULT_STUDIES
+) -> dict[str, Any]:
+    started = time.monotonic()
+    organisations = region(seed)
+    wrote_senders = ensure_senders_file(settings.senders_file, organisations)
+    archive = bootstrap(settings)
+    try:
+        senders = archive.senders()
+        unlisted = [o.ae_title for o in organisations if senders.lookup(o.ae_title) is None]
+        if unlisted:
+            console.print(
+                f"[yellow]{settings.senders_file} does not list {', '.join(unlisted)}: "
+                "their studies will be refused[/yellow]"
+            )
+        generated = synthetic_region(seed, studies)
+        by_org: dict[str, list[Dataset]] = defaultdict(list)
+        for study in generated:
+            by_org[study.organisation.ae_title].extend(study.instances)
+        bad = _without_patient_id(next(s for s in generated if s.transfer_syntax == ExplicitVRLittleEndian))
+        first_ae = generated[0].organisation.ae_title
+
+        collector = _Collector(since=dict(archive.event_log.end_offsets(DICOM)))
+        scp = archive.storage_scp(port=0)
+        scp.start()
+        try:
+            sent = _send_all(console, scp.host, scp.port, senders, by_org)
+            with quiet("pynetdicom", "cami.scp", "cami.ingest"):
+                refused_object = send_organisation(first_ae, [bad], scp.host, scp.port, senders.ae_title)
+                refused_caller = send_organisation(
+                    UNKNOWN_AE_TITLE, generated[-1].instances[:1], scp.host, scp.port, senders.ae_title
+                )
+        finally:
+            scp.stop()
+        sending_seconds = time.monotonic() - started
+        reports = _publish_reports(archive, generated)
+
+        EmbeddedRunner(archive.event_log, [(collector, collector)]).catch_up()
+        projected = EmbeddedRunner(archive.event_log, archive.bindings()).catch_up()
     finally:
         archive.close()
-    console.print(f"stored {stored} instances from {len(ORGANISATIONS)} organisations; projected {projected}")
-    return {"instances_stored": stored, "organisations": len(ORGANISATIONS), "projected": projected}
+
+    summary = _summarise(collector.events, generated, organisations)
+    summary.update(
+        {
+            "seed": seed,
+            "seconds": round(time.monotonic() - started, 2),
+            "sending_seconds": round(sending_seconds, 2),
+            "instances_sent": sum(s.instances for s in sent.values()),
+            "studies_sent": len(generated),
+            "send_failures": [f for s in sent.values() for f in s.failures],
+            "refusals": {
+                "object_without_patient_id": refused_object.failures,
+                "unknown_ae_title": refused_caller.failures,
+            },
+            "reports": reports,
+            "projected": projected,
+            "senders_file": {"path": str(settings.senders_file), "written": wrote_senders},
+            "scp": {"ae_title": senders.ae_title, "host": scp.host, "port": scp.port},
+            "data": settings.describe(),
+        }
+    )
+    _render(console, summary)
+    return summary
+
+
+def _send_all(
+    console: Console, host: str, port: int, senders: Senders, by_org: dict[str, list[Dataset]]
+) -> dict[str, _Sent]:
+    total = sum(_instance_bytes(ds) for instances in by_org.values() for ds in instances)
+    count = sum(len(v) for v in by_org.values())
+    sent: dict[str, _Sent] = {}
+    columns = (
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        TaskProgressColumn(),
+        DownloadColumn(),
+        TransferSpeedColumn(),
+        TimeRemainingColumn(),
+    )
+    with Progress(*columns, console=console, transient=True) as progress:
+        task = progress.add_task(f"C-STORE {count} instances to {senders.ae_title}@{host}:{port}", total=total)
+        for ae_title, instances in by_org.items():
+            progress.update(task, description=f"C-STORE {ae_title} -> {senders.ae_title} ({len(instances)} instances)")
+            sent[ae_title] = send_organisation(ae_title, instances, host, port, senders.ae_title, progress, task)
+    return sent
+
+
+def _summarise(
+    events: Sequence[Event], generated: Sequence[SyntheticStudy], organisations: Sequence[Organisation]
+) -> dict[str, Any]:
+    """What the archive recorded in this run, per organisation, from the events themselves."""
+    names = {o.code: o for o in organisations}
+    per_org: dict[str, dict[str, Any]] = {}
+    incomplete: dict[str, dict[str, Any]] = {}
+    received = rejected = assoc_rejected = 0
+    rejections: list[dict[str, Any]] = []
+    for event in events:
+        p = event.payload
+        if event.type == "InstanceReceived":
+            received += 1
+            code = event.envelope.organisation or "?"
+            org = names.get(code)
+            row = per_org.setdefault(
+                code,
+                {
+                    "organisation": code,
+                    "name": org.name if org else "",
+                    "ae_title": p.get("calling_ae_title"),
+                    "studies": set(),
+                    "instances": 0,
+                    "bytes": 0,
+                    "pathology_studies": set(),
+                    "emergency_studies": set(),
+                    "modalities": set(),
+                },
+            )
+            study = p["StudyInstanceUID"]
+            row["studies"].add(study)
+            row["instances"] += 1
+            row["bytes"] += int(p["blob"]["size"])
+            row["modalities"].add(p.get("Modality") or "?")
+            if p.get("pathology"):
+                row["pathology_studies"].add(study)
+            if p.get("emergency"):
+                row["emergency_studies"].add(study)
+            if p.get("missing"):
+                entry = incomplete.setdefault(
+                    study,
+                    {
+                        "study_instance_uid": study,
+                        "organisation": code,
+                        "ae_title": p.get("calling_ae_title"),
+                        "modality": p.get("Modality"),
+                        "missing": [],
+                    },
+                )
+                entry["missing"] = sorted(set(entry["missing"]) | set(p["missing"]))
+        elif event.type == "InstanceRejected":
+            rejected += 1
+            rejections.append(
+                {
+                    "event": "InstanceRejected",
+                    "from": p.get("calling_ae_title"),
+                    "reason": p.get("reason"),
+                    "status": f"0x{int(p.get('status') or 0):04X}",
+                    "comment": p.get("error_comment"),
+                }
+            )
+        elif event.type == "AssociationRejected":
+            assoc_rejected += 1
+            rejections.append(
+                {"event": "AssociationRejected", "from": p.get("calling_ae_title"), "reason": p["reason"]}
+            )
+    organisations_out = [
+        {
+            **{k: v for k, v in row.items() if not isinstance(v, set)},
+            "studies": len(row["studies"]),
+            "pathology_studies": len(row["pathology_studies"]),
+            "emergency_studies": len(row["emergency_studies"]),
+            "modalities": sorted(row["modalities"]),
+            "megabytes": round(row["bytes"] / 1e6, 2),
+        }
+        for row in sorted(per_org.values(), key=lambda r: str(r["ae_title"]))
+    ]
+    sent_instances = sum(len(s.instances) for s in generated)
+    return {
+        "instances_stored": received,
+        "duplicates": max(0, sent_instances - received),
+        "instances_rejected": rejected,
+        "associations_rejected": assoc_rejected,
+        "dicom_events": len(events),
+        "organisations": organisations_out,
+        "incomplete_packages": sorted(incomplete.values(), key=lambda e: str(e["organisation"])),
+        "rejections": rejections,
+        "transfer_syntaxes": sorted({s.transfer_syntax for s in generated}),
+    }
+
+
+def _render(console: Console, summary: dict[str, Any]) -> None:
+    table = Table(title=f"Arrived at CAMI through the Storage SCP ({summary['sending_seconds']} s)")
+    for column in ("sender", "organisation", "mod.", "studies", "inst.", "MB", "path.", "emerg."):
+        table.add_column(column, justify="left" if column in ("sender", "organisation", "mod.") else "right")
+    for row in summary["organisations"]:
+        table.add_row(
+            f"{row['ae_title']}\n[dim]…{str(row['organisation'])[-7:]}[/dim]",
+            row["name"],
+            " ".join(row["modalities"]),
+            str(row["studies"]),
+            str(row["instances"]),
+            f"{row['megabytes']:.1f}",
+            str(row["pathology_studies"]),
+            str(row["emergency_studies"]),
+        )
+    console.print(table)
+    if summary["duplicates"]:
+        console.print(
+            f"{summary['duplicates']} instances were already held (same bytes, same UID): "
+            "acknowledged again, no new events"
+        )
+    if summary["incomplete_packages"]:
+        inc = Table(title="Incomplete packages (stored; waiting for the missing regional attributes)")
+        for column in ("sender", "mod.", "study (UID end)", "missing"):
+            inc.add_column(column)
+        for entry in summary["incomplete_packages"]:
+            study = "…" + entry["study_instance_uid"][-12:]
+            inc.add_row(str(entry["ae_title"]), str(entry["modality"]), study, "\n".join(entry["missing"]))
+        console.print(inc)
+    if summary["rejections"]:
+        rej = Table(title="Refused (each recorded as an event)")
+        for column in ("event", "from", "reason", "status / comment"):
+            rej.add_column(column)
+        for entry in summary["rejections"]:
+            detail = " ".join(x for x in (entry.get("status"), entry.get("comment")) if x)
+            rej.add_row(entry["event"], str(entry["from"]), str(entry["reason"]), detail)
+        console.print(rej)
+    reports = summary["reports"]
+    console.print(
+        f"Reports: {reports['signed']} drafted and signed now, {reports['already_reported']} already held, "
+        f"{reports['without_report']} studies still without a report"
+    )
+    data = summary["data"]
+    console.print(
+        f"Senders file: {summary['senders_file']['path']}"
+        + (" (written by the demo)" if summary["senders_file"]["written"] else "")
+    )
+    console.print(f"Events: {data['event_log']}  Blobs: {data['blobs']}  ClickHouse: {data['clickhouse']}")
+    console.print("Receive more: [bold]cami serve[/bold] (Storage SCP), then send with storescu to that port.")

@@ -13,6 +13,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import threading
+from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -95,10 +96,16 @@ class Ingestor:
         self.document_hooks = tuple(document_hooks)
         #: SOPInstanceUIDs whose event append failed ambiguously (the log may hold it anyway)
         self._uncertain: set[str] = set()
+        #: outcomes since start, by kind ("stored", "duplicate", or the refusal reason)
+        self.counts: Counter[str] = Counter()
         self._locks: dict[str, threading.Lock] = {}
         self._locks_guard = threading.Lock()
 
     # -- entry points --------------------------------------------------------------------------
+    def _counted(self, outcome: Outcome) -> Outcome:
+        self.counts["duplicate" if outcome.duplicate else "stored" if outcome.stored else outcome.reason or "?"] += 1
+        return outcome
+
     def store_dataset(
         self,
         dataset: bytes,
@@ -113,16 +120,20 @@ class Ingestor:
             check_structure(dataset, transfer_syntax)
             header = read_header(dataset, transfer_syntax)
         except MalformedObject as exc:
-            return self._refuse(
-                Refusal("malformed", Status.CANNOT_UNDERSTAND, str(exc)),
-                arrival,
-                dataset,
-                sop_class_uid,
-                sop_instance_uid,
+            return self._counted(
+                self._refuse(
+                    Refusal("malformed", Status.CANNOT_UNDERSTAND, str(exc)),
+                    arrival,
+                    dataset,
+                    sop_class_uid,
+                    sop_instance_uid,
+                )
             )
         inspection = inspect(header, request_sop_class_uid=sop_class_uid, request_sop_instance_uid=sop_instance_uid)
         if inspection.refusal is not None:
-            return self._refuse(inspection.refusal, arrival, dataset, sop_class_uid, sop_instance_uid, inspection)
+            return self._counted(
+                self._refuse(inspection.refusal, arrival, dataset, sop_class_uid, sop_instance_uid, inspection)
+            )
         attrs = inspection.attributes
         received = part10(
             dataset,
@@ -132,7 +143,7 @@ class Ingestor:
             arrival.implementation_class_uid,
             arrival.implementation_version_name,
         )
-        return self._store(received, inspection, arrival, header)
+        return self._counted(self._store(received, inspection, arrival, header))
 
     def store_file(self, data: bytes, arrival: Arrival) -> Outcome:
         """A Part-10 file (import, STOW-RS), kept exactly as received."""
@@ -142,11 +153,11 @@ class Ingestor:
             check_structure(dataset, received.transfer_syntax)
             header = read_header(dataset, received.transfer_syntax)
         except MalformedObject as exc:
-            return self._refuse(Refusal("malformed", Status.CANNOT_UNDERSTAND, str(exc)), arrival, data)
+            return self._counted(self._refuse(Refusal("malformed", Status.CANNOT_UNDERSTAND, str(exc)), arrival, data))
         inspection = inspect(header)
         if inspection.refusal is not None:
-            return self._refuse(inspection.refusal, arrival, data, None, None, inspection)
-        return self._store(received, inspection, arrival, header)
+            return self._counted(self._refuse(inspection.refusal, arrival, data, None, None, inspection))
+        return self._counted(self._store(received, inspection, arrival, header))
 
     # -- the write path ------------------------------------------------------------------------
     @contextmanager
@@ -176,12 +187,12 @@ class Ingestor:
                 blob = self.blobs.put(received.part10)
             except BlobStoreError as exc:
                 log.error("blob store failed for %s: %s", uid, exc)
-                return Outcome(
+                refusal = Refusal(
+                    "storage-unavailable",
                     Status.OUT_OF_RESOURCES,
-                    f"archive storage unavailable, nothing stored: {exc}",
-                    reason="storage-unavailable",
-                    **base,
+                    "archive storage unavailable, nothing stored; please retry",
                 )
+                return self._refuse(refusal, arrival, received.part10, inspection=inspection)
             if uid in self._uncertain and self.refresh_index is not None:
                 # a broker that died after writing but before acknowledging leaves the event in
                 # the log: learn it before deciding, so a re-send does not record it twice

@@ -15,11 +15,10 @@ import time
 import uuid
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from concurrent.futures import Future
-from typing import Any
+from typing import Any, TypeVar
 
 from confluent_kafka import (
     OFFSET_BEGINNING,
-    ConsumerGroupTopicPartitions,
     KafkaError,
     KafkaException,
     Message,
@@ -75,6 +74,9 @@ class KafkaEventLog(EventLog):
         self._poller.start()
         self._reader_lock = threading.Lock()
         self._reader: _KafkaConsumer | None = None
+        #: non-subscribed consumers used only to look up a group's committed offsets
+        self._offsets_lock = threading.Lock()
+        self._offset_readers: dict[str, _KafkaConsumer] = {}
 
     def _poll_loop(self) -> None:
         while not self._closed.is_set():
@@ -242,21 +244,31 @@ class KafkaEventLog(EventLog):
             return out
 
     def end_offsets(self, topic: str) -> dict[int, int]:
-        latest = OffsetSpec.latest()  # type: ignore[no-untyped-call]
-        request = {TopicPartition(topic, p): latest for p in self.partitions(topic)}
-        result = {}
-        for tp, future in self._admin.list_offsets(request, request_timeout=10).items():
-            result[tp.partition] = future.result().offset
-        return result
+        def ask() -> dict[int, int]:
+            latest = OffsetSpec.latest()  # type: ignore[no-untyped-call]
+            request = {TopicPartition(topic, p): latest for p in self.partitions(topic)}
+            result = {}
+            for tp, future in self._admin.list_offsets(request, request_timeout=10).items():
+                result[tp.partition] = future.result().offset
+            return result
+
+        return _retrying(ask, f"end offsets of {topic}")
 
     def committed(self, group: str, topic: str) -> dict[int, int]:
-        request = [ConsumerGroupTopicPartitions(group, [TopicPartition(topic, p) for p in self.partitions(topic)])]
-        out: dict[int, int] = {}
-        for future in self._admin.list_consumer_group_offsets(request, request_timeout=10).values():
-            for tp in future.result().topic_partitions:
-                if tp.offset >= 0:
-                    out[tp.partition] = tp.offset
-        return out
+        # Consumer.committed() rather than AdminClient.list_consumer_group_offsets(): the admin
+        # call crashes librdkafka 2.16 (segfault in rd_kafka_cgrp_op) when the group coordinator
+        # answers "load in progress", as a freshly started broker does
+        def ask() -> dict[int, int]:
+            partitions = [TopicPartition(topic, p) for p in self.partitions(topic)]
+            with self._offsets_lock:
+                reader = self._offset_readers.get(group)
+                if reader is None:
+                    reader = self._group_consumer(group)
+                    self._offset_readers[group] = reader
+                result = reader.committed(partitions, timeout=10)
+            return {tp.partition: tp.offset for tp in result if tp.offset >= 0}
+
+        return _retrying(ask, f"committed offsets of {group} on {topic}")
 
     def consumer(self, group: str, topics: Sequence[str]) -> Consumer:
         return KafkaGroupConsumer(self, group, topics)
@@ -271,6 +283,42 @@ class KafkaEventLog(EventLog):
             if self._reader is not None:
                 self._reader.close()
                 self._reader = None
+        with self._offsets_lock:
+            for reader in self._offset_readers.values():
+                reader.close()
+            self._offset_readers.clear()
+
+
+T = TypeVar("T")
+
+#: states that pass by themselves (the admin API does not always mark them retriable)
+_TRANSIENT = {
+    KafkaError.NOT_LEADER_FOR_PARTITION,
+    KafkaError.LEADER_NOT_AVAILABLE,
+    KafkaError.UNKNOWN_TOPIC_OR_PART,
+    KafkaError.COORDINATOR_LOAD_IN_PROGRESS,
+    KafkaError.COORDINATOR_NOT_AVAILABLE,
+    KafkaError.NOT_COORDINATOR,
+    KafkaError.REQUEST_TIMED_OUT,
+    KafkaError._TRANSPORT,
+    KafkaError._TIMED_OUT,
+    KafkaError._ALL_BROKERS_DOWN,
+}
+
+
+def _retrying(ask: Callable[[], T], what: str, timeout: float = 15.0) -> T:
+    """Admin look-ups meet transient states (a new partition's leader not elected yet, a broker
+    restarting); retry those for a bounded time, fail clearly otherwise."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            return ask()
+        except KafkaException as exc:
+            error = exc.args[0] if exc.args and isinstance(exc.args[0], KafkaError) else None
+            transient = error is not None and (error.retriable() or error.code() in _TRANSIENT)
+            if not transient or time.monotonic() > deadline:
+                raise EventLogUnavailable(f"{what}: {exc}") from exc
+            time.sleep(0.2)
 
 
 def _bytes(value: str | bytes | None) -> bytes:

@@ -59,17 +59,39 @@ def test_demo_on_embedded_defaults_stores_and_projects_studies(tmp_path: Path) -
     )
     assert result.returncode == 0, result.stderr
     report: dict[str, Any] = json.loads(result.stdout)
-    stored = report["demo"]["instances_stored"]
-    assert stored >= 30
+    demo = report["demo"]
+    stored = demo["instances_stored"]
+    # the synthetic region went through the real Storage SCP over the network: every instance
+    # sent got a success and became exactly one event; the two deliberate mistakes were refused
+    assert stored == demo["instances_sent"] >= 100
+    assert demo["send_failures"] == []
+    assert len(demo["organisations"]) >= 4
+    assert {m for org in demo["organisations"] for m in org["modalities"]} == {"CT", "MR", "DX", "MG", "US"}
+    assert sum(org["instances"] for org in demo["organisations"]) == stored
+    assert demo["incomplete_packages"] and all(p["missing"] for p in demo["incomplete_packages"])
+    [bad_object] = demo["refusals"]["object_without_patient_id"]
+    assert bad_object["status"] == "0xA900" and "PatientID" in bad_object["error_comment"]
+    [bad_caller] = demo["refusals"]["unknown_ae_title"]
+    assert bad_caller["association"] == "rejected"
+    assert {(r["event"], r["reason"]) for r in demo["rejections"]} == {
+        ("InstanceRejected", "missing-patient-id"),
+        ("AssociationRejected", "unknown-caller"),
+    }
+    assert demo["reports"]["signed"] == demo["reports"]["written"] > 0
+    assert (tmp_path / "home" / "senders.toml").exists() and demo["senders_file"]["written"]
     state = report["state"]
     assert state["event_log"]["backend"] == "embedded"
     assert state["blobs"]["backend"] == "local"
     assert state["clickhouse"]["backend"] == "chdb"
-    assert state["event_log"]["events_per_topic"]["cami.dicom"] == stored
-    assert state["clickhouse"]["catalogue_rows"]["InstanceReceived"] == stored
+    assert state["event_log"]["events_per_topic"]["cami.dicom"] == stored + 2
+    assert state["event_log"]["events_per_topic"]["cami.reports"] == 2 * demo["reports"]["signed"]
+    catalogue = state["clickhouse"]["catalogue_rows"]
+    assert catalogue["InstanceReceived"] == stored
+    assert catalogue["InstanceRejected"] == catalogue["AssociationRejected"] == 1
+    assert catalogue["ReportSigned"] == demo["reports"]["signed"]
     assert (tmp_path / "home" / "events.db").exists()
 
-    # status in a new process sees the same archive; a second demo adds to it
+    # status in a new process sees the same archive
     status = subprocess.run(
         [str(CAMI), "status", "--json"],
         env=env,
@@ -80,7 +102,25 @@ def test_demo_on_embedded_defaults_stores_and_projects_studies(tmp_path: Path) -
         check=False,
     )
     assert status.returncode == 0, status.stderr
-    assert json.loads(status.stdout)["event_log"]["events_per_topic"]["cami.dicom"] == stored
+    assert json.loads(status.stdout)["event_log"]["events_per_topic"]["cami.dicom"] == stored + 2
+
+    # a second demo re-sends the same (seeded) region: all acknowledged, no second event, no second report
+    again = subprocess.run(
+        [str(CAMI), "demo", "--json"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        stdin=subprocess.DEVNULL,
+        check=False,
+    )
+    assert again.returncode == 0, again.stderr
+    second: dict[str, Any] = json.loads(again.stdout)
+    assert second["demo"]["instances_stored"] == 0
+    assert second["demo"]["duplicates"] == stored
+    assert second["demo"]["send_failures"] == []
+    assert second["demo"]["reports"]["already_reported"] == demo["reports"]["signed"]
+    assert second["state"]["event_log"]["events_per_topic"]["cami.dicom"] == stored + 4
 
 
 def test_schemas_lists_every_event_type_with_fingerprints() -> None:

@@ -1,7 +1,7 @@
-"""Real Kafka and MinIO servers on loopback for tests and benchmarks.
+"""Real Kafka, MinIO and Orthanc servers on loopback for tests and benchmarks.
 
-Thin drivers over ``infra/kafka.sh`` and ``infra/minio.sh``: the scripts install (cached under
-``$CAMI_CACHE``), start detached servers and record their pids in the data directory; these classes
+Thin drivers over ``infra/kafka.sh``, ``infra/minio.sh`` and ``infra/orthanc.sh``: the scripts install
+(cached under ``$CAMI_CACHE``), start detached servers and record their pids in the data directory; these classes
 only choose ports, call the scripts and turn failures into exceptions that carry the server log.
 
     kafka = KafkaServer(tmp_path / "kafka")
@@ -14,12 +14,16 @@ only choose ports, call the scripts and turn failures into exceptions that carry
 
 from __future__ import annotations
 
+import json
 import os
 import socket
 import subprocess
+import time
+import urllib.error
+import urllib.request
 from pathlib import Path
 from types import TracebackType
-from typing import ClassVar, Self
+from typing import Any, ClassVar, Self
 
 INFRA_DIR = Path(__file__).resolve().parents[2] / "infra"
 
@@ -248,3 +252,153 @@ class MinioServer(_ScriptServer):
         env["CAMI_S3_ACCESS_KEY"] = self.access_key
         env["CAMI_S3_SECRET_KEY"] = self.secret_key
         return env
+
+
+class OrthancServer(_ScriptServer):
+    """Orthanc (Debian package) as a hospital's local PACS, started by ``infra/orthanc.sh``.
+
+    ``modalities`` maps the names Orthanc's REST API uses to ``(aet, host, port)``::
+
+        pacs = OrthancServer(tmp_path / "orthanc", modalities={"cami": ("CAMI", "127.0.0.1", 11112)})
+        pacs.start()
+        pacs.upload(path)                                   # POST /instances
+        pacs.store("cami", [study_id])                      # C-STORE by Orthanc to CAMI
+        tx = pacs.request_commitment("cami", [(sop_class, sop_instance)])
+        report = pacs.wait_commitment(tx)                   # GET /storage-commitment/{tx}
+    """
+
+    script = "orthanc.sh"
+    log_files = ("orthanc.out",)
+
+    def __init__(
+        self,
+        data_dir: Path,
+        http_port: int | None = None,
+        dicom_port: int | None = None,
+        aet: str = "HOSPITAL_PACS",
+        modalities: dict[str, tuple[str, str, int]] | None = None,
+    ) -> None:
+        if http_port is None or dicom_port is None:
+            picked = free_ports(2)
+            http_port = http_port if http_port is not None else picked[0]
+            if dicom_port is None:
+                dicom_port = picked[1] if picked[1] != http_port else picked[0]
+        super().__init__(data_dir, http_port, "--dicom-port", dicom_port)
+        self.http_port = http_port
+        self.dicom_port = dicom_port
+        self.aet = aet
+        self.modalities = dict(modalities or {})
+
+    @property
+    def url(self) -> str:
+        """``http://127.0.0.1:HTTP_PORT``, the REST API."""
+        return f"http://127.0.0.1:{self.http_port}"
+
+    @property
+    def address(self) -> str:
+        return self.url
+
+    def install(self) -> None:
+        if self.script in _installed:
+            return
+        proc = subprocess.run(
+            ["bash", str(INFRA_DIR / "dicom-peers.sh"), "install"],
+            stdin=subprocess.DEVNULL,
+            capture_output=True,
+            text=True,
+            timeout=_INSTALL_TIMEOUT_S,
+            check=False,
+        )
+        if proc.returncode != 0:
+            raise ServerError(self._describe("infra/dicom-peers.sh install failed", proc.stderr))
+        _installed.add(self.script)
+
+    def start(self) -> None:
+        """Install if needed, write the config, start on ``data_dir`` and wait for ``/system``."""
+        self.install()
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        args = ["start", *self._dir_args(), "--http-port", str(self.http_port), "--dicom-port", str(self.dicom_port)]
+        args += ["--aet", self.aet]
+        for name, (aet, host, port) in self.modalities.items():
+            args += ["--modality", f"{name}={aet}@{host}:{port}"]
+        proc = self._run(*args, timeout=_START_TIMEOUT_S)
+        printed = proc.stdout.strip().splitlines()[-1] if proc.stdout.strip() else ""
+        if printed != self.url:
+            raise ServerError(
+                self._describe(f"orthanc.sh start printed {printed!r}, expected {self.url!r}", proc.stderr)
+            )
+
+    # -- REST helpers ------------------------------------------------------------------------------
+
+    def rest(
+        self, method: str, path: str, body: bytes | dict[str, Any] | list[Any] | None = None, timeout: float = 120.0
+    ) -> Any:
+        """Call the REST API; JSON in (dict/list) or raw bytes, JSON out. HTTP errors raise ServerError."""
+        data: bytes | None
+        headers = {}
+        if isinstance(body, (dict, list)):
+            data = json.dumps(body).encode()
+            headers["Content-Type"] = "application/json"
+        else:
+            data = body
+            if body is not None:
+                headers["Content-Type"] = "application/dicom"
+        request = urllib.request.Request(self.url + path, data=data, method=method, headers=headers)
+        try:
+            with urllib.request.urlopen(request, timeout=timeout) as response:
+                raw = response.read()
+        except urllib.error.HTTPError as exc:
+            detail = exc.read().decode("utf-8", "replace")
+            raise ServerError(f"Orthanc {method} {path}: HTTP {exc.code}: {detail}") from None
+        return json.loads(raw) if raw.strip() else None
+
+    def upload(self, path: Path) -> dict[str, Any]:
+        """POST /instances with one DICOM file; returns Orthanc's answer (ID, ParentStudy, Status...)."""
+        answer: dict[str, Any] = self.rest("POST", "/instances", Path(path).read_bytes())
+        return answer
+
+    def studies(self) -> list[str]:
+        """Orthanc IDs of the studies it holds."""
+        ids: list[str] = self.rest("GET", "/studies")
+        return ids
+
+    def instances(self) -> list[str]:
+        """Orthanc IDs of every instance it holds."""
+        ids: list[str] = self.rest("GET", "/instances")
+        return ids
+
+    def store(self, modality: str, resources: list[str], timeout: float = 300.0) -> dict[str, Any]:
+        """Orthanc sends the resources (Orthanc IDs of studies/series/instances) to ``modality`` with
+        its own C-STORE, synchronously; raises if the job fails."""
+        body = {"Resources": resources, "Synchronous": True, "Timeout": int(timeout)}
+        answer: dict[str, Any] = self.rest("POST", f"/modalities/{modality}/store", body, timeout=timeout + 10)
+        return answer
+
+    def request_commitment(self, modality: str, references: list[tuple[str, str]], timeout: int = 30) -> str:
+        """Ask ``modality`` (N-ACTION) to commit these (SOP class UID, SOP instance UID); returns the
+        transaction UID. The answer arrives later as an N-EVENT-REPORT to Orthanc's DICOM port."""
+        body = {
+            "DicomInstances": [{"SOPClassUID": c, "SOPInstanceUID": i} for c, i in references],
+            "Timeout": timeout,
+        }
+        answer = self.rest("POST", f"/modalities/{modality}/storage-commitment", body)
+        return str(answer["ID"])
+
+    def commitment_report(self, transaction_uid: str) -> dict[str, Any]:
+        """GET /storage-commitment/{uid}: Status is Pending, Success or Failure; Success and Failures list
+        the instances."""
+        report: dict[str, Any] = self.rest("GET", f"/storage-commitment/{transaction_uid}")
+        return report
+
+    def wait_commitment(self, transaction_uid: str, timeout: float = 60.0) -> dict[str, Any]:
+        """Poll the report until it is no longer Pending (ServerError after ``timeout``)."""
+        deadline = time.monotonic() + timeout
+        while True:
+            report = self.commitment_report(transaction_uid)
+            if report.get("Status") != "Pending":
+                return report
+            if time.monotonic() > deadline:
+                raise ServerError(
+                    self._describe(f"storage commitment {transaction_uid} still pending after {timeout:.0f}s", "")
+                )
+            time.sleep(0.1)

@@ -1,0 +1,218 @@
+"""Who is calling: users from a TOML file, bearer tokens stored only as SHA-256 hashes.
+
+The file is ``$CAMI_USERS`` (default ``$CAMI_HOME/users.toml``)::
+
+    [[user]]
+    name = "dr.petrov"
+    role = "radiologist"                    # see ROLES
+    organisation = "1.2.643.5.1.13.13.12.2.50.1001"
+    doctor_code = "R-1001"                  # regional directory of medical staff (radiologists)
+    doctor_name = "Петров^Иван^Сергеевич"   # DICOM PN form
+    token_sha256 = "9f86d0..."              # SHA-256 (hex) of the bearer token; the token is never stored
+
+``cami users add`` appends a user and prints the new token once. The file is re-read when it
+changes, so users added while the archive runs can sign in at once.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import secrets
+import threading
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from schemas.events import Actor
+
+ROLES = (
+    "radiologist",
+    "referring-doctor",
+    "regional-it",
+    "auditor",
+    "analyst",
+    "administrator",
+    "modality",
+)
+
+_HEX64 = frozenset("0123456789abcdef")
+
+
+class UsersFileError(ValueError):
+    """The users file is unreadable or holds invalid entries (the message names the entry, not tokens)."""
+
+
+@dataclass(frozen=True)
+class User:
+    name: str
+    role: str
+    organisation: str | None = None
+    doctor_code: str | None = None
+    doctor_name: str | None = None
+
+    @property
+    def actor(self) -> Actor:
+        return Actor(self.name, self.role)
+
+    def clinician(self) -> dict[str, str | None]:
+        """The user as events name doctors (regional code and name; the user name if no doctor name)."""
+        return {"code": self.doctor_code, "name": self.doctor_name or self.name}
+
+
+def token_hash(token: str) -> str:
+    return hashlib.sha256(token.encode("utf-8")).hexdigest()
+
+
+def users_path(env: Mapping[str, str] | None = None, home: Path | None = None) -> Path:
+    env = os.environ if env is None else env
+    if env.get("CAMI_USERS"):
+        return Path(env["CAMI_USERS"]).expanduser().resolve()
+    base = home if home is not None else Path(env.get("CAMI_HOME", "cami-data")).expanduser().resolve()
+    return base / "users.toml"
+
+
+def _clean(value: Any, what: str, index: int, required: bool = False) -> str | None:
+    if value is None:
+        if required:
+            raise UsersFileError(f"user #{index + 1}: missing {what!r}")
+        return None
+    if not isinstance(value, str):
+        raise UsersFileError(f"user #{index + 1}: {what!r} must be a string")
+    value = value.strip()
+    if any(ord(ch) < 0x20 or ord(ch) == 0x7F for ch in value):
+        raise UsersFileError(f"user #{index + 1}: {what!r} contains control characters")
+    if required and not value:
+        raise UsersFileError(f"user #{index + 1}: {what!r} is empty")
+    return value or None
+
+
+def _parse(raw: Mapping[str, Any]) -> dict[str, tuple[str, User]]:
+    """token hash -> (hash, user); also checks names are unique."""
+    entries = raw.get("user", [])
+    if not isinstance(entries, list):
+        raise UsersFileError("'user' must be an array of tables ([[user]])")
+    by_hash: dict[str, tuple[str, User]] = {}
+    names: set[str] = set()
+    for i, entry in enumerate(entries):
+        if not isinstance(entry, dict):
+            raise UsersFileError(f"user #{i + 1}: not a table")
+        name = _clean(entry.get("name"), "name", i, required=True)
+        role = _clean(entry.get("role"), "role", i, required=True)
+        digest = _clean(entry.get("token_sha256"), "token_sha256", i, required=True)
+        assert name is not None and role is not None and digest is not None
+        if role not in ROLES:
+            raise UsersFileError(f"user {name}: unknown role {role!r} (one of {', '.join(ROLES)})")
+        digest = digest.lower()
+        if len(digest) != 64 or not set(digest) <= _HEX64:
+            raise UsersFileError(f"user {name}: token_sha256 must be 64 hex digits (the hash, never the token)")
+        if name in names:
+            raise UsersFileError(f"user {name}: listed twice")
+        if digest in by_hash:
+            raise UsersFileError(f"user {name}: shares a token with another user")
+        names.add(name)
+        user = User(
+            name,
+            role,
+            _clean(entry.get("organisation"), "organisation", i),
+            _clean(entry.get("doctor_code"), "doctor_code", i),
+            _clean(entry.get("doctor_name"), "doctor_name", i),
+        )
+        by_hash[digest] = (digest, user)
+    return by_hash
+
+
+def _read(path: Path) -> dict[str, Any]:
+    try:
+        return tomllib.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        return {}
+    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
+        raise UsersFileError(f"{path}: {exc}") from None
+
+
+class UserDirectory:
+    """The users file, re-read when its modification time or size changes."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._lock = threading.Lock()
+        self._stamp: tuple[int, int] | None = None
+        self._users: dict[str, tuple[str, User]] = {}
+
+    def _refresh(self) -> None:
+        try:
+            st = self.path.stat()
+            stamp: tuple[int, int] | None = (st.st_mtime_ns, st.st_size)
+        except FileNotFoundError:
+            stamp = None
+        if stamp == self._stamp and (stamp is not None or not self._users):
+            return
+        self._users = _parse(_read(self.path)) if stamp is not None else {}
+        self._stamp = stamp
+
+    def users(self) -> list[User]:
+        with self._lock:
+            self._refresh()
+            return [user for _, user in self._users.values()]
+
+    def authenticate(self, token: str) -> User | None:
+        if not token:
+            return None
+        digest = token_hash(token)
+        with self._lock:
+            self._refresh()
+            found = self._users.get(digest)
+        if found is None or not secrets.compare_digest(found[0], digest):
+            return None
+        return found[1]
+
+
+def _toml_string(value: str) -> str:
+    # JSON string escapes (\", \\, \n, \uXXXX) are valid TOML basic-string escapes
+    return json.dumps(value, ensure_ascii=False)
+
+
+def add_user(
+    path: Path,
+    name: str,
+    role: str,
+    *,
+    organisation: str | None = None,
+    doctor_code: str | None = None,
+    doctor_name: str | None = None,
+) -> tuple[User, str]:
+    """Append a user to the file; returns the user and the new token (shown once, stored hashed)."""
+    if role not in ROLES:
+        raise UsersFileError(f"unknown role {role!r} (one of {', '.join(ROLES)})")
+    if role == "radiologist" and not (doctor_code and doctor_name):
+        raise UsersFileError("a radiologist needs --doctor-code and --doctor-name (regional directory)")
+    existing = _parse(_read(path))
+    if any(user.name == name for _, user in existing.values()):
+        raise UsersFileError(f"user {name} already exists in {path}")
+    token = secrets.token_urlsafe(32)
+    fields: dict[str, str | None] = {
+        "name": name,
+        "role": role,
+        "organisation": organisation,
+        "doctor_code": doctor_code,
+        "doctor_name": doctor_name,
+        "token_sha256": token_hash(token),
+    }
+    lines = ["", "[[user]]"]
+    for key, value in fields.items():
+        if value is not None:
+            _clean(value, key, len(existing), required=True)
+            lines.append(f"{key} = {_toml_string(value)}")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+    with os.fdopen(fd, "a", encoding="utf-8") as handle:
+        handle.write("\n".join(lines) + "\n")
+        handle.flush()
+        os.fsync(handle.fileno())
+    _parse(_read(path))  # the file must still be valid
+    user = User(name, role, organisation, doctor_code, doctor_name)
+    return user, token
