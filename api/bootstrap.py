@@ -14,7 +14,7 @@ from ingest.reports import DocumentReportHook
 from ingest.scp import StorageSCP
 from ingest.senders import Senders, load_senders
 from ingest.sop_index import SopIndex, SopIndexProjection, SopIndexSink
-from projections.catalogue import EventCatalogue
+from projections.registry import ProjectionConfig, build
 from projections.sinks import WarehouseSink
 from projections.warehouse import Warehouse, open_warehouse
 from streams import EventLog, open_event_log
@@ -83,15 +83,11 @@ class Archive:
             self._warehouse = open_warehouse(self.settings.warehouse_url)
         return self._warehouse
 
-    def processors(self) -> list[Processor]:
-        return [EventCatalogue()]
+    def processors(self, names: Sequence[str] = ()) -> list[Processor]:
+        return build(tuple(names), ProjectionConfig(pseudonym_key=self.settings.pseudonym_key))
 
     def bindings(self, names: Sequence[str] = ()) -> list[tuple[Processor, Sink]]:
-        chosen = [p for p in self.processors() if not names or p.name in names]
-        unknown = set(names) - {p.name for p in chosen}
-        if unknown:
-            raise ValueError(f"unknown processor(s) {sorted(unknown)}")
-        return [(p, WarehouseSink(self.warehouse, getattr(p, "ddl", ()))) for p in chosen]
+        return [(p, WarehouseSink(self.warehouse, getattr(p, "ddl", ()))) for p in self.processors(names)]
 
     def close(self) -> None:
         if self._sop_index is not None:

@@ -13,6 +13,7 @@ CAMI_DICOM_HOST        address the DICOM services listen on         127.0.0.1
 CAMI_DICOM_PORT        port of the DICOM services                   11112
 CAMI_HTTP_HOST         address the HTTP API listens on              127.0.0.1
 CAMI_HTTP_PORT         port of the HTTP API (DICOMweb, reports)     8042
+CAMI_PSEUDONYM_KEY     HMAC key for patient pseudonyms (analytics)  a development key (set it!)
 =====================  ==========================================  =================================
 
 Real servers: ``CAMI_EVENT_LOG=kafka://broker1:9092,broker2:9092?replication=3&min_insync=2``,
@@ -40,6 +41,7 @@ class Settings:
     dicom_port: int = 11112
     http_host: str = "127.0.0.1"
     http_port: int = 8042
+    pseudonym_key: bytes = b"cami-development-key-change-me"
 
     @property
     def senders_file(self) -> Path:
@@ -60,6 +62,7 @@ class Settings:
             dicom_port=int(env.get("CAMI_DICOM_PORT", "11112")),
             http_host=env.get("CAMI_HTTP_HOST", "127.0.0.1"),
             http_port=int(env.get("CAMI_HTTP_PORT", "8042")),
+            pseudonym_key=env.get("CAMI_PSEUDONYM_KEY", "cami-development-key-change-me").encode(),
         )
 
     def describe(self) -> dict[str, str]:

@@ -26,6 +26,13 @@ def _ae(value: Any) -> str:
     return (value.decode("ascii", "replace") if isinstance(value, bytes) else str(value or "")).strip()
 
 
+def called_ae_title(assoc: Any) -> str:
+    """The AE title the peer called, as its A-ASSOCIATE-RQ says (``acceptor.ae_title`` is ours)."""
+    primitive = getattr(assoc.requestor, "primitive", None)
+    called = getattr(primitive, "called_ae_title", None) if primitive is not None else None
+    return _ae(called if called else assoc.acceptor.ae_title)
+
+
 def handle_echo(event: Any) -> int:
     return int(Status.SUCCESS)
 
@@ -33,7 +40,7 @@ def handle_echo(event: Any) -> int:
 def arrival_for(event: Any, senders: Senders) -> Arrival:
     assoc = event.assoc
     calling = _ae(assoc.requestor.ae_title)
-    called = _ae(assoc.acceptor.ae_title)
+    called = called_ae_title(assoc)
     sender = senders.lookup(calling)
     return Arrival(
         channel="dicom",
@@ -114,7 +121,7 @@ def handle_rejected(event: Any, senders: Senders, event_log: EventLog) -> None:
     reason = "unknown-caller" if senders.lookup(calling) is None else "association-rejected"
     log.warning("rejected association from %s@%s: %s", calling, assoc.requestor.address, reason)
     record_association_rejected(
-        event_log, reason, calling, _ae(assoc.acceptor.ae_title) or None, assoc.requestor.address, assoc.requestor.port
+        event_log, reason, calling, called_ae_title(assoc) or None, assoc.requestor.address, assoc.requestor.port
     )
 
 
@@ -123,7 +130,7 @@ def handle_established(event: Any, senders: Senders, event_log: EventLog) -> Non
     this far: the association is rejected outright, see :func:`handle_rejected`)."""
     assoc = event.assoc
     calling = _ae(assoc.requestor.ae_title)
-    called = _ae(assoc.acceptor.ae_title)
+    called = called_ae_title(assoc)
     allowed, reason = senders.allowed(calling, assoc.requestor.address)
     if allowed and called not in {senders.ae_title, senders.emergency_ae_title}:
         allowed, reason = False, "wrong-called-ae-title"

@@ -42,6 +42,7 @@ class EventCatalogue:
     name = "catalogue"
     topics: Sequence[str] = SOURCE_OF_TRUTH
     ddl = (DDL,)
+    tables = (TABLE,)
 
     def apply(self, event: Event, source: Source) -> Sequence[Row]:
         env = event.envelope

@@ -37,7 +37,8 @@ def _agent(processor: Processor, sink: Sink) -> Callable[[Any], Coroutine[Any, A
         batches: AsyncIterator[Sequence[Any]] = stream.take_events(500, within=0.2)
         async for events in batches:
             records = [
-                (Source(e.message.topic, e.message.partition, e.message.offset), e.message.value) for e in events
+                (Source(e.message.topic, e.message.partition, e.message.offset, e.message.value), e.message.value)
+                for e in events
             ]
             result = process_batch(processor, records)
             if result.rows:

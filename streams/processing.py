@@ -27,11 +27,14 @@ log = logging.getLogger("cami.streams")
 
 @dataclass(frozen=True, slots=True)
 class Source:
-    """Where an event was read from; rows keyed by it are idempotent under redelivery."""
+    """Where an event was read from; rows keyed by it are idempotent under redelivery.
+
+    ``raw`` is the event exactly as stored in the log (for hash chains over the bytes)."""
 
     topic: str
     partition: int
     offset: int
+    raw: bytes = field(default=b"", compare=False, repr=False)
 
 
 @dataclass(frozen=True, slots=True)
@@ -85,7 +88,7 @@ def process_batch(processor: Processor, records: Sequence[tuple[Source, bytes]])
 
 
 def record_source(record: Record) -> tuple[Source, bytes]:
-    return Source(record.topic, record.partition, record.offset), record.value
+    return Source(record.topic, record.partition, record.offset, record.value), record.value
 
 
 class EmbeddedRunner:
@@ -94,20 +97,34 @@ class EmbeddedRunner:
     Each processor has its own consumer group, so each resumes from its own committed offsets.
     """
 
-    def __init__(self, event_log: EventLog, bindings: Sequence[tuple[Processor, Sink]], batch_size: int = 500):
+    def __init__(
+        self,
+        event_log: EventLog,
+        bindings: Sequence[tuple[Processor, Sink]],
+        batch_size: int = 500,
+        linger: float = 0.25,
+    ):
         self._log = event_log
         self._bindings = list(bindings)
         self._batch_size = batch_size
+        #: how long a running processor gathers events before applying them: a few large sink
+        #: writes instead of one per arriving event (read models stay well under a second behind)
+        self._linger = linger
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
         self.processed: dict[str, int] = {p.name: 0 for p, _ in self._bindings}
         self.errors: dict[str, str] = {}
 
-    def run_once(self, processor: Processor, sink: Sink, consumer: Consumer, timeout: float = 0.2) -> int:
+    def run_once(
+        self, processor: Processor, sink: Sink, consumer: Consumer, timeout: float = 0.2, linger: float = 0.0
+    ) -> int:
         """Poll one batch, apply, write, commit. Returns the number of records handled."""
         records = consumer.poll(self._batch_size, timeout)
         if not records:
             return 0
+        deadline = time.monotonic() + linger
+        while len(records) < self._batch_size and (left := deadline - time.monotonic()) > 0:
+            records += consumer.poll(self._batch_size - len(records), left)
         result = process_batch(processor, [record_source(r) for r in records])
         if result.rows:
             sink.write(result.rows)
@@ -154,7 +171,7 @@ class EmbeddedRunner:
         with self._log.consumer(group_id(processor), processor.topics) as consumer:
             while not self._stop.is_set():
                 try:
-                    self.run_once(processor, sink, consumer, timeout=0.2)
+                    self.run_once(processor, sink, consumer, timeout=0.2, linger=self._linger)
                 except Exception as exc:  # keep the thread alive; the batch was not committed
                     self.errors[processor.name] = str(exc)
                     log.exception("processor %s failed on a batch; retrying", processor.name)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import io
 import json
 import os
 import pty
@@ -19,13 +18,14 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from pydicom.dataset import Dataset, FileMetaDataset
-from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, generate_uid
+from pydicom.dataset import Dataset
+from pydicom.uid import generate_uid
 
 from schemas.codec import decode
 from schemas.events import Event
 from streams import open_event_log
 from streams.topics import DICOM
+from tests.support import studies
 
 CAMI = Path(sys.executable).parent / "cami"
 ORG = "1.2.643.5.1.13.13.12.2.50.1001"
@@ -36,44 +36,11 @@ UID_ROOT = "1.2.826.0.1.3680043.8.498."
 def instance(
     study: str, series: str, number: int, *, patient_id: str | None = "P-0001", sop_uid: str | None = None
 ) -> Dataset:
-    """A small but complete CT image (8x8 pixels, 16 bit) as a Part-10 data set."""
-    ds = Dataset()
-    ds.SOPClassUID = CTImageStorage
-    ds.SOPInstanceUID = sop_uid or generate_uid(UID_ROOT)
-    ds.StudyInstanceUID = study
-    ds.SeriesInstanceUID = series
-    if patient_id is not None:
-        ds.PatientID = patient_id
-    ds.PatientName = "Иванов^Иван"
-    ds.SpecificCharacterSet = "ISO_IR 192"
-    ds.PatientBirthDate = "19700101"
-    ds.PatientSex = "M"
-    ds.StudyDate = "20240301"
-    ds.StudyTime = "101500"
-    ds.StudyID = "1"
-    ds.AccessionNumber = "A1"
-    ds.Modality = "CT"
-    ds.SeriesNumber = 1
-    ds.InstanceNumber = number
-    ds.Rows = ds.Columns = 8
-    ds.BitsAllocated = ds.BitsStored = 16
-    ds.HighBit = 15
-    ds.PixelRepresentation = 0
-    ds.SamplesPerPixel = 1
-    ds.PhotometricInterpretation = "MONOCHROME2"
-    ds.PixelData = bytes((number + i) % 256 for i in range(128))
-    meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID = ds.SOPClassUID
-    meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
-    meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    ds.file_meta = meta
-    return ds
+    """A small but complete CT image (8x8 pixels) as a Part-10 data set."""
+    return studies.instance(study, series, number, patient_id=patient_id, sop_uid=sop_uid, size=8)
 
 
-def part10(ds: Dataset) -> bytes:
-    buffer = io.BytesIO()
-    ds.save_as(buffer, enforce_file_format=True)
-    return buffer.getvalue()
+part10 = studies.part10_bytes
 
 
 def dicom_file(number: int, study: str | None = None, series: str | None = None, **kw: Any) -> tuple[str, bytes]:

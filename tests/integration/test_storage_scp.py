@@ -90,8 +90,13 @@ def test_storescu_study_of_500_instances_in_seven_transfer_syntaxes_is_kept_bit_
 ) -> None:
     files = write_study(tmp_path / "study", 500)
     assert len({f.transfer_syntax for f in files}) == 7
-    result = storescu("127.0.0.1", running.scp.port, [f.path for f in files], calling="OKB_CT1",
-                      profile=storescu_profile(tmp_path / "storescu.cfg"))
+    result = storescu(
+        "127.0.0.1",
+        running.scp.port,
+        [f.path for f in files],
+        calling="OKB_CT1",
+        profile=storescu_profile(tmp_path / "storescu.cfg"),
+    )
     statuses = outcomes(result.stdout + result.stderr)
     assert Counter(statuses.values()) == {"Success": 500}, result.stderr[-2000:]
 
@@ -109,8 +114,13 @@ def test_storescu_study_of_500_instances_in_seven_transfer_syntaxes_is_kept_bit_
         assert event.envelope.organisation == ORGANISATION
         assert event["calling_ae_title"] == "OKB_CT1" and event["missing"] == []
 
-    echo = subprocess.run(["/usr/bin/echoscu", "-aet", "OKB_CT1", "-aec", "CAMI", "127.0.0.1",
-                           str(running.scp.port)], env=DCMTK_ENV, capture_output=True, text=True, check=False)
+    echo = subprocess.run(
+        ["/usr/bin/echoscu", "-aet", "OKB_CT1", "-aec", "CAMI", "127.0.0.1", str(running.scp.port)],
+        env=DCMTK_ENV,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
     assert echo.returncode == 0, echo.stderr
 
 
@@ -203,8 +213,9 @@ BAD_INPUTS = {
 
 
 @pytest.mark.parametrize("case", sorted(BAD_INPUTS))
-def test_bad_input_is_refused_with_its_status_and_a_rejection_event(running: Running, tmp_path: Path,
-                                                                    case: str) -> None:
+def test_bad_input_is_refused_with_its_status_and_a_rejection_event(
+    running: Running, tmp_path: Path, case: str
+) -> None:
     make, status, reason = BAD_INPUTS[case]
     response = _send_raw(running.scp.port, make(tmp_path))
     assert response.Status == status
@@ -228,3 +239,87 @@ def test_unknown_calling_ae_title_is_rejected_at_association(running: Running, t
     assert running.events("InstanceReceived") == []
     ok = storescu("127.0.0.1", running.scp.port, [_valid(tmp_path, "y")], calling="OKB_CT1")
     assert list(outcomes(ok.stderr).values()) == ["Success"]
+
+
+def _custom_archive(tmp_path: Path, senders: str) -> Running:
+    home = tmp_path / "custom"
+    home.mkdir(parents=True)
+    run = start_archive(home)
+    run.scp.stop()
+    (home / "senders.toml").write_text(senders, encoding="utf-8")
+    run.scp = run.archive.storage_scp(port=0)
+    run.scp.start()
+    return run
+
+
+def test_pilot_mode_accepts_unknown_callers_and_flags_their_objects(tmp_path: Path) -> None:
+    run = _custom_archive(tmp_path, '[archive]\nae_title = "CAMI"\naccept_unknown = true\n')
+    try:
+        result = storescu("127.0.0.1", run.scp.port, [_valid(tmp_path, "pilot")], calling="NEW_CLINIC")
+        assert list(outcomes(result.stderr).values()) == ["Success"]
+        [event] = run.events("InstanceReceived")
+        assert "KnownSender" in event["missing"] and event.envelope.organisation is None
+    finally:
+        run.scp.stop()
+        run.archive.close()
+
+
+def test_sender_restricted_to_other_addresses_is_refused(tmp_path: Path) -> None:
+    run = _custom_archive(tmp_path, '[[sender]]\nae_title = "OKB_CT1"\norganisation = "X"\naddresses = ["10.9.9.9"]\n')
+    try:
+        result = storescu("127.0.0.1", run.scp.port, [_valid(tmp_path, "addr")], calling="OKB_CT1")
+        assert "Success" not in outcomes(result.stderr).values()
+        deadline = time.monotonic() + 10
+        while not run.events("AssociationRejected") and time.monotonic() < deadline:
+            time.sleep(0.05)
+        [event] = run.events("AssociationRejected")
+        assert event["reason"] == "address-not-allowed"
+        assert run.events("InstanceReceived") == []
+    finally:
+        run.scp.stop()
+        run.archive.close()
+
+
+def test_marks_from_private_tags_and_the_emergency_ae_title(running: Running, tmp_path: Path) -> None:
+    ds = instance("1.2.826.0.1.3680043.8.498.501", "1.2.826.0.1.3680043.8.498.501.1", 1)
+    block = ds.private_block(0x0011, "CAMI", create=True)
+    block.add_new(0x10, "CS", "Y")
+    marked = tmp_path / "marked.dcm"
+    ds.save_as(marked, enforce_file_format=True)
+    plain = _valid(tmp_path, "urgent")
+    storescu("127.0.0.1", running.scp.port, [marked], calling="OKB_CT1")
+    storescu("127.0.0.1", running.scp.port, [plain], calling="OKB_CT1", called="CAMI_URGENT")
+    by_study = {e["StudyInstanceUID"]: e for e in running.events("InstanceReceived")}
+    assert by_study["1.2.826.0.1.3680043.8.498.501"]["pathology"] is True
+    assert by_study["1.2.826.0.1.3680043.8.498.501"]["emergency"] is False
+    [urgent] = [e for uid, e in by_study.items() if uid != "1.2.826.0.1.3680043.8.498.501"]
+    assert urgent["emergency"] is True and urgent["called_ae_title"] == "CAMI_URGENT"
+
+
+def test_missing_regional_attributes_store_an_incomplete_package(running: Running, tmp_path: Path) -> None:
+    path = _modified(
+        tmp_path,
+        "incomplete",
+        PerformingPhysicianIdentificationSequence=None,
+        ProcedureCodeSequence=None,
+        PatientBirthDate=None,
+    )
+    assert _send_raw(running.scp.port, path).Status == 0x0000
+    [event] = running.events("InstanceReceived")
+    assert set(event["missing"]) == {
+        "PerformingPhysicianCode",
+        "ProcedureCode",
+        "ProcedureCodeMeaning",
+        "PatientBirthDate",
+    }
+
+
+def test_calling_a_wrong_ae_title_is_refused(running: Running, tmp_path: Path) -> None:
+    result = storescu("127.0.0.1", running.scp.port, [_valid(tmp_path, "wrong")], calling="OKB_CT1", called="PACS")
+    assert "Success" not in outcomes(result.stderr).values()
+    deadline = time.monotonic() + 10
+    while not running.events("AssociationRejected") and time.monotonic() < deadline:
+        time.sleep(0.05)
+    [event] = running.events("AssociationRejected")
+    assert event["reason"] == "wrong-called-ae-title" and event["called_ae_title"] == "PACS"
+    assert running.events("InstanceReceived") == []

@@ -16,8 +16,7 @@ from typing import Any
 import httpx
 import pytest
 from pydicom.dataset import Dataset, FileMetaDataset
-from pydicom.sequence import Sequence as DicomSequence
-from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+from pydicom.uid import ExplicitVRLittleEndian
 
 from api.auth import add_user
 from api.bootstrap import Archive, bootstrap
@@ -25,6 +24,7 @@ from api.config import Settings
 from api.http import HttpServer, create_app
 from schemas.codec import decode
 from streams.topics import DICOM, REPORTS
+from tests.support import studies
 
 CT_IMAGE = "1.2.840.10008.5.1.4.1.1.2"
 ROOT_UID = "1.2.826.0.1.3680043.8.498."
@@ -44,43 +44,15 @@ def part10(ds: Dataset) -> bytes:
 
 
 def ct_dataset(study: str, series: str | None = None, number: int = 1, patient_id: str | None = "P-1001") -> Dataset:
-    ds = Dataset()
-    ds.SpecificCharacterSet = "ISO_IR 192"
-    ds.SOPClassUID = CT_IMAGE
-    ds.SOPInstanceUID = generate_uid(prefix=ROOT_UID)
-    ds.StudyInstanceUID = study
-    ds.SeriesInstanceUID = series or study + ".1"
-    if patient_id is not None:
-        ds.PatientID = patient_id
-    ds.PatientName = "Иванов^Иван^Иванович"
-    ds.PatientBirthDate = "19700101"
-    ds.PatientSex = "M"
-    ds.StudyDate = "20260101"
-    ds.Modality = "CT"
-    ds.InstanceNumber = number
-    ds.Rows = 4
-    ds.Columns = 4
-    ds.BitsAllocated = 16
-    ds.BitsStored = 12
-    ds.HighBit = 11
-    ds.PixelRepresentation = 0
-    ds.SamplesPerPixel = 1
-    ds.PhotometricInterpretation = "MONOCHROME2"
-    ds.PerformingPhysicianName = "Петров^Пётр"
-    doctor = Dataset()
-    code = Dataset()
-    code.CodeValue = "D-17"
-    code.CodingSchemeDesignator = "RU-DOC"
-    code.CodeMeaning = "Петров П."
-    doctor.PersonIdentificationCodeSequence = DicomSequence([code])
-    ds.PerformingPhysicianIdentificationSequence = DicomSequence([doctor])
-    proc = Dataset()
-    proc.CodeValue = "A06.09.005"
-    proc.CodingSchemeDesignator = "RU-NMU"
-    proc.CodeMeaning = "КТ органов грудной полости"
-    ds.ProcedureCodeSequence = DicomSequence([proc])
-    ds.PixelData = bytes(range(32))
-    return ds
+    """A small CT image with every regional attribute (4x4 pixels)."""
+    return studies.instance(
+        study,
+        series or study + ".1",
+        number,
+        patient_id=patient_id,
+        size=4,
+        patient=("ISO_IR 192", "Иванов^Иван^Иванович"),
+    )
 
 
 def new_study() -> str:

@@ -7,6 +7,7 @@ would hold them; dcmtk's storescu then sends them without changing a byte of the
 
 from __future__ import annotations
 
+import io
 import os
 import subprocess
 from dataclasses import dataclass
@@ -50,24 +51,28 @@ def instance(
     number: int,
     *,
     patient: tuple[str, str] = PATIENTS[0],
-    patient_id: str = "TEST-0001",
+    patient_id: str | None = "TEST-0001",
+    sop_uid: str | None = None,
     bits: int = 16,
     size: int = 64,
 ) -> Dataset:
+    """A complete CT image carrying every regional attribute (``patient_id=None`` leaves it out)."""
     charset, name = patient
     ds = Dataset()
     ds.SpecificCharacterSet = charset
     ds.SOPClassUID = "1.2.840.10008.5.1.4.1.1.2"
-    ds.SOPInstanceUID = generate_uid()
+    ds.SOPInstanceUID = sop_uid or generate_uid()
     ds.StudyInstanceUID = study_uid
     ds.SeriesInstanceUID = series_uid
     ds.PatientName = name
-    ds.PatientID = patient_id
+    if patient_id is not None:
+        ds.PatientID = patient_id
     ds.PatientBirthDate = "19720305"
     ds.PatientSex = "F"
     ds.StudyDate = "20261124"
     ds.StudyTime = "101500"
     ds.AccessionNumber = "ACC-77"
+    ds.StudyID = "1"
     ds.Modality = "CT"
     ds.SeriesNumber = 1
     ds.InstanceNumber = number
@@ -102,6 +107,12 @@ def instance(
     return ds
 
 
+def part10_bytes(ds: Dataset) -> bytes:
+    buffer = io.BytesIO()
+    ds.save_as(buffer, enforce_file_format=True)
+    return buffer.getvalue()
+
+
 def write_study(
     directory: Path,
     count: int,
@@ -119,8 +130,14 @@ def write_study(
     for i in range(count):
         ts = syntaxes[i % len(syntaxes)]
         command, eight_bit = TRANSFER_SYNTAXES[ts]
-        ds = instance(study_uid, series[ts], i + 1, patient=PATIENTS[i % len(PATIENTS)], patient_id=patient_id,
-                      bits=8 if eight_bit else 16)
+        ds = instance(
+            study_uid,
+            series[ts],
+            i + 1,
+            patient=PATIENTS[i % len(PATIENTS)],
+            patient_id=patient_id,
+            bits=8 if eight_bit else 16,
+        )
         source = directory / f"src-{i:05d}.dcm"
         target = directory / f"{i:05d}.dcm"
         ds.save_as(source, enforce_file_format=True)
@@ -156,15 +173,38 @@ def storescu_profile(path: Path, sop_classes: list[str] = STORAGE_CLASSES) -> Pa
     return path
 
 
-def storescu(host: str, port: int, files: list[Path], *, calling: str, called: str = "CAMI",
-             timeout: float = 600, profile: Path | None = None) -> subprocess.CompletedProcess[str]:
+def storescu(
+    host: str,
+    port: int,
+    files: list[Path],
+    *,
+    calling: str,
+    called: str = "CAMI",
+    timeout: float = 600,
+    profile: Path | None = None,
+) -> subprocess.CompletedProcess[str]:
     """dcmtk's storescu, verbose, not halting on failures (per-file outcome in the output). With a
     ``profile`` (see :func:`storescu_profile`) each file is sent in its own transfer syntax."""
     options = ["-xf", str(profile), "Originals"] if profile else []
     return subprocess.run(
-        ["/usr/bin/storescu", "-v", "-nh", *options, "-aet", calling, "-aec", called, host, str(port),
-         *map(str, files)],
-        capture_output=True, text=True, env=DCMTK_ENV, timeout=timeout, check=False,
+        [
+            "/usr/bin/storescu",
+            "-v",
+            "-nh",
+            *options,
+            "-aet",
+            calling,
+            "-aec",
+            called,
+            host,
+            str(port),
+            *map(str, files),
+        ],
+        capture_output=True,
+        text=True,
+        env=DCMTK_ENV,
+        timeout=timeout,
+        check=False,
     )
 
 
