@@ -219,6 +219,8 @@ class Ingestor:
                 publish(self.event_log, event)
             except (EventLogError, TimeoutError) as exc:
                 log.error("event log failed for %s: %s", uid, exc)
+                # the broker may have written it before failing to acknowledge: check on re-send
+                self._uncertain.add(uid)
                 return Outcome(
                     Status.OUT_OF_RESOURCES,
                     f"archive event log unavailable, nothing recorded: {exc}",
