@@ -16,10 +16,10 @@ from dataclasses import dataclass
 from typing import Any
 
 from pydicom import config as pydicom_config
-from pydicom.dataelem import RawDataElement
+from pydicom.dataelem import DataElement, RawDataElement
 from pydicom.dataset import Dataset
-from pydicom.filereader import data_element_generator, read_dataset, read_preamble
-from pydicom.tag import Tag
+from pydicom.filereader import data_element_generator, read_preamble
+from pydicom.tag import BaseTag, Tag
 from pydicom.uid import ExplicitVRBigEndian, ImplicitVRLittleEndian
 
 #: identifies the archive as the writer of Part-10 headers (PS3.10 7.1); under a test root
@@ -136,19 +136,26 @@ def _past_meta(tag: Any, vr: Any, length: Any) -> bool:
     return int(tag) >> 16 != 0x0002
 
 
-def check_structure(dataset: bytes, transfer_syntax: str) -> None:
-    """Walk the top-level elements: every declared length must fit the bytes that arrived.
+def parse(dataset: bytes, transfer_syntax: str) -> Dataset:
+    """Check the structure and return the header (everything before the pixel data) in one pass.
 
-    pydicom alone reads a truncated object silently (a short PixelData); this refuses it."""
+    Every top-level element's declared length must fit the bytes that arrived: pydicom alone
+    reads a truncated object silently (a short PixelData). Values are decoded lazily, with the
+    object's character set, when an attribute is read."""
     if transfer_syntax == DEFLATED:
-        return  # the deflated stream is checked by decompressing it in :func:`read_header`
+        import zlib
+
+        try:
+            inflated = zlib.decompress(dataset, -zlib.MAX_WBITS)
+        except zlib.error as exc:
+            raise MalformedObject(f"deflated data set does not inflate: {exc}") from None
+        return parse(inflated, "1.2.840.10008.1.2.1")
     implicit, little = _encoding(transfer_syntax)
     stream = io.BytesIO(dataset)
+    header: dict[BaseTag, DataElement | RawDataElement] = {}
     end = 0
-    count = 0
     try:
         for element in _raw_elements(stream, implicit, little):
-            count += 1
             if element.length != UNDEFINED_LENGTH:
                 got = 0 if element.value is None else len(element.value)
                 if got != element.length:
@@ -159,37 +166,29 @@ def check_structure(dataset: bytes, transfer_syntax: str) -> None:
                 end = element.value_tell + element.length
             else:
                 end = stream.tell()
+            if element.tag < 0x7FE00010:  # the pixel data and what follows are not needed here
+                header[BaseTag(element.tag)] = element
     except MalformedObject:
         raise
     except Exception as exc:
         raise MalformedObject(f"data set does not parse: {type(exc).__name__}: {exc}") from None
-    if count == 0:
+    if end == 0:
         raise MalformedObject("no DICOM data elements in the object")
     if end != len(dataset):
         raise MalformedObject(f"{len(dataset) - end} bytes after the last complete element")
-
-
-def read_header(dataset: bytes, transfer_syntax: str) -> Dataset:
-    """Parse the data set (without pixel data) with its character set applied."""
-    stream: io.BytesIO = io.BytesIO(dataset)
-    implicit, little = _encoding(transfer_syntax)
-    if transfer_syntax == DEFLATED:
-        import zlib
-
-        try:
-            stream = io.BytesIO(zlib.decompress(dataset, -zlib.MAX_WBITS))
-        except zlib.error as exc:
-            raise MalformedObject(f"deflated data set does not inflate: {exc}") from None
-        check_structure(stream.getvalue(), "1.2.840.10008.1.2.1")
-    try:
-        ds = read_dataset(stream, implicit, little, stop_when=_at_pixel_data)
-    except Exception as exc:
-        raise MalformedObject(f"data set does not parse: {type(exc).__name__}: {exc}") from None
+    ds = Dataset(header)
+    ds.set_original_encoding(implicit, little)
     return ds
 
 
-def _at_pixel_data(tag: Any, vr: Any, length: Any) -> bool:
-    return int(tag) >= 0x7FE00010
+def check_structure(dataset: bytes, transfer_syntax: str) -> None:
+    """Refuse (MalformedObject) bytes that are not a complete, well-formed data set."""
+    parse(dataset, transfer_syntax)
+
+
+def read_header(dataset: bytes, transfer_syntax: str) -> Dataset:
+    """The checked header of a data set (see :func:`parse`)."""
+    return parse(dataset, transfer_syntax)
 
 
 def text(ds: Dataset, keyword: str) -> str | None:

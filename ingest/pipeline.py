@@ -22,7 +22,7 @@ from typing import Any
 from pydicom.dataset import Dataset
 
 from ingest.blobs import BlobRef, BlobStore, BlobStoreError
-from ingest.dicom import MalformedObject, Received, check_structure, part10, read_header, split_part10
+from ingest.dicom import MalformedObject, Received, parse, part10, split_part10
 from ingest.sop_index import HeldInstance, SopIndex
 from ingest.statuses import Status
 from ingest.validation import Inspection, Refusal, inspect
@@ -117,8 +117,7 @@ class Ingestor:
     ) -> Outcome:
         """A data set as received by C-STORE (no file meta), in ``transfer_syntax``."""
         try:
-            check_structure(dataset, transfer_syntax)
-            header = read_header(dataset, transfer_syntax)
+            header = parse(dataset, transfer_syntax)
         except MalformedObject as exc:
             return self._counted(
                 self._refuse(
@@ -150,8 +149,7 @@ class Ingestor:
         try:
             received = split_part10(data)
             dataset = data[received.dataset_offset :]
-            check_structure(dataset, received.transfer_syntax)
-            header = read_header(dataset, received.transfer_syntax)
+            header = parse(dataset, received.transfer_syntax)
         except MalformedObject as exc:
             return self._counted(self._refuse(Refusal("malformed", Status.CANNOT_UNDERSTAND, str(exc)), arrival, data))
         inspection = inspect(header)
