@@ -62,11 +62,13 @@ def cmd_schemas(args: argparse.Namespace) -> int:
 def archive_state(settings: Settings) -> dict[str, Any]:
     """What each backend holds: events per topic, blob store reachability, read-model rows."""
     from api.bootstrap import bootstrap
+    from projections.status import projection_lag
     from streams.topics import SOURCE_OF_TRUTH
 
     archive = bootstrap(settings)
     try:
         topics = {t: sum(archive.event_log.end_offsets(t).values()) for t in SOURCE_OF_TRUTH}
+        lag = projection_lag(archive.event_log, archive.processors())
         catalogue = archive.warehouse
         catalogue.command(_catalogue_ddl())
         by_type = catalogue.query(
@@ -76,6 +78,7 @@ def archive_state(settings: Settings) -> dict[str, Any]:
             "settings": settings.describe(),
             "event_log": {"backend": archive.event_log.backend, "events_per_topic": topics},
             "blobs": {"backend": archive.blobs.backend},
+            "projection_lag": lag,
             "clickhouse": {
                 "backend": catalogue.backend,
                 "catalogue_rows": {name: count for name, count in by_type},
@@ -122,6 +125,9 @@ def _render_state(state: dict[str, Any]) -> None:
         settings["clickhouse"],
         ", ".join(f"{t}: {n}" for t, n in rows.items()) or "no rows yet",
     )
+    for name, lags in state.get("projection_lag", {}).items():
+        behind = sum(lags.values())
+        table.add_row(f"projection {name}", "", "", f"lag {behind} events" if behind else "up to date")
     out.print(table)
 
 
@@ -210,7 +216,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 
 #: modules that add their own subcommands with ``register(subparsers)``
-COMMAND_MODULES: list[str] = ["api.import_command", "api.users_command"]
+COMMAND_MODULES: list[str] = ["api.import_command", "api.users_command", "api.replay_command"]
 
 
 # -- parser ------------------------------------------------------------------------------------

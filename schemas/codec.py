@@ -76,7 +76,9 @@ def encode(event: Event) -> bytes:
             f"{event.type}: envelope says schema version {event.envelope.schema_version}, "
             f"current is {schema.version}; events are re-encoded only by the version that wrote them"
         )
-    _, raw_payload = payload_bytes(event.type, event.payload)
+    raw_payload = event.payload_raw
+    if raw_payload is None:  # an event built by hand or decoded: encode its payload now
+        _, raw_payload = payload_bytes(event.type, event.payload)
     if hashlib.sha256(raw_payload).hexdigest() != event.envelope.payload_sha256:
         raise InvalidEvent(f"{event.type}: payload_sha256 in the envelope does not match the payload")
     buffer = io.BytesIO()

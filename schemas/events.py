@@ -81,6 +81,8 @@ class Envelope:
 class Event:
     envelope: Envelope
     payload: Mapping[str, Any] = field(default_factory=lambda: MappingProxyType({}))
+    #: the payload's Avro bytes as hashed by :func:`new_event` (spares the codec a second encoding)
+    payload_raw: bytes | None = field(default=None, compare=False, repr=False)
 
     @property
     def type(self) -> str:
@@ -137,7 +139,7 @@ def new_event(
         correlation_id=correlation_id,
         payload_sha256=_sha256(raw),
     )
-    return Event(envelope, MappingProxyType(normalised))
+    return Event(envelope, MappingProxyType(normalised), raw)
 
 
 def _sha256(data: bytes) -> str:

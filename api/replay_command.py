@@ -1,0 +1,344 @@
+"""``cami replay``: drop a projection's tables and rebuild them from offset 0 of the log.
+
+Read models are disposable: the log is the source of truth, and a projection is a pure function
+of it. A rebuild therefore
+
+1. drops the projection's tables (each projection class declares ``tables``) and recreates them
+   from its ``ddl``;
+2. *then* takes the end offsets of its topics (the rebuild's target ``E``);
+3. reads every partition from offset 0 up to ``E`` with :meth:`EventLog.read` (no consumer group:
+   the live processors' committed offsets are not touched while it runs), decodes each event
+   once and applies every projection being rebuilt to it, writing the rows through the same
+   :class:`projections.sinks.WarehouseSink` the live processors use.
+
+Offsets and a live processor. Rows are keyed by the event's log position and the tables
+deduplicate (ReplacingMergeTree), so applying an event twice leaves the same table. Taking ``E``
+*after* the tables were recreated makes a live processor that keeps running harmless: whatever it
+wrote before the drop has a position below ``E`` and is rebuilt; whatever it writes afterwards
+lands in the new tables (a batch that hit the table while it was missing fails, is not committed,
+and is redelivered). After the rebuild the live group is *aligned*:
+
+* embedded log: each projection has its own group (``cami.<name>``); where its committed offset
+  is below ``E`` it is moved forward to ``E``, so the live runner does not apply ``[C, E)`` a
+  second time. An offset already beyond ``E`` is left alone (those events came after the
+  rebuild's snapshot and are the live runner's to apply).
+* Kafka: the Faust workers share one group (the app id) across *all* projections, so it cannot be
+  moved for one projection without making the others skip events. It is left as it is; the
+  workers re-apply ``[C, E)`` after the rebuild, which the tables absorb (same keys). Stopping the
+  workers during a rebuild is not required, only cheaper.
+
+In embedded mode the ClickHouse directory (chdb) is locked by the process that owns it, so a
+running ``cami serve``/``cami workers`` must be stopped first (the command says so if it is not).
+
+Exit codes: 0 rebuilt; 1 failed (the tables may be partly rebuilt: run it again); 2 usage error.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from projections.sinks import WarehouseSink
+from projections.warehouse import Warehouse, WarehouseError
+from schemas.codec import CodecError, decode
+from streams.log import EventLog, Record
+from streams.processing import Processor, Row, Source, group_id
+
+log = logging.getLogger("cami.replay")
+
+#: events read, decoded and written per step (one insert per table per step)
+DEFAULT_BATCH = 5_000
+
+
+@dataclass
+class RebuildResult:
+    projections: list[str]
+    #: events read from the log (up to the end offsets taken after the tables were recreated)
+    events: int = 0
+    #: rows written, per table (before deduplication)
+    rows_written: dict[str, int] = field(default_factory=dict)
+    #: rows in each table after the rebuild (deduplicated: ``count() ... FINAL``)
+    table_rows: dict[str, int] = field(default_factory=dict)
+    undecodable: int = 0
+    seconds: float = 0.0
+    #: the rebuild's target: per topic, per partition, the end offset read up to
+    ends: dict[str, dict[int, int]] = field(default_factory=dict)
+    #: consumer groups whose committed offsets were moved forward to the target
+    aligned_groups: dict[str, dict[str, dict[int, int]]] = field(default_factory=dict)
+
+    @property
+    def events_per_second(self) -> float:
+        return self.events / self.seconds if self.seconds > 0 else 0.0
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "projections": self.projections,
+            "events": self.events,
+            "rows_written": self.rows_written,
+            "table_rows": self.table_rows,
+            "undecodable": self.undecodable,
+            "seconds": round(self.seconds, 3),
+            "events_per_second": round(self.events_per_second, 1),
+            "ends": {t: {str(p): o for p, o in e.items()} for t, e in self.ends.items()},
+            "aligned_groups": {
+                g: {t: {str(p): o for p, o in e.items()} for t, e in topics.items()}
+                for g, topics in self.aligned_groups.items()
+            },
+        }
+
+
+def _declared(processor: Processor, attribute: str) -> tuple[str, ...]:
+    value = getattr(processor, attribute, None)
+    if not value:
+        raise ValueError(f"projection {processor.name!r} declares no {attribute}; it cannot be rebuilt")
+    return tuple(value)
+
+
+def rebuild(
+    event_log: EventLog,
+    warehouse: Warehouse,
+    processors: Sequence[Processor],
+    *,
+    batch_size: int = DEFAULT_BATCH,
+    align: bool = True,
+    on_start: Callable[[int], None] | None = None,
+    on_progress: Callable[[int], None] | None = None,
+) -> RebuildResult:
+    """Drop, recreate and refill the tables of ``processors`` from offset 0 (see module doc).
+
+    ``on_start(total_events)`` is called once the target is known, ``on_progress(n)`` after each
+    batch of ``n`` events is written."""
+    started = time.perf_counter()
+    result = RebuildResult([p.name for p in processors])
+    tables = {p.name: _declared(p, "tables") for p in processors}
+    ddl = {p.name: _declared(p, "ddl") for p in processors}
+    sinks: dict[str, WarehouseSink] = {}
+    for processor in processors:
+        for table in tables[processor.name]:
+            warehouse.command(f"DROP TABLE IF EXISTS {table}")
+        sinks[processor.name] = WarehouseSink(warehouse, ddl[processor.name])  # recreates them
+
+    topics = list(dict.fromkeys(t for p in processors for t in p.topics))
+    result.ends = {t: event_log.end_offsets(t) for t in topics}
+    if on_start is not None:
+        on_start(sum(sum(e.values()) for e in result.ends.values()))
+    readers = {t: [p for p in processors if t in p.topics] for t in topics}
+
+    # round-robin over partitions, like the live consumers, so no partition waits for another
+    positions = {(t, p): 0 for t, ends in result.ends.items() for p, end in ends.items() if end > 0}
+    while positions:
+        for slot in list(positions):
+            topic, partition = slot
+            end = result.ends[topic][partition]
+            start = positions[slot]
+            records = [
+                r for r in event_log.read(topic, partition, start, min(batch_size, end - start)) if r.offset < end
+            ]
+            if not records:
+                raise RuntimeError(f"{topic}/{partition}: no events from offset {start} though the log ends at {end}")
+            _apply(records, readers[topic], sinks, result)
+            positions[slot] = records[-1].offset + 1
+            if positions[slot] >= end:
+                del positions[slot]
+            result.events += len(records)
+            if on_progress is not None:
+                on_progress(len(records))
+
+    for processor in processors:
+        for table in tables[processor.name]:
+            result.table_rows[table] = _count(warehouse, table)
+    if align:
+        result.aligned_groups = align_embedded_groups(event_log, processors, result.ends)
+    result.seconds = time.perf_counter() - started
+    return result
+
+
+def _apply(
+    records: Sequence[Record],
+    processors: Sequence[Processor],
+    sinks: dict[str, WarehouseSink],
+    result: RebuildResult,
+) -> None:
+    """Decode each record once and give it to every projection reading its topic; the same
+    decode/skip rule as :func:`streams.processing.process_batch`."""
+    rows: dict[str, list[Row]] = {p.name: [] for p in processors}
+    for record in records:
+        try:
+            event = decode(record.value)
+        except CodecError as exc:
+            log.error("skipping undecodable record %s/%s@%s: %s", record.topic, record.partition, record.offset, exc)
+            result.undecodable += 1
+            continue
+        source = Source(record.topic, record.partition, record.offset, record.value)
+        for processor in processors:
+            rows[processor.name].extend(processor.apply(event, source))
+    for processor in processors:
+        if rows[processor.name]:
+            sinks[processor.name].write(rows[processor.name])
+            for row in rows[processor.name]:
+                result.rows_written[row.table] = result.rows_written.get(row.table, 0) + 1
+
+
+def _count(warehouse: Warehouse, table: str) -> int:
+    try:
+        return int(warehouse.query(f"SELECT count() FROM {table} FINAL").scalar())
+    except WarehouseError:  # an engine without FINAL (plain MergeTree) has nothing to collapse
+        return int(warehouse.query(f"SELECT count() FROM {table}").scalar())
+
+
+def align_embedded_groups(
+    event_log: EventLog, processors: Sequence[Processor], ends: dict[str, dict[int, int]]
+) -> dict[str, dict[str, dict[int, int]]]:
+    """Move each projection's own group (``cami.<name>``) forward to the rebuild's target where it
+    is behind, so the live runner does not apply again what the rebuild already wrote.
+
+    Only on the embedded log, where the group belongs to this one projection; the Faust group on
+    Kafka is shared by every projection and is left alone (see the module doc)."""
+    if event_log.backend != "embedded":
+        return {}
+    aligned: dict[str, dict[str, dict[int, int]]] = {}
+    for processor in processors:
+        group = group_id(processor)
+        marks: list[Record] = []
+        for topic in processor.topics:
+            committed = event_log.committed(group, topic)
+            for partition, end in ends.get(topic, {}).items():
+                if end > 0 and committed.get(partition, 0) < end:
+                    marks.append(Record(topic, partition, end - 1, b"", b"", 0))
+                    aligned.setdefault(group, {}).setdefault(topic, {})[partition] = end
+        if marks:
+            with event_log.consumer(group, processor.topics) as consumer:
+                consumer.commit(marks)  # commits the offset after each mark: the target itself
+    return aligned
+
+
+# -- the command -------------------------------------------------------------------------------
+def register(subparsers: Any) -> None:
+    p: argparse.ArgumentParser = subparsers.add_parser(
+        "replay",
+        help="drop projections' tables and rebuild them from offset 0 of the event log",
+        description=(
+            "Drop the tables of the named projections (default: all), recreate them and rebuild them by "
+            "replaying their topics from offset 0. Live processors' offsets are not disturbed; on the "
+            "embedded log each rebuilt projection's group is moved forward to where the rebuild stopped."
+        ),
+        epilog="Exit codes: 0 rebuilt; 1 failed (run it again); 2 usage error.",
+    )
+    p.add_argument(
+        "--projection",
+        action="append",
+        metavar="NAME",
+        help="projection to rebuild (repeatable; 'all' or none given: every projection)",
+    )
+    p.add_argument("--batch-size", type=_positive, default=DEFAULT_BATCH, help="events per write (default %(default)s)")
+    p.add_argument("--json", action="store_true", help="print the result as JSON on stdout")
+    p.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None, help="draw a progress bar")
+    p.set_defaults(func=cmd_replay)
+
+
+def _positive(value: str) -> int:
+    try:
+        number = int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {value!r}") from None
+    if number < 1:
+        raise argparse.ArgumentTypeError("must be at least 1")
+    return number
+
+
+def cmd_replay(args: argparse.Namespace) -> int:
+    from rich.console import Console
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TaskProgressColumn,
+        TextColumn,
+        TimeElapsedColumn,
+        TimeRemainingColumn,
+    )
+    from rich.table import Table
+
+    from api.bootstrap import bootstrap
+    from api.config import Settings
+    from projections.registry import PROJECTIONS
+
+    console = Console(stderr=True, force_terminal=True if args.progress else None)
+    names = tuple(n for n in (args.projection or ()) if n != "all")
+    unknown = sorted(set(names) - set(PROJECTIONS))
+    if unknown:
+        console.print(f"cami replay: unknown projection(s) {', '.join(unknown)}; known: {', '.join(PROJECTIONS)}")
+        return 2
+    archive = bootstrap(Settings.from_env())
+    try:
+        processors = archive.processors(names)
+        try:
+            warehouse = archive.warehouse
+        except WarehouseError as exc:
+            raise RuntimeError(
+                f"{exc} (in embedded mode stop `cami serve`/`cami workers` first: they own the ClickHouse directory)"
+            ) from exc
+        show = console.is_terminal if args.progress is None else bool(args.progress)
+        progress = Progress(
+            TextColumn("replay {task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TextColumn("events"),
+            TaskProgressColumn(),
+            TextColumn("{task.fields[rate]:>10} ev/s"),
+            TimeElapsedColumn(),
+            TextColumn("ETA"),
+            TimeRemainingColumn(),
+            console=console,
+            disable=not show,
+        )
+        task = progress.add_task(", ".join(p.name for p in processors), total=None, rate="-")
+        began = time.perf_counter()
+        done = 0
+
+        def start(total: int) -> None:
+            progress.update(task, total=total)
+
+        def advance(n: int) -> None:
+            nonlocal done
+            done += n
+            rate = done / max(time.perf_counter() - began, 1e-9)
+            progress.update(task, advance=n, rate=f"{rate:,.0f}")
+
+        with progress:
+            result = rebuild(
+                archive.event_log,
+                warehouse,
+                processors,
+                batch_size=args.batch_size,
+                on_start=start,
+                on_progress=advance,
+            )
+    finally:
+        archive.close()
+    if args.json:
+        sys.stdout.write(json.dumps(result.to_dict(), ensure_ascii=False, indent=2) + "\n")
+        return 0
+    table = Table(title=f"Rebuilt {', '.join(result.projections)} from offset 0")
+    table.add_column("table")
+    table.add_column("rows written", justify="right")
+    table.add_column("rows now", justify="right")
+    for name, count in result.table_rows.items():
+        table.add_row(name, str(result.rows_written.get(name, 0)), str(count))
+    Console().print(table)
+    Console().print(
+        f"{result.events} events in {result.seconds:.1f} s ({result.events_per_second:,.0f} events/s)"
+        + (f", {result.undecodable} undecodable skipped" if result.undecodable else "")
+        + (
+            f"; live groups moved to the rebuild's end: {', '.join(result.aligned_groups)}"
+            if result.aligned_groups
+            else ""
+        )
+    )
+    return 0

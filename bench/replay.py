@@ -1,0 +1,330 @@
+"""Rebuild throughput: every projection replayed from offset 0, per event-log backend.
+
+    python bench/replay.py [--events 1000000] [--kafka] [--bootstrap HOST:PORT] [--json]
+
+Builds N synthetic events (InstanceReceived-heavy, like a real archive: per study ~60-250
+instances in 1-4 series, plus a transfer queued/started/completed, a report drafted and signed
+and an access), appends them to the embedded log (SQLite, in a temporary directory) and, with
+``--kafka``, to a Kafka broker (started on loopback by infra/kafka.sh unless ``--bootstrap``),
+then runs ``cami replay``'s :func:`rebuild` of *all registered projections* into embedded
+ClickHouse (chdb) and prints events/s.
+
+Anchor (measured in the same run, on the same backend): reading and decoding every event from
+offset 0 with nothing applied or written. The ratio says what the projections and ClickHouse
+inserts cost on top of the unavoidable part.
+
+Generation is fast because events are not built one by one: per series one InstanceReceived is
+encoded, and each instance is derived from it by replacing its fixed-width SOPInstanceUID, its
+event id and the payload hash (recomputed), so every event still decodes and verifies.
+On 2 cores the default million events take a few minutes per backend; use ``--events`` for less.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import random
+import sys
+import tempfile
+import time
+import uuid
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from rich.console import Console  # noqa: E402
+from rich.table import Table  # noqa: E402
+
+from api.replay_command import rebuild  # noqa: E402
+from projections.registry import build  # noqa: E402
+from projections.warehouse import open_warehouse  # noqa: E402
+from schemas.codec import decode, encode  # noqa: E402
+from schemas.events import Actor, new_event  # noqa: E402
+from streams import EventLog, open_event_log  # noqa: E402
+from streams.topics import archive_topics, topic_for  # noqa: E402
+
+console = Console(stderr=True)
+PARTITIONS = 6
+ORGS = [f"1.2.643.5.1.13.13.12.2.50.{1000 + i}" for i in range(20)]
+MODALITIES = {"CT": (120, 250), "MR": (80, 200), "DX": (1, 4), "MG": (4, 4), "US": (10, 40)}
+SOP_WIDTH = 7  # instance numbers 1000000.. keep every SOPInstanceUID the same length
+
+
+def _study_events(rng: random.Random, n: int, day: datetime) -> list[tuple[str, bytes, bytes]]:
+    """(topic, key, value) for one study: its instances plus the events around them."""
+    org = rng.choice(ORGS)
+    study = f"1.2.826.0.1.3680043.8.498.{rng.randrange(10**20)}"
+    modality = rng.choice(list(MODALITIES))
+    patient = f"P-{rng.randrange(10**7):07d}"
+    at = day + timedelta(seconds=rng.randrange(86_400))
+    out: list[tuple[str, bytes, bytes]] = []
+
+    def simple(event_type: str, payload: dict[str, Any], aggregate: str, **kw: Any) -> None:
+        event = new_event(event_type, payload, aggregate_id=aggregate, **kw)
+        out.append((topic_for(event_type), event.key.encode(), encode(event)))
+
+    transfer = f"t-{uuid.uuid4()}"
+    simple(
+        "TransferQueued",
+        {
+            "transfer_id": transfer,
+            "StudyInstanceUID": study,
+            "instances": n,
+            "bytes": n * 524_288,
+            "priority": "scheduled",
+            "destination": "CAMI",
+        },
+        org,
+        source_node="LAMI",
+        organisation=org,
+        occurred_at=at,
+    )
+    simple(
+        "TransferStarted",
+        {"transfer_id": transfer, "StudyInstanceUID": study, "attempt": 1},
+        org,
+        source_node="LAMI",
+        organisation=org,
+        occurred_at=at,
+    )
+    series_count = max(1, min(4, n // 40))
+    for series in range(1, series_count + 1):
+        per = n // series_count + (1 if series <= n % series_count else 0)
+        if per == 0:
+            continue
+        template = new_event(
+            "InstanceReceived",
+            {
+                "StudyInstanceUID": study,
+                "SeriesInstanceUID": f"{study}.{series}",
+                "SOPInstanceUID": f"{study}.{series}.{10 ** (SOP_WIDTH - 1)}",
+                "SOPClassUID": "1.2.840.10008.5.1.4.1.1.2",
+                "TransferSyntaxUID": "1.2.840.10008.1.2.1",
+                "PatientID": patient,
+                "PatientName": "Кузнецов^Алексей^Петрович",
+                "PatientBirthDate": "19650412",
+                "PatientSex": "M",
+                "SpecificCharacterSet": "ISO_IR 192",
+                "StudyDate": at.strftime("%Y%m%d"),
+                "StudyTime": at.strftime("%H%M%S"),
+                "AccessionNumber": f"A-{rng.randrange(10**6)}",
+                "StudyDescription": f"{modality} органов грудной полости",
+                "ReferringPhysicianName": "Петров^Иван",
+                "Modality": modality,
+                "SeriesNumber": series,
+                "SeriesDescription": "Axial 1.25mm",
+                "BodyPartExamined": "CHEST",
+                "InstanceNumber": 1,
+                "Rows": 512,
+                "Columns": 512,
+                "InstitutionName": "ОКБ",
+                "PerformingPhysician": {"code": "D-0042", "name": "Орлова^Мария"},
+                "ProcedureCodeValue": "A06.09.005",
+                "ProcedureCodingScheme": "RU-MZ",
+                "ProcedureCodeMeaning": "КТ органов грудной полости",
+                "blob": {"sha256": hashlib.sha256(study.encode()).hexdigest(), "size": 526_000, "store": "s3://cami"},
+                "pathology": rng.random() < 0.3,
+                "channel": "dicom",
+                "calling_ae_title": "OKB_CT1",
+                "called_ae_title": "CAMI",
+            },
+            aggregate_id=study,
+            source_node="OKB_CT1",
+            organisation=org,
+            occurred_at=at,
+        )
+        raw = encode(template)
+        header_len = raw.index(template.envelope.payload_sha256.encode()) + 64
+        envelope, payload = raw[:header_len], raw[header_len:]
+        uid0 = f"{study}.{series}.{10 ** (SOP_WIDTH - 1)}".encode()
+        key = study.encode()
+        id0, sha0 = template.envelope.event_id.encode(), template.envelope.payload_sha256.encode()
+        for i in range(per):
+            uid = f"{study}.{series}.{10 ** (SOP_WIDTH - 1) + i}".encode()
+            body = payload.replace(uid0, uid)
+            sha = hashlib.sha256(body).hexdigest().encode()
+            head = envelope.replace(id0, str(uuid.uuid4()).encode()).replace(sha0, sha)
+            out.append(("cami.dicom", key, head + body))
+    doctor = {"code": "D-0042", "name": "Орлова^Мария"}
+    signed = at + timedelta(hours=rng.randrange(1, 48))
+    simple(
+        "TransferCompleted",
+        {
+            "transfer_id": transfer,
+            "attempt": 1,
+            "instances_sent": n,
+            "bytes_sent": n * 524_288,
+            "duration_ms": rng.randrange(1_000, 600_000),
+        },
+        org,
+        source_node="LAMI",
+        organisation=org,
+        occurred_at=at,
+    )
+    text = {"protocol_text": "Очаговых и инфильтративных изменений не выявлено. " * 8, "conclusion_text": "Норма."}
+    simple(
+        "ReportDrafted",
+        {"report_id": f"r-{study}", "StudyInstanceUID": study, **text, "author": doctor, "source": "api"},
+        study,
+        source_node="web",
+        organisation=org,
+        actor=Actor("dr.orlova", "radiologist"),
+        occurred_at=signed,
+    )
+    simple(
+        "ReportSigned",
+        {
+            "report_id": f"r-{study}",
+            "StudyInstanceUID": study,
+            **text,
+            "signer": doctor,
+            "revision": 1,
+            "signed_at": signed,
+            "content_sha256": "cd" * 32,
+        },
+        study,
+        source_node="web",
+        organisation=org,
+        actor=Actor("dr.orlova", "radiologist"),
+        occurred_at=signed,
+    )
+    simple(
+        "RecordAccessed",
+        {"action": "view", "channel": "study-page", "PatientID": patient, "StudyInstanceUID": study, "results": 1},
+        study,
+        source_node="web",
+        actor=Actor("dr.petrov", "referring"),
+        occurred_at=signed + timedelta(hours=1),
+    )
+    return out
+
+
+def make_events(count: int, seed: int = 7) -> list[tuple[str, bytes, bytes]]:
+    rng = random.Random(seed)
+    out: list[tuple[str, bytes, bytes]] = []
+    day = datetime(2026, 3, 2, tzinfo=UTC)
+    while len(out) < count:
+        low, high = MODALITIES[rng.choice(list(MODALITIES))]
+        out += _study_events(rng, rng.randint(low, high), day + timedelta(days=rng.randrange(90)))
+    return out[:count]
+
+
+def append_all(log: EventLog, events: list[tuple[str, bytes, bytes]]) -> float:
+    start = time.perf_counter()
+    step = 50_000
+    for i in range(0, len(events), step):
+        futures = [log.append_async(t, k, v) for t, k, v in events[i : i + step]]
+        for f in futures:
+            f.result(timeout=300)
+    return time.perf_counter() - start
+
+
+def read_decode(log: EventLog, topics: list[str]) -> tuple[int, float]:
+    """The anchor: every event from offset 0, read and decoded, nothing else."""
+    start = time.perf_counter()
+    n = 0
+    for topic in topics:
+        for partition, end in log.end_offsets(topic).items():
+            offset = 0
+            while offset < end:
+                records = log.read(topic, partition, offset, min(20_000, end - offset))
+                for r in records:
+                    decode(r.value)
+                n += len(records)
+                offset = records[-1].offset + 1
+    return n, time.perf_counter() - start
+
+
+def measure(name: str, log: EventLog, warehouse_url: str, events: list[tuple[str, bytes, bytes]]) -> dict[str, Any]:
+    log.ensure_topics(archive_topics(PARTITIONS))
+    console.print(f"[{name}] appending {len(events):,} events…")
+    append_s = append_all(log, events)
+    processors = build()
+    topics = list(dict.fromkeys(t for p in processors for t in p.topics))
+    console.print(f"[{name}] anchor: read + decode from offset 0…")
+    anchor_n, anchor_s = read_decode(log, topics)
+    console.print(f"[{name}] rebuilding {', '.join(p.name for p in processors)}…")
+    with open_warehouse(warehouse_url) as warehouse:
+        result = rebuild(log, warehouse, processors, batch_size=20_000, align=False)
+    return {
+        "backend": f"{name} log + chdb",
+        "events": result.events,
+        "projections": result.projections,
+        "append_events_per_s": round(len(events) / append_s),
+        "anchor_read_decode_events_per_s": round(anchor_n / anchor_s),
+        "rebuild_seconds": round(result.seconds, 1),
+        "rebuild_events_per_s": round(result.events_per_second),
+        "ratio_to_anchor": round(result.events_per_second / (anchor_n / anchor_s), 3),
+        "table_rows": result.table_rows,
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--events", type=int, default=1_000_000)
+    parser.add_argument("--kafka", action="store_true", help="also on Kafka (a broker is started unless --bootstrap)")
+    parser.add_argument("--bootstrap", help="use this Kafka broker instead of starting one")
+    parser.add_argument("--json", action="store_true")
+    args = parser.parse_args(argv)
+
+    start = time.perf_counter()
+    events = make_events(args.events)
+    gen_s = time.perf_counter() - start
+    console.print(
+        f"generated {len(events):,} events ({sum(len(v) for _, _, v in events) / len(events):.0f} B mean) "
+        f"in {gen_s:.1f} s"
+    )
+    results = []
+    with tempfile.TemporaryDirectory(prefix="cami-bench-replay-") as tmp:
+        warehouse_url = f"chdb://{tmp}/clickhouse"  # one chdb directory per process: shared, rebuilt each time
+        with open_event_log(f"sqlite://{tmp}/events.db") as log:
+            results.append(measure("embedded", log, warehouse_url, events))
+        if args.kafka or args.bootstrap:
+            server = None
+            bootstrap = args.bootstrap
+            if bootstrap is None:
+                from tests.support.servers import KafkaServer
+
+                server = KafkaServer(Path(tmp) / "kafka")
+                server.start()
+                bootstrap = server.bootstrap
+            try:
+                with open_event_log(f"kafka://{bootstrap}") as log:
+                    results.append(measure("kafka", log, warehouse_url, events))
+            finally:
+                if server is not None:
+                    server.stop()
+    if args.json:
+        sys.stdout.write(json.dumps({"events": len(events), "results": results}, indent=2) + "\n")
+        return 0
+    table = Table(title=f"Rebuild of all projections from offset 0 ({len(events):,} events)")
+    for col in (
+        "backend",
+        "projections",
+        "append ev/s",
+        "anchor: read+decode ev/s",
+        "rebuild ev/s",
+        "ratio",
+        "seconds",
+    ):
+        table.add_column(col)
+    for r in results:
+        table.add_row(
+            r["backend"],
+            ", ".join(r["projections"]),
+            f"{r['append_events_per_s']:,}",
+            f"{r['anchor_read_decode_events_per_s']:,}",
+            f"{r['rebuild_events_per_s']:,}",
+            f"{r['ratio_to_anchor']:.2f}",
+            str(r["rebuild_seconds"]),
+        )
+    Console().print(table)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

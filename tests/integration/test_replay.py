@@ -1,0 +1,444 @@
+"""A rebuild from offset 0 equals what the live processors built, row by row (also after redelivery).
+
+Every projection registered in ``projections.registry`` takes part: a synthetic but varied event
+sequence (instances in several studies and series, rejections, reports drafted/signed/amended,
+transfers, patient updates and merges, accesses, orders) is projected live by the embedded
+runner into ClickHouse, every table is snapshotted (``SELECT * FROM t FINAL ORDER BY ALL``), the
+tables are dropped and rebuilt by ``cami replay``'s :func:`rebuild`, and the snapshots compared.
+On chdb in this process and through clickhouse-connect (the test-only chdb HTTP endpoint).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from collections.abc import Iterator, Sequence
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from api.replay_command import rebuild
+from projections.registry import PROJECTIONS, build
+from projections.sinks import WarehouseSink
+from projections.status import FAUST_GROUP, projection_lag
+from projections.warehouse import Warehouse, open_warehouse
+from schemas.events import Actor, Event, new_event
+from streams import open_event_log
+from streams.embedded import EmbeddedEventLog
+from streams.faust_app import DEFAULT_APP_ID
+from streams.processing import EmbeddedRunner, Processor, Sink, group_id
+from streams.publisher import publish_many
+from streams.topics import DICOM, archive_topics
+from tests.conftest import ROOT
+from tests.support.chdb_http import ChdbHttpServer
+
+ORGS = ("1.2.643.5.1.13.13.12.2.50.1001", "1.2.643.5.1.13.13.12.2.50.1002", "1.2.643.5.1.13.13.12.2.50.1003")
+T0 = datetime(2026, 3, 2, 8, 0, tzinfo=UTC)
+RADIOLOGIST = Actor("dr.orlova", "radiologist")
+
+
+def synthetic_sequence(seed: int, studies: int = 8) -> list[Event]:
+    """A region's worth of varied events, in the order the archive would record them."""
+    events: list[Event] = []
+    for s in range(studies):
+        org = ORGS[s % len(ORGS)]
+        study = f"1.2.826.0.1.3680043.8.498.{seed}.{s + 1}"
+        patient = f"P-{seed}-{s % 5}"
+        modality = ("CT", "MR", "DX", "MG", "US")[s % 5]
+        at = T0 + timedelta(minutes=7 * s)
+        events.append(
+            new_event(
+                "TransferQueued",
+                {
+                    "transfer_id": f"t-{seed}-{s}",
+                    "StudyInstanceUID": study,
+                    "instances": 6,
+                    "bytes": 6 * 524_288,
+                    "priority": "emergency" if s % 4 == 0 else "scheduled",
+                    "destination": "CAMI",
+                },
+                aggregate_id=org,
+                source_node="LAMI_AGENT",
+                organisation=org,
+                occurred_at=at,
+            )
+        )
+        events.append(
+            new_event(
+                "TransferStarted",
+                {"transfer_id": f"t-{seed}-{s}", "StudyInstanceUID": study, "attempt": 1},
+                aggregate_id=org,
+                source_node="LAMI_AGENT",
+                organisation=org,
+                occurred_at=at + timedelta(seconds=5),
+            )
+        )
+        for series in range(1, 3):
+            for i in range(1, 4):
+                complete = s % 3 != 1
+                events.append(
+                    new_event(
+                        "InstanceReceived",
+                        {
+                            "StudyInstanceUID": study,
+                            "SeriesInstanceUID": f"{study}.{series}",
+                            "SOPInstanceUID": f"{study}.{series}.{i}",
+                            "SOPClassUID": "1.2.840.10008.5.1.4.1.1.2",
+                            "TransferSyntaxUID": "1.2.840.10008.1.2.1",
+                            "PatientID": patient,
+                            "PatientName": ("Кузнецова^Мария^Ильинична", "Смирнов^Олег")[s % 2],
+                            "PatientBirthDate": "19650412",
+                            "PatientSex": ("F", "M")[s % 2],
+                            "StudyDate": at.strftime("%Y%m%d"),
+                            "StudyTime": at.strftime("%H%M%S"),
+                            "AccessionNumber": f"A-{seed}-{s}",
+                            "StudyDescription": f"{modality} study",
+                            "Modality": modality,
+                            "SeriesNumber": series,
+                            "InstanceNumber": i,
+                            "BodyPartExamined": "CHEST",
+                            "PerformingPhysician": {"code": "D-0042", "name": "Орлова^Мария"}
+                            if complete
+                            else {"code": None, "name": None},
+                            "ProcedureCodeValue": "A06.09.005" if complete else None,
+                            "ProcedureCodeMeaning": "КТ органов грудной полости" if complete else None,
+                            "blob": {
+                                "sha256": f"{s:02x}{series:02x}{i:02x}" + "ab" * 29,
+                                "size": 524_288 + i,
+                                "store": "file:///blobs",
+                            },
+                            "pathology": s % 2 == 0,
+                            "emergency": s % 4 == 0,
+                            "missing": [] if complete else ["PerformingPhysician", "Procedure"],
+                            "channel": "dicom",
+                            "calling_ae_title": f"ORG{s % 3}_PACS",
+                            "called_ae_title": "CAMI",
+                        },
+                        aggregate_id=study,
+                        source_node=f"ORG{s % 3}_PACS",
+                        organisation=org,
+                        occurred_at=at + timedelta(seconds=10 + series * 3 + i),
+                    )
+                )
+        if s % 3 == 2:
+            events.append(
+                new_event(
+                    "InstanceRejected",
+                    {
+                        "reason": "MissingPatientID",
+                        "status": 0xA900,
+                        "error_comment": "PatientID (0010,0020) is missing",
+                        "StudyInstanceUID": study,
+                        "channel": "dicom",
+                        "calling_ae_title": f"ORG{s % 3}_PACS",
+                    },
+                    aggregate_id=study,
+                    source_node=f"ORG{s % 3}_PACS",
+                    organisation=org,
+                    occurred_at=at + timedelta(seconds=30),
+                )
+            )
+        events.append(
+            new_event(
+                "TransferCompleted" if s % 5 else "TransferFailed",
+                {
+                    "transfer_id": f"t-{seed}-{s}",
+                    "attempt": 1,
+                    "instances_sent": 6,
+                    "bytes_sent": 6 * 524_288,
+                    "duration_ms": 4200,
+                }
+                if s % 5
+                else {"transfer_id": f"t-{seed}-{s}", "attempt": 1, "error": "link down", "will_retry": True},
+                aggregate_id=org,
+                source_node="LAMI_AGENT",
+                organisation=org,
+                occurred_at=at + timedelta(seconds=40),
+            )
+        )
+        if s % 2 == 0:
+            report = f"r-{seed}-{s}"
+            doctor = {"code": "D-0042", "name": "Орлова^Мария"}
+            events.append(
+                new_event(
+                    "ReportDrafted",
+                    {
+                        "report_id": report,
+                        "StudyInstanceUID": study,
+                        "protocol_text": "Очаговых изменений нет.",
+                        "conclusion_text": "Норма.",
+                        "author": doctor,
+                        "source": "api",
+                    },
+                    aggregate_id=study,
+                    source_node="web",
+                    organisation=org,
+                    actor=RADIOLOGIST,
+                    occurred_at=at + timedelta(hours=1),
+                )
+            )
+            events.append(
+                new_event(
+                    "ReportSigned",
+                    {
+                        "report_id": report,
+                        "StudyInstanceUID": study,
+                        "protocol_text": "Очаговых изменений нет.",
+                        "conclusion_text": "Норма.",
+                        "signer": doctor,
+                        "revision": 1,
+                        "signed_at": at + timedelta(hours=2),
+                        "content_sha256": "cd" * 32,
+                    },
+                    aggregate_id=study,
+                    source_node="web",
+                    organisation=org,
+                    actor=RADIOLOGIST,
+                    occurred_at=at + timedelta(hours=2),
+                )
+            )
+            if s % 4 == 0:
+                events.append(
+                    new_event(
+                        "ReportAmended",
+                        {
+                            "report_id": report,
+                            "StudyInstanceUID": study,
+                            "amendment_number": 1,
+                            "reason": "уточнение",
+                            "amended_by": doctor,
+                            "amended_at": at + timedelta(hours=3),
+                            "protocol_before": "Очаговых изменений нет.",
+                            "conclusion_before": "Норма.",
+                            "protocol_after": "Очаг 4 мм в S6 справа.",
+                            "conclusion_after": "Контроль через 6 месяцев.",
+                        },
+                        aggregate_id=study,
+                        source_node="web",
+                        organisation=org,
+                        actor=RADIOLOGIST,
+                        occurred_at=at + timedelta(hours=3),
+                    )
+                )
+        events.append(
+            new_event(
+                "RecordAccessed",
+                {
+                    "action": "view",
+                    "channel": "study-page",
+                    "PatientID": patient,
+                    "StudyInstanceUID": study,
+                    "results": 1,
+                },
+                aggregate_id=study,
+                source_node="web",
+                actor=Actor("dr.petrov", "referring"),
+                occurred_at=at + timedelta(hours=4),
+            )
+        )
+    events.append(
+        new_event(
+            "PatientUpdated",
+            {"PatientID": f"P-{seed}-1", "PatientName": "Смирнов^Олег^Иванович", "PatientSex": "M", "source": "hl7"},
+            aggregate_id=f"P-{seed}-1",
+            source_node="MIS",
+            organisation=ORGS[0],
+            occurred_at=T0 + timedelta(days=1),
+        )
+    )
+    events.append(
+        new_event(
+            "PatientsMerged",
+            {"PatientID": f"P-{seed}-0", "PriorPatientID": f"P-{seed}-3", "source": "hl7"},
+            aggregate_id=f"P-{seed}-0",
+            source_node="MIS",
+            organisation=ORGS[0],
+            occurred_at=T0 + timedelta(days=1, minutes=5),
+        )
+    )
+    return events
+
+
+# -- fixtures ----------------------------------------------------------------------------------
+@pytest.fixture(params=["chdb", pytest.param("clickhouse-http", marks=pytest.mark.clickhouse_http)])
+def warehouse(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Warehouse]:
+    server = None
+    if request.param == "chdb":
+        url = f"chdb://{tmp_path / 'clickhouse'}"
+    else:
+        server = ChdbHttpServer(tmp_path / "clickhouse-http").start()
+        url = server.url
+    wh = open_warehouse(url)
+    try:
+        yield wh
+    finally:
+        wh.close()
+        if server is not None:
+            server.stop()
+
+
+@pytest.fixture
+def event_log(tmp_path: Path) -> Iterator[EmbeddedEventLog]:
+    log = open_event_log(f"sqlite://{tmp_path}/events.db")
+    assert isinstance(log, EmbeddedEventLog)
+    log.ensure_topics(archive_topics(3))
+    yield log
+    log.close()
+
+
+def live_bindings(warehouse: Warehouse) -> tuple[list[Processor], list[tuple[Processor, Sink]]]:
+    processors = build()
+    return processors, [(p, WarehouseSink(warehouse, getattr(p, "ddl", ()))) for p in processors]
+
+
+def snapshot(warehouse: Warehouse, processors: Sequence[Processor]) -> dict[str, list[tuple[Any, ...]]]:
+    tables = [t for p in processors for t in p.tables]  # type: ignore[attr-defined]
+    return {t: warehouse.query(f"SELECT * FROM {t} FINAL ORDER BY ALL").rows for t in tables}
+
+
+def reset_groups(event_log: EmbeddedEventLog, processors: Sequence[Processor]) -> None:
+    """Redelivery: every group goes back to offset 0 (as after losing all commits)."""
+    for p in processors:
+        event_log.commit_offsets(group_id(p), {(t, part): 0 for t in p.topics for part in event_log.partitions(t)})
+
+
+# -- tests -------------------------------------------------------------------------------------
+def test_every_registered_projection_declares_what_a_rebuild_needs() -> None:
+    for processor in build():
+        assert processor.name in PROJECTIONS
+        assert getattr(processor, "tables", ()), f"{processor.name} declares no tables"
+        assert getattr(processor, "ddl", ()), f"{processor.name} declares no ddl"
+    assert FAUST_GROUP == DEFAULT_APP_ID  # the lag of `cami workers` is read from the group it uses
+
+
+def test_rebuild_equals_live_and_redelivery(warehouse: Warehouse, event_log: EmbeddedEventLog) -> None:
+    processors, bindings = live_bindings(warehouse)
+    first, second = synthetic_sequence(1), synthetic_sequence(2)
+    publish_many(event_log, first)
+    event_log.append(DICOM, b"broken", b"\xc3\x01not-an-event")  # skipped the same way on both paths
+    runner = EmbeddedRunner(event_log, bindings, batch_size=17)  # many small batches
+    runner.catch_up()
+    publish_many(event_log, second)
+    runner.catch_up()
+    live = snapshot(warehouse, processors)
+    assert live["event_catalogue"], "the live processors wrote nothing"
+    assert len(live["event_catalogue"]) == len(first) + len(second)
+
+    # redelivery: everything again through the live path; the tables must not change
+    reset_groups(event_log, processors)
+    EmbeddedRunner(event_log, bindings, batch_size=50).catch_up()
+    assert snapshot(warehouse, processors) == live
+
+    # rebuild from offset 0 with fresh processors: row for row the same
+    result = rebuild(event_log, warehouse, build(), batch_size=40)
+    assert result.events == len(first) + len(second) + 1
+    assert result.undecodable == 1
+    rebuilt = snapshot(warehouse, processors)
+    assert rebuilt.keys() == live.keys()
+    for table, rows in live.items():
+        assert rebuilt[table] == rows, f"{table} differs after the rebuild"
+    assert result.table_rows == {t: len(rows) for t, rows in live.items()}
+
+    # and a rebuild applied twice (redelivery of the rebuild itself) changes nothing
+    rebuild(event_log, warehouse, build(), batch_size=1000)
+    assert snapshot(warehouse, processors) == live
+
+
+def test_rebuild_aligns_the_live_groups_and_loses_nothing_after(
+    warehouse: Warehouse, event_log: EmbeddedEventLog
+) -> None:
+    processors, bindings = live_bindings(warehouse)
+    publish_many(event_log, synthetic_sequence(3))
+    EmbeddedRunner(event_log, bindings).catch_up()
+    behind = synthetic_sequence(4, studies=3)
+    publish_many(event_log, behind)  # the live processors have not seen these yet
+    assert all(sum(lags.values()) > 0 for lags in projection_lag(event_log, processors).values())
+
+    result = rebuild(event_log, warehouse, processors)
+    # the live groups were moved to the rebuild's end, so nothing is applied twice ...
+    assert set(result.aligned_groups) == {group_id(p) for p in processors}
+    assert all(sum(lags.values()) == 0 for lags in projection_lag(event_log, processors).values())
+    runner = EmbeddedRunner(event_log, bindings)
+    assert sum(runner.catch_up().values()) == 0
+
+    # ... and what arrives after the rebuild is the live processors' to apply
+    later = synthetic_sequence(5, studies=2)
+    publish_many(event_log, later)
+    done = runner.catch_up()
+    assert done["catalogue"] == len(later)
+    live = snapshot(warehouse, processors)
+    rebuild(event_log, warehouse, build())
+    assert snapshot(warehouse, processors) == live
+
+
+def test_rebuild_while_the_live_runner_keeps_running(tmp_path: Path, event_log: EmbeddedEventLog) -> None:
+    """A live runner writing during the rebuild loses nothing (target taken after the drop)."""
+    warehouse = open_warehouse(f"chdb://{tmp_path / 'clickhouse'}")
+    try:
+        processors, bindings = live_bindings(warehouse)
+        publish_many(event_log, synthetic_sequence(6))
+        runner = EmbeddedRunner(event_log, bindings, linger=0.05)
+        runner.start()
+        try:
+            for seed in range(7, 10):
+                publish_many(event_log, synthetic_sequence(seed, studies=2))
+                rebuild(event_log, warehouse, build(), batch_size=25, align=False)
+        finally:
+            runner.stop()
+        EmbeddedRunner(event_log, bindings).catch_up()
+        during = snapshot(warehouse, processors)
+        total = sum(sum(event_log.end_offsets(t).values()) for t in processors[0].topics)
+        assert len(during["event_catalogue"]) == total
+        rebuild(event_log, warehouse, build())
+        assert snapshot(warehouse, processors) == during
+    finally:
+        warehouse.close()
+
+
+def test_cami_replay_command(tmp_path: Path) -> None:
+    home = tmp_path / "home"
+    env = {
+        **os.environ,
+        "PYTHONPATH": str(ROOT),
+        "CAMI_HOME": str(home),
+        "CAMI_EVENT_LOG": f"sqlite://{home}/events.db",
+        "CAMI_CLICKHOUSE": f"chdb://{home}/clickhouse",
+        "CAMI_BLOBS": f"file://{home}/blobs",
+    }
+    home.mkdir()
+    with open_event_log(env["CAMI_EVENT_LOG"]) as log:
+        log.ensure_topics(archive_topics(6))
+        events = synthetic_sequence(11, studies=4)
+        publish_many(log, events)
+
+    def cami(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "api.cli", *args], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300
+        )
+
+    before = json.loads(cami("status", "--json").stdout)
+    assert before["projection_lag"]["catalogue"]
+    assert sum(before["projection_lag"]["catalogue"].values()) == len(events)
+
+    done = cami("replay", "--projection", "catalogue", "--json")
+    assert done.returncode == 0, done.stderr
+    result = json.loads(done.stdout)
+    assert result["projections"] == ["catalogue"]
+    assert result["events"] == len(events)
+    assert result["table_rows"] == {"event_catalogue": len(events)}
+
+    after = json.loads(cami("status", "--json").stdout)
+    assert sum(after["projection_lag"]["catalogue"].values()) == 0
+    assert sum(after["clickhouse"]["catalogue_rows"].values()) == len(events)
+
+    human = cami("replay", "--projection", "all")
+    assert human.returncode == 0, human.stderr
+    assert f"{len(events)} events" in human.stdout
+
+    wrong = cami("replay", "--projection", "no-such-thing")
+    assert wrong.returncode == 2
+    assert "unknown projection" in wrong.stderr
