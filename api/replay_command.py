@@ -6,7 +6,7 @@ of it. A rebuild therefore
 1. drops the projection's tables (each projection class declares ``tables``) and recreates them
    from its ``ddl``;
 2. *then* takes the end offsets of its topics (the rebuild's target ``E``);
-3. reads every partition from offset 0 up to ``E`` with :meth:`EventLog.read` (no consumer group:
+3. reads every partition from offset 0 up to ``E`` with :meth:`EventLog.scan` (no consumer group:
    the live processors' committed offsets are not touched while it runs), decodes each event
    once and applies every projection being rebuilt to it, writing the rows through the same
    :class:`projections.sinks.WarehouseSink` the live processors use.
@@ -130,25 +130,15 @@ def rebuild(
         on_start(sum(sum(e.values()) for e in result.ends.values()))
     readers = {t: [p for p in processors if t in p.topics] for t in topics}
 
-    # round-robin over partitions, like the live consumers, so no partition waits for another
-    positions = {(t, p): 0 for t, ends in result.ends.items() for p, end in ends.items() if end > 0}
-    while positions:
-        for slot in list(positions):
-            topic, partition = slot
-            end = result.ends[topic][partition]
-            start = positions[slot]
-            records = [
-                r for r in event_log.read(topic, partition, start, min(batch_size, end - start)) if r.offset < end
-            ]
-            if not records:
-                raise RuntimeError(f"{topic}/{partition}: no events from offset {start} though the log ends at {end}")
-            _apply(records, readers[topic], sinks, result)
-            positions[slot] = records[-1].offset + 1
-            if positions[slot] >= end:
-                del positions[slot]
-            result.events += len(records)
-            if on_progress is not None:
-                on_progress(len(records))
+    for records in event_log.scan(result.ends, batch_size):
+        by_topic: dict[str, list[Record]] = {}
+        for record in records:
+            by_topic.setdefault(record.topic, []).append(record)
+        for topic, topic_records in by_topic.items():
+            _apply(topic_records, readers[topic], sinks, result)
+        result.events += len(records)
+        if on_progress is not None:
+            on_progress(len(records))
 
     for processor in processors:
         for table in tables[processor.name]:

@@ -13,7 +13,7 @@ import logging
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import Future
 from typing import Any, TypeVar
 
@@ -74,6 +74,7 @@ class KafkaEventLog(EventLog):
         self._poller.start()
         self._reader_lock = threading.Lock()
         self._reader: _KafkaConsumer | None = None
+        self._reader_at: tuple[str, int, int] | None = None
         #: non-subscribed consumers used only to look up a group's committed offsets
         self._offsets_lock = threading.Lock()
         self._offset_readers: dict[str, _KafkaConsumer] = {}
@@ -232,7 +233,10 @@ class KafkaEventLog(EventLog):
             start = max(offset, low)
             if start >= high:
                 return []
-            reader.assign([TopicPartition(topic, partition, start)])
+            # a sequential reader (replay, audit) continues where it stopped: keep the assignment
+            # and what librdkafka already prefetched instead of seeking again
+            if self._reader_at != (topic, partition, start):
+                reader.assign([TopicPartition(topic, partition, start)])
             out: list[Record] = []
             deadline = time.monotonic() + 30
             want = min(max_records, high - start)
@@ -240,8 +244,38 @@ class KafkaEventLog(EventLog):
                 for msg in reader.consume(num_messages=want - len(out), timeout=1.0):
                     if msg.error() is None:
                         out.append(_record(msg))
-            reader.unassign()
+            self._reader_at = (topic, partition, out[-1].offset + 1) if out else None
             return out
+
+    def scan(self, ends: Mapping[str, Mapping[int, int]], batch_size: int = 1000) -> Iterator[list[Record]]:
+        """All partitions assigned at once and streamed to their ends (one fetch pipeline instead
+        of a seek per read)."""
+        pending = {(t, p): end for t, per_partition in ends.items() for p, end in per_partition.items() if end > 0}
+        if not pending:
+            return
+        scanner = self._group_consumer(f"cami-scan-{uuid.uuid4()}")
+        try:
+            scanner.assign([TopicPartition(t, p, 0) for t, p in pending])
+            idle_since = time.monotonic()
+            while pending:
+                batch = []
+                for msg in scanner.consume(num_messages=batch_size, timeout=1.0):
+                    if msg.error() is not None:
+                        continue
+                    record = _record(msg)
+                    end = pending.get((record.topic, record.partition))
+                    if end is None or record.offset >= end:
+                        continue
+                    batch.append(record)
+                    if record.offset >= end - 1:
+                        del pending[(record.topic, record.partition)]
+                if batch:
+                    idle_since = time.monotonic()
+                    yield batch
+                elif time.monotonic() - idle_since > 30:
+                    raise EventLogUnavailable(f"scan stalled with {len(pending)} partitions unfinished")
+        finally:
+            scanner.close()
 
     def end_offsets(self, topic: str) -> dict[int, int]:
         def ask() -> dict[int, int]:

@@ -14,7 +14,7 @@ and the contract tests in ``tests/contract/test_event_log.py`` hold each to them
 from __future__ import annotations
 
 import abc
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass, field
 
@@ -151,6 +151,25 @@ class EventLog(abc.ABC):
     @abc.abstractmethod
     def close(self) -> None:
         """Flush what is pending and release resources."""
+
+    def scan(self, ends: Mapping[str, Mapping[int, int]], batch_size: int = 1000) -> Iterator[list[Record]]:
+        """Every record from offset 0 up to (not including) ``ends`` (per topic, per partition),
+        in batches, each partition in offset order; no consumer group (rebuilds, audits)."""
+        positions = {(t, p): 0 for t, per_partition in ends.items() for p, end in per_partition.items() if end > 0}
+        while positions:
+            for slot in list(positions):  # round-robin: no partition waits for another
+                topic, partition = slot
+                end = ends[topic][partition]
+                start = positions[slot]
+                records = [
+                    r for r in self.read(topic, partition, start, min(batch_size, end - start)) if r.offset < end
+                ]
+                if not records:
+                    raise EventLogError(f"{topic}/{partition}: no events from offset {start} though it ends at {end}")
+                positions[slot] = records[-1].offset + 1
+                if positions[slot] >= end:
+                    del positions[slot]
+                yield records
 
     def lag(self, group: str, topic: str) -> int:
         """Events in ``topic`` not yet committed by ``group``."""
