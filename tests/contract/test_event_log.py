@@ -184,3 +184,19 @@ def test_acknowledged_events_survive_kill_9_of_the_writer(
     for line in acked:
         _, partition, offset, key, value = line.split()
         assert stored.get((int(partition), int(offset))) == (key.encode(), value.encode()), line
+
+
+def test_scan_returns_everything_up_to_the_given_ends_in_partition_order(log: EventLog, topic: str) -> None:
+    sent = [(f"k{i % 5}".encode(), f"v{i}".encode()) for i in range(120)]
+    log.append_many(topic, sent)
+    ends = {topic: log.end_offsets(topic)}
+    log.append_many(topic, [(b"k0", b"after-the-ends")])  # not part of the scan
+    seen: dict[int, list[int]] = defaultdict(list)
+    values = []
+    for batch in log.scan(ends, batch_size=7):
+        for record in batch:
+            seen[record.partition].append(record.offset)
+            values.append(record.value)
+    assert sorted(values) == sorted(v for _, v in sent)
+    for partition, offsets in seen.items():
+        assert offsets == list(range(ends[topic][partition]))
