@@ -87,7 +87,14 @@ class Archive:
         return build(tuple(names), ProjectionConfig(pseudonym_key=self.settings.pseudonym_key))
 
     def bindings(self, names: Sequence[str] = ()) -> list[tuple[Processor, Sink]]:
-        return [(p, WarehouseSink(self.warehouse, getattr(p, "ddl", ()))) for p in self.processors(names)]
+        bound: list[tuple[Processor, Sink]] = []
+        for processor in self.processors(names):
+            sink = WarehouseSink(self.warehouse, getattr(processor, "ddl", ()))
+            attach = getattr(processor, "attach", None)
+            if attach is not None:  # a processor with state loads it from the tables it writes
+                attach(self.warehouse)
+            bound.append((processor, sink))
+        return bound
 
     def close(self) -> None:
         if self._sop_index is not None:

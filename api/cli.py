@@ -216,7 +216,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 
 #: modules that add their own subcommands with ``register(subparsers)``
-COMMAND_MODULES: list[str] = ["api.import_command", "api.users_command", "api.replay_command"]
+COMMAND_MODULES: list[str] = ["api.import_command", "api.users_command", "api.replay_command", "api.audit_command"]
 
 
 # -- parser ------------------------------------------------------------------------------------

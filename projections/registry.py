@@ -10,7 +10,11 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from projections.analytics import Analytics
+from projections.archive_index import ArchiveIndex
+from projections.audit import AuditTrail
 from projections.catalogue import EventCatalogue
+from projections.monitoring import Monitoring
 from streams.processing import Processor
 
 
@@ -24,6 +28,10 @@ Factory = Callable[[ProjectionConfig], Processor]
 
 PROJECTIONS: dict[str, Factory] = {
     "catalogue": lambda config: EventCatalogue(),
+    "audit": lambda config: AuditTrail(),
+    "archive-index": lambda config: ArchiveIndex(),
+    "monitoring": lambda config: Monitoring(),
+    "analytics": lambda config: Analytics(config.pseudonym_key),
 }
 
 

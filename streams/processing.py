@@ -53,6 +53,14 @@ class Processor(Protocol):
         ...
 
 
+class PreparesBatches(Protocol):
+    """Optional for a processor with state (the audit trail's hash chains): ``prepare`` is called
+    with a batch's decoded events before any of them is applied. It is the edge where the
+    processor may load, from its own store, the state those events need; ``apply`` stays pure."""
+
+    def prepare(self, batch: Sequence[tuple[Event, Source]]) -> None: ...
+
+
 class Sink(Protocol):
     def write(self, rows: Sequence[Row]) -> None:
         """Write rows durably; writing the same rows twice must not change the result."""
@@ -73,15 +81,19 @@ class BatchResult:
 
 def process_batch(processor: Processor, records: Sequence[tuple[Source, bytes]]) -> BatchResult:
     result = BatchResult()
+    decoded: list[tuple[Event, Source]] = []
     for source, value in records:
         try:
-            event = decode(value)
+            decoded.append((decode(value), source))
         except CodecError as exc:
             # the log is the source of truth and written only by our codec; an undecodable
             # record is an operational alarm, but one bad record must not stop the archive
             log.error("skipping undecodable record %s/%s@%s: %s", source.topic, source.partition, source.offset, exc)
             result.undecodable.append(source)
-            continue
+    prepare = getattr(processor, "prepare", None)
+    if prepare is not None and decoded:
+        prepare(decoded)
+    for event, source in decoded:
         result.events += 1
         result.rows.extend(processor.apply(event, source))
     return result

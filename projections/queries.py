@@ -1,0 +1,448 @@
+"""Read side of the archive index: the queries the API, DICOM Q/R and study pages run.
+
+Every value from a caller travels as a ClickHouse ``{name:Type}`` parameter; the only SQL text
+assembled here is made of fixed fragments chosen by code (which filters are present), never of
+user input. Patient-name matching takes DICOM wildcards (``*`` any run, ``?`` one character); every
+other character, ``%``, ``_`` and ``\\`` included, matches itself.
+
+Study and series views are computed from the *newest version* of each instance (see
+:mod:`projections.archive_index` for why they are not stored); ``FINAL`` collapses redelivered
+rows. Patient merges are followed (a prior ID's studies appear under the surviving ID) and the
+latest demographics from PatientUpdated replace what the images carry.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+from datetime import date
+from typing import Any
+
+from projections.archive_index import INSTANCES, MERGES, PATIENTS_TABLE, REPORT_MISSING, REPORTS_TABLE
+from projections.warehouse.base import Warehouse
+
+#: merge chains longer than this are not followed (a guard; real chains are one or two hops)
+MAX_MERGE_HOPS = 16
+MAX_LIMIT = 10_000
+
+#: among the versions/rows of one key, the newest arrival wins (deterministic: the log decides ties)
+_NEWEST = "(received_at, log_version)"
+
+_LATEST = f"""
+    SELECT * FROM {INSTANCES} FINAL
+    WHERE {{where}}
+    ORDER BY study_uid, series_uid, sop_uid, version DESC
+    LIMIT 1 BY study_uid, series_uid, sop_uid
+"""
+
+_INSTANCE_COLUMNS = (
+    "study_uid, series_uid, sop_uid, version, patient_id, issuer_of_patient_id, patient_name, "
+    "patient_birth_date, patient_sex, study_date, study_time, study_id, study_description, accession_number, "
+    "referring_physician, institution_name, performing_physician_code, performing_physician_name, "
+    "procedure_code, procedure_scheme, procedure_meaning, series_number, series_description, modality, "
+    "body_part, instance_number, sop_class_uid, transfer_syntax_uid, rows, columns, frames, blob_sha256, "
+    "blob_size, blob_store, organisation, calling_ae_title, channel, pathology, emergency, missing, received_at"
+)
+
+_STUDY_SQL = f"""
+WITH
+    latest AS ({_LATEST}),
+    report_status AS (
+        SELECT study_uid,
+               multiIf(countIf(stage = 'amendment') > 0, 'amended',
+                       countIf(stage = 'signed') > 0, 'signed', 'draft') AS status
+        FROM {REPORTS_TABLE} FINAL
+        WHERE study_uid IN (SELECT study_uid FROM latest)
+        GROUP BY study_uid
+    ),
+    studies AS (
+        SELECT study_uid,
+               argMax(patient_id, {_NEWEST}) AS newest_patient_id,
+               arraySort(groupUniqArray(patient_id)) AS patient_ids,
+               argMax(issuer_of_patient_id, {_NEWEST}) AS issuer_of_patient_id,
+               argMax(patient_name, {_NEWEST}) AS patient_name,
+               argMax(patient_birth_date, {_NEWEST}) AS patient_birth_date,
+               argMax(patient_sex, {_NEWEST}) AS patient_sex,
+               argMax(study_date, {_NEWEST}) AS study_date,
+               argMax(study_time, {_NEWEST}) AS study_time,
+               argMax(study_id, {_NEWEST}) AS study_id,
+               argMax(study_description, {_NEWEST}) AS study_description,
+               argMax(accession_number, {_NEWEST}) AS accession_number,
+               argMax(referring_physician, {_NEWEST}) AS referring_physician,
+               arraySort(arrayFilter(m -> m != '', groupUniqArray(modality))) AS modalities,
+               uniqExact(series_uid) AS series_count,
+               count() AS instance_count,
+               sum(blob_size) AS size,
+               arraySort(arrayFilter(o -> o != '', groupUniqArray(organisation))) AS organisations,
+               arraySort(groupUniqArrayArray(missing)) AS instance_missing,
+               max(pathology) AS pathology,
+               max(emergency) AS emergency,
+               min(received_at) AS first_received,
+               max(received_at) AS last_received
+        FROM latest
+        GROUP BY study_uid
+    )
+SELECT s.study_uid AS study_uid, s.newest_patient_id AS patient_id, s.patient_ids AS patient_ids,
+       s.issuer_of_patient_id AS issuer_of_patient_id, s.patient_name AS patient_name,
+       s.patient_birth_date AS patient_birth_date, s.patient_sex AS patient_sex,
+       s.study_date AS study_date, s.study_time AS study_time, s.study_id AS study_id,
+       s.study_description AS study_description, s.accession_number AS accession_number,
+       s.referring_physician AS referring_physician, s.modalities AS modalities,
+       s.series_count AS series_count, s.instance_count AS instance_count, s.size AS size,
+       s.organisations AS organisations, s.pathology AS pathology, s.emergency AS emergency,
+       s.first_received AS first_received, s.last_received AS last_received,
+       if(r.status = '', 'none', r.status) AS report_status,
+       arraySort(arrayDistinct(arrayConcat(
+           s.instance_missing,
+           if(r.status IN ('signed', 'amended'), CAST([], 'Array(String)'), ['{REPORT_MISSING}'])
+       ))) AS missing
+FROM studies AS s
+LEFT JOIN report_status AS r ON r.study_uid = s.study_uid
+WHERE {{having}}
+ORDER BY study_date DESC NULLS LAST, study_time DESC NULLS LAST, study_uid
+LIMIT {{{{limit:UInt32}}}} OFFSET {{{{offset:UInt32}}}}
+"""
+
+
+def dicom_wildcard_to_like(pattern: str) -> str:
+    """DICOM matching (``*`` any run, ``?`` one character) -> a LIKE pattern where every other
+    character, the LIKE metacharacters ``%``, ``_`` and the escape ``\\`` included, is literal."""
+    out: list[str] = []
+    for ch in pattern:
+        if ch == "*":
+            out.append("%")
+        elif ch == "?":
+            out.append("_")
+        elif ch in "\\%_":
+            out.append("\\" + ch)
+        else:
+            out.append(ch)
+    return "".join(out)
+
+
+def _page(limit: int, offset: int) -> dict[str, int]:
+    if not 0 < limit <= MAX_LIMIT:
+        raise ValueError(f"limit must be between 1 and {MAX_LIMIT}, got {limit}")
+    if offset < 0:
+        raise ValueError(f"offset must not be negative, got {offset}")
+    return {"limit": limit, "offset": offset}
+
+
+# -- patients: merges and demographics ------------------------------------------------------------
+def _merge_targets(warehouse: Warehouse, ids: Iterable[str]) -> dict[str, str]:
+    """prior ID -> the ID it was merged into (one hop), for those of ``ids`` that were merged."""
+    wanted = sorted(set(ids))
+    if not wanted:
+        return {}
+    result = warehouse.query(
+        f"SELECT prior_patient_id, patient_id FROM {MERGES} FINAL WHERE prior_patient_id IN {{ids:Array(String)}}",
+        {"ids": wanted},
+    )
+    return {str(prior): str(target) for prior, target in result.rows}
+
+
+def resolve_patients(warehouse: Warehouse, ids: Iterable[str]) -> dict[str, str]:
+    """Each ID -> the surviving ID at the end of its merge chain (itself when never merged)."""
+    resolved = {i: i for i in ids}
+    seen: dict[str, set[str]] = {i: {i} for i in resolved}
+    pending = set(resolved)
+    edges: dict[str, str | None] = {}
+    for _ in range(MAX_MERGE_HOPS):
+        unknown = {resolved[i] for i in pending} - edges.keys()
+        found = _merge_targets(warehouse, unknown)
+        edges.update({u: found.get(u) for u in unknown})
+        for i in list(pending):
+            nxt = edges[resolved[i]]
+            if nxt is None or nxt in seen[i]:  # end of the chain (or a cycle: stop where we are)
+                pending.discard(i)
+            else:
+                resolved[i] = nxt
+                seen[i].add(nxt)
+        if not pending:
+            break
+    return resolved
+
+
+def linked_patient_ids(warehouse: Warehouse, patient_id: str) -> tuple[str, list[str]]:
+    """(surviving ID, every ID whose records now belong to it, the surviving one included)."""
+    surviving = resolve_patients(warehouse, [patient_id])[patient_id]
+    group = {surviving}
+    frontier = {surviving}
+    for _ in range(MAX_MERGE_HOPS):
+        result = warehouse.query(
+            f"SELECT prior_patient_id FROM {MERGES} FINAL WHERE patient_id IN {{ids:Array(String)}}",
+            {"ids": sorted(frontier)},
+        )
+        frontier = {str(row[0]) for row in result.rows} - group
+        if not frontier:
+            break
+        group |= frontier
+    # a prior ID re-merged elsewhere later is not this patient's any more
+    resolved = resolve_patients(warehouse, group)
+    return surviving, sorted(i for i in group if resolved[i] == surviving)
+
+
+def _demographics(warehouse: Warehouse, ids: Iterable[str]) -> dict[str, dict[str, str]]:
+    wanted = sorted(set(ids))
+    if not wanted:
+        return {}
+    result = warehouse.query(
+        f"SELECT patient_id, attribute, value FROM {PATIENTS_TABLE} FINAL WHERE patient_id IN {{ids:Array(String)}}",
+        {"ids": wanted},
+    )
+    found: dict[str, dict[str, str]] = {}
+    for patient, attribute, value in result.rows:
+        found.setdefault(str(patient), {})[str(attribute)] = str(value)
+    return found
+
+
+_DEMOGRAPHIC_COLUMNS = {
+    "IssuerOfPatientID": "issuer_of_patient_id",
+    "PatientName": "patient_name",
+    "PatientBirthDate": "patient_birth_date",
+    "PatientSex": "patient_sex",
+}
+
+
+def patient_record(warehouse: Warehouse, patient_id: str) -> dict[str, Any]:
+    """The patient as the archive knows them now: surviving ID, merged IDs, latest demographics
+    from PatientUpdated (empty where none arrived)."""
+    surviving, ids = linked_patient_ids(warehouse, patient_id)
+    updated = _demographics(warehouse, [surviving]).get(surviving, {})
+    return {
+        "patient_id": surviving,
+        "merged_ids": [i for i in ids if i != surviving],
+        **{column: updated.get(attribute) for attribute, column in _DEMOGRAPHIC_COLUMNS.items()},
+    }
+
+
+def _apply_patients(warehouse: Warehouse, studies: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Show each study under its surviving patient ID with the latest demographics."""
+    resolved = resolve_patients(warehouse, {i for s in studies for i in s["patient_ids"]})
+    updates = _demographics(warehouse, set(resolved.values()))
+    for study in studies:
+        study["recorded_patient_ids"] = study.pop("patient_ids")
+        surviving = resolved[study["patient_id"]]
+        study["patient_id"] = surviving
+        for attribute, column in _DEMOGRAPHIC_COLUMNS.items():
+            value = updates.get(surviving, {}).get(attribute)
+            if value is not None:
+                study[column] = value
+    return studies
+
+
+# -- studies ----------------------------------------------------------------------------------------
+def _studies(
+    warehouse: Warehouse,
+    where: Sequence[str],
+    having: Sequence[str],
+    params: Mapping[str, Any],
+    limit: int,
+    offset: int,
+) -> list[dict[str, Any]]:
+    """``where`` picks candidate studies from any instance row (uses the skipping indexes);
+    ``having`` is then checked exactly on the study built from the newest versions."""
+    candidates = (
+        f"study_uid IN (SELECT study_uid FROM {INSTANCES} WHERE {' AND '.join(where)})" if where else "1"
+    )
+    sql = _STUDY_SQL.format(where=candidates, having=" AND ".join(having) if having else "1")
+    result = warehouse.query(sql, {**params, **_page(limit, offset)})
+    return _apply_patients(warehouse, result.dicts())
+
+
+def search_studies(
+    warehouse: Warehouse,
+    *,
+    patient_id: str | None = None,
+    patient_name: str | None = None,
+    study_date_from: date | None = None,
+    study_date_to: date | None = None,
+    modality: str | None = None,
+    accession: str | None = None,
+    study_uid: str | None = None,
+    organisation: str | None = None,
+    limit: int = 100,
+    offset: int = 0,
+) -> list[dict[str, Any]]:
+    """Studies matching every given criterion, newest first.
+
+    ``patient_id`` follows merges both ways (asking for a prior or the surviving ID finds all of
+    the patient's studies); ``patient_name`` takes DICOM wildcards and matches the name in the
+    images or the latest name from PatientUpdated; the other criteria match exactly."""
+    where: list[str] = []
+    having: list[str] = []
+    params: dict[str, Any] = {}
+    if patient_id is not None:
+        _, ids = linked_patient_ids(warehouse, patient_id)
+        where.append("patient_id IN {patient_ids:Array(String)}")
+        having.append("hasAny(s.patient_ids, {patient_ids:Array(String)})")
+        params["patient_ids"] = ids
+    if patient_name is not None:
+        where.append(
+            "(patient_name LIKE {patient_name:String} OR patient_id IN ("
+            f"SELECT patient_id FROM {PATIENTS_TABLE} FINAL "
+            "WHERE attribute = 'PatientName' AND value LIKE {patient_name:String}))"
+        )
+        params["patient_name"] = dicom_wildcard_to_like(patient_name)
+    if study_date_from is not None:
+        where.append("study_date >= {date_from:Date}")
+        having.append("s.study_date >= {date_from:Date}")
+        params["date_from"] = study_date_from
+    if study_date_to is not None:
+        where.append("study_date <= {date_to:Date}")
+        having.append("s.study_date <= {date_to:Date}")
+        params["date_to"] = study_date_to
+    if modality is not None:
+        where.append("modality = {modality:String}")
+        having.append("has(s.modalities, {modality:String})")
+        params["modality"] = modality
+    if accession is not None:
+        where.append("accession_number = {accession:String}")
+        having.append("s.accession_number = {accession:String}")
+        params["accession"] = accession
+    if study_uid is not None:
+        where.append("study_uid = {study_uid:String}")
+        params["study_uid"] = study_uid
+    if organisation is not None:
+        where.append("organisation = {organisation:String}")
+        having.append("has(s.organisations, {organisation:String})")
+        params["organisation"] = organisation
+    return _studies(warehouse, where, having, params, limit, offset)
+
+
+def patient_timeline(warehouse: Warehouse, patient_id: str, *, limit: int = 1000) -> list[dict[str, Any]]:
+    """Every study of the patient across organisations, newest first, merges followed."""
+    return search_studies(warehouse, patient_id=patient_id, limit=limit)
+
+
+def incomplete_packages(
+    warehouse: Warehouse, organisation: str | None = None, *, limit: int = 1000, offset: int = 0
+) -> list[dict[str, Any]]:
+    """Studies whose package lacks something (attributes listed by the instances' ``missing``, or
+    a signed report), newest first; optionally only those an organisation sent."""
+    where: list[str] = []
+    having = ["length(missing) > 0"]
+    params: dict[str, Any] = {}
+    if organisation is not None:
+        where.append("organisation = {organisation:String}")
+        having.append("has(s.organisations, {organisation:String})")
+        params["organisation"] = organisation
+    return _studies(warehouse, where, having, params, limit, offset)
+
+
+# -- series and instances -----------------------------------------------------------------------------
+def study_series(warehouse: Warehouse, study_uid: str) -> list[dict[str, Any]]:
+    """The series of a study (newest instance versions), by series number."""
+    sql = f"""
+        SELECT series_uid,
+               argMax(series_number, {_NEWEST}) AS series_number,
+               argMax(series_description, {_NEWEST}) AS series_description,
+               argMax(modality, {_NEWEST}) AS modality,
+               argMax(body_part, {_NEWEST}) AS body_part,
+               count() AS instance_count,
+               sum(blob_size) AS size,
+               arraySort(arrayFilter(o -> o != '', groupUniqArray(organisation))) AS organisations,
+               arraySort(groupUniqArrayArray(missing)) AS missing,
+               max(received_at) AS last_received
+        FROM ({_LATEST.format(where="study_uid = {study_uid:String}")})
+        GROUP BY series_uid
+        ORDER BY series_number NULLS LAST, series_uid
+    """
+    return warehouse.query(sql, {"study_uid": study_uid}).dicts()
+
+
+def series_instances(warehouse: Warehouse, study_uid: str, series_uid: str) -> list[dict[str, Any]]:
+    """The instances of a series (newest version of each), by instance number."""
+    where = "study_uid = {study_uid:String} AND series_uid = {series_uid:String}"
+    sql = f"""
+        SELECT {_INSTANCE_COLUMNS} FROM ({_LATEST.format(where=where)})
+        ORDER BY instance_number NULLS LAST, sop_uid
+    """
+    return warehouse.query(sql, {"study_uid": study_uid, "series_uid": series_uid}).dicts()
+
+
+def instance_location(warehouse: Warehouse, sop_uid: str, version: int | None = None) -> dict[str, Any] | None:
+    """Where the bytes of an instance are (its newest version, or ``version``); None if unknown."""
+    params: dict[str, Any] = {"sop_uid": sop_uid}
+    condition = "sop_uid = {sop_uid:String}"
+    if version is not None:
+        condition += " AND version = {version:UInt32}"
+        params["version"] = version
+    result = warehouse.query(
+        f"""SELECT blob_sha256 AS sha256, blob_size AS size, blob_store AS store, version, study_uid, series_uid
+            FROM {INSTANCES} FINAL WHERE {condition}
+            ORDER BY version DESC, log_version DESC LIMIT 1""",
+        params,
+    ).dicts()
+    return result[0] if result else None
+
+
+# -- reports ------------------------------------------------------------------------------------------
+_STATUS_RANK = {"none": 0, "draft": 1, "signed": 2, "amended": 3}
+
+
+def study_report(warehouse: Warehouse, study_uid: str) -> dict[str, Any]:
+    """The study's reports folded from their stages: status (none/draft/signed/amended), the
+    current texts, the signed texts with signer and signing time, and every amendment."""
+    rows = warehouse.query(
+        f"""SELECT report_id, stage, seq, protocol_text, conclusion_text, protocol_before, conclusion_before,
+                   reason, clinician_code, clinician_name, at, content_sha256, source, accession_number
+            FROM {REPORTS_TABLE} FINAL WHERE study_uid = {{study_uid:String}}
+            ORDER BY report_id, stage, seq""",
+        {"study_uid": study_uid},
+    ).dicts()
+    reports: dict[str, dict[str, Any]] = {}
+    for row in rows:
+        report = reports.setdefault(
+            row["report_id"],
+            {"report_id": row["report_id"], "drafts": [], "signed": None, "amendments": []},
+        )
+        if row["stage"] == "draft":
+            report["drafts"].append(row)
+        elif row["stage"] == "signed":
+            report["signed"] = row
+        else:
+            report["amendments"].append(row)
+    folded = [_fold_report(r) for r in reports.values()]
+    status = max((r["status"] for r in folded), key=_STATUS_RANK.__getitem__, default="none")
+    return {"study_uid": study_uid, "status": status, "reports": folded}
+
+
+def _clinician(row: Mapping[str, Any]) -> dict[str, Any]:
+    return {"code": row["clinician_code"], "name": row["clinician_name"]}
+
+
+def _fold_report(stages: Mapping[str, Any]) -> dict[str, Any]:
+    drafts: list[dict[str, Any]] = stages["drafts"]
+    signed: dict[str, Any] | None = stages["signed"]
+    amendments: list[dict[str, Any]] = stages["amendments"]
+    latest_draft = drafts[-1] if drafts else None
+    current = amendments[-1] if amendments else signed or latest_draft
+    assert current is not None  # a report exists only through one of its stages
+    status = "amended" if amendments else "signed" if signed else "draft"
+    return {
+        "report_id": stages["report_id"],
+        "status": status,
+        "accession_number": current["accession_number"],
+        "protocol_text": current["protocol_text"],
+        "conclusion_text": current["conclusion_text"],
+        "revision": signed["seq"] if signed else latest_draft["seq"] if latest_draft else None,
+        "author": _clinician(drafts[0]) if drafts else None,
+        "signer": _clinician(signed) if signed else None,
+        "signed_at": signed["at"] if signed else None,
+        "signed_protocol_text": signed["protocol_text"] if signed else None,
+        "signed_conclusion_text": signed["conclusion_text"] if signed else None,
+        "content_sha256": signed["content_sha256"] if signed else None,
+        "amendments": [
+            {
+                "number": a["seq"],
+                "reason": a["reason"],
+                "amended_by": _clinician(a),
+                "amended_at": a["at"],
+                "protocol_before": a["protocol_before"],
+                "conclusion_before": a["conclusion_before"],
+                "protocol_after": a["protocol_text"],
+                "conclusion_after": a["conclusion_text"],
+            }
+            for a in amendments
+        ],
+    }
