@@ -21,6 +21,7 @@ from collections import Counter, defaultdict
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -267,6 +268,7 @@ def run_demo(
 
         EmbeddedRunner(archive.event_log, [(collector, collector)]).catch_up()
         projected = EmbeddedRunner(archive.event_log, archive.bindings()).catch_up()
+        read_side = _read_side(archive)
     finally:
         archive.close()
 
@@ -285,6 +287,7 @@ def run_demo(
             },
             "reports": reports,
             "projected": projected,
+            **read_side,
             "senders_file": {"path": str(settings.senders_file), "written": wrote_senders},
             "scp": {"ae_title": senders.ae_title, "host": scp.host, "port": scp.port},
             "data": settings.describe(),
@@ -292,6 +295,44 @@ def run_demo(
     )
     _render(console, summary)
     return summary
+
+
+def _read_side(archive: Archive) -> dict[str, Any]:
+    """What the read models now answer: the newest studies of the archive index, the audit
+    trail's chain check and today's monitoring per organisation."""
+    from projections.audit import verify_chain
+    from projections.monitoring import organisation_summary
+    from projections.queries import search_studies
+
+    warehouse = archive.warehouse
+    studies = search_studies(warehouse, limit=10_000)
+    statuses = Counter(s["report_status"] for s in studies)
+    newest = [
+        {
+            "study_uid": s["study_uid"],
+            "patient_id": s["patient_id"],
+            "patient_name": s["patient_name"],
+            "study_date": s["study_date"].isoformat() if s["study_date"] else None,
+            "modalities": list(s["modalities"]),
+            "series": s["series_count"],
+            "instances": s["instance_count"],
+            "organisations": list(s["organisations"]),
+            "report_status": s["report_status"],
+            "missing": list(s["missing"]),
+        }
+        for s in studies[:8]
+    ]
+    audit = verify_chain(warehouse)
+    day_ago = datetime.now(UTC) - timedelta(days=1)
+    monitoring = [
+        {k: (v.isoformat() if isinstance(v, datetime) else v) for k, v in row.items()}
+        for row in organisation_summary(warehouse, day_ago)
+    ]
+    return {
+        "index": {"studies": len(studies), "report_status": dict(statuses), "newest": newest},
+        "audit": {"entries": audit.entries, "chains": audit.chains, "intact": audit.ok},
+        "monitoring": monitoring,
+    }
 
 
 def _send_all(
@@ -448,6 +489,27 @@ def _render(console: Console, summary: dict[str, Any]) -> None:
     console.print(
         f"Reports: {reports['signed']} drafted and signed now, {reports['already_reported']} already held, "
         f"{reports['without_report']} studies still without a report"
+    )
+    index = summary["index"]
+    statuses = ", ".join(f"{k} {v}" for k, v in sorted(index["report_status"].items()))
+    newest = Table(title=f"Archive index: {index['studies']} studies, newest first (reports: {statuses})")
+    for column in ("patient", "date", "mod.", "series/inst.", "organisations", "report", "missing"):
+        newest.add_column(column)
+    for study in index["newest"]:
+        newest.add_row(
+            f"{study['patient_name'] or ''}\n[dim]{study['patient_id']}[/dim]",
+            study["study_date"] or "",
+            " ".join(study["modalities"]),
+            f"{study['series']}/{study['instances']}",
+            "\n".join("…" + o[-7:] for o in study["organisations"]),
+            study["report_status"],
+            ", ".join(study["missing"]),
+        )
+    console.print(newest)
+    audit = summary["audit"]
+    console.print(
+        f"Audit trail: {audit['entries']} entries in {audit['chains']} per-record hash chains, "
+        + ("[green]intact[/green]" if audit["intact"] else "[red]BROKEN[/red] (cami audit verify)")
     )
     data = summary["data"]
     console.print(

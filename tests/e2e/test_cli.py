@@ -90,6 +90,17 @@ def test_demo_on_embedded_defaults_stores_and_projects_studies(tmp_path: Path) -
     assert catalogue["InstanceRejected"] == catalogue["AssociationRejected"] == 1
     assert catalogue["ReportSigned"] == demo["reports"]["signed"]
     assert (tmp_path / "home" / "events.db").exists()
+    # the read side answers from the projections: every study sent is in the archive index, the
+    # audit trail holds one chained entry per event, monitoring counts what arrived
+    index = demo["index"]
+    assert index["studies"] == demo["studies_sent"]
+    assert sum(index["report_status"].values()) == index["studies"]
+    assert index["report_status"].get("signed", 0) == demo["reports"]["signed"]
+    assert all(s["report_status"] != "signed" or "Report" not in s["missing"] for s in index["newest"])
+    events_total = sum(state["event_log"]["events_per_topic"].values())
+    assert demo["audit"] == {"entries": events_total, "chains": demo["audit"]["chains"], "intact": True}
+    assert sum(org["instances"] for org in demo["monitoring"]) == stored
+    assert sum(org["rejections"] for org in demo["monitoring"]) == 2
 
     # status in a new process sees the same archive
     status = subprocess.run(

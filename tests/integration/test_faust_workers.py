@@ -1,10 +1,11 @@
 """Two `cami workers` (Faust, same app id) share the partitions on a real Kafka broker; one is
 killed with SIGKILL mid-stream; the survivor takes its partitions over and nothing is lost.
 
-Each worker writes the catalogue projection's rows to its own JSON-lines file. A row carries the
-event's log position (topic, partition, offset); rows are deduplicated by it (at-least-once: the
-survivor re-applies what the dead worker wrote but had not committed). The union must equal
-exactly the rows the pure projection gives for every published event.
+The workers run the archive index and the audit trail (the projection with state: its hash chains
+must continue across the take-over) into one ClickHouse endpoint (the test-only chdb HTTP server, a
+stand-in for a ClickHouse server since chdb cannot be shared between processes). At the end the
+tables must equal, row by row, what a single embedded runner builds from the same log into a
+second, fresh ClickHouse, and the audit check must find every chain intact against the log.
 
 Faust's consumer session timeout is 60 s, so the broker notices the dead member only after about
 a minute: the waits here are bounded but generous.
@@ -12,7 +13,6 @@ a minute: the waits here are bounded but generous.
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import subprocess
@@ -25,39 +25,39 @@ from typing import Any
 import pytest
 from confluent_kafka.admin import AdminClient
 
-from projections.catalogue import EventCatalogue
+from projections.archive_index import ArchiveIndex
+from projections.audit import AuditTrail, verify_against_log
+from projections.sinks import WarehouseSink
 from projections.status import FAUST_GROUP, projection_lag
+from projections.warehouse import Warehouse, open_warehouse
 from schemas.events import Event
 from streams import open_event_log
-from streams.log import Position
-from streams.processing import Source
+from streams.processing import EmbeddedRunner
 from streams.publisher import publish_many
 from streams.topics import archive_topics
 from tests.conftest import ROOT
 from tests.integration.test_replay import synthetic_sequence
+from tests.support.chdb_http import ChdbHttpServer
 
-Key = tuple[str, int, int]
-
-
-def expected(events: list[Event], positions: list[Position]) -> dict[Key, dict[str, Any]]:
-    processor = EventCatalogue()
-    out = {}
-    for event, pos in zip(events, positions, strict=True):
-        [row] = processor.apply(event, Source(pos.topic, pos.partition, pos.offset))
-        values = {k: v.isoformat() if hasattr(v, "isoformat") else v for k, v in row.values.items()}
-        out[(pos.topic, pos.partition, pos.offset)] = {"table": row.table, **json.loads(json.dumps(values))}
-    return out
+#: every table the two projections write, with the key that orders its rows
+TABLES = {
+    "archive_instances": "study_uid, series_uid, sop_uid, version",
+    "archive_reports": "study_uid, report_id, stage, seq",
+    "archive_patients": "patient_id, attribute",
+    "archive_patient_merges": "prior_patient_id",
+    "audit_trail": "aggregate_id, topic, partition, offset",
+}
 
 
-def rows_in(path: Path) -> dict[Key, dict[str, Any]]:
-    if not path.exists():
-        return {}
-    rows = {}
-    for line in path.read_text(encoding="utf-8").splitlines():
-        if line:
-            row = json.loads(line)
-            rows[(row["topic"], row["partition"], row["offset"])] = row
-    return rows
+def snapshot(warehouse: Warehouse) -> dict[str, list[tuple[Any, ...]]]:
+    return {t: warehouse.query(f"SELECT * FROM {t} FINAL ORDER BY {key}").rows for t, key in TABLES.items()}
+
+
+def audited(warehouse: Warehouse) -> int:
+    try:
+        return int(warehouse.query("SELECT count() FROM audit_trail FINAL").scalar())
+    except Exception:  # the workers have not created the table yet
+        return 0
 
 
 def wait_for(what: str, condition: Callable[[], bool], workers: list[subprocess.Popen[str]], timeout: float) -> None:
@@ -92,18 +92,21 @@ def group_members(bootstrap: str) -> list[list[tuple[str, int]]]:
 def test_two_faust_workers_share_partitions_and_survive_a_kill(kafka_server: Any, tmp_path: Path) -> None:
     bootstrap = kafka_server.bootstrap
     url = f"kafka://{bootstrap}"
-    outputs = [tmp_path / "worker-a.jsonl", tmp_path / "worker-b.jsonl"]
+    processors = [ArchiveIndex(), AuditTrail()]
+    clickhouse = ChdbHttpServer(tmp_path / "clickhouse").start()
 
-    def start(name: str, output: Path) -> subprocess.Popen[str]:
+    def start(name: str) -> subprocess.Popen[str]:
         env = {
             **os.environ,
             "PYTHONPATH": str(ROOT),
             "CAMI_HOME": str(tmp_path / name),
             "CAMI_EVENT_LOG": url,
             "CAMI_BLOBS": f"file://{tmp_path}/{name}/blobs",
+            "CAMI_CLICKHOUSE": clickhouse.url,
         }
+        command = [sys.executable, "-m", "api.cli", "workers", "--processor", "archive-index", "--processor", "audit"]
         return subprocess.Popen(
-            [sys.executable, "-m", "api.cli", "workers", "--processor", "catalogue", "--jsonl", str(output)],
+            command,
             cwd=ROOT,
             env=env,
             stdout=subprocess.PIPE,
@@ -112,11 +115,12 @@ def test_two_faust_workers_share_partitions_and_survive_a_kill(kafka_server: Any
             start_new_session=True,
         )
 
+    warehouse = open_warehouse(clickhouse.url)
     with open_event_log(url) as log:
         log.ensure_topics(archive_topics())
-        workers = [start("a", outputs[0]), start("b", outputs[1])]
+        workers = [start("a"), start("b")]
         try:
-            # both members joined and each holds partitions
+            # both members joined and each holds partitions of its own
             wait_for(
                 "two workers with partitions",
                 lambda: len(members := group_members(bootstrap)) == 2 and all(members),
@@ -127,46 +131,33 @@ def test_two_faust_workers_share_partitions_and_survive_a_kill(kafka_server: Any
             assert not set(members[0]) & set(members[1]), "a partition assigned twice"
 
             events = synthetic_sequence(21, studies=30)
-            positions = publish_many(log, events)
-            want = expected(events, positions)
-            wait_for(
-                "first batch projected by both workers",
-                lambda: set(want) <= rows_in(outputs[0]).keys() | rows_in(outputs[1]).keys(),
-                workers,
-                timeout=180,
-            )
-            assert rows_in(outputs[0]) and rows_in(outputs[1]), "one worker got no data partitions"
+            publish_many(log, events)
+            wait_for("first batch audited", lambda: audited(warehouse) >= len(events), workers, timeout=180)
 
             # keep publishing; kill -9 worker A in the middle of the stream
             more: list[Event] = []
-            more_positions: list[Position] = []
             for seed in range(30, 40):
                 chunk = synthetic_sequence(seed, studies=3)
-                more_positions += publish_many(log, chunk)
+                publish_many(log, chunk)
                 more += chunk
                 if seed == 34:
                     os.killpg(workers[0].pid, signal.SIGKILL)
                     workers[0].wait(timeout=30)
                 time.sleep(0.2)
-            want.update(expected(more, more_positions))
             survivor = workers[1:]
-            after_kill = set(expected(more[len(more) // 2 :], more_positions[len(more) // 2 :]))
 
+            # the survivor takes every partition over, and its group has no lag left
+            everything = sorted(members[0] + members[1])
+            wait_for(
+                "survivor owns all partitions", lambda: group_members(bootstrap) == [everything], survivor, timeout=180
+            )
             wait_for(
                 "survivor caught up",
-                lambda: set(want) <= rows_in(outputs[0]).keys() | rows_in(outputs[1]).keys(),
+                lambda: all(sum(lag.values()) == 0 for lag in projection_lag(log, processors).values()),
                 survivor,
                 timeout=300,
             )
-            # the survivor holds every partition now, and its group has no lag
-            wait_for("survivor owns all partitions", lambda: len(group_members(bootstrap)) == 1, survivor, timeout=120)
-            assert len(group_members(bootstrap)[0]) == len(members[0]) + len(members[1])
-            wait_for(
-                "offsets committed",
-                lambda: sum(projection_lag(log, [EventCatalogue()])["catalogue"].values()) == 0,
-                survivor,
-                timeout=60,
-            )
+            assert audited(warehouse) == len(events) + len(more)
         finally:
             for worker in workers:
                 if worker.poll() is None:
@@ -177,10 +168,21 @@ def test_two_faust_workers_share_partitions_and_survive_a_kill(kafka_server: Any
                         os.killpg(worker.pid, signal.SIGKILL)
                         worker.wait()
 
-    a, b = rows_in(outputs[0]), rows_in(outputs[1])
-    union = {**a, **b}
-    assert union.keys() == want.keys()  # nothing lost, nothing extra
-    for key, row in want.items():
-        assert union[key] == row
-    # events published after the kill were projected by the survivor
-    assert after_kill <= b.keys()
+        # what one uninterrupted runner builds from the same log, in a fresh ClickHouse
+        with ChdbHttpServer(tmp_path / "expected") as reference:
+            expected_warehouse = open_warehouse(reference.url)
+            bindings = [(p, WarehouseSink(expected_warehouse, p.ddl)) for p in (ArchiveIndex(), AuditTrail())]
+            EmbeddedRunner(log, bindings, batch_size=1000).catch_up()
+            expected = snapshot(expected_warehouse)
+            expected_warehouse.close()
+        actual = snapshot(warehouse)
+        assert len(expected["archive_instances"]) > 100
+        for table in TABLES:
+            assert actual[table] == expected[table], f"{table} differs from an uninterrupted build"
+
+        # the hash chains continued across the take-over: every entry checks out against the log
+        report = verify_against_log(warehouse, log)
+        assert report.ok, report.first_broken
+        assert report.entries == report.log_events == len(events) + len(more)
+    warehouse.close()
+    clickhouse.stop()
