@@ -85,13 +85,14 @@ def visible(warehouse: Warehouse, study: str) -> int:
     return int(found[0]["instance_count"]) if found else 0
 
 
-def measure(files: list[Path], study: str, port: int, warehouse: Warehouse) -> dict[str, Any]:
+def measure(files: list[Path], study: str, port: int, warehouse: Warehouse, already: int = 0) -> dict[str, Any]:
+    """Send ``files`` one by one; ``already``: instances of the study visible before the first."""
     latencies: list[float] = []
     sends: list[float] = []
     for n, path in enumerate(files, start=1):
         sends.append(send(path, port))
         stored_at = time.perf_counter()
-        while visible(warehouse, study) < n:
+        while visible(warehouse, study) < already + n:
             if time.perf_counter() - stored_at > TIMEOUT_S:
                 raise RuntimeError(f"instance {n} not visible after {TIMEOUT_S} s")
             time.sleep(0.005)
@@ -166,31 +167,13 @@ def run_kafka(files: list[Path], study: str, home: Path) -> dict[str, Any]:
                     if time.monotonic() > deadline or worker.poll() is not None:
                         raise RuntimeError("the Faust worker did not project the first instance")
                     time.sleep(0.2)
-                result = measure(files[1:], study, port, _Offset(warehouse, 1))
+                result = measure(files[1:], study, port, warehouse, already=1)
                 return {"backend": "kafka + faust worker + ClickHouse HTTP (chdb stand-in)", **result}
         finally:
             scp.stop()
             worker.terminate()
             worker.wait(timeout=60)
             archive.close()
-
-
-class _Offset(Warehouse):
-    """Counts as if the warm-up instance were not there."""
-
-    def __init__(self, inner: Warehouse, already: int) -> None:
-        self.inner, self.already = inner, already
-        self.backend = inner.backend
-
-    def command(self, sql: str, parameters: Any = None) -> None:
-        self.inner.command(sql, parameters)
-
-    def insert(self, table: str, columns: Any, rows: Any) -> int:
-        return self.inner.insert(table, columns, rows)
-
-    def query(self, sql: str, parameters: Any = None) -> Any:
-        result = self.inner.query(sql, parameters)
-        return type(result)(result.columns, [(int(result.rows[0][0]) - self.already,)])
 
 
 def main(argv: list[str] | None = None) -> int:
