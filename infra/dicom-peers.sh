@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
-# DICOM peers used by integration tests and benchmarks: dcmtk (storescu, findscu, movescu, echoscu,
-# storescp) and Orthanc with its DICOMweb plugin, from the Debian packages.
+# Peers used by integration tests and benchmarks: dcmtk (storescu, findscu, movescu, echoscu,
+# storescp), Orthanc with its DICOMweb plugin, and Chromium with its WebDriver (the headless browser
+# of the study-page test), from the Debian packages.
 #
-#   infra/dicom-peers.sh install   # apt-get install -y dcmtk orthanc orthanc-dicomweb (needs root or sudo -n)
+#   infra/dicom-peers.sh install   # apt-get install -y dcmtk orthanc orthanc-dicomweb chromium chromium-driver
 #   infra/dicom-peers.sh check     # prints the installed versions; exit 1 when something is missing
 #
 # install is skipped when the binaries and the plugin are already there; `apt-get update` runs only when
@@ -15,10 +16,11 @@ set -euo pipefail
 # shellcheck source=infra/lib.sh
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
-PACKAGES=(dcmtk orthanc orthanc-dicomweb)
+PACKAGES=(dcmtk orthanc orthanc-dicomweb chromium chromium-driver)
 STORESCU=/usr/bin/storescu
 ORTHANC=/usr/sbin/Orthanc
 DICOMWEB_PLUGIN=/usr/share/orthanc/plugins/libOrthancDicomWeb.so
+CHROMEDRIVER=/usr/bin/chromedriver
 POLICY_RC=/usr/sbin/policy-rc.d
 
 usage() {
@@ -26,7 +28,7 @@ usage() {
     exit 2
 }
 
-is_installed() { [[ -x "$STORESCU" && -x "$ORTHANC" && -f "$DICOMWEB_PLUGIN" ]]; }
+is_installed() { [[ -x "$STORESCU" && -x "$ORTHANC" && -f "$DICOMWEB_PLUGIN" && -x "$CHROMEDRIVER" ]]; }
 
 SUDO=()
 as_root() { "${SUDO[@]}" "$@"; }
@@ -70,7 +72,7 @@ remove_temp_policy() {
 
 do_install() {
     if is_installed; then
-        debug "dcmtk and Orthanc already installed"
+        debug "dcmtk, Orthanc and Chromium already installed"
         return 0
     fi
     require_cmd apt-get apt-cache
@@ -97,7 +99,7 @@ do_install() {
         apt_install || { show_log_tail 30 "$APT_LOG"; die "apt-get install failed (log: $APT_LOG)"; }
     fi
     remove_temp_policy
-    is_installed || die "apt-get finished but $STORESCU, $ORTHANC or $DICOMWEB_PLUGIN is missing"
+    is_installed || die "apt-get finished but $STORESCU, $ORTHANC, $DICOMWEB_PLUGIN or $CHROMEDRIVER is missing"
 }
 
 cmd_install() {

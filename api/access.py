@@ -1,0 +1,134 @@
+"""Who may read what, and the record-accessed event every read of patient data leaves (152-FZ).
+
+One policy for every read channel (DICOMweb, WADO-URI, the study page, DICOM Q/R): the role
+decides the kind of data a user may see, the organisation scope which studies.
+
+===================  ====================================================================
+role                 may read
+===================  ====================================================================
+radiologist          patient data and images of every study in the region
+referring-doctor     patient data and images of every study in the region (the MIS link)
+administrator        everything
+auditor              patient data (to investigate an access), not images
+regional-it          monitoring only: no patient data, no images
+analyst              de-identified analytics only: no patient identity, no images
+modality             nothing (it sends; STOW-RS only)
+===================  ====================================================================
+
+A user with an ``organisation`` in the users file is still a *regional* reader: the archive's
+purpose is that a doctor anywhere in the region opens any patient's studies. The organisation is
+recorded in each access event, so an auditor sees which organisation's staff read what.
+
+**Every read is recorded before the data leaves.** :meth:`AccessRecorder.record` appends one
+RecordAccessed event and returns only once it is durable; if the event log cannot take it, the
+read fails (503) instead of handing out patient data that no one could trace. A refused read
+(403, unknown AE title) is recorded too, with ``outcome = "denied"`` and no result count.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from schemas.events import Actor, new_event
+from streams.log import EventLog
+from streams.publisher import publish
+
+#: roles that may see who the patient is (names, IDs, birth dates) and the study's metadata
+PATIENT_DATA_ROLES = frozenset({"radiologist", "referring-doctor", "administrator", "auditor"})
+#: roles that may retrieve pixel data and the original objects
+IMAGE_ROLES = frozenset({"radiologist", "referring-doctor", "administrator"})
+#: roles that see the monitoring dashboards
+MONITORING_ROLES = frozenset({"regional-it", "administrator"})
+#: roles that see the audit trail
+AUDIT_ROLES = frozenset({"auditor", "administrator"})
+
+#: what ``action`` and ``channel`` say in a RecordAccessed event
+ACTIONS = ("query", "view", "retrieve", "download", "move", "get")
+CHANNELS = ("qido-rs", "wado-rs", "wado-uri", "study-page", "c-find", "c-move", "c-get", "api")
+
+
+class AccessDenied(Exception):
+    """The caller's role may not read this kind of data (HTTP 403, DICOM refused)."""
+
+
+def may_read_patient_data(role: str) -> bool:
+    return role in PATIENT_DATA_ROLES
+
+
+def may_read_images(role: str) -> bool:
+    return role in IMAGE_ROLES
+
+
+@dataclass(frozen=True)
+class Reader:
+    """Who is reading, as the access event records it."""
+
+    actor: Actor
+    organisation: str | None = None
+    remote_address: str | None = None
+
+    @property
+    def role(self) -> str:
+        return self.actor.role
+
+
+def aggregate_for(study_uid: str | None, patient_id: str | None, reader: Reader) -> str:
+    """The record an access belongs to (the log key, and the audit trail's record): the study when
+    one is named, else the patient, else the reader's own query history."""
+    return study_uid or patient_id or f"reader:{reader.actor.user}"
+
+
+def query_text(parameters: Mapping[str, Any]) -> str:
+    """The query as asked, stable (sorted keys) so equal queries read the same in the audit trail."""
+    return json.dumps({k: parameters[k] for k in sorted(parameters)}, ensure_ascii=False, default=str)
+
+
+class AccessRecorder:
+    """Appends RecordAccessed events; one per read request, durable before the data is sent."""
+
+    def __init__(self, event_log: EventLog, source_node: str) -> None:
+        self._log = event_log
+        self._node = source_node
+
+    def record(
+        self,
+        reader: Reader,
+        *,
+        action: str,
+        channel: str,
+        study_uid: str | None = None,
+        series_uid: str | None = None,
+        sop_uid: str | None = None,
+        patient_id: str | None = None,
+        query: Mapping[str, Any] | None = None,
+        results: int = 0,
+        outcome: str = "ok",
+    ) -> None:
+        if action not in ACTIONS:
+            raise ValueError(f"unknown access action {action!r}")
+        if channel not in CHANNELS:
+            raise ValueError(f"unknown access channel {channel!r}")
+        payload = {
+            "action": action,
+            "channel": channel,
+            "PatientID": patient_id,
+            "StudyInstanceUID": study_uid,
+            "SeriesInstanceUID": series_uid,
+            "SOPInstanceUID": sop_uid,
+            "query": query_text(query) if query is not None else None,
+            "results": results,
+            "remote_address": reader.remote_address,
+            "outcome": outcome,
+        }
+        event = new_event(
+            "RecordAccessed",
+            payload,
+            aggregate_id=aggregate_for(study_uid, patient_id, reader),
+            source_node=self._node,
+            organisation=reader.organisation,
+            actor=reader.actor,
+        )
+        publish(self._log, event)  # raises when the log cannot make it durable: the read must fail
