@@ -69,6 +69,10 @@ def cmd_audit_verify(args: argparse.Namespace) -> int:
             assert report.first_broken is not None
             sys.stdout.write(f"{scope} BROKEN ({report.broken} entries): {checked}\n")
             sys.stdout.write(f"first broken entry: {report.first_broken.describe()}\n")
+    if args.record and report.entries == report.log_events == report.unaudited == 0:
+        # nothing was checked: a mistyped ID must not read as "intact"
+        sys.stderr.write(f"cami audit verify: no entries and no events for record {args.record!r}\n")
+        return 1
     return 0 if report.ok else 1
 
 

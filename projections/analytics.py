@@ -31,6 +31,7 @@ from collections.abc import Sequence
 from datetime import UTC, date, datetime
 from typing import Any
 
+from projections.archive_index import dicom_date
 from schemas.events import Event
 from streams.processing import Row, Source
 from streams.topics import DICOM, PATIENTS, REPORTS, TRANSFERS
@@ -78,24 +79,26 @@ PARTITION BY toYYYYMM(received_at)
 ORDER BY (organisation, modality, received_at, topic, partition, offset)
 """
 
-#: one row per study; ``missing``/``incomplete`` describe its most recent object (a re-sent object
-#: that carries the attributes completes the package); its events are in one log partition (the
-#: study UID is their key), so the offset orders them.
+#: one row per study; its attributes, ``missing`` and ``incomplete`` describe its most recent object
+#: (a re-sent object that carries the attributes completes the package and supplies them); its
+#: events are in one log partition (the study UID is their key), so the offset orders them and the
+#: choice is the same on every read (``any`` would pick whichever part the engine reads first).
+#: ``OR REPLACE``: the sink runs the DDL at start, so a changed definition reaches existing warehouses.
 STUDIES_DDL = f"""
-CREATE VIEW IF NOT EXISTS {STUDIES} AS
+CREATE OR REPLACE VIEW {STUDIES} AS
 SELECT
     study_key,
-    any(organisation) AS organisation,
-    any(patient_pseudonym) AS patient_pseudonym,
-    any(patient_sex) AS patient_sex,
-    any(age_band) AS age_band,
-    any(modality) AS modality,
-    any(body_part) AS body_part,
-    any(procedure_code) AS procedure_code,
-    any(procedure_meaning) AS procedure_meaning,
-    any(doctor_code) AS doctor_code,
-    any(study_date) AS study_date,
-    any(calling_ae_title) AS calling_ae_title,
+    argMax(organisation, (received_at, offset)) AS organisation,
+    argMax(patient_pseudonym, (received_at, offset)) AS patient_pseudonym,
+    argMax(patient_sex, (received_at, offset)) AS patient_sex,
+    argMax(age_band, (received_at, offset)) AS age_band,
+    argMax(modality, (received_at, offset)) AS modality,
+    argMax(body_part, (received_at, offset)) AS body_part,
+    argMax(procedure_code, (received_at, offset)) AS procedure_code,
+    argMax(procedure_meaning, (received_at, offset)) AS procedure_meaning,
+    argMax(doctor_code, (received_at, offset)) AS doctor_code,
+    argMax(study_date, (received_at, offset)) AS study_date,
+    argMax(calling_ae_title, (received_at, offset)) AS calling_ae_title,
     min(received_at) AS first_received_at,
     max(received_at) AS last_received_at,
     uniqExact(series_key) AS series,
@@ -191,18 +194,9 @@ def keyed(key: bytes, kind: str, identifier: str) -> str:
     return hmac.new(key, f"{kind}\x00{identifier}".encode(), hashlib.sha256).hexdigest()
 
 
-def _dicom_date(value: str | None) -> date | None:
-    if not value:
-        return None
-    try:
-        return datetime.strptime(value.strip()[:8], "%Y%m%d").date()
-    except ValueError:
-        return None
-
-
 def age_band(birth_date: str | None, on: date) -> str:
     """``"40-44"`` (5-year bands, zero-padded so they sort: ``"05-09"``), ``"90+"``, or ``"unknown"``."""
-    born = _dicom_date(birth_date)
+    born = dicom_date(birth_date)
     if born is None or born > on:
         return UNKNOWN
     years = on.year - born.year - ((on.month, on.day) < (born.month, born.day))
@@ -256,7 +250,7 @@ class Analytics:
     def _instance(self, event: Event, source: Source) -> Row:
         p, env = event.payload, event.envelope
         received: datetime = env.occurred_at
-        study_date = _dicom_date(p.get("StudyDate"))
+        study_date = dicom_date(p.get("StudyDate"))
         doctor = p.get("PerformingPhysician") or {}
         return Row(
             INSTANCES,

@@ -269,9 +269,9 @@ def _instance(event: Event, source: Source) -> list[Row]:
     return [Row(INSTANCES, values)]
 
 
-def _report(stage: str, seq: int, texts: tuple[str, str], clinician_field: str, at_field: str | None) -> Callable[
-    [Event, Source], list[Row]
-]:
+def _report(
+    stage: str, seq: int, texts: tuple[str, str], clinician_field: str, at_field: str | None
+) -> Callable[[Event, Source], list[Row]]:
     def rows(event: Event, source: Source) -> list[Row]:
         p = event.payload
         env = event.envelope

@@ -453,14 +453,25 @@ class ChainReport:
     log_events: int = 0
     unaudited: int = 0
     record: str | None = None
+    #: positions already noted: an entry found broken by two checks is one broken entry
+    _noted: set[tuple[str, str, int, int]] = field(default_factory=set, init=False, repr=False, compare=False)
 
     @property
     def ok(self) -> bool:
         return self.broken == 0
 
-    def note(self, broken: Broken) -> None:
+    def note(self, broken: Broken, *, precise: bool = False) -> None:
+        """Count ``broken`` once per entry. ``precise``: this finding says better what is wrong with
+        an entry already noted (the log knows which column changed; the chain alone only sees that
+        the hashes do not add up), so it replaces the earlier one as the first broken entry."""
+        key = broken.sort_key
+        if key in self._noted:
+            if precise and self.first_broken is not None and self.first_broken.sort_key == key:
+                self.first_broken = broken
+            return
+        self._noted.add(key)
         self.broken += 1
-        if self.first_broken is None or broken.sort_key < self.first_broken.sort_key:
+        if self.first_broken is None or key < self.first_broken.sort_key:
             self.first_broken = broken
 
     def to_dict(self) -> dict[str, Any]:
@@ -539,33 +550,44 @@ def verify_against_log(
         for rec in batch:
             if wanted_key is not None and rec.key != wanted_key:
                 continue
+            position = (rec.topic, rec.partition, rec.offset)
+            row = stored.pop(position, None)
             limit = audited.get(rec.topic, {}).get(rec.partition, 0) if audited is not None else None
-            if limit is not None and rec.offset >= limit:
+            if row is None and limit is not None and rec.offset >= limit:
+                # not processed yet; a row written before its offsets were committed (a running
+                # worker's current batch, a crash between write and commit) is checked like any
                 report.unaudited += 1
                 continue
             report.log_events += 1
-            position = (rec.topic, rec.partition, rec.offset)
-            row = stored.pop(position, None)
             actual = event_hash(rec.value)
             try:
                 event = decode(rec.value)
             except CodecError:
                 event = None
-            aggregate = event.envelope.aggregate_id if event else rec.key.decode(errors="replace")
+            if row is not None:  # the record the entry was chained under, whatever the log says now
+                aggregate = str(row["aggregate_id"])
+            else:
+                aggregate = event.envelope.aggregate_id if event else rec.key.decode(errors="replace")
             where = (aggregate, rec.topic, rec.partition, rec.offset)
+            source = Source(rec.topic, rec.partition, rec.offset, rec.value)
             if row is None:
                 if event is not None or record is None:
-                    report.note(Broken(*where, "missing row", actual, None))
+                    report.note(Broken(*where, "missing row", actual, None), precise=True)
+                if event is not None:
+                    # chain on with the entry the row should have been: the entries after it are
+                    # judged on their own, not all reported because one row is gone
+                    should_be, _ = next_link(AuditState(heads), event, source)
+                    if should_be is not None:
+                        heads[should_be.chain] = should_be
                 continue
             if _text(row["event_sha256"]) != actual:
-                report.note(Broken(*where, "event_sha256", _text(row["event_sha256"]), actual))
+                report.note(Broken(*where, "event_sha256", _text(row["event_sha256"]), actual), precise=True)
                 # keep chaining from what is stored, so later entries are judged on their own
                 link = Link(*where, _text(row["event_sha256"]), _text(row["prev_hash"]), _text(row["entry_hash"]))
                 heads[link.chain] = link
                 continue
             if event is None:  # same bytes as audited but undecodable: cannot re-derive the row
                 continue
-            source = Source(rec.topic, rec.partition, rec.offset, rec.value)
             derived, _ = next_link(AuditState(heads), event, source)
             if derived is None:  # cannot happen in a log read once in order; nothing to compare
                 continue
@@ -573,10 +595,13 @@ def verify_against_log(
             expected = entry_row(event, source, derived).values
             for column in COLUMNS:
                 if _comparable(expected[column]) != _comparable(row[column]):
-                    report.note(Broken(*where, column, _show(expected[column]), _show(row[column])))
+                    report.note(Broken(*where, column, _show(expected[column]), _show(row[column])), precise=True)
                     break
     for (topic, partition, offset), row in stored.items():
-        report.note(Broken(str(row["aggregate_id"]), topic, partition, offset, "no such event", None, "stored row"))
+        report.note(
+            Broken(str(row["aggregate_id"]), topic, partition, offset, "no such event", None, "stored row"),
+            precise=True,
+        )
     return report
 
 
@@ -615,4 +640,8 @@ def history(warehouse: Warehouse, record: str) -> list[dict[str, Any]]:
         " ORDER BY occurred_at, recorded_at, topic, partition, offset",
         {"r": record},
     )
-    return result.dicts()
+    entries = result.dicts()
+    for entry in entries:  # FixedString columns arrive as bytes; the hashes are hex text
+        for column in ("event_sha256", "prev_hash", "entry_hash"):
+            entry[column] = _text(entry[column])
+    return entries

@@ -303,7 +303,9 @@ GROUP BY organisation
 ORDER BY organisation
 """
 
-# Turnaround: the study's first stored object -> its first signature, for first signatures in the window.
+# Turnaround: the study's first stored object -> its first signature, for first signatures in the window;
+# the study counts for the organisation that sent that first object (``any`` would pick one at random
+# for a study two organisations sent).
 _TURNAROUND = f"""
 SELECT
     a.organisation AS organisation,
@@ -315,7 +317,7 @@ FROM (
     GROUP BY study_uid
 ) AS r
 INNER JOIN (
-    SELECT study_uid, any(organisation) AS organisation, min(at) AS first_received
+    SELECT study_uid, argMin(organisation, (at, offset)) AS organisation, min(at) AS first_received
     FROM {ARRIVALS} FINAL
     WHERE kind = 'stored'
     GROUP BY study_uid
@@ -456,9 +458,7 @@ ORDER BY last_seen, ae_title
 """
 
 
-def stalled_senders(
-    warehouse: Warehouse, silent_for: timedelta, now: datetime | None = None
-) -> list[dict[str, Any]]:
+def stalled_senders(warehouse: Warehouse, silent_for: timedelta, now: datetime | None = None) -> list[dict[str, Any]]:
     """AE titles seen before but silent (no object, no refusal, no association) for ``silent_for``.
 
     ``last_stored`` is None for a caller whose objects were never accepted."""
@@ -511,8 +511,13 @@ def transfer_states(warehouse: Warehouse) -> list[dict[str, Any]]:
     def entry(organisation: str) -> dict[str, Any]:
         return states.setdefault(
             organisation,
-            {"organisation": organisation, **dict.fromkeys(TRANSFER_STATES, 0), "attempts": 0,
-             "failed_attempts": 0, "agents": []},
+            {
+                "organisation": organisation,
+                **dict.fromkeys(TRANSFER_STATES, 0),
+                "attempts": 0,
+                "failed_attempts": 0,
+                "agents": [],
+            },
         )
 
     for row in warehouse.query(_TRANSFER_STATES).dicts():
