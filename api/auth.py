@@ -16,7 +16,9 @@ changes, so users added while the archive runs can sign in at once.
 
 from __future__ import annotations
 
+import base64
 import hashlib
+import hmac
 import json
 import os
 import secrets
@@ -216,3 +218,82 @@ def add_user(
     _parse(_read(path))  # the file must still be valid
     user = User(name, role, organisation, doctor_code, doctor_name)
     return user, token
+
+
+# -- browser sessions ------------------------------------------------------------------------------
+# The study page is opened from a browser, which cannot send a bearer header by itself: the user
+# signs in once with name and token, and gets a session cookie. The cookie holds the user name,
+# role and expiry, signed with HMAC-SHA256 under a key only the archive knows ($CAMI_SESSION_KEY,
+# else ``session.key`` in $CAMI_HOME, created 0600 on first use). It is checked against the users
+# file on every request, so a removed user or a changed role ends the session at once.
+
+SESSION_COOKIE = "cami_session"
+SESSION_TTL_SECONDS = 12 * 3600
+SESSION_KEY_FILE = "session.key"
+
+
+def session_key(home: Path, env: Mapping[str, str] | None = None) -> bytes:
+    """The session signing key: ``$CAMI_SESSION_KEY`` (at least 32 characters), else the key file
+    in ``home``, created with 32 random bytes and mode 0600 the first time."""
+    env = os.environ if env is None else env
+    configured = env.get("CAMI_SESSION_KEY", "")
+    if configured:
+        if len(configured) < 32:
+            raise UsersFileError("CAMI_SESSION_KEY must be at least 32 characters")
+        return configured.encode("utf-8")
+    path = home / SESSION_KEY_FILE
+    try:
+        key = path.read_bytes().strip()
+    except FileNotFoundError:
+        home.mkdir(parents=True, exist_ok=True)
+        try:
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        except FileExistsError:  # another process made it first: use theirs
+            return session_key(home, env)
+        with os.fdopen(fd, "w", encoding="ascii") as handle:
+            handle.write(secrets.token_hex(32) + "\n")
+            handle.flush()
+            os.fsync(handle.fileno())
+        key = path.read_bytes().strip()
+    if len(key) < 32:
+        raise UsersFileError(f"{path}: the session key is too short (delete the file to make a new one)")
+    return key
+
+
+def _b64(data: bytes) -> str:
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode("ascii")
+
+
+def _unb64(text: str) -> bytes:
+    return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+
+
+def _session_mac(key: bytes, payload: str) -> str:
+    return _b64(hmac.new(key, payload.encode("ascii"), hashlib.sha256).digest())
+
+
+def issue_session(key: bytes, user: User, now: float, ttl: int = SESSION_TTL_SECONDS) -> str:
+    """The cookie value for ``user``, valid ``ttl`` seconds from ``now``."""
+    body = json.dumps({"u": user.name, "r": user.role, "e": int(now) + ttl}, ensure_ascii=False, separators=(",", ":"))
+    payload = _b64(body.encode("utf-8"))
+    return f"{payload}.{_session_mac(key, payload)}"
+
+
+def session_user(directory: UserDirectory, key: bytes, cookie: str | None, now: float) -> User | None:
+    """The user a session cookie names, if its signature holds, it has not expired, and the users
+    file still has that user with that role; None otherwise."""
+    if not cookie or cookie.count(".") != 1 or len(cookie) > 4096:
+        return None
+    payload, mac = cookie.split(".")
+    try:
+        if not hmac.compare_digest(_session_mac(key, payload), mac):
+            return None
+        claims = json.loads(_unb64(payload))
+    except (ValueError, UnicodeError):
+        return None
+    if not isinstance(claims, dict) or not isinstance(claims.get("e"), int) or claims["e"] <= now:
+        return None
+    for user in directory.users():
+        if user.name == claims.get("u") and user.role == claims.get("r"):
+            return user
+    return None

@@ -7,6 +7,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from api.config import Settings
+from api.qr_scp import qr_services
 from ingest.blobs import BlobStore, open_blob_store
 from ingest.commitment import StorageCommitment
 from ingest.pipeline import Ingestor
@@ -74,6 +75,7 @@ class Archive:
             host=self.settings.dicom_host,
             port=self.settings.dicom_port if port is None else port,
             commitment=commitment,
+            extra=[qr_services(self, senders)],  # Query/Retrieve on the same AE title and port
         )
 
     @property

@@ -201,10 +201,12 @@ def cmd_serve(args: argparse.Namespace) -> int:
     senders = archive.senders()
     pilot = ", pilot mode: unknown callers accepted" if senders.accept_unknown else ""
     known = len(senders.senders)
-    console.print(f"CAMI Storage SCP {senders.ae_title} on {scp.host}:{scp.port} ({known} senders{pilot})")
+    where = f"{senders.ae_title} on {scp.host}:{scp.port}"
+    console.print(f"CAMI DICOM (storage, commitment, Q/R) {where} ({known} senders{pilot})")
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
-    console.print(f"CAMI HTTP (DICOMweb STOW-RS, reports) on {http.url}")
+    console.print(f"CAMI HTTP (DICOMweb, study pages, reports) on {http.url}")
+    console.print(f"MIS link: {http.url}/study?patient=<PatientID>&study=<StudyInstanceUID>")
     with contextlib.suppress(KeyboardInterrupt):
         stop.wait()
     http.stop()

@@ -289,12 +289,39 @@ def run_demo(
             "projected": projected,
             **read_side,
             "senders_file": {"path": str(settings.senders_file), "written": wrote_senders},
+            "open": _study_links(settings, read_side["index"]["newest"]),
             "scp": {"ae_title": senders.ae_title, "host": scp.host, "port": scp.port},
             "data": settings.describe(),
         }
     )
     _render(console, summary)
     return summary
+
+
+DEMO_USER = "demo.radiologist"
+
+
+def _study_links(settings: Settings, studies: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """The MIS links of the newest studies, and (first demo only) a radiologist to sign in with:
+    its token is shown once here, like ``cami users add`` does."""
+    from urllib.parse import urlencode
+
+    from api.auth import UserDirectory, add_user, users_path
+
+    users_file = users_path(home=settings.home)
+    token = None
+    if not UserDirectory(users_file).users():
+        _, token = add_user(
+            users_file, DEMO_USER, "radiologist", doctor_code="R-DEMO-1", doctor_name="Демонстрационный^Врач"
+        )
+    base = f"http://{settings.http_host}:{settings.http_port}"
+    return {
+        "serve": "cami serve",
+        "sign_in": {"url": f"{base}/signin", "user": DEMO_USER if token else None, "token": token},
+        "studies": [
+            f"{base}/study?{urlencode({'patient': s['patient_id'], 'study': s['study_uid']})}" for s in studies[:3]
+        ],
+    }
 
 
 def _read_side(archive: Archive) -> dict[str, Any]:
@@ -517,4 +544,13 @@ def _render(console: Console, summary: dict[str, Any]) -> None:
         + (" (written by the demo)" if summary["senders_file"]["written"] else "")
     )
     console.print(f"Events: {data['event_log']}  Blobs: {data['blobs']}  ClickHouse: {data['clickhouse']}")
+    links = summary["open"]
+    console.print("Open the archive: run [bold]cami serve[/bold], then in a browser:")
+    for url in links["studies"]:
+        console.print(f"  {url}")
+    if links["sign_in"]["token"]:
+        console.print(
+            f"  sign in as [bold]{links['sign_in']['user']}[/bold] with token [bold]{links['sign_in']['token']}[/bold]"
+            " (shown once; more users: cami users add)"
+        )
     console.print("Receive more: [bold]cami serve[/bold] (Storage SCP), then send with storescu to that port.")

@@ -36,7 +36,7 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from api.auth import User, UserDirectory, UsersFileError, users_path
+from api.auth import SESSION_COOKIE, User, UserDirectory, UsersFileError, session_user, users_path
 from api.bootstrap import Archive
 from ingest.dicom import MalformedObject, read_header, split_part10, text
 from ingest.pipeline import Arrival, Ingestor, Outcome
@@ -141,6 +141,17 @@ def _install_error_handlers(app: FastAPI) -> None:
 def _authenticate(request: Request) -> User:
     directory: UserDirectory = request.app.state.users
     header = request.headers.get("authorization", "")
+    key: bytes | None = getattr(request.app.state, "session_key", None)
+    if not header and key is not None and request.method in ("GET", "HEAD"):
+        # the browser's session cookie (api.web sign-in) stands in for the bearer token, on reads
+        # only: a state-changing request needs the bearer header, so a forged form cannot make one
+        try:
+            session = session_user(directory, key, request.cookies.get(SESSION_COOKIE), time.time())
+        except UsersFileError as exc:
+            log.error("users file unusable: %s", exc)
+            raise ApiError(503, "authentication-unavailable", "the users file cannot be read") from None
+        if session is not None:
+            return session
     scheme, _, token = header.partition(" ")
     if scheme.lower() != "bearer" or not token.strip():
         raise ApiError(401, "unauthorised", "a bearer token is required", {"WWW-Authenticate": "Bearer"})

@@ -2,15 +2,465 @@
 
 Installed into the HTTP app by :func:`api.http.create_app`; every read goes through
 :mod:`api.access` (role policy and the record-accessed event).
+
+Pages (server-side HTML shells; the script ``/static/cami.js`` renders the data embedded in the
+page, in Russian or English; no build step, nothing fetched from outside the archive):
+
+``GET /signin``, ``POST /signin``
+    User name + token (the bearer token serves as the password) -> a session cookie
+    (``cami_session``: HttpOnly, SameSite=Strict, HMAC-signed, 12 h; see :mod:`api.auth`). The
+    form posts same-origin only (a foreign ``Origin`` is refused). ``POST /signout`` ends it.
+``GET /study?patient=<PatientID>&study=<StudyInstanceUID>``
+    The stable MIS URL. Patient, study, series, viewer, report, the patient's earlier studies.
+    Not signed in: 303 to the sign-in page and back. A role without images: 403 page. A study
+    that is unknown or not this patient's: the same 404 page either way (nothing leaks).
+``GET /search?patient=<PatientID>&name=<PatientName>``
+    A patient's studies across all organisations, newest first (merges followed).
+``GET /api/session``
+    Who the browser is signed in as (JSON; no patient data).
+
+Access records: opening a study page leaves exactly one RecordAccessed (action ``view``,
+channel ``study-page``, patient ID and study UID): everything the page shows except the pixels
+is in that one response. Each image the viewer then loads is a WADO-RS ``rendered`` request,
+recorded by the WADO route as its own read. A search leaves one (``query``, ``study-page``). A
+refused page (403) leaves one with outcome ``denied``.
 """
 
 from __future__ import annotations
 
-from fastapi import FastAPI
+import html
+import json
+import logging
+import time
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+from urllib.parse import quote, urlencode, urlsplit
 
-from api.access import AccessRecorder
+from fastapi import FastAPI, Request
+from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
+from fastapi.staticfiles import StaticFiles
+
+from api.access import IMAGE_ROLES, PATIENT_DATA_ROLES, AccessRecorder, Reader
+from api.auth import (
+    SESSION_COOKIE,
+    SESSION_TTL_SECONDS,
+    User,
+    UserDirectory,
+    UsersFileError,
+    issue_session,
+    session_key,
+)
 from api.bootstrap import Archive
+from api.http import ApiError, _authenticate
+from ingest.dicom import is_uid
+from projections.queries import patient_timeline, search_studies, series_instances, study_report, study_series
+
+log = logging.getLogger("cami.web")
+
+STATIC = Path(__file__).parent / "static"
+#: roles that may open a study page (it shows images) and search patients' studies
+STUDY_PAGE_ROLES = IMAGE_ROLES
+SEARCH_ROLES = PATIENT_DATA_ROLES
+#: roles that see draft report texts (others see only that a draft exists)
+DRAFT_READERS = frozenset({"radiologist", "administrator"})
+MAX_PATIENT_ID = 64
+MAX_NAME = 64
+SEARCH_LIMIT = 200
+
+#: no inline script or style, nothing from another origin; images come as blob: URLs from fetch()
+_CSP = (
+    "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' blob: data:; "
+    "connect-src 'self'; object-src 'none'; base-uri 'none'; form-action 'self'; frame-ancestors 'self'"
+)
+_HEADERS = {
+    "Content-Security-Policy": _CSP,
+    "Cache-Control": "no-store",
+    "X-Content-Type-Options": "nosniff",
+    "Referrer-Policy": "same-origin",
+}
 
 
+# -- rendering ---------------------------------------------------------------------------------
+def _json_for_script(data: Any) -> str:
+    """JSON safe inside ``<script type="application/json">`` (no ``</script>``, no comment tricks)."""
+    text = json.dumps(data, ensure_ascii=False, default=str)
+    return text.replace("&", "\\u0026").replace("<", "\\u003c").replace(">", "\\u003e")
+
+
+def _page(kind: str, title: str, body: str, data: Mapping[str, Any], status: int = 200) -> HTMLResponse:
+    document = f"""<!DOCTYPE html>
+<html lang="ru">
+<head>
+<meta charset="utf-8">
+<meta name="viewport" content="width=device-width, initial-scale=1">
+<title>{html.escape(title)} — ЦАМИ</title>
+<link rel="stylesheet" href="/static/cami.css">
+<script type="application/json" id="cami-data">{_json_for_script({"page": kind, **data})}</script>
+<script src="/static/cami.js" defer></script>
+</head>
+<body class="page-{kind}">
+{body}
+</body>
+</html>
+"""
+    return HTMLResponse(document, status_code=status, headers=_HEADERS)
+
+
+def _t(key: str, russian: str) -> str:
+    """Russian text the script swaps for its English when the user picks English."""
+    return f'<span data-i18n="{key}">{html.escape(russian)}</span>'
+
+
+def _topbar(user: User | None) -> str:
+    who = ""
+    if user is not None:
+        who = f"""<span class="who" id="who">{html.escape(user.name)} · {_t("role." + user.role, user.role)}</span>
+<form method="post" action="/signout" class="signout"><button type="submit">{_t("signout", "Выйти")}</button></form>"""
+    return f"""<header class="topbar">
+<a class="brand" href="/search">{_t("brand", "ЦАМИ · Центральный архив медицинских изображений")}</a>
+<nav>{_t("nav.search", "Поиск") if user is None else '<a href="/search">' + _t("nav.search", "Поиск") + "</a>"}</nav>
+<div class="right">{who}
+<button type="button" id="lang-toggle" class="lang" title="Язык / Language">EN</button></div>
+</header>"""
+
+
+def _message_page(status: int, key: str, russian: str, user: User | None) -> HTMLResponse:
+    body = f"""{_topbar(user)}
+<main class="message">
+<h1>{status}</h1>
+<p id="message">{_t(key, russian)}</p>
+<p><a href="/search">{_t("nav.back-to-search", "К поиску исследований")}</a></p>
+</main>"""
+    return _page("message", str(status), body, {"status": status, "message": key}, status)
+
+
+def _signin_page(next_url: str, error: str | None = None, status: int = 200) -> HTMLResponse:
+    problem = ""
+    if error == "bad-credentials":
+        problem = f'<p class="error" id="signin-error">{_t("signin.bad", "Неверное имя пользователя или токен.")}</p>'
+    elif error == "expired":
+        problem = f'<p class="note" id="signin-error">{_t("signin.needed", "Войдите, чтобы открыть страницу.")}</p>'
+    elif error == "unavailable":
+        problem = f'<p class="error" id="signin-error">{_t("signin.unavailable", "Вход временно невозможен.")}</p>'
+    body = f"""{_topbar(None)}
+<main class="signin">
+<h1>{_t("signin.title", "Вход")}</h1>
+{problem}
+<form method="post" action="/signin" id="signin-form" autocomplete="off">
+<input type="hidden" name="next" value="{html.escape(next_url)}">
+<label>{_t("signin.user", "Имя пользователя")}
+<input type="text" name="user" id="user" required maxlength="128" autofocus></label>
+<label>{_t("signin.token", "Токен доступа")}
+<input type="password" name="token" id="token" required maxlength="512"></label>
+<button type="submit" id="signin-submit">{_t("signin.submit", "Войти")}</button>
+</form>
+<p class="hint">{_t("signin.hint", "Токен выдаёт администратор архива (cami users add).")}</p>
+</main>"""
+    return _page("signin", "Вход", body, {"next": next_url}, status)
+
+
+# -- helpers -----------------------------------------------------------------------------------
+def _safe_next(value: str | None) -> str:
+    """Only a path on this site (never ``//host`` or a scheme): no open redirect."""
+    if not value or not value.startswith("/") or value.startswith("//") or "\\" in value:
+        return "/search"
+    if any(ord(ch) < 0x20 for ch in value) or urlsplit(value).netloc:
+        return "/search"
+    return value
+
+
+def _here(request: Request) -> str:
+    query = request.url.query
+    return request.url.path + ("?" + query if query else "")
+
+
+def _reader(request: Request, user: User) -> Reader:
+    return Reader(user.actor, user.organisation, request.client.host if request.client else None)
+
+
+class _Redirect(Exception):
+    def __init__(self, response: Response) -> None:
+        self.response = response
+
+
+def _page_user(request: Request) -> User:
+    """The signed-in user of an HTML page: session cookie or bearer header; else a redirect to
+    the sign-in page (no credentials) or a 401/503 page (bad bearer token, users file broken)."""
+    try:
+        return _authenticate(request)
+    except ApiError as exc:
+        if exc.status == 401 and not request.headers.get("authorization"):
+            target = "/signin?" + urlencode({"next": _here(request)})
+            raise _Redirect(RedirectResponse(target, status_code=303, headers={"Cache-Control": "no-store"})) from None
+        if exc.status == 401:
+            raise _Redirect(_message_page(401, "error.401", "Требуется вход: токен недействителен.", None)) from None
+        raise _Redirect(_message_page(503, "error.503", "Архив временно недоступен.", None)) from None
+
+
+def _same_origin(request: Request) -> bool:
+    """A form post from one of this archive's own pages (Origin, else Referer, when sent)."""
+    source = request.headers.get("origin") or request.headers.get("referer")
+    if not source or source == "null":
+        return source is None
+    parts = urlsplit(source)
+    own = urlsplit(str(request.base_url))
+    return (parts.scheme, parts.netloc) == (own.scheme, own.netloc)
+
+
+def _valid_patient_id(value: str) -> bool:
+    return 0 < len(value) <= MAX_PATIENT_ID and not any(ord(ch) < 0x20 or ord(ch) == 0x7F for ch in value)
+
+
+def _person(value: Any) -> str | None:
+    """A DICOM PN as people write it (components joined by spaces)."""
+    if not value:
+        return None
+    alphabetic = str(value).split("=", 1)[0]
+    return " ".join(part for part in alphabetic.split("^") if part) or None
+
+
+def _study_url(patient_id: str, study_uid: str) -> str:
+    return f"/study?patient={quote(patient_id, safe='')}&study={quote(study_uid, safe='')}"
+
+
+def _study_summary(study: Mapping[str, Any]) -> dict[str, Any]:
+    return {
+        "study_uid": study["study_uid"],
+        "url": _study_url(study["patient_id"], study["study_uid"]),
+        "patient_id": study["patient_id"],
+        "patient_name": _person(study.get("patient_name")),
+        "patient_birth_date": study.get("patient_birth_date"),
+        "patient_sex": study.get("patient_sex"),
+        "study_date": study.get("study_date"),
+        "study_time": study.get("study_time"),
+        "study_description": study.get("study_description"),
+        "accession_number": study.get("accession_number"),
+        "modalities": list(study.get("modalities") or []),
+        "organisations": list(study.get("organisations") or []),
+        "series_count": study.get("series_count"),
+        "instance_count": study.get("instance_count"),
+        "report_status": study.get("report_status"),
+        "missing": list(study.get("missing") or []),
+        "emergency": bool(study.get("emergency")),
+    }
+
+
+def _report_view(report: Mapping[str, Any], user: User) -> dict[str, Any]:
+    """The study's reports as the page shows them: draft texts only to those who write reports."""
+    shown: list[dict[str, Any]] = []
+    for item in report["reports"]:
+        entry = dict(item)
+        if entry["status"] == "draft" and user.role not in DRAFT_READERS:
+            entry["protocol_text"] = entry["conclusion_text"] = None
+        shown.append(entry)
+    order = {"amended": 0, "signed": 1, "draft": 2}
+    shown.sort(key=lambda r: (order.get(r["status"], 3), str(r.get("signed_at") or "")))
+    return {"status": report["status"], "reports": shown, "drafts_hidden": user.role not in DRAFT_READERS}
+
+
+def _series_view(warehouse: Any, study_uid: str) -> list[dict[str, Any]]:
+    series = []
+    for row in study_series(warehouse, study_uid):
+        instances = [
+            {
+                "sop_uid": i["sop_uid"],
+                "number": i.get("instance_number"),
+                "frames": max(int(i.get("frames") or 1), 1),
+                "rows": i.get("rows"),
+                "columns": i.get("columns"),
+                "sop_class_uid": i.get("sop_class_uid"),
+            }
+            for i in series_instances(warehouse, study_uid, row["series_uid"])
+        ]
+        series.append(
+            {
+                "series_uid": row["series_uid"],
+                "number": row.get("series_number"),
+                "description": row.get("series_description"),
+                "modality": row.get("modality"),
+                "body_part": row.get("body_part"),
+                "instance_count": row.get("instance_count"),
+                "missing": list(row.get("missing") or []),
+                "instances": instances,
+            }
+        )
+    return series
+
+
+# -- routes ------------------------------------------------------------------------------------
 def install(app: FastAPI, archive: Archive, recorder: AccessRecorder) -> None:
     """Add the browser pages and their JSON/static routes to ``app``."""
+    app.state.session_key = session_key(archive.settings.home)
+    app.mount("/static", StaticFiles(directory=STATIC), name="static")
+    warehouse = archive.warehouse
+
+    @app.exception_handler(_Redirect)
+    async def redirect(request: Request, exc: _Redirect) -> Response:
+        return exc.response
+
+    @app.get("/", include_in_schema=False)
+    def home() -> RedirectResponse:
+        return RedirectResponse("/search", status_code=303)
+
+    @app.get("/signin", tags=["browser"], summary="the sign-in page", response_class=HTMLResponse)
+    def signin_form(request: Request, next: str | None = None) -> HTMLResponse:
+        return _signin_page(_safe_next(next), "expired" if next else None)
+
+    @app.post("/signin", tags=["browser"], summary="sign in (form post): user name and token -> session cookie")
+    async def signin(request: Request) -> Response:
+        if not _same_origin(request):
+            return _message_page(403, "error.cross-site", "Вход возможен только со страницы архива.", None)
+        try:
+            form = await request.form()
+        except Exception:  # a malformed body: the page says so, nothing more
+            return _signin_page("/search", "bad-credentials", 400)
+        name, token, next_url = (form.get(k) for k in ("user", "token", "next"))
+        target = _safe_next(next_url if isinstance(next_url, str) else None)
+        if not isinstance(name, str) or not isinstance(token, str) or not name.strip() or not token.strip():
+            return _signin_page(target, "bad-credentials", 400)
+        directory: UserDirectory = request.app.state.users
+        try:
+            user = directory.authenticate(token.strip())
+        except UsersFileError as exc:
+            log.error("users file unusable: %s", exc)
+            return _signin_page(target, "unavailable", 503)
+        if user is None or user.name != name.strip():
+            log.warning("failed browser sign-in from %s", request.client.host if request.client else "unknown")
+            return _signin_page(target, "bad-credentials", 401)
+        response = RedirectResponse(target, status_code=303, headers={"Cache-Control": "no-store"})
+        response.set_cookie(
+            SESSION_COOKIE,
+            issue_session(request.app.state.session_key, user, time.time()),
+            max_age=SESSION_TTL_SECONDS,
+            path="/",
+            httponly=True,
+            samesite="strict",
+            secure=request.url.scheme == "https",
+        )
+        return response
+
+    @app.post("/signout", tags=["browser"], summary="end the browser session")
+    def signout(request: Request) -> Response:
+        if not _same_origin(request):
+            return _message_page(403, "error.cross-site", "Вход возможен только со страницы архива.", None)
+        response = RedirectResponse("/signin", status_code=303, headers={"Cache-Control": "no-store"})
+        response.delete_cookie(SESSION_COOKIE, path="/", httponly=True, samesite="strict")
+        return response
+
+    @app.get("/api/session", tags=["browser"], summary="who the caller is signed in as (no patient data)")
+    def whoami(request: Request) -> JSONResponse:
+        user = _authenticate(request)
+        return JSONResponse(
+            {"user": user.name, "role": user.role, "organisation": user.organisation},
+            headers={"Cache-Control": "no-store"},
+        )
+
+    @app.get("/study", tags=["browser"], summary="the study page the MIS links to", response_class=HTMLResponse)
+    def study_page(request: Request, patient: str | None = None, study: str | None = None) -> HTMLResponse:
+        user = _page_user(request)
+        if patient is None or not _valid_patient_id(patient) or study is None or not is_uid(study):
+            return _message_page(
+                400,
+                "error.400-study",
+                "Ссылка неполна: нужны patient (ID пациента) и study (StudyInstanceUID).",
+                user,
+            )
+        reader = _reader(request, user)
+        if user.role not in STUDY_PAGE_ROLES:
+            recorder.record(
+                reader, action="view", channel="study-page", study_uid=study, patient_id=patient, outcome="denied"
+            )
+            return _message_page(403, "error.403-study", "Вашей роли просмотр исследований не разрешён.", user)
+        found = search_studies(warehouse, patient_id=patient, study_uid=study, limit=1)
+        if not found:  # unknown study, or not this patient's: the same answer, nothing about either
+            return _message_page(404, "error.404-study", "Исследование этого пациента не найдено.", user)
+        record = found[0]
+        series = _series_view(warehouse, study)
+        report = _report_view(study_report(warehouse, study), user)
+        priors = [
+            _study_summary(s) for s in patient_timeline(warehouse, record["patient_id"]) if s["study_uid"] != study
+        ]
+        summary = _study_summary(record)
+        data = {
+            "user": {"name": user.name, "role": user.role},
+            "patient": {
+                "id": record["patient_id"],
+                "requested_id": patient,
+                "name": summary["patient_name"],
+                "birth_date": record.get("patient_birth_date"),
+                "sex": record.get("patient_sex"),
+                "issuer": record.get("issuer_of_patient_id"),
+            },
+            "study": {
+                **summary,
+                "study_id": record.get("study_id"),
+                "referring_physician": _person(record.get("referring_physician")),
+                "first_received": record.get("first_received"),
+                "last_received": record.get("last_received"),
+            },
+            "series": series,
+            "report": report,
+            "priors": priors,
+        }
+        recorder.record(
+            reader,
+            action="view",
+            channel="study-page",
+            study_uid=study,
+            patient_id=record["patient_id"],
+            query={"patient": patient, "study": study},
+            results=1,
+        )
+        body = f"""{_topbar(user)}
+<main class="study" id="study-root">
+<noscript>{_t("noscript", "Для просмотра изображений включите JavaScript.")}</noscript>
+</main>"""
+        return _page("study", "Исследование", body, data)
+
+    @app.get(
+        "/search", tags=["browser"], summary="a patient's studies across organisations", response_class=HTMLResponse
+    )
+    def search_page(request: Request, patient: str | None = None, name: str | None = None) -> HTMLResponse:
+        user = _page_user(request)
+        patient = (patient or "").strip() or None
+        name = (name or "").strip() or None
+        asked = {k: v for k, v in (("patient", patient), ("name", name)) if v is not None}
+        reader = _reader(request, user)
+        if user.role not in SEARCH_ROLES:
+            recorder.record(
+                reader, action="query", channel="study-page", patient_id=patient, query=asked, outcome="denied"
+            )
+            return _message_page(403, "error.403-search", "Вашей роли поиск пациентов не разрешён.", user)
+        data: dict[str, Any] = {"user": {"name": user.name, "role": user.role}, "query": asked, "results": None}
+        status = 200
+        if patient is not None and not _valid_patient_id(patient):
+            data["problem"] = "search.bad-patient"
+            status = 400
+        elif name is not None and (len(name) > MAX_NAME or any(ord(ch) < 0x20 for ch in name)):
+            data["problem"] = "search.bad-name"
+            status = 400
+        elif asked:
+            pattern = None
+            if name is not None:
+                pattern = name.replace(" ", "^")
+                pattern = pattern if any(ch in pattern for ch in "*?") else pattern + "*"
+            studies = search_studies(warehouse, patient_id=patient, patient_name=pattern, limit=SEARCH_LIMIT)
+            data["results"] = [_study_summary(s) for s in studies]
+            data["truncated"] = len(studies) >= SEARCH_LIMIT
+            recorder.record(
+                reader, action="query", channel="study-page", patient_id=patient, query=asked, results=len(studies)
+            )
+        body = f"""{_topbar(user)}
+<main class="search">
+<h1>{_t("search.title", "Исследования пациента")}</h1>
+<form method="get" action="/search" id="search-form">
+<label>{_t("search.patient", "ID пациента")}<input type="text" name="patient" id="patient"
+ value="{html.escape(patient or "")}" maxlength="{MAX_PATIENT_ID}"></label>
+<label>{_t("search.name", "Фамилия (можно с *)")}<input type="text" name="name" id="name"
+ value="{html.escape(name or "")}" maxlength="{MAX_NAME}"></label>
+<button type="submit">{_t("search.submit", "Найти")}</button>
+</form>
+<div id="search-results"></div>
+</main>"""
+        return _page("search", "Поиск", body, data, status)

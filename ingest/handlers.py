@@ -71,6 +71,8 @@ def status_dataset(outcome: Outcome) -> Dataset:
 
 
 def handle_store(event: Any, ingestor: Ingestor, senders: Senders) -> Dataset:
+    if not senders.may_store(_ae(event.assoc.requestor.ae_title)):  # a Q/R caller, not a sender
+        return status_dataset(Outcome(Status.NOT_AUTHORISED, "calling AE title may query/retrieve, not store"))
     try:
         arrival = arrival_for(event, senders)
         request = event.request

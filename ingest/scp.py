@@ -3,10 +3,16 @@
 Accepts C-ECHO, C-STORE for every standard storage SOP class in every transfer syntax
 pynetdicom knows (compressed ones included: objects are kept as received, never transcoded),
 and Storage Commitment (push model) when a commitment service is given.
+
+Other services answer on the same AE title and port (as Orthanc and dcm4chee do) through
+:class:`ExtraServices`: presentation contexts and event handlers the composition root passes in
+(``api.qr_scp`` builds Query/Retrieve this way; ingest imports nothing from the api).
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from pynetdicom import AE, ALL_TRANSFER_SYNTAXES, AllStoragePresentationContexts, evt
@@ -18,9 +24,23 @@ from streams import EventLog
 
 VERIFICATION = "1.2.840.10008.1.1"
 STORAGE_COMMITMENT_PUSH = "1.2.840.10008.1.20.1"
+EXPLICIT_VR_LITTLE_ENDIAN = "1.2.840.10008.1.2.1"
 
 #: bigger PDUs mean fewer round trips for large objects; peers may still send smaller ones
 MAX_PDU = 256 * 1024
+
+
+@dataclass(frozen=True)
+class ExtraServices:
+    """More services on the Storage SCP's AE: ``contexts`` are (abstract syntax, transfer
+    syntaxes) to accept; ``handlers`` are pynetdicom ``(event, handler[, args])`` bindings,
+    added after the storage ones (notification events may have several handlers, intervention
+    events one); ``storage_roles`` accepts SCP/SCU role selection on the storage contexts, so
+    the archive can act as the storage SCU on a peer's association (C-GET sub-operations)."""
+
+    contexts: Sequence[tuple[str, Sequence[str]]] = ()
+    handlers: Sequence[Any] = ()
+    storage_roles: bool = False
 
 
 class StorageSCP:
@@ -33,6 +53,7 @@ class StorageSCP:
         host: str = "127.0.0.1",
         port: int = 11112,
         commitment: Any | None = None,
+        extra: Sequence[ExtraServices] = (),
     ) -> None:
         self.host = host
         self.port = port
@@ -40,12 +61,18 @@ class StorageSCP:
         self.ae.maximum_pdu_size = MAX_PDU
         self.ae.require_called_aet = False  # checked in handle_established (the emergency AE title too)
         # unknown callers get A-ASSOCIATE-RJ "calling AE title not recognised" (unless in pilot mode)
-        self.ae.require_calling_aet = [] if senders.accept_unknown else sorted(senders.senders)
+        self.ae.require_calling_aet = [] if senders.accept_unknown else senders.known_ae_titles
         self.ae.maximum_associations = 32
         self.ae.add_supported_context(VERIFICATION, ALL_TRANSFER_SYNTAXES)
+        syntaxes, roles = list(ALL_TRANSFER_SYNTAXES), {}
+        if any(e.storage_roles for e in extra):
+            roles = {"scu_role": True, "scp_role": True}
+            # the acceptor's order picks among the syntaxes of one proposed context: explicit VR
+            # first, as retrieving peers (C-GET) prefer it and most objects are stored in it
+            syntaxes.sort(key=lambda ts: ts != EXPLICIT_VR_LITTLE_ENDIAN)
         for context in AllStoragePresentationContexts:
             if context.abstract_syntax is not None:
-                self.ae.add_supported_context(context.abstract_syntax, ALL_TRANSFER_SYNTAXES)
+                self.ae.add_supported_context(context.abstract_syntax, syntaxes, **roles)
         self.handlers: list[Any] = [
             (evt.EVT_C_ECHO, handle_echo),
             (evt.EVT_C_STORE, handle_store, [ingestor, senders]),
@@ -57,6 +84,10 @@ class StorageSCP:
 
             self.ae.add_supported_context(STORAGE_COMMITMENT_PUSH)
             self.handlers.append((evt.EVT_N_ACTION, handle_n_action, [commitment]))
+        for services in extra:
+            for abstract_syntax, transfer_syntaxes in services.contexts:
+                self.ae.add_supported_context(abstract_syntax, list(transfer_syntaxes))
+            self.handlers.extend(services.handlers)
         self._server: Any = None
 
     def start(self) -> None:

@@ -15,6 +15,31 @@ A TOML file (``$CAMI_SENDERS``, default ``$CAMI_HOME/senders.toml``)::
     host = "10.1.2.3"               # optional: where storage commitment reports / C-MOVE go
     port = 104
     pathology = false               # optional: everything from this sender is marked pathology
+
+Query/Retrieve (C-FIND, C-MOVE, C-GET on the same AE title and port) is open only to the AE
+titles listed as ``[[qr_caller]]``; the role decides what the caller may do, exactly as for a
+user of the web API (see :mod:`api.access`): radiologist and referring-doctor workstations and
+viewers query and retrieve, an auditor's station queries only. A ``[[sender]]`` is *not* a Q/R
+caller unless it is listed here too (the same AE title may be in both tables); a Q/R caller
+that is not also a sender may not store::
+
+    [[qr_caller]]
+    ae_title = "RAD_WS1"
+    organisation = "1.2.643.5.1.13.13.12.2.50.1001"
+    role = "radiologist"            # radiologist | referring-doctor | administrator | auditor
+    name = "Reading room 1"         # optional
+    addresses = ["10.1.2.40"]       # optional: only from these addresses
+    host = "10.1.2.40"              # optional: with port, also a C-MOVE destination
+    port = 11112
+
+C-MOVE sends only to AE titles the archive knows: a ``[[destination]]`` entry, else a
+``[[qr_caller]]`` or ``[[sender]]`` with ``host`` and ``port``. An unknown destination is
+answered 0xA801 (move destination unknown)::
+
+    [[destination]]
+    ae_title = "RAD_WS1_STORE"
+    host = "10.1.2.40"
+    port = 11112
 """
 
 from __future__ import annotations
@@ -29,6 +54,10 @@ class SenderConfigError(ValueError):
     """The senders file is missing required values or has wrong types."""
 
 
+#: roles a Q/R caller may have (the reading roles of :mod:`api.access`; ingest cannot import it)
+QR_ROLES = ("radiologist", "referring-doctor", "administrator", "auditor")
+
+
 @dataclass(frozen=True)
 class Sender:
     ae_title: str
@@ -41,21 +70,70 @@ class Sender:
 
 
 @dataclass(frozen=True)
+class QrCaller:
+    """An AE title allowed to query and retrieve (a workstation, a viewer, a PACS)."""
+
+    ae_title: str
+    organisation: str
+    role: str
+    name: str = ""
+    addresses: tuple[str, ...] = ()
+    host: str | None = None
+    port: int | None = None
+
+
+@dataclass(frozen=True)
+class Destination:
+    """Where C-MOVE may send: an AE title and its address."""
+
+    ae_title: str
+    host: str
+    port: int
+
+
+@dataclass(frozen=True)
 class Senders:
     ae_title: str = "CAMI"
     accept_unknown: bool = False
     emergency_ae_title: str | None = "CAMI_URGENT"
     senders: dict[str, Sender] = field(default_factory=dict)
+    qr_callers: dict[str, QrCaller] = field(default_factory=dict)
+    destinations: dict[str, Destination] = field(default_factory=dict)
 
     def lookup(self, ae_title: str) -> Sender | None:
         return self.senders.get(ae_title.strip())
 
+    def qr_caller(self, ae_title: str) -> QrCaller | None:
+        return self.qr_callers.get(ae_title.strip())
+
+    @property
+    def known_ae_titles(self) -> list[str]:
+        """Every calling AE title an association is accepted from (senders and Q/R callers)."""
+        return sorted(set(self.senders) | set(self.qr_callers))
+
+    def destination(self, ae_title: str) -> Destination | None:
+        """Where a C-MOVE to ``ae_title`` goes: a [[destination]], else a Q/R caller's or a
+        sender's host and port; None when the archive does not know the AE title."""
+        ae_title = ae_title.strip()
+        if ae_title in self.destinations:
+            return self.destinations[ae_title]
+        for entry in (self.qr_callers.get(ae_title), self.senders.get(ae_title)):
+            if entry is not None and entry.host and entry.port:
+                return Destination(ae_title, entry.host, entry.port)
+        return None
+
+    def may_store(self, ae_title: str) -> bool:
+        """Senders store; a Q/R caller that is not also a sender does not (pilot mode aside)."""
+        return self.lookup(ae_title) is not None or self.accept_unknown
+
     def allowed(self, ae_title: str, address: str | None) -> tuple[bool, str]:
         """(allowed, reason). Unknown callers pass only in pilot mode (and are flagged)."""
         sender = self.lookup(ae_title)
-        if sender is None:
+        caller = self.qr_caller(ae_title)
+        if sender is None and caller is None:
             return (True, "unknown-caller-accepted") if self.accept_unknown else (False, "unknown-caller")
-        if sender.addresses and address not in sender.addresses:
+        addresses = (sender.addresses if sender else ()) + (caller.addresses if caller else ())
+        if (sender is None or sender.addresses) and (caller is None or caller.addresses) and address not in addresses:
             return False, "address-not-allowed"
         return True, "known"
 
@@ -82,19 +160,84 @@ def _sender(raw: dict[str, Any], index: int) -> Sender:
     )
 
 
+def _ae_title(raw: dict[str, Any], what: str) -> str:
+    try:
+        ae_title = str(raw["ae_title"]).strip()
+    except KeyError:
+        raise SenderConfigError(f"{what}: missing 'ae_title'") from None
+    if not ae_title or len(ae_title) > 16 or "\\" in ae_title or not ae_title.isprintable():
+        raise SenderConfigError(f"{what}: AE title must be 1-16 printable characters, got {ae_title!r}")
+    return ae_title
+
+
+def _address(raw: dict[str, Any], what: str, *, required: bool) -> tuple[str | None, int | None]:
+    host, port = raw.get("host"), raw.get("port")
+    if required and (host is None or port is None):
+        raise SenderConfigError(f"{what}: needs both 'host' and 'port'")
+    if host is not None and not (isinstance(host, str) and host.strip()):
+        raise SenderConfigError(f"{what}: host must be a non-empty string")
+    if port is not None and not (isinstance(port, int) and not isinstance(port, bool) and 0 < port < 65536):
+        raise SenderConfigError(f"{what}: port must be 1-65535")
+    return (host.strip() if isinstance(host, str) else None), port
+
+
+def _qr_caller(raw: dict[str, Any], index: int) -> QrCaller:
+    ae_title = _ae_title(raw, f"qr_caller #{index + 1}")
+    what = f"qr_caller {ae_title}"
+    organisation = str(raw.get("organisation", "")).strip()
+    if not organisation:
+        raise SenderConfigError(f"{what}: missing 'organisation'")
+    role = raw.get("role")
+    if role not in QR_ROLES:
+        raise SenderConfigError(f"{what}: role must be one of {', '.join(QR_ROLES)}, got {role!r}")
+    addresses = raw.get("addresses", [])
+    if not isinstance(addresses, list) or not all(isinstance(a, str) for a in addresses):
+        raise SenderConfigError(f"{what}: addresses must be a list of strings")
+    host, port = _address(raw, what, required=False)
+    return QrCaller(ae_title, organisation, str(role), str(raw.get("name", "")), tuple(addresses), host, port)
+
+
+def _destination(raw: dict[str, Any], index: int) -> Destination:
+    ae_title = _ae_title(raw, f"destination #{index + 1}")
+    host, port = _address(raw, f"destination {ae_title}", required=True)
+    assert host is not None and port is not None  # required=True checked both
+    return Destination(ae_title, host, port)
+
+
+def _table(data: dict[str, Any], name: str) -> list[dict[str, Any]]:
+    entries = data.get(name, [])
+    if not isinstance(entries, list) or not all(isinstance(e, dict) for e in entries):
+        raise SenderConfigError(f"[[{name}]] must be an array of tables")
+    return entries
+
+
 def parse_senders(data: dict[str, Any]) -> Senders:
     archive = data.get("archive", {})
     senders: dict[str, Sender] = {}
-    for index, raw in enumerate(data.get("sender", [])):
+    for index, raw in enumerate(_table(data, "sender")):
         sender = _sender(raw, index)
         if sender.ae_title in senders:
             raise SenderConfigError(f"AE title {sender.ae_title} is listed twice")
         senders[sender.ae_title] = sender
+    qr_callers: dict[str, QrCaller] = {}
+    for index, raw in enumerate(_table(data, "qr_caller")):
+        caller = _qr_caller(raw, index)
+        if caller.ae_title in qr_callers:
+            raise SenderConfigError(f"Q/R caller AE title {caller.ae_title} is listed twice")
+        qr_callers[caller.ae_title] = caller
+    destinations: dict[str, Destination] = {}
+    for index, raw in enumerate(_table(data, "destination")):
+        destination = _destination(raw, index)
+        if destination.ae_title in destinations:
+            raise SenderConfigError(f"destination AE title {destination.ae_title} is listed twice")
+        destinations[destination.ae_title] = destination
     return Senders(
         ae_title=str(archive.get("ae_title", "CAMI")),
         accept_unknown=bool(archive.get("accept_unknown", False)),
         emergency_ae_title=archive.get("emergency_ae_title", "CAMI_URGENT"),
         senders=senders,
+        qr_callers=qr_callers,
+        destinations=destinations,
     )
 
 

@@ -16,6 +16,8 @@ class Status(IntEnum):
     DATASET_DOES_NOT_MATCH_SOP_CLASS = 0xA900
     #: the bytes are not a parseable DICOM data set (truncated, bad lengths, not DICOM)
     CANNOT_UNDERSTAND = 0xC000
+    #: the calling AE title may not use this service (a Q/R caller storing; PS3.7 C.5 general status)
+    NOT_AUTHORISED = 0x0124
     #: the presentation context's SOP class is not one the archive stores
     SOP_CLASS_NOT_SUPPORTED = 0x0122
     #: storage commitment / N-ACTION: processing failure

@@ -1,0 +1,188 @@
+"""C-FIND matching for the DICOM Query/Retrieve SCP (PS3.4 C.4.1), Patient Root and Study Root.
+
+:func:`c_find_responses` is what the EVT_C_FIND handler of :mod:`api.qr_scp` runs once it has
+checked the calling AE title: the identifier in, ``(status, identifier)`` pairs out. Matching is
+:mod:`projections.matching` through :func:`projections.queries.find`, the same rules as QIDO-RS
+(so ``findscu`` and a DICOMweb viewer see the same studies).
+
+Levels: PATIENT (Patient Root only), STUDY, SERIES, IMAGE. The query is answered relationally:
+the unique keys of the levels above (StudyInstanceUID for a SERIES query, ...) narrow the search
+when present but are not required, as most archives allow. Each response identifier carries
+every key the request asked for (empty where the archive does not hold the attribute, never
+matched on: unsupported optional keys are ignored as PS3.4 C.2.2.1 allows), the unique keys
+of the level and the levels above, QueryRetrieveLevel, RetrieveAETitle, and
+SpecificCharacterSet ``ISO_IR 192`` (UTF-8: Cyrillic names travel as they are).
+
+Statuses (yielded as the first element; the second is then None):
+
+* 0xFF00 pending, with one response identifier per match (the handler's framework sends the
+  final 0x0000 success after the last one).
+* 0xA900 "Identifier does not match SOP Class": no or an unknown QueryRetrieveLevel, or a level
+  the information model does not have (PATIENT in Study Root).
+* 0xC000 "Unable to process": a matching value that does not parse (a malformed date or time
+  range, an invalid UID or a wildcard in a UID, a return-only key such as
+  NumberOfStudyRelatedInstances given a value).
+
+At most :data:`MAX_MATCHES` matches are answered (the first ones in the query layer's order).
+One RecordAccessed event (action ``query``, channel ``c-find``, the non-empty keys as the
+query, the number of matches, the study when the identifier names exactly one) is appended
+before the first match leaves; a refused identifier reads nothing and records nothing (the SCP
+records refused callers itself).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping
+from datetime import date
+from typing import Any
+
+import pydicom
+from pydicom.dataelem import DataElement
+from pydicom.multival import MultiValue
+
+from api.access import AccessRecorder, Reader
+from api.bootstrap import Archive
+from projections.matching import ATTRIBUTES, Condition, MatchingError, Text, Uids, parse_condition
+from projections.queries import LEVEL_ATTRIBUTES, MAX_LIMIT, find
+
+PENDING = 0xFF00
+IDENTIFIER_DOES_NOT_MATCH_SOP_CLASS = 0xA900
+UNABLE_TO_PROCESS = 0xC000
+
+MAX_MATCHES = MAX_LIMIT
+
+#: the levels each information model has
+MODEL_LEVELS = {"patient": ("PATIENT", "STUDY", "SERIES", "IMAGE"), "study": ("STUDY", "SERIES", "IMAGE")}
+#: the unique key of each level
+UNIQUE_KEYS = {
+    "PATIENT": "PatientID",
+    "STUDY": "StudyInstanceUID",
+    "SERIES": "SeriesInstanceUID",
+    "IMAGE": "SOPInstanceUID",
+}
+#: elements of an identifier that are not matching keys
+_NOT_KEYS = {"QueryRetrieveLevel", "SpecificCharacterSet", "RetrieveAETitle", "InstanceAvailability"}
+
+
+def _raw_values(element: DataElement) -> list[str]:
+    """An identifier element's value(s) as text (a backslash list arrives as several values)."""
+    value = element.value
+    if value is None or value == "":
+        return [""]
+    if isinstance(value, MultiValue | list | tuple):
+        return [str(v) for v in value] or [""]
+    if isinstance(value, bytes):
+        return [value.decode("utf-8", "replace")]
+    return [str(value)]
+
+
+def _keys(identifier: pydicom.Dataset, level: str) -> tuple[dict[str, Condition], list[DataElement]]:
+    """(matching keys the level can answer, every key element asked for, in tag order)."""
+    keys: dict[str, Condition] = {}
+    asked: list[DataElement] = []
+    for element in identifier:
+        keyword = element.keyword
+        if not keyword or keyword in _NOT_KEYS or element.tag.group == 0x0002:
+            continue
+        asked.append(element)
+        attribute = ATTRIBUTES.get(keyword)
+        if attribute is None or keyword not in LEVEL_ATTRIBUTES[level] or element.VR == "SQ":
+            continue  # an optional key the archive does not hold: returned empty, not matched
+        keys[keyword] = parse_condition(attribute, _raw_values(element))
+    return keys, asked
+
+
+def _value(keyword: str, value: Any) -> Any:
+    if value is None or value == "" or value == []:
+        return None
+    if isinstance(value, date):
+        return value.strftime("%Y%m%d")
+    if isinstance(value, list):
+        return [str(v) for v in value]
+    if ATTRIBUTES[keyword].vr in ("IS", "US"):
+        return int(value)
+    return str(value)
+
+
+def unique_keys(level: str, model: str) -> list[str]:
+    """The unique keys of ``level`` and the levels above it in the information model."""
+    levels = MODEL_LEVELS[model]
+    return [UNIQUE_KEYS[upper] for upper in levels[: levels.index(level) + 1]]
+
+
+def response_identifier(
+    row: Mapping[str, Any], asked: list[DataElement], level: str, retrieve_ae_title: str, model: str = "patient"
+) -> pydicom.Dataset:
+    """One match as a C-FIND response identifier."""
+    ds = pydicom.Dataset()
+    ds.SpecificCharacterSet = "ISO_IR 192"
+    ds.QueryRetrieveLevel = level
+    ds.RetrieveAETitle = retrieve_ae_title
+    for element in asked:
+        keyword = element.keyword
+        if keyword in ATTRIBUTES and keyword in row and element.VR != "SQ":
+            ds.add_new(element.tag, ATTRIBUTES[keyword].vr, _value(keyword, row[keyword]))
+        else:
+            ds.add_new(element.tag, element.VR, None)
+    for keyword in unique_keys(level, model):
+        if keyword not in ds and keyword in row:
+            setattr(ds, keyword, _value(keyword, row[keyword]))
+    return ds
+
+
+def _named_uid(keys: Mapping[str, Condition], keyword: str) -> str | None:
+    condition = keys.get(keyword)
+    return condition.values[0] if isinstance(condition, Uids) and len(condition.values) == 1 else None
+
+
+def _query_text(asked: list[DataElement], level: str) -> dict[str, Any]:
+    query: dict[str, Any] = {"QueryRetrieveLevel": level}
+    for element in asked:
+        values = [v for v in _raw_values(element) if v]
+        if values and element.VR != "SQ":
+            query[element.keyword] = values[0] if len(values) == 1 else values
+    return query
+
+
+def c_find_responses(
+    archive: Archive,
+    recorder: AccessRecorder,
+    reader: Reader,
+    identifier: pydicom.Dataset,
+    model: str,
+) -> Iterator[tuple[int, pydicom.Dataset | None]]:
+    """Answer one C-FIND request: ``model`` is ``"patient"`` (Patient Root) or ``"study"``
+    (Study Root). See the module documentation for the statuses."""
+    if model not in MODEL_LEVELS:
+        raise ValueError(f"unknown information model {model!r}")
+    level = str(identifier.get("QueryRetrieveLevel", "") or "").strip().upper()
+    if level not in MODEL_LEVELS[model]:
+        yield IDENTIFIER_DOES_NOT_MATCH_SOP_CLASS, None
+        return
+    try:
+        keys, asked = _keys(identifier, level)
+        returned = {e.keyword for e in asked if e.keyword in ATTRIBUTES} | set(unique_keys(level, model))
+        rows = find(archive.warehouse, level, keys, limit=MAX_MATCHES, returned=returned)
+    except MatchingError:
+        yield UNABLE_TO_PROCESS, None
+        return
+    recorder.record(
+        reader,
+        action="query",
+        channel="c-find",
+        study_uid=_named_uid(keys, "StudyInstanceUID"),
+        series_uid=_named_uid(keys, "SeriesInstanceUID"),
+        patient_id=_single_patient(keys),
+        query=_query_text(asked, level),
+        results=len(rows),
+    )
+    ae_title = archive.senders().ae_title
+    for row in rows:
+        yield PENDING, response_identifier(row, asked, level, ae_title, model)
+
+
+def _single_patient(keys: Mapping[str, Condition]) -> str | None:
+    condition = keys.get("PatientID")
+    if not isinstance(condition, Text) or condition.patterns or len(condition.exact) != 1:
+        return None
+    return condition.exact[0]

@@ -1,0 +1,501 @@
+"""DICOM Query/Retrieve SCP on the Storage SCP's AE title and port (C-FIND, C-MOVE, C-GET).
+
+The archive answers Query/Retrieve where it receives images, as Orthanc and dcm4chee do: the
+Patient Root and Study Root information models, FIND, MOVE and GET. :func:`qr_services` builds
+the presentation contexts and handlers; :meth:`api.bootstrap.Archive.storage_scp` passes them to
+:class:`ingest.scp.StorageSCP` (ingest never imports the api).
+
+**Who may ask.** Calling AE titles listed as ``[[qr_caller]]`` in the senders file (see
+:mod:`ingest.senders`), each with an organisation and a role; the role is checked as for a web
+user (:mod:`api.access`): C-FIND needs a patient-data role, C-MOVE and C-GET an image role (so
+an auditor's station queries but does not retrieve). An AE title the archive does not know at
+all is rejected at association (A-ASSOCIATE-RJ, as for storage); when that association proposed
+Q/R, a RecordAccessed event with ``outcome = "denied"`` records the attempt. A known AE title
+that may not use the service asked for (a modality that only sends, an auditor moving) gets
+0x0124 "Refused: Not Authorised", also recorded as denied.
+
+**One access event per request**, durable before any data leaves: C-FIND records through
+:func:`api.qr_find.c_find_responses` (an identifier it refuses, which it does not record, is
+recorded here as denied); C-MOVE and C-GET record here once the identifier is resolved (channel
+``c-move``/``c-get``, action ``move``/``get``, the study when exactly one is retrieved, the
+number of instances as ``results``; a refused request -- unknown destination, bad identifier,
+not authorised -- as ``denied`` with no results). If the event log cannot take the event,
+nothing is sent (C-FIND 0xA700, C-MOVE/C-GET 0xA702).
+
+**What is retrieved.** Levels PATIENT (patient root only: the patient's studies, merges
+followed), STUDY (one or a list of StudyInstanceUIDs), SERIES and IMAGE (hierarchical: the
+unique keys of the levels above are required). Each instance is sent in its newest version,
+as the original bytes from the blob store: the data set is offered in the transfer syntax it was
+stored in, and an uncompressed one (implicit/explicit VR, deflated) also in explicit VR little
+endian. Compressed objects are never transcoded: a peer that accepts none of their syntax gets
+a failed sub-operation for them. Before sending, the data set pydicom will encode is checked to
+be byte-identical to the stored one; an object that would change is not sent (failed
+sub-operation) rather than altered. A deflated data set is sent re-deflated by pynetdicom: its
+inflated bytes are the stored ones, its compressed stream may differ.
+
+**C-MOVE destinations** are AE titles the senders file names (``[[destination]]``, else a
+``[[qr_caller]]`` or ``[[sender]]`` with ``host`` and ``port``); anything else is 0xA801. The
+archive opens the sub-operation association calling the destination's AE title, proposing one
+context per (SOP class, offered transfer syntax), so the exact stored syntax is used whenever the
+destination takes it. **C-GET** sends over the requesting association: the peer proposes the
+storage contexts with SCP/SCU role selection, the archive accepts the roles (and, among the
+syntaxes of one proposed context, prefers explicit VR little endian: see :mod:`ingest.scp`).
+
+pynetdicom asks a C-MOVE handler for the destination first and a C-MOVE/C-GET handler for the
+number of sub-operations before any status; a request refused after that point (not authorised,
+a bad identifier) is answered as one failed "sub-operation" with the refusal as the final status,
+nothing sent (for C-MOVE the destination association is opened and released unused).
+
+Statuses: 0xFF00 pending, 0x0000 success, 0xB000 some sub-operations failed, 0xA702 none
+succeeded or storage trouble, 0xA701 more than 65535 instances, 0xA801 unknown destination,
+0xA900 an identifier that does not fit the model (level, missing unique keys), 0x0124 not
+authorised, 0xFE00 cancelled.
+"""
+
+from __future__ import annotations
+
+import logging
+import socket
+import zlib
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from enum import IntEnum
+from io import BytesIO
+from typing import Any
+
+from pydicom import dcmread
+from pydicom.dataset import Dataset
+from pydicom.multival import MultiValue
+from pydicom.uid import (
+    DeflatedExplicitVRLittleEndian,
+    ExplicitVRBigEndian,
+    ExplicitVRLittleEndian,
+    ImplicitVRLittleEndian,
+)
+from pynetdicom import build_context, evt
+from pynetdicom.dsutils import encode
+from pynetdicom.presentation import PresentationContext
+
+from api.access import AccessRecorder, Reader, may_read_images, may_read_patient_data
+from ingest.blobs import BlobStore
+from ingest.dicom import MalformedObject, split_part10
+from ingest.scp import ExtraServices
+from ingest.senders import Senders
+from projections.queries import MAX_LIMIT, search_studies, series_instances, study_series
+from projections.warehouse.base import Warehouse
+from schemas.events import Actor
+
+log = logging.getLogger("cami.qr")
+
+PATIENT_ROOT_FIND = "1.2.840.10008.5.1.4.1.2.1.1"
+PATIENT_ROOT_MOVE = "1.2.840.10008.5.1.4.1.2.1.2"
+PATIENT_ROOT_GET = "1.2.840.10008.5.1.4.1.2.1.3"
+STUDY_ROOT_FIND = "1.2.840.10008.5.1.4.1.2.2.1"
+STUDY_ROOT_MOVE = "1.2.840.10008.5.1.4.1.2.2.2"
+STUDY_ROOT_GET = "1.2.840.10008.5.1.4.1.2.2.3"
+
+#: abstract syntax -> (information model, service)
+QR_SOP_CLASSES: dict[str, tuple[str, str]] = {
+    PATIENT_ROOT_FIND: ("patient", "find"),
+    PATIENT_ROOT_MOVE: ("patient", "move"),
+    PATIENT_ROOT_GET: ("patient", "get"),
+    STUDY_ROOT_FIND: ("study", "find"),
+    STUDY_ROOT_MOVE: ("study", "move"),
+    STUDY_ROOT_GET: ("study", "get"),
+}
+
+#: service -> (access channel, access action)
+ACCESS: dict[str, tuple[str, str]] = {"find": ("c-find", "query"), "move": ("c-move", "move"), "get": ("c-get", "get")}
+
+#: query/retrieve levels each model knows (PS3.4 C.6.1 / C.6.2)
+LEVELS = {"patient": ("PATIENT", "STUDY", "SERIES", "IMAGE"), "study": ("STUDY", "SERIES", "IMAGE")}
+
+#: syntaxes pydicom re-encodes losslessly into one another (never pixel data compression)
+UNCOMPRESSED = frozenset({ImplicitVRLittleEndian, ExplicitVRLittleEndian, DeflatedExplicitVRLittleEndian})
+
+VERIFICATION = "1.2.840.10008.1.1"
+#: transfer syntaxes for Q/R identifiers (never a pixel data compression)
+IDENTIFIER_SYNTAXES = [
+    ExplicitVRLittleEndian,
+    ImplicitVRLittleEndian,
+    DeflatedExplicitVRLittleEndian,
+    ExplicitVRBigEndian,
+]
+
+#: an association carries at most 128 presentation contexts (PS3.8 9.3.2.2: odd IDs 1..255)
+MAX_CONTEXTS = 128
+#: Number of ... Sub-operations are US: a retrieve may not name more instances than this
+MAX_SUBOPERATIONS = 65535
+
+
+class QrStatus(IntEnum):
+    SUCCESS = 0x0000
+    PENDING = 0xFF00
+    CANCEL = 0xFE00
+    #: general status (PS3.7 C.5): the calling AE title may not use this service
+    NOT_AUTHORISED = 0x0124
+    #: C-FIND: out of resources (the event log or the index is not available)
+    OUT_OF_RESOURCES = 0xA700
+    #: C-MOVE/C-GET: too many instances to count in one retrieve
+    TOO_MANY_MATCHES = 0xA701
+    #: C-MOVE/C-GET: unable to perform sub-operations (storage or event log trouble)
+    UNABLE_TO_PERFORM_SUBOPERATIONS = 0xA702
+    MOVE_DESTINATION_UNKNOWN = 0xA801
+    IDENTIFIER_DOES_NOT_MATCH_SOP_CLASS = 0xA900
+
+
+class IdentifierError(ValueError):
+    """The request identifier does not fit the information model (level, unique keys)."""
+
+
+def status(code: QrStatus, comment: str | None = None) -> Dataset:
+    ds = Dataset()
+    ds.Status = int(code)
+    if comment:
+        ds.ErrorComment = comment[:64]  # LO
+    return ds
+
+
+# -- who is asking ------------------------------------------------------------------------------------
+def _ae(value: Any) -> str:
+    return (value.decode("ascii", "replace") if isinstance(value, bytes) else str(value or "")).strip()
+
+
+def reader_for(assoc: Any, senders: Senders) -> Reader | None:
+    """The Q/R caller behind an association as the access event records it (None: not one)."""
+    calling = _ae(assoc.requestor.ae_title)
+    caller = senders.qr_caller(calling)
+    if caller is None:
+        return None
+    return Reader(Actor(calling, caller.role), caller.organisation, assoc.requestor.address)
+
+
+def _refused_reader(assoc: Any, senders: Senders) -> Reader:
+    calling = _ae(assoc.requestor.ae_title)
+    sender = senders.lookup(calling)
+    role = "modality" if sender is not None else "unknown"
+    return Reader(Actor(calling or "?", role), sender.organisation if sender else None, assoc.requestor.address)
+
+
+def _permitted(reader: Reader, service: str) -> bool:
+    return may_read_patient_data(reader.role) if service == "find" else may_read_images(reader.role)
+
+
+# -- resolving a retrieve identifier --------------------------------------------------------------------
+def _values(identifier: Dataset, keyword: str) -> list[str]:
+    value = identifier.get(keyword)
+    if value is None or value == "":
+        return []
+    items = list(value) if isinstance(value, MultiValue | list | tuple) else [value]
+    return [str(v).strip() for v in items if str(v).strip()]
+
+
+def _one(identifier: Dataset, keyword: str, level: str) -> str:
+    values = _values(identifier, keyword)
+    if len(values) != 1:
+        raise IdentifierError(f"{level} level needs exactly one {keyword}")
+    return values[0]
+
+
+def retrieve_level(identifier: Dataset, model: str) -> str:
+    level = str(identifier.get("QueryRetrieveLevel", "") or "").strip().upper()
+    if level not in LEVELS[model]:
+        raise IdentifierError(f"QueryRetrieveLevel must be one of {'/'.join(LEVELS[model])}")
+    return level
+
+
+def resolve_instances(warehouse: Warehouse, identifier: Dataset, model: str) -> list[dict[str, Any]]:
+    """The instances (newest versions, index rows) a C-MOVE/C-GET identifier names."""
+    level = retrieve_level(identifier, model)
+    if level == "PATIENT":
+        patient_id = _one(identifier, "PatientID", level)
+        if "*" in patient_id or "?" in patient_id:
+            raise IdentifierError("PatientID is a unique key here: no wildcards")
+        study_uids = [s["study_uid"] for s in search_studies(warehouse, patient_id=patient_id, limit=MAX_LIMIT)]
+    else:
+        study_uids = _values(identifier, "StudyInstanceUID")
+        if not study_uids:
+            raise IdentifierError(f"{level} level needs StudyInstanceUID")
+    if level in ("PATIENT", "STUDY"):
+        wanted = [(study, s["series_uid"]) for study in study_uids for s in study_series(warehouse, study)]
+        sops: set[str] | None = None
+    else:
+        if len(study_uids) != 1:
+            raise IdentifierError(f"{level} level needs exactly one StudyInstanceUID")
+        if level == "SERIES":
+            series = _values(identifier, "SeriesInstanceUID")
+            if not series:
+                raise IdentifierError("SERIES level needs SeriesInstanceUID")
+            sops = None
+        else:
+            series = [_one(identifier, "SeriesInstanceUID", level)]
+            sops = set(_values(identifier, "SOPInstanceUID"))
+            if not sops:
+                raise IdentifierError("IMAGE level needs SOPInstanceUID")
+        wanted = [(study_uids[0], s) for s in series]
+    rows: list[dict[str, Any]] = []
+    for study, series_uid in wanted:
+        rows.extend(r for r in series_instances(warehouse, study, series_uid) if sops is None or r["sop_uid"] in sops)
+    return rows
+
+
+def _only(values: list[str]) -> str | None:
+    return values[0] if len(values) == 1 else None
+
+
+def _access_fields(identifier: Dataset, level: str | None, rows: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """What the RecordAccessed event names: the single study/series/instance/patient retrieved."""
+
+    def single(key: str) -> str | None:
+        found = {str(r[key]) for r in rows}
+        return found.pop() if len(found) == 1 else None
+
+    query = {k: "\\".join(_values(identifier, k)) for k in _RETRIEVE_KEYS if _values(identifier, k)}
+    if level:
+        query["QueryRetrieveLevel"] = level
+    return {
+        "study_uid": single("study_uid") or _only(_values(identifier, "StudyInstanceUID")),
+        "series_uid": single("series_uid") if level in ("SERIES", "IMAGE") else None,
+        "sop_uid": single("sop_uid") if level == "IMAGE" else None,
+        "patient_id": single("patient_id") or _only(_values(identifier, "PatientID")),
+        "query": query,
+    }
+
+
+_RETRIEVE_KEYS = ("PatientID", "StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID")
+
+
+# -- the original bytes ---------------------------------------------------------------------------------
+def stored_dataset(blobs: BlobStore, row: dict[str, Any]) -> Dataset:
+    """The stored object as a Dataset that pynetdicom encodes back to exactly the stored data set
+    bytes (raw elements written verbatim). Anything else -- a blob that cannot be read, or bytes
+    pydicom would write differently -- gives a stand-in the C-STORE sub-operation fails on (no
+    transfer syntax: pynetdicom refuses to send it), so nothing altered ever leaves."""
+    try:
+        data = blobs.get(str(row["blob_sha256"]))
+        received = split_part10(data)
+        original = data[received.dataset_offset :]
+        if received.transfer_syntax == DeflatedExplicitVRLittleEndian:
+            original = zlib.decompress(original, -zlib.MAX_WBITS)
+        ds = dcmread(BytesIO(data), force=False)
+        # what pynetdicom and pydicom read (and so convert from raw) while sending
+        _ = (ds.SOPClassUID, ds.SOPInstanceUID, ds.get("SpecificCharacterSet"))
+        implicit, little = ds.original_encoding
+        if implicit is None or little is None or encode(ds, implicit, little) != original:
+            raise MalformedObject("the data set would not be sent byte for byte")
+        return ds
+    except Exception as exc:  # BlobStoreError, MalformedObject, a data set pydicom cannot read...
+        log.error("not sending %s: %s", row.get("sop_uid"), exc)
+        stand_in = Dataset()
+        stand_in.SOPClassUID = str(row.get("sop_class_uid") or "")
+        stand_in.SOPInstanceUID = str(row.get("sop_uid") or "")
+        return stand_in
+
+
+def offered_syntaxes(stored: str) -> list[str]:
+    """The stored syntax, and explicit VR little endian too when the stored one is uncompressed."""
+    if stored in UNCOMPRESSED and stored != ExplicitVRLittleEndian:
+        return [stored, ExplicitVRLittleEndian]
+    return [stored]
+
+
+def move_contexts(rows: Sequence[dict[str, Any]]) -> list[PresentationContext]:
+    """One context per (SOP class, offered transfer syntax), each with that one syntax, so the
+    destination cannot pick explicit VR for an object it could take as stored (pynetdicom sends
+    on the exact match when one is accepted); at most :data:`MAX_CONTEXTS`."""
+    pairs = sorted(
+        {(str(r["sop_class_uid"]), ts) for r in rows for ts in offered_syntaxes(str(r["transfer_syntax_uid"]))}
+    )
+    if len(pairs) > MAX_CONTEXTS:
+        log.warning("C-MOVE needs %d presentation contexts; proposing the first %d", len(pairs), MAX_CONTEXTS)
+    return [build_context(sop, [ts]) for sop, ts in pairs[:MAX_CONTEXTS]]
+
+
+# -- handlers -------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class QrDeps:
+    archive: Any  # api.bootstrap.Archive (not imported: bootstrap imports this module)
+    recorder: AccessRecorder
+    senders: Senders
+
+
+def _deny(
+    deps: QrDeps, event: Any, service: str, identifier: Dataset | None, extra_query: dict[str, str] | None = None
+) -> None:
+    channel, action = ACCESS[service]
+    reader = reader_for(event.assoc, deps.senders) or _refused_reader(event.assoc, deps.senders)
+    fields: dict[str, Any] = _access_fields(identifier, None, []) if identifier is not None else {"query": {}}
+    fields["query"] |= extra_query or {}
+    try:
+        deps.recorder.record(reader, action=action, channel=channel, outcome="denied", **fields)
+    except Exception:
+        log.exception("could not record a refused %s", channel)
+
+
+def _identifier(event: Any) -> Dataset | None:
+    try:
+        identifier = event.identifier
+        identifier.get("QueryRetrieveLevel")  # decodes lazily: fail here, not later
+        return identifier if isinstance(identifier, Dataset) else None
+    except Exception:
+        return None
+
+
+def handle_find(event: Any, deps: QrDeps) -> Iterator[tuple[Any, Dataset | None]]:
+    """EVT_C_FIND: matching is :func:`api.qr_find.c_find_responses` (it records the access)."""
+    model, service = QR_SOP_CLASSES[str(event.request.AffectedSOPClassUID)]
+    identifier = _identifier(event)
+    reader = reader_for(event.assoc, deps.senders)
+    if reader is None or not _permitted(reader, service):
+        _deny(deps, event, service, identifier)
+        yield status(QrStatus.NOT_AUTHORISED, "calling AE title may not query this archive"), None
+        return
+    if identifier is None:
+        yield status(QrStatus.IDENTIFIER_DOES_NOT_MATCH_SOP_CLASS, "identifier does not decode"), None
+        return
+    from api.qr_find import c_find_responses  # written alongside; imported when first used
+
+    try:
+        first = True
+        for code, match in c_find_responses(deps.archive, deps.recorder, reader, identifier, model):
+            if event.is_cancelled:
+                yield QrStatus.CANCEL, None
+                return
+            if first and int(code) not in (QrStatus.PENDING, QrStatus.SUCCESS):
+                _deny(deps, event, service, identifier)  # a refused identifier: qr_find recorded nothing
+            first = False
+            yield code, match
+    except Exception as exc:  # an answer is owed: the index or the event log is not available
+        log.exception("C-FIND failed")
+        yield status(QrStatus.OUT_OF_RESOURCES, f"query failed: {type(exc).__name__}"), None
+
+
+@dataclass
+class _Plan:
+    """A retrieve worked out before anything is sent: the rows, or the failure to answer."""
+
+    rows: list[dict[str, Any]]
+    failure: Dataset | None = None
+
+
+def _plan(event: Any, deps: QrDeps, service: str, model: str, extra_query: dict[str, str]) -> _Plan:
+    """Check the caller, resolve the identifier and record the ONE access event of the request."""
+    identifier = _identifier(event)
+    reader = reader_for(event.assoc, deps.senders)
+    if reader is None or not _permitted(reader, service):
+        _deny(deps, event, service, identifier)
+        return _Plan([], status(QrStatus.NOT_AUTHORISED, "calling AE title may not retrieve from this archive"))
+    channel, action = ACCESS[service]
+    if identifier is None:
+        deps.recorder.record(reader, action=action, channel=channel, query=extra_query, outcome="denied")
+        return _Plan([], status(QrStatus.IDENTIFIER_DOES_NOT_MATCH_SOP_CLASS, "identifier does not decode"))
+    try:
+        level = retrieve_level(identifier, model)
+        rows = resolve_instances(deps.archive.warehouse, identifier, model)
+    except IdentifierError as exc:
+        fields = _access_fields(identifier, None, [])
+        fields["query"] |= extra_query
+        deps.recorder.record(reader, action=action, channel=channel, outcome="denied", **fields)
+        return _Plan([], status(QrStatus.IDENTIFIER_DOES_NOT_MATCH_SOP_CLASS, str(exc)))
+    fields = _access_fields(identifier, level, rows)
+    fields["query"] |= extra_query
+    if len(rows) > MAX_SUBOPERATIONS:
+        deps.recorder.record(reader, action=action, channel=channel, outcome="denied", **fields)
+        return _Plan([], status(QrStatus.TOO_MANY_MATCHES, f"more than {MAX_SUBOPERATIONS} instances"))
+    deps.recorder.record(reader, action=action, channel=channel, results=len(rows), **fields)
+    return _Plan(rows)
+
+
+def _sub_operations(event: Any, blobs: BlobStore, rows: list[dict[str, Any]]) -> Iterator[tuple[Any, Dataset | None]]:
+    for row in rows:
+        if event.is_cancelled:
+            yield QrStatus.CANCEL, None
+            return
+        yield QrStatus.PENDING, stored_dataset(blobs, row)
+
+
+def _safe_plan(event: Any, deps: QrDeps, service: str, model: str, extra: dict[str, str]) -> _Plan:
+    try:
+        return _plan(event, deps, service, model, extra)
+    except Exception as exc:  # the index or the event log failed: nothing may be sent untraced
+        log.exception("C-%s failed before sending", service.upper())
+        return _Plan([], status(QrStatus.UNABLE_TO_PERFORM_SUBOPERATIONS, f"retrieve failed: {type(exc).__name__}"))
+
+
+def handle_move(event: Any, deps: QrDeps) -> Iterator[Any]:
+    """EVT_C_MOVE: destination, number of sub-operations, then one pending dataset per instance.
+
+    pynetdicom takes the destination first and answers a failure only from the status loop,
+    after it has associated with the destination: a refusal (not authorised, a bad identifier)
+    is therefore answered as the one "sub-operation" status, with no object sent."""
+    model, service = QR_SOP_CLASSES[str(event.request.AffectedSOPClassUID)]
+    move_destination = _ae(event.move_destination)
+    extra = {"MoveDestination": move_destination}
+    destination = deps.senders.destination(move_destination)
+    if destination is None:
+        log.warning("C-MOVE to unknown destination %r refused", move_destination)
+        _deny(deps, event, service, _identifier(event), extra)
+        yield None, None  # 0xA801 Move Destination Unknown
+        return
+    plan = _safe_plan(event, deps, service, model, extra)
+    if plan.failure is not None:
+        yield destination.host, destination.port, {"contexts": [build_context(VERIFICATION)]}
+        yield 1
+        yield plan.failure, None
+        return
+    yield destination.host, destination.port, {"contexts": move_contexts(plan.rows)}
+    yield len(plan.rows)
+    yield from _sub_operations(event, deps.archive.blobs, plan.rows)
+
+
+def handle_get(event: Any, deps: QrDeps) -> Iterator[Any]:
+    """EVT_C_GET: number of sub-operations, then one pending dataset per instance, sent back
+    over the requesting association (the peer's storage contexts, SCP role)."""
+    model, service = QR_SOP_CLASSES[str(event.request.AffectedSOPClassUID)]
+    plan = _safe_plan(event, deps, service, model, {})
+    if plan.failure is not None:
+        yield 1
+        yield plan.failure, None
+        return
+    yield len(plan.rows)
+    yield from _sub_operations(event, deps.archive.blobs, plan.rows)
+
+
+def handle_rejected(event: Any, deps: QrDeps) -> None:
+    """An association refused at A-ASSOCIATE (unknown calling AE title) that proposed Q/R: the
+    attempt to read is recorded as a denied access (the storage side records the rejection)."""
+    assoc = event.assoc
+    if _ae(assoc.requestor.ae_title) in deps.senders.known_ae_titles:
+        return
+    proposed = {str(cx.abstract_syntax) for cx in getattr(assoc.requestor, "requested_contexts", []) or []}
+    services = {QR_SOP_CLASSES[uid][1] for uid in proposed if uid in QR_SOP_CLASSES}
+    for service in ("get", "move", "find"):  # one event: the most revealing service asked for
+        if service in services:
+            channel, action = ACCESS[service]
+            try:
+                deps.recorder.record(
+                    _refused_reader(assoc, deps.senders),
+                    action=action,
+                    channel=channel,
+                    query={"reason": "unknown calling AE title"},
+                    outcome="denied",
+                )
+            except Exception:
+                log.exception("could not record a refused Q/R association")
+            return
+
+
+def qr_services(archive: Any, senders: Senders, recorder: AccessRecorder | None = None) -> ExtraServices:
+    """Query/Retrieve as extra services of the Storage SCP (see :class:`ingest.scp.ExtraServices`)."""
+    recorder = recorder or AccessRecorder(archive.event_log, socket.gethostname() or "local")
+    deps = QrDeps(archive, recorder, senders)
+    return ExtraServices(
+        contexts=[(uid, IDENTIFIER_SYNTAXES) for uid in QR_SOP_CLASSES],
+        handlers=[
+            (evt.EVT_C_FIND, handle_find, [deps]),
+            (evt.EVT_C_MOVE, handle_move, [deps]),
+            (evt.EVT_C_GET, handle_get, [deps]),
+            (evt.EVT_REJECTED, handle_rejected, [deps]),
+        ],
+        storage_roles=True,
+    )

@@ -1,0 +1,622 @@
+/* CAMI browser pages: sign-in, search, the study page and its viewer.
+ *
+ * Plain JavaScript, no build step, nothing from outside the archive. The server embeds the page's
+ * data as JSON (#cami-data); this script renders it in Russian (default) or English (the toggle,
+ * remembered in localStorage and a cookie). Images come from WADO-RS /rendered and
+ * /frames/{n}/rendered, fetched with the session cookie and shown as blob: URLs.
+ */
+"use strict";
+
+(function () {
+  const I18N = {
+    ru: {
+      "brand": "ЦАМИ · Центральный архив медицинских изображений",
+      "nav.search": "Поиск", "nav.back-to-search": "К поиску исследований", "signout": "Выйти",
+      "role.radiologist": "врач-рентгенолог", "role.referring-doctor": "лечащий врач",
+      "role.administrator": "администратор", "role.auditor": "аудитор", "role.regional-it": "ИТ региона",
+      "role.analyst": "аналитик", "role.modality": "модальность",
+      "signin.title": "Вход", "signin.user": "Имя пользователя", "signin.token": "Токен доступа",
+      "signin.submit": "Войти", "signin.bad": "Неверное имя пользователя или токен.",
+      "signin.needed": "Войдите, чтобы открыть страницу.", "signin.unavailable": "Вход временно невозможен.",
+      "signin.hint": "Токен выдаёт администратор архива (cami users add).",
+      "error.401": "Требуется вход: токен недействителен.", "error.503": "Архив временно недоступен.",
+      "error.cross-site": "Вход возможен только со страницы архива.",
+      "error.400-study": "Ссылка неполна: нужны patient (ID пациента) и study (StudyInstanceUID).",
+      "error.403-study": "Вашей роли просмотр исследований не разрешён.",
+      "error.403-search": "Вашей роли поиск пациентов не разрешён.",
+      "error.404-study": "Исследование этого пациента не найдено.",
+      "noscript": "Для просмотра изображений включите JavaScript.",
+      "search.title": "Исследования пациента", "search.patient": "ID пациента",
+      "search.name": "Фамилия (можно с *)", "search.submit": "Найти",
+      "search.hint": "Введите ID пациента или фамилию. Показываются исследования из всех организаций региона, новые сверху.",
+      "search.none": "Ничего не найдено.", "search.truncated": "Показаны первые 200 исследований; уточните запрос.",
+      "search.bad-patient": "ID пациента: не более 64 символов, без управляющих символов.",
+      "search.bad-name": "Фамилия: не более 64 символов, без управляющих символов.",
+      "col.date": "Дата", "col.patient": "Пациент", "col.id": "ID", "col.birth": "Дата рожд.",
+      "col.modality": "Модальность", "col.description": "Описание", "col.org": "Организации",
+      "col.accession": "Номер заявки", "col.report": "Заключение", "col.images": "Снимки", "open": "Открыть",
+      "patient": "Пациент", "patient.id": "ID", "patient.birth": "Дата рождения", "patient.sex": "Пол",
+      "patient.merged": "Объединён с ID",
+      "sex.M": "мужской", "sex.F": "женский", "sex.O": "другой",
+      "study": "Исследование", "study.date": "Дата", "study.description": "Описание",
+      "study.modalities": "Модальности", "study.orgs": "Организации", "study.accession": "Номер заявки",
+      "study.referring": "Направивший врач", "study.counts": "Серий / снимков", "study.uid": "UID",
+      "study.complete": "Комплектность", "study.complete.ok": "полный пакет", "study.missing": "не хватает",
+      "emergency": "экстренное",
+      "series": "Серии", "series.images": "снимков", "series.frames": "кадров",
+      "priors": "Другие исследования пациента", "priors.none": "Других исследований нет.",
+      "priors.newer": "новее", "priors.compare": "открыть для сравнения",
+      "viewer.window": "Окно", "viewer.default": "Из файла", "viewer.lung": "Лёгкие",
+      "viewer.mediastinum": "Средостение", "viewer.bone": "Кости", "viewer.brain": "Мозг",
+      "viewer.t1": "T1", "viewer.t2": "T2", "viewer.custom": "Своё", "viewer.center": "Ц", "viewer.width": "Ш",
+      "viewer.apply": "Применить", "viewer.zoom": "Масштаб", "viewer.fit": "Вписать",
+      "viewer.image": "Изобр.", "viewer.number": "№", "viewer.frame": "кадр",
+      "viewer.loading": "Загрузка…", "viewer.no-images": "В исследовании нет изображений.",
+      "viewer.help": "Колесо мыши или ↑/↓ — листать; Ctrl+колесо или +/− — масштаб; перетаскивание — сдвиг.",
+      "viewer.err.401": "Сеанс истёк — войдите снова.", "viewer.err.403": "Нет доступа к изображениям.",
+      "viewer.err.404": "Изображение не найдено в архиве.",
+      "viewer.err.406": "Этот объект нельзя показать как изображение.",
+      "viewer.err.other": "Не удалось загрузить изображение",
+      "report": "Заключение", "report.none": "Подписанного заключения пока нет",
+      "report.draft": "Черновик — заключение не подписано", "report.signed": "Заключение подписано",
+      "report.amended": "Заключение подписано, внесены исправления",
+      "report.protocol": "Протокол", "report.conclusion": "Заключение",
+      "report.signed-by": "Подписал(а)", "report.author": "Автор",
+      "report.draft-hidden": "Текст черновика доступен только рентгенологам.",
+      "report.amendment": "Исправление", "report.reason": "Причина", "report.before": "До исправления",
+      "report.by": "Исправил(а)", "report.draft-mark": "ЧЕРНОВИК",
+    },
+    en: {
+      "brand": "CAMI · Central Archive of Medical Images",
+      "nav.search": "Search", "nav.back-to-search": "Back to study search", "signout": "Sign out",
+      "role.radiologist": "radiologist", "role.referring-doctor": "referring doctor",
+      "role.administrator": "administrator", "role.auditor": "auditor", "role.regional-it": "regional IT",
+      "role.analyst": "analyst", "role.modality": "modality",
+      "signin.title": "Sign in", "signin.user": "User name", "signin.token": "Access token",
+      "signin.submit": "Sign in", "signin.bad": "Wrong user name or token.",
+      "signin.needed": "Sign in to open the page.", "signin.unavailable": "Sign-in is unavailable for now.",
+      "signin.hint": "The archive administrator issues tokens (cami users add).",
+      "error.401": "Sign-in required: the token is not valid.", "error.503": "The archive is unavailable for now.",
+      "error.cross-site": "Sign-in works only from the archive's own page.",
+      "error.400-study": "Incomplete link: patient (patient ID) and study (StudyInstanceUID) are required.",
+      "error.403-study": "Your role may not view studies.",
+      "error.403-search": "Your role may not search patients.",
+      "error.404-study": "No such study for this patient.",
+      "noscript": "Enable JavaScript to view images.",
+      "search.title": "Patient studies", "search.patient": "Patient ID",
+      "search.name": "Family name (* allowed)", "search.submit": "Search",
+      "search.hint": "Enter a patient ID or a family name. Studies from every organisation in the region, newest first.",
+      "search.none": "Nothing found.", "search.truncated": "The first 200 studies are shown; narrow the search.",
+      "search.bad-patient": "Patient ID: at most 64 characters, no control characters.",
+      "search.bad-name": "Family name: at most 64 characters, no control characters.",
+      "col.date": "Date", "col.patient": "Patient", "col.id": "ID", "col.birth": "Born",
+      "col.modality": "Modality", "col.description": "Description", "col.org": "Organisations",
+      "col.accession": "Accession", "col.report": "Report", "col.images": "Images", "open": "Open",
+      "patient": "Patient", "patient.id": "ID", "patient.birth": "Birth date", "patient.sex": "Sex",
+      "patient.merged": "Merged with ID",
+      "sex.M": "male", "sex.F": "female", "sex.O": "other",
+      "study": "Study", "study.date": "Date", "study.description": "Description",
+      "study.modalities": "Modalities", "study.orgs": "Organisations", "study.accession": "Accession",
+      "study.referring": "Referring physician", "study.counts": "Series / images", "study.uid": "UID",
+      "study.complete": "Package", "study.complete.ok": "complete", "study.missing": "missing",
+      "emergency": "emergency",
+      "series": "Series", "series.images": "images", "series.frames": "frames",
+      "priors": "Other studies of the patient", "priors.none": "No other studies.",
+      "priors.newer": "newer", "priors.compare": "open for comparison",
+      "viewer.window": "Window", "viewer.default": "From file", "viewer.lung": "Lung",
+      "viewer.mediastinum": "Mediastinum", "viewer.bone": "Bone", "viewer.brain": "Brain",
+      "viewer.t1": "T1", "viewer.t2": "T2", "viewer.custom": "Custom", "viewer.center": "C", "viewer.width": "W",
+      "viewer.apply": "Apply", "viewer.zoom": "Zoom", "viewer.fit": "Fit",
+      "viewer.image": "Image", "viewer.number": "No.", "viewer.frame": "frame",
+      "viewer.loading": "Loading…", "viewer.no-images": "The study has no images.",
+      "viewer.help": "Mouse wheel or ↑/↓ to scroll; Ctrl+wheel or +/− to zoom; drag to pan.",
+      "viewer.err.401": "The session has expired: sign in again.", "viewer.err.403": "No access to images.",
+      "viewer.err.404": "The image is not in the archive.",
+      "viewer.err.406": "This object cannot be shown as an image.",
+      "viewer.err.other": "Could not load the image",
+      "report": "Report", "report.none": "No signed report yet",
+      "report.draft": "Draft: the report is not signed", "report.signed": "Report signed",
+      "report.amended": "Report signed, with amendments",
+      "report.protocol": "Protocol", "report.conclusion": "Conclusion",
+      "report.signed-by": "Signed by", "report.author": "Author",
+      "report.draft-hidden": "Draft texts are shown to radiologists only.",
+      "report.amendment": "Amendment", "report.reason": "Reason", "report.before": "Before the amendment",
+      "report.by": "Amended by", "report.draft-mark": "DRAFT",
+    },
+  };
+
+  // -- language --------------------------------------------------------------------------------
+  function savedLang() {
+    try {
+      const stored = window.localStorage.getItem("cami.lang");
+      if (stored === "en" || stored === "ru") return stored;
+    } catch (e) { /* storage disabled: fall back to the cookie */ }
+    const m = document.cookie.match(/(?:^|;\s*)cami_lang=(ru|en)/);
+    return m ? m[1] : "ru";
+  }
+  let lang = savedLang();
+
+  function t(key) {
+    return (I18N[lang] && I18N[lang][key]) || I18N.ru[key] || key;
+  }
+
+  function setLang(value) {
+    lang = value;
+    try { window.localStorage.setItem("cami.lang", value); } catch (e) { /* ignore */ }
+    document.cookie = "cami_lang=" + value + "; path=/; max-age=31536000; samesite=strict";
+    applyLang();
+    if (rerender) rerender();
+  }
+
+  function applyLang() {
+    document.documentElement.lang = lang;
+    document.querySelectorAll("[data-i18n]").forEach(function (node) {
+      node.textContent = t(node.getAttribute("data-i18n"));
+    });
+    const toggle = document.getElementById("lang-toggle");
+    if (toggle) toggle.textContent = lang === "ru" ? "EN" : "RU";
+  }
+
+  let rerender = null;
+
+  // -- small DOM helpers -----------------------------------------------------------------------
+  function el(tag, attrs) {
+    const node = document.createElement(tag);
+    if (attrs) {
+      Object.keys(attrs).forEach(function (k) {
+        const v = attrs[k];
+        if (v === null || v === undefined || v === false) return;
+        if (k === "text") node.textContent = v;
+        else if (k === "cls") node.className = v;
+        else if (k.startsWith("on")) node.addEventListener(k.slice(2), v);
+        else node.setAttribute(k, v === true ? "" : v);
+      });
+    }
+    for (let i = 2; i < arguments.length; i++) {
+      const child = arguments[i];
+      if (child === null || child === undefined || child === false) continue;
+      if (Array.isArray(child)) child.forEach(function (c) { if (c) node.appendChild(c); });
+      else node.appendChild(typeof child === "string" ? document.createTextNode(child) : child);
+    }
+    return node;
+  }
+
+  function dl(rows) {
+    const list = el("dl");
+    rows.forEach(function (row) {
+      if (row[1] === null || row[1] === undefined || row[1] === "") return;
+      list.appendChild(el("dt", { text: row[0] }));
+      list.appendChild(typeof row[1] === "string" ? el("dd", { text: row[1] }) : el("dd", null, row[1]));
+    });
+    return list;
+  }
+
+  function fmtDate(value) {
+    if (!value) return "";
+    const m = String(value).match(/^(\d{4})-?(\d{2})-?(\d{2})/);
+    if (!m) return String(value);
+    return lang === "ru" ? m[3] + "." + m[2] + "." + m[1] : m[1] + "-" + m[2] + "-" + m[3];
+  }
+
+  function fmtTime(value) {
+    if (!value) return "";
+    const m = String(value).match(/^(\d{2}):?(\d{2})/);
+    return m ? m[1] + ":" + m[2] : String(value);
+  }
+
+  function fmtDateTime(value) {
+    if (!value) return "";
+    const d = new Date(String(value).replace(" ", "T"));
+    if (isNaN(d.getTime())) return String(value);
+    return d.toLocaleString(lang === "ru" ? "ru-RU" : "en-GB");
+  }
+
+  function fmtSex(value) {
+    if (!value) return "";
+    const key = "sex." + String(value).toUpperCase();
+    return I18N.ru[key] ? t(key) : String(value);
+  }
+
+  function pn(value) {  // a DICOM person name as people write it
+    return value ? String(value).split("=")[0].split("^").filter(Boolean).join(" ") : "";
+  }
+
+  function person(p) {
+    if (!p) return "";
+    return (pn(p.name) || p.code || "") + (p.name && p.code ? " (" + p.code + ")" : "");
+  }
+
+  function badge(status) {
+    return el("span", { cls: "badge " + status, text: t("report." + status) });
+  }
+
+  // -- sign-in ---------------------------------------------------------------------------------
+  function signinPage(data) {
+    // a link from another site arrives without the SameSite=Strict cookie: if this browser is in
+    // fact signed in, the same-origin check below carries the cookie and continues to the page
+    fetch("/api/session", { credentials: "same-origin", headers: { Accept: "application/json" } })
+      .then(function (r) { if (r.ok) window.location.replace(data.next || "/search"); })
+      .catch(function () { /* stay on the form */ });
+  }
+
+  // -- search ----------------------------------------------------------------------------------
+  function searchPage(data) {
+    const root = document.getElementById("search-results");
+    rerender = function () {
+      root.textContent = "";
+      if (data.problem) { root.appendChild(el("p", { cls: "error", id: "search-problem", text: t(data.problem) })); return; }
+      if (data.results === null || data.results === undefined) { root.appendChild(el("p", { cls: "hint", text: t("search.hint") })); return; }
+      if (!data.results.length) { root.appendChild(el("p", { id: "search-none", text: t("search.none") })); return; }
+      const head = el("tr", null, ["col.date", "col.patient", "col.id", "col.birth", "col.modality", "col.description",
+        "col.org", "col.accession", "col.images", "col.report", ""].map(function (k) { return el("th", { text: k ? t(k) : "" }); }));
+      const rows = data.results.map(function (s) {
+        return el("tr", { cls: "study-row", "data-study": s.study_uid },
+          el("td", { cls: "nowrap", text: fmtDate(s.study_date) + " " + fmtTime(s.study_time) }),
+          el("td", { text: s.patient_name || "" }),
+          el("td", { cls: "nowrap", text: s.patient_id }),
+          el("td", { cls: "nowrap", text: fmtDate(s.patient_birth_date) }),
+          el("td", { text: (s.modalities || []).join(", ") }),
+          el("td", null, s.study_description || "", s.emergency ? el("span", { cls: "badge emergency", text: " " + t("emergency") }) : null),
+          el("td", { text: (s.organisations || []).join(", ") }),
+          el("td", { text: s.accession_number || "" }),
+          el("td", { text: String(s.series_count) + " / " + String(s.instance_count) }),
+          el("td", null, badge(s.report_status)),
+          el("td", null, el("a", { href: s.url, cls: "open-study", text: t("open") })));
+      });
+      root.appendChild(el("table", { cls: "list", id: "results" }, el("thead", null, head), el("tbody", null, rows)));
+      if (data.truncated) root.appendChild(el("p", { cls: "note", text: t("search.truncated") }));
+    };
+    rerender();
+  }
+
+  // -- the study page --------------------------------------------------------------------------
+  const PRESETS = {
+    CT: [["default", null], ["lung", [-600, 1500]], ["mediastinum", [40, 400]], ["bone", [400, 1800]], ["brain", [40, 80]]],
+    MR: [["default", null], ["t1", [500, 1000]], ["t2", [800, 1600]]],
+    OTHER: [["default", null]],
+  };
+  const ZOOMS = [0.5, 0.75, 1, 1.5, 2, 3, 4, 6, 8];
+
+  function studyPage(data) {
+    const root = document.getElementById("study-root");
+    const study = data.study;
+    const series = data.series || [];
+    const view = {
+      series: 0, slice: 0, preset: "default", custom: null, zoom: 1, panX: 0, panY: 0,
+    };
+    const cache = new Map();  // url -> blob: URL (bounded; oldest revoked)
+    let controller = null;
+    let seq = 0;
+
+    function slices(s) {
+      const out = [];
+      (s ? s.instances : []).forEach(function (inst) {
+        const frames = inst.frames || 1;
+        for (let f = 1; f <= frames; f++) out.push({ inst: inst, frame: frames > 1 ? f : null, frames: frames });
+      });
+      return out;
+    }
+
+    function presetsFor(s) {
+      const m = s && s.modality;
+      return PRESETS[m === "CT" || m === "MR" ? m : "OTHER"];
+    }
+
+    function windowParam() {
+      if (view.preset === "custom" && view.custom) return view.custom;
+      const found = presetsFor(series[view.series]).find(function (p) { return p[0] === view.preset; });
+      return found ? found[1] : null;
+    }
+
+    function imageUrl(s, slice) {
+      let url = "/dicomweb/studies/" + encodeURIComponent(study.study_uid) + "/series/" + encodeURIComponent(s.series_uid)
+        + "/instances/" + encodeURIComponent(slice.inst.sop_uid);
+      url += slice.frame ? "/frames/" + slice.frame + "/rendered" : "/rendered";
+      const w = windowParam();
+      if (w) url += "?window=" + encodeURIComponent(w[0] + "," + w[1] + ",linear");
+      return url;
+    }
+
+    // -- left panel
+    function left() {
+      const p = data.patient;
+      const missing = study.missing || [];
+      const patientCard = el("section", { cls: "card", id: "patient-card" },
+        el("h2", { text: t("patient") }),
+        el("div", { cls: "patient-name", id: "patient-name", text: p.name || "—" }),
+        dl([[t("patient.id"), p.id], [t("patient.birth"), fmtDate(p.birth_date)], [t("patient.sex"), fmtSex(p.sex)],
+          [t("patient.merged"), p.requested_id !== p.id ? p.requested_id : null]]));
+      const studyCard = el("section", { cls: "card", id: "study-card" },
+        el("h2", null, t("study"), study.emergency ? el("span", { cls: "badge emergency", text: " " + t("emergency") }) : null),
+        dl([[t("study.date"), fmtDate(study.study_date) + " " + fmtTime(study.study_time)],
+          [t("study.description"), study.study_description],
+          [t("study.modalities"), (study.modalities || []).join(", ")],
+          [t("study.orgs"), (study.organisations || []).join(", ")],
+          [t("study.accession"), study.accession_number],
+          [t("study.referring"), study.referring_physician],
+          [t("study.counts"), String(study.series_count) + " / " + String(study.instance_count)],
+          [t("study.complete"), missing.length
+            ? el("span", { cls: "missing", id: "study-missing", text: t("study.missing") + ": " + missing.join(", ") })
+            : t("study.complete.ok")],
+          [t("study.uid"), el("small", { text: study.study_uid })]]));
+      const list = el("ul", { cls: "series", id: "series-list" }, series.map(function (s, i) {
+        const frames = s.instances.reduce(function (n, x) { return n + (x.frames || 1); }, 0);
+        return el("li", {
+          cls: i === view.series ? "current" : "", "data-series": s.series_uid,
+          onclick: function () { selectSeries(i); },
+        },
+        el("div", { text: (s.number !== null && s.number !== undefined ? "#" + s.number + " " : "") + (s.modality || "") + " " + (s.description || "") }),
+        el("div", { cls: "sub", text: s.instances.length + " " + t("series.images")
+          + (frames > s.instances.length ? ", " + frames + " " + t("series.frames") : "") + (s.body_part ? " · " + s.body_part : "") }));
+      }));
+      const priors = data.priors || [];
+      const priorList = priors.length
+        ? el("ul", { cls: "priors", id: "priors" }, priors.map(function (s) {
+          const newer = String(s.study_date || "") > String(study.study_date || "");
+          return el("li", { "data-study": s.study_uid },
+            el("div", null, el("a", { href: s.url, target: "_blank", rel: "noopener", title: t("priors.compare"),
+              text: fmtDate(s.study_date) + " · " + (s.modalities || []).join(", ") }), newer ? " (" + t("priors.newer") + ")" : ""),
+            el("div", { cls: "sub" }, (s.study_description || "") + " ", badge(s.report_status)),
+            el("div", { cls: "sub", text: (s.organisations || []).join(", ") }));
+        }))
+        : el("p", { cls: "hint", text: t("priors.none") });
+      return el("aside", { cls: "panel info" }, patientCard, studyCard,
+        el("section", { cls: "card" }, el("h2", { text: t("series") }), list),
+        el("section", { cls: "card" }, el("h2", { text: t("priors") }), priorList));
+    }
+
+    // -- report panel
+    function reportPanel() {
+      const r = data.report || { status: "none", reports: [] };
+      const panel = el("aside", { cls: "panel report", id: "report" },
+        el("h2", { text: t("report") }),
+        el("div", { cls: "report-status " + r.status, id: "report-status", "data-status": r.status, text: t("report." + r.status) }));
+      (r.reports || []).forEach(function (rep) {
+        const block = el("section", { cls: "report-block " + rep.status, "data-report": rep.report_id });
+        if (rep.status === "draft") {
+          block.appendChild(el("h3", { text: t("report.draft-mark") }));
+          if (rep.protocol_text === null && rep.conclusion_text === null) {
+            block.appendChild(el("p", { cls: "hint", text: t("report.draft-hidden") }));
+            panel.appendChild(block);
+            return;
+          }
+        }
+        block.appendChild(el("h3", { text: t("report.protocol") }));
+        block.appendChild(el("div", { cls: "report-text protocol", text: rep.protocol_text || "" }));
+        block.appendChild(el("h3", { text: t("report.conclusion") }));
+        block.appendChild(el("div", { cls: "report-text conclusion", text: rep.conclusion_text || "" }));
+        if (rep.signer) {
+          block.appendChild(el("div", { cls: "signature", text: t("report.signed-by") + ": " + person(rep.signer) + ", " + fmtDateTime(rep.signed_at) }));
+        } else if (rep.author) {
+          block.appendChild(el("div", { cls: "signature", text: t("report.author") + ": " + person(rep.author) }));
+        }
+        (rep.amendments || []).forEach(function (a) {
+          block.appendChild(el("details", { cls: "amendment" },
+            el("summary", { text: t("report.amendment") + " " + a.number + ": " + person(a.amended_by) + ", " + fmtDateTime(a.amended_at) }),
+            el("p", { text: t("report.reason") + ": " + (a.reason || "") }),
+            el("p", null, el("b", { text: t("report.before") + ". " + t("report.protocol") + ": " }), a.protocol_before || ""),
+            el("p", null, el("b", { text: t("report.conclusion") + ": " }), a.conclusion_before || "")));
+        });
+        panel.appendChild(block);
+      });
+      return panel;
+    }
+
+    // -- the viewer
+    const img = el("img", { id: "image", alt: "", draggable: "false" });
+    const stateBox = el("div", { cls: "state", id: "viewer-state" });
+    const overlayTL = el("div", { cls: "overlay tl" });
+    const overlayTR = el("div", { cls: "overlay tr" });
+    const overlayBL = el("div", { cls: "overlay bl" });
+    const overlayBR = el("div", { cls: "overlay br" });
+    const viewport = el("div", { cls: "viewport", id: "viewport", tabindex: "0" }, img, stateBox, overlayTL, overlayTR, overlayBL, overlayBR);
+    const slider = el("input", { type: "range", id: "slice-slider", min: "0", max: "0", value: "0", step: "1" });
+    const sliceInfo = el("span", { id: "slice-info" });
+
+    function viewer() {
+      const s = series[view.series];
+      const presetButtons = presetsFor(s).map(function (p) {
+        return el("button", {
+          type: "button", cls: view.preset === p[0] ? "active" : "", "data-preset": p[0], text: t("viewer." + p[0]),
+          title: p[1] ? t("viewer.center") + " " + p[1][0] + " / " + t("viewer.width") + " " + p[1][1] : "",
+          onclick: function () { view.preset = p[0]; render(); },
+        });
+      });
+      const c = el("input", { type: "number", id: "win-center", value: view.custom ? view.custom[0] : "", title: t("viewer.center"), placeholder: t("viewer.center") });
+      const w = el("input", { type: "number", id: "win-width", min: "1", value: view.custom ? view.custom[1] : "", title: t("viewer.width"), placeholder: t("viewer.width") });
+      const apply = el("button", {
+        type: "button", cls: view.preset === "custom" ? "active" : "", text: t("viewer.custom"),
+        onclick: function () {
+          const cv = Number(c.value), wv = Number(w.value);
+          if (c.value === "" || w.value === "" || !isFinite(cv) || !isFinite(wv) || wv < 1) return;
+          view.custom = [cv, wv]; view.preset = "custom"; render();
+        },
+      });
+      const toolbar = el("div", { cls: "toolbar", id: "toolbar" },
+        el("span", { cls: "group", id: "presets" }, el("span", { text: t("viewer.window") + ":" }), presetButtons, c, w, apply),
+        el("span", { cls: "group" }, el("span", { text: t("viewer.zoom") + ":" }),
+          el("button", { type: "button", id: "zoom-out", text: "−", onclick: function () { zoomBy(-1); } }),
+          el("button", { type: "button", id: "zoom-in", text: "+", onclick: function () { zoomBy(1); } }),
+          el("button", { type: "button", id: "zoom-fit", text: t("viewer.fit"), onclick: function () { view.zoom = 1; view.panX = view.panY = 0; transform(); } })));
+      const bar = el("div", { cls: "scrollbar" },
+        el("button", { type: "button", id: "prev", text: "▲", onclick: function () { step(-1); } }),
+        slider,
+        el("button", { type: "button", id: "next", text: "▼", onclick: function () { step(1); } }),
+        sliceInfo);
+      return el("section", { cls: "viewer" }, toolbar, viewport, bar,
+        el("div", { cls: "scrollbar hint", text: t("viewer.help") }));
+    }
+
+    function transform() {
+      img.style.transform = "translate(" + view.panX + "px," + view.panY + "px) scale(" + view.zoom + ")";
+      img.classList.toggle("pixelated", view.zoom >= 2);
+      overlays();
+    }
+
+    function zoomBy(direction) {
+      let i = ZOOMS.findIndex(function (z) { return z >= view.zoom - 1e-9; });
+      if (i < 0) i = ZOOMS.length - 1;
+      i = Math.max(0, Math.min(ZOOMS.length - 1, i + direction));
+      view.zoom = ZOOMS[i];
+      if (view.zoom <= 1) view.panX = view.panY = 0;
+      transform();
+    }
+
+    function overlays() {
+      const s = series[view.series];
+      const all = slices(s);
+      const cur = all[view.slice];
+      const p = data.patient;
+      overlayTL.textContent = (p.name || "") + "\n" + p.id;
+      overlayTL.style.whiteSpace = "pre";
+      overlayTR.style.whiteSpace = "pre";
+      overlayTR.textContent = fmtDate(study.study_date) + "\n" + (s ? ((s.modality || "") + " " + (s.description || "")) : "");
+      const w = windowParam();
+      overlayBR.textContent = (w ? t("viewer.center") + " " + w[0] + " " + t("viewer.width") + " " + w[1] : t("viewer.default"))
+        + " · " + Math.round(view.zoom * 100) + "%";
+      if (!cur) { overlayBL.textContent = ""; sliceInfo.textContent = ""; return; }
+      const text = t("viewer.image") + " " + (view.slice + 1) + " / " + all.length
+        + (cur.inst.number !== null && cur.inst.number !== undefined ? " · " + t("viewer.number") + " " + cur.inst.number : "")
+        + (cur.frame ? " · " + t("viewer.frame") + " " + cur.frame + " / " + cur.frames : "");
+      overlayBL.textContent = text;
+      sliceInfo.textContent = text;
+      sliceInfo.setAttribute("data-instance-number", cur.inst.number === null || cur.inst.number === undefined ? "" : String(cur.inst.number));
+      sliceInfo.setAttribute("data-sop", cur.inst.sop_uid);
+      sliceInfo.setAttribute("data-frame", cur.frame ? String(cur.frame) : "");
+      sliceInfo.setAttribute("data-index", String(view.slice));
+    }
+
+    function remember(url, blobUrl) {
+      cache.set(url, blobUrl);
+      if (cache.size > 300) {
+        const oldest = cache.keys().next().value;
+        const gone = cache.get(oldest);
+        cache.delete(oldest);
+        if (gone !== img.src) URL.revokeObjectURL(gone);
+      }
+    }
+
+    function show() {
+      const s = series[view.series];
+      const all = slices(s);
+      overlays();
+      if (!all.length) { img.removeAttribute("src"); stateBox.textContent = t("viewer.no-images"); return; }
+      const url = imageUrl(s, all[view.slice]);
+      const ticket = ++seq;
+      if (cache.has(url)) { img.src = cache.get(url); img.setAttribute("data-url", url); stateBox.textContent = ""; return; }
+      if (controller) controller.abort();
+      controller = new AbortController();
+      stateBox.textContent = t("viewer.loading");
+      fetch(url, { credentials: "same-origin", headers: { Accept: "image/png" }, signal: controller.signal })
+        .then(function (r) {
+          if (!r.ok) {
+            const known = { 401: 1, 403: 1, 404: 1, 406: 1 };
+            throw new Error(known[r.status] ? t("viewer.err." + r.status) : t("viewer.err.other") + " (HTTP " + r.status + ")");
+          }
+          return r.blob();
+        })
+        .then(function (blob) {
+          const blobUrl = URL.createObjectURL(blob);
+          remember(url, blobUrl);
+          if (ticket !== seq) return;
+          img.src = blobUrl;
+          img.setAttribute("data-url", url);
+          stateBox.textContent = "";
+        })
+        .catch(function (e) {
+          if (e && e.name === "AbortError") return;
+          if (ticket !== seq) return;
+          img.removeAttribute("src");
+          stateBox.textContent = e && e.message ? e.message : t("viewer.err.other");
+        });
+    }
+
+    function go(index) {
+      const all = slices(series[view.series]);
+      if (!all.length) return;
+      const next = Math.max(0, Math.min(all.length - 1, index));
+      if (next === view.slice && img.getAttribute("src")) return;
+      view.slice = next;
+      slider.value = String(next);
+      show();
+    }
+
+    function step(delta) { go(view.slice + delta); }
+
+    function selectSeries(i) {
+      view.series = i;
+      view.slice = 0;
+      const names = presetsFor(series[i]).map(function (p) { return p[0]; });
+      if (view.preset !== "custom" && names.indexOf(view.preset) < 0) view.preset = "default";
+      render();
+    }
+
+    // input: wheel and keys scroll, ctrl+wheel and +/- zoom, drag pans
+    viewport.addEventListener("wheel", function (e) {
+      e.preventDefault();
+      if (e.ctrlKey) zoomBy(e.deltaY < 0 ? 1 : -1);
+      else step(e.deltaY > 0 ? 1 : -1);
+    }, { passive: false });
+    document.addEventListener("keydown", function (e) {
+      const tag = (e.target && e.target.tagName) || "";
+      if (tag === "INPUT" && e.target.type !== "range") return;
+      const keys = {
+        ArrowDown: function () { step(1); }, ArrowRight: function () { step(1); },
+        ArrowUp: function () { step(-1); }, ArrowLeft: function () { step(-1); },
+        PageDown: function () { step(10); }, PageUp: function () { step(-10); },
+        Home: function () { go(0); }, End: function () { go(1e9); },
+        "+": function () { zoomBy(1); }, "=": function () { zoomBy(1); }, "-": function () { zoomBy(-1); },
+        "0": function () { view.zoom = 1; view.panX = view.panY = 0; transform(); },
+      };
+      const action = keys[e.key];
+      if (action) { e.preventDefault(); action(); }
+    });
+    slider.addEventListener("input", function () { go(Number(slider.value)); });
+    let drag = null;
+    viewport.addEventListener("mousedown", function (e) {
+      if (e.button !== 0) return;
+      drag = { x: e.clientX, y: e.clientY, panX: view.panX, panY: view.panY };
+      viewport.classList.add("dragging");
+      viewport.focus();
+    });
+    window.addEventListener("mousemove", function (e) {
+      if (!drag) return;
+      view.panX = drag.panX + e.clientX - drag.x;
+      view.panY = drag.panY + e.clientY - drag.y;
+      transform();
+    });
+    window.addEventListener("mouseup", function () { drag = null; viewport.classList.remove("dragging"); });
+    viewport.addEventListener("dblclick", function () { view.zoom = 1; view.panX = view.panY = 0; transform(); });
+
+    function render() {
+      root.textContent = "";
+      root.appendChild(left());
+      root.appendChild(viewer());
+      root.appendChild(reportPanel());
+      const all = slices(series[view.series]);
+      slider.max = String(Math.max(0, all.length - 1));
+      slider.value = String(view.slice);
+      slider.disabled = all.length < 2;
+      transform();
+      show();
+    }
+    rerender = render;
+    render();
+  }
+
+  // -- start -------------------------------------------------------------------------------------
+  function start() {
+    const node = document.getElementById("cami-data");
+    const data = node ? JSON.parse(node.textContent) : { page: "message" };
+    const toggle = document.getElementById("lang-toggle");
+    if (toggle) toggle.addEventListener("click", function () { setLang(lang === "ru" ? "en" : "ru"); });
+    applyLang();
+    if (data.page === "signin") signinPage(data);
+    else if (data.page === "search") searchPage(data);
+    else if (data.page === "study") studyPage(data);
+    document.body.setAttribute("data-ready", "1");
+  }
+
+  if (document.readyState === "loading") document.addEventListener("DOMContentLoaded", start);
+  else start();
+})();

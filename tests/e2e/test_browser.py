@@ -1,0 +1,193 @@
+"""The study page in a real browser: Debian's headless Chromium, driven by selenium through
+Debian's chromedriver (nothing is downloaded), against a running archive with a CT series and a
+signed report. Screenshots go to ``tests/artifacts/`` (not committed) for a person to look at."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+from urllib.parse import urlencode
+
+import pytest
+from selenium import webdriver
+from selenium.webdriver.chrome.options import Options
+from selenium.webdriver.chrome.service import Service
+from selenium.webdriver.common.action_chains import ActionChains
+from selenium.webdriver.common.actions.wheel_input import ScrollOrigin
+from selenium.webdriver.common.by import By
+from selenium.webdriver.common.keys import Keys
+from selenium.webdriver.remote.webdriver import WebDriver
+from selenium.webdriver.support.ui import WebDriverWait
+
+from tests.integration.test_study_page import CONCLUSION, PATIENT, PROTOCOL, Scene, build_scene, study_url
+
+ARTIFACTS = Path(__file__).resolve().parent.parent / "artifacts"
+CHROMIUM = "/usr/bin/chromium"
+CHROMEDRIVER = "/usr/bin/chromedriver"
+WAIT = 60
+
+IMAGE_SHOWN = """
+const img = document.getElementById('image');
+if (!img || !img.complete || !img.naturalWidth || !img.getAttribute('src')) return null;
+const canvas = document.createElement('canvas');
+canvas.width = img.naturalWidth; canvas.height = img.naturalHeight;
+const ctx = canvas.getContext('2d');
+ctx.drawImage(img, 0, 0);
+const px = ctx.getImageData(0, 0, canvas.width, canvas.height).data;
+let lo = 255, hi = 0;
+for (let i = 0; i < px.length; i += 4) { lo = Math.min(lo, px[i]); hi = Math.max(hi, px[i]); }
+return {width: img.naturalWidth, url: img.getAttribute('data-url'), lo: lo, hi: hi};
+"""
+
+
+@pytest.fixture(scope="module")
+def scene(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Scene]:
+    built = build_scene(tmp_path_factory.mktemp("browser"))
+    yield built
+    built.side.stop()
+
+
+@pytest.fixture()
+def browser(monkeypatch: pytest.MonkeyPatch) -> Iterator[WebDriver]:
+    options = Options()
+    options.binary_location = CHROMIUM
+    for argument in ("--headless=new", "--no-sandbox", "--window-size=1280,1024", "--disable-dev-shm-usage"):
+        options.add_argument(argument)
+    # with both paths given selenium-manager has nothing to find; offline makes sure it fetches nothing
+    monkeypatch.setenv("SE_OFFLINE", "true")
+    driver = webdriver.Chrome(service=Service(CHROMEDRIVER), options=options)
+    try:
+        yield driver
+    finally:
+        driver.quit()
+
+
+def shot(driver: WebDriver, name: str) -> None:
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    assert driver.save_screenshot(str(ARTIFACTS / f"{name}.png"))
+
+
+def wait_image(driver: WebDriver, changed_from: str | None = None) -> dict[str, object]:
+    """Until the viewer shows a decoded, non-blank image (other than ``changed_from``)."""
+
+    def ready(d: WebDriver) -> dict[str, object] | None:
+        shown = d.execute_script(IMAGE_SHOWN)
+        if not shown or shown["url"] == changed_from:
+            return None
+        return dict(shown)
+
+    shown = WebDriverWait(driver, WAIT).until(ready, "the viewer shows no image")
+    assert int(str(shown["width"])) > 0 and shown["hi"] != shown["lo"], shown  # pixels, not a blank square
+    return shown
+
+
+def instance_number(driver: WebDriver) -> str:
+    return str(driver.find_element(By.ID, "slice-info").get_attribute("data-instance-number"))
+
+
+def wait_instance(driver: WebDriver, number: str) -> None:
+    WebDriverWait(driver, WAIT).until(lambda d: instance_number(d) == number, f"instance {number} not shown")
+
+
+def test_sign_in_open_the_mis_link_see_image_and_report_and_scroll(scene: Scene, browser: WebDriver) -> None:
+    side = scene.side
+    before = {e.envelope.event_id for e in side.accesses()}
+    link = side.url + study_url(PATIENT, scene.study)
+
+    # the MIS link, not signed in: the sign-in page, then back to the study
+    browser.get(link)
+    WebDriverWait(browser, WAIT).until(lambda d: d.find_elements(By.ID, "signin-form"))
+    assert browser.find_element(By.TAG_NAME, "h1").text == "Вход"
+    shot(browser, "01-sign-in")
+    browser.find_element(By.ID, "user").send_keys("dr.petrov")
+    browser.find_element(By.ID, "token").send_keys(side.tokens["dr.petrov"])
+    browser.find_element(By.ID, "signin-submit").click()
+    WebDriverWait(browser, WAIT).until(lambda d: d.find_elements(By.ID, "patient-card"))
+    assert browser.current_url == link
+
+    # an image and the signed report
+    first = wait_image(browser)
+    assert scene.ct_sops[0] in str(first["url"])
+    assert browser.find_element(By.ID, "patient-name").text == "Кузнецова Мария Ильинична"
+    status = browser.find_element(By.ID, "report-status")
+    assert status.get_attribute("data-status") == "signed" and status.text == "Заключение подписано"
+    conclusion = browser.find_element(By.CSS_SELECTOR, "#report .report-text.conclusion")
+    protocol = browser.find_element(By.CSS_SELECTOR, "#report .report-text.protocol")
+    assert conclusion.is_displayed() and conclusion.text == CONCLUSION
+    assert protocol.is_displayed() and protocol.text == PROTOCOL
+    assert instance_number(browser) == "1"
+    shot(browser, "02-study-page")
+
+    # scroll: arrow key, mouse wheel, slider end
+    ActionChains(browser).send_keys(Keys.ARROW_DOWN).perform()
+    wait_instance(browser, "2")
+    second = wait_image(browser, changed_from=str(first["url"]))
+    assert scene.ct_sops[1] in str(second["url"])
+    viewport = browser.find_element(By.ID, "viewport")
+    ActionChains(browser).scroll_from_origin(ScrollOrigin.from_element(viewport), 0, 120).perform()
+    wait_instance(browser, "3")
+    third = wait_image(browser, changed_from=str(second["url"]))
+    ActionChains(browser).send_keys(Keys.END).perform()
+    wait_instance(browser, "4")
+    wait_image(browser, changed_from=str(third["url"]))
+    shot(browser, "03-scrolled")
+
+    # CT window presets and zoom
+    browser.find_element(By.CSS_SELECTOR, '#presets button[data-preset="lung"]').click()
+    WebDriverWait(browser, WAIT).until(lambda d: "window=" in str((d.execute_script(IMAGE_SHOWN) or {}).get("url")))
+    lung = wait_image(browser)
+    assert "window=-600%2C1500%2Clinear" in str(lung["url"])
+    browser.find_element(By.ID, "zoom-in").click()
+    browser.find_element(By.ID, "zoom-in").click()
+    assert "scale(2)" in str(browser.find_element(By.ID, "image").get_attribute("style"))
+    shot(browser, "04-lung-window-zoomed")
+
+    # the multi-frame object: its frames scroll like slices
+    browser.find_elements(By.CSS_SELECTOR, "#series-list li")[1].click()
+    WebDriverWait(browser, WAIT).until(lambda d: d.find_element(By.ID, "slice-info").get_attribute("data-frame") == "1")
+    frame1 = wait_image(browser, changed_from=str(lung["url"]))
+    assert "/frames/1/rendered" in str(frame1["url"])
+    ActionChains(browser).send_keys(Keys.ARROW_DOWN).perform()
+    WebDriverWait(browser, WAIT).until(lambda d: d.find_element(By.ID, "slice-info").get_attribute("data-frame") == "2")
+    assert "/frames/2/rendered" in str(wait_image(browser, changed_from=str(frame1["url"]))["url"])
+    shot(browser, "05-multiframe")
+
+    # English, remembered across pages
+    browser.find_element(By.ID, "lang-toggle").click()
+    assert browser.find_element(By.ID, "report-status").text == "Report signed"
+    browser.get(side.url + "/search?patient=" + PATIENT)
+    WebDriverWait(browser, WAIT).until(lambda d: d.find_elements(By.CSS_SELECTOR, "#results tbody tr"))
+    rows = browser.find_elements(By.CSS_SELECTOR, "#results tbody tr")
+    assert [r.get_attribute("data-study") for r in rows] == [scene.study, scene.draft, scene.prior]
+    assert browser.find_element(By.CSS_SELECTOR, "#search-form button").text == "Search"
+    shot(browser, "06-search-english")
+
+    # the audit trail: the page view is one event; each image the viewer fetched is its own WADO read
+    new = [e for e in side.accesses() if e.envelope.event_id not in before]
+    views = [e for e in new if e.payload["channel"] == "study-page" and e.payload["action"] == "view"]
+    assert len(views) == 1
+    assert views[0].payload["StudyInstanceUID"] == scene.study and views[0].payload["PatientID"] == PATIENT
+    assert views[0].envelope.actor.user == "dr.petrov"
+    images = [e for e in new if e.payload["channel"] == "wado-rs"]
+    assert images and all(e.payload["StudyInstanceUID"] == scene.study for e in images)
+    assert {e.payload["SOPInstanceUID"] for e in images} >= set(scene.ct_sops)
+
+    # a link from another site arrives without the SameSite=Strict cookie and lands on the sign-in
+    # page: the page finds the session (same-origin request) and goes on to the study by itself
+    browser.get(side.url + "/signin?" + urlencode({"next": study_url(PATIENT, scene.study)}))
+    WebDriverWait(browser, WAIT).until(lambda d: d.current_url == link)
+    wait_image(browser)
+
+
+def test_a_role_without_images_sees_the_403_page(scene: Scene, browser: WebDriver) -> None:
+    side = scene.side
+    browser.get(side.url + "/signin")
+    browser.find_element(By.ID, "user").send_keys("it")
+    browser.find_element(By.ID, "token").send_keys(side.tokens["it"])
+    browser.find_element(By.ID, "signin-submit").click()
+    WebDriverWait(browser, WAIT).until(lambda d: "/search" in d.current_url)
+    browser.get(side.url + study_url(PATIENT, scene.study))
+    WebDriverWait(browser, WAIT).until(lambda d: d.find_elements(By.ID, "message"))
+    assert browser.find_element(By.TAG_NAME, "h1").text == "403"
+    assert "Кузнецова" not in browser.page_source
+    shot(browser, "07-forbidden")
