@@ -327,7 +327,9 @@ def associate(target: Target) -> Any:
     if not assoc.is_established:
         raise RuntimeError(f"{target.name}: Q/R association not established")
     # as dcmtk's findscu with TCP_NODELAY=1: without it Nagle + delayed ACK add ~40 ms per exchange
-    assoc.dul.socket.socket.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    transport = assoc.dul.socket
+    assert transport is not None and transport.socket is not None
+    transport.socket.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
     return assoc
 
 
