@@ -537,13 +537,14 @@ def create_app(
         return JSONResponse({"study_instance_uid": study_uid, "reports": [s.view() for s in states]})
 
     # the read side: each module adds its routes; every read is recorded through one recorder
-    from api import dicomweb, web
+    from api import dicomweb, oversight, web
     from api.access import AccessRecorder
 
     recorder = AccessRecorder(archive.event_log, source_node=f"http:{_node()}")
     app.state.access = recorder
     dicomweb.install(app, archive, recorder)
     web.install(app, archive, recorder)
+    oversight.install(app, archive, recorder)
     return app
 
 

@@ -1,0 +1,97 @@
+"""What regional IT and auditors read over HTTP: the monitoring dashboards' figures and the audit trail.
+
+``/api/monitoring/...`` (MONITORING_ROLES: regional IT, administrators) answers from the monitoring
+projection: per organisation, per minute, silent senders, transfer states. It holds no patient
+data (organisations, AE titles, counts), so reading it is not a record access.
+
+``/api/audit/...`` (AUDIT_ROLES: auditors, administrators) answers from the audit trail: the
+history of one record and the hash-chain check. An entry names patient IDs and study UIDs, so
+each history read is itself recorded (``view`` via ``api``), like every other read of patient data.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from fastapi import Depends, FastAPI, Query, Request
+from fastapi.concurrency import run_in_threadpool
+from fastapi.encoders import jsonable_encoder
+from fastapi.responses import JSONResponse
+
+from api.access import AUDIT_ROLES, MONITORING_ROLES, AccessRecorder, Reader
+from api.auth import User
+from api.bootstrap import Archive
+from api.http import ApiError, require
+from projections import audit, monitoring
+
+#: the longest window a dashboard may ask for at once (the tables hold everything; this bounds a scan)
+MAX_WINDOW = timedelta(days=366)
+
+
+def _since(minutes: int) -> datetime:
+    return datetime.now(UTC) - timedelta(minutes=minutes)
+
+
+def _json(data: Any) -> JSONResponse:
+    return JSONResponse(jsonable_encoder(data))
+
+
+def install(app: FastAPI, archive: Archive, recorder: AccessRecorder) -> None:
+    it_user = Depends(require(MONITORING_ROLES))
+    auditor = Depends(require(AUDIT_ROLES))
+    window = Query(60, ge=1, le=int(MAX_WINDOW.total_seconds() // 60), description="minutes back from now")
+
+    @app.get("/api/monitoring/organisations", tags=["monitoring"], summary="per organisation, over a window")
+    def organisations(minutes: int = window, user: User = it_user) -> JSONResponse:
+        since = _since(minutes)
+        return _json({"since": since, "organisations": monitoring.organisation_summary(archive.warehouse, since)})
+
+    @app.get(
+        "/api/monitoring/organisations/{organisation}/minutes",
+        tags=["monitoring"],
+        summary="one organisation, minute by minute",
+    )
+    def minutes_of(organisation: str, minutes: int = window, user: User = it_user) -> JSONResponse:
+        if not organisation or len(organisation) > 64 or not organisation.replace(".", "").isdigit():
+            raise ApiError(400, "invalid-parameter", {"parameter": "organisation", "problem": "not an OID"})
+        rows = monitoring.per_minute(archive.warehouse, organisation, _since(minutes))
+        return _json({"organisation": organisation, "minutes": rows})
+
+    @app.get("/api/monitoring/silent-senders", tags=["monitoring"], summary="AE titles silent for a while")
+    def silent(
+        minutes: int = Query(60, ge=1, le=int(MAX_WINDOW.total_seconds() // 60)), user: User = it_user
+    ) -> JSONResponse:
+        return _json({"senders": monitoring.stalled_senders(archive.warehouse, timedelta(minutes=minutes))})
+
+    @app.get("/api/monitoring/transfers", tags=["monitoring"], summary="transfer states and agents")
+    def transfers(user: User = it_user) -> JSONResponse:
+        return _json({"organisations": monitoring.transfer_states(archive.warehouse)})
+
+    @app.get("/api/audit/records/{record}", tags=["audit"], summary="every audit entry of one record, in order")
+    async def history(record: str, request: Request, user: User = auditor) -> JSONResponse:
+        if not record or len(record) > 128 or any(ord(ch) < 0x20 for ch in record):
+            raise ApiError(400, "invalid-parameter", {"parameter": "record", "problem": "not a record id"})
+        entries = await run_in_threadpool(audit.history, archive.warehouse, record)
+        if not entries:
+            raise ApiError(404, "not-found", "no audit entries for this record")
+        reader = Reader(user.actor, user.organisation, request.client.host if request.client else None)
+        patients = {e["patient_id"] for e in entries if e["patient_id"]}
+        studies = {e["study_instance_uid"] for e in entries if e["study_instance_uid"]}
+        await run_in_threadpool(
+            lambda: recorder.record(
+                reader,
+                action="view",
+                channel="api",
+                study_uid=record if record in studies else None,
+                patient_id=next(iter(patients)) if len(patients) == 1 else None,
+                query={"audit_record": record},
+                results=len(entries),
+            )
+        )
+        return _json({"record": record, "entries": entries})
+
+    @app.get("/api/audit/verify", tags=["audit"], summary="recompute the hash chains from the stored entries")
+    async def verify(record: str | None = None, user: User = auditor) -> JSONResponse:
+        report = await run_in_threadpool(audit.verify_chain, archive.warehouse, record)
+        return _json(report.to_dict())
