@@ -20,10 +20,13 @@ from typing import Any, cast
 from pynetdicom import AE, ALL_TRANSFER_SYNTAXES, AllStoragePresentationContexts, evt
 from pynetdicom.transport import ThreadedAssociationServer
 
+from ingest import netio
 from ingest.handlers import handle_echo, handle_established, handle_rejected, handle_store
 from ingest.pipeline import Ingestor
 from ingest.senders import Senders
 from streams import EventLog
+
+netio.install()  # pynetdicom must survive descriptor numbers above 1023 (see ingest/netio.py)
 
 VERIFICATION = "1.2.840.10008.1.1"
 STORAGE_COMMITMENT_PUSH = "1.2.840.10008.1.20.1"
