@@ -361,7 +361,7 @@ def organisation_summary(warehouse: Warehouse, since: datetime) -> list[dict[str
         entry(row["organisation"])["rejections_by_reason"][row["reason"]] = row["n"]
     turnaround_sql = f"""
         SELECT organisation, count() AS reports_signed,
-               quantileExact(0.5)(seconds) AS turnaround_median_s, max(seconds) AS turnaround_max_s
+               quantileExactInclusive(0.5)(seconds) AS turnaround_median_s, max(seconds) AS turnaround_max_s
         FROM ({_TURNAROUND}) GROUP BY organisation"""
     for row in warehouse.query(turnaround_sql, params).dicts():
         entry(row["organisation"]).update(row)

@@ -155,7 +155,7 @@ def check_monitoring_figures(warehouse: Warehouse) -> None:
     # Arrivals count objects received: 3 + 2 + 2 + 1 = 8, 3000 + 4000 + 1100 + 800 = 8900 B.
     # Incomplete objects: study 2's two and study 3's first; incomplete package: study 2 only.
     # Signed: 1 (10:00 -> 10:30, 1800 s) and 2 (09:00 -> 11:00, 7200 s); awaiting: 3 and 7.
-    # quantileExact(0.5) of two values is the upper one (an observed turnaround, not the mean).
+    # The median is interpolated (quantileExactInclusive): (1800 + 7200) / 2 = 4500 s.
     org_a = _summary(
         ORG_A,
         instances=8,
@@ -167,7 +167,7 @@ def check_monitoring_figures(warehouse: Warehouse) -> None:
         incomplete_packages=1,
         awaiting_report=2,
         reports_signed=2,
-        turnaround_median_s=7200,
+        turnaround_median_s=4500,  # the interpolated median of 1800 s and 7200 s
         turnaround_max_s=7200,
         last_seen=at("2025-04-10 09:01:00"),  # the second refused object
     )
