@@ -134,16 +134,4 @@ cmd_check() {
     ((missing == 0)) || die "some DICOM peers are missing; run: bash $INFRA_DIR/dicom-peers.sh install"
 }
 
-main() {
-    (($#)) || usage
-    local sub="$1"
-    shift
-    case "$sub" in
-    install) cmd_install "$@" ;;
-    check) cmd_check "$@" ;;
-    -h | --help | help) usage ;;
-    *) die "unknown subcommand '$sub' (install|check)" ;;
-    esac
-}
-
-main "$@"
+dispatch "install check" "$@"

@@ -167,3 +167,31 @@ abs_dir() {
     mkdir -p "$1"
     (cd "$1" && pwd)
 }
+
+# status of a server started by one of our scripts: running -> print the file naming where it
+# listens (address, endpoint, URL) and return 0; not running -> return 1
+server_status() { # PID_FILE MARKER ADDRESS_FILE
+    local pid
+    if pid="$(read_live_pid "$1" "$2")"; then
+        debug "running (pid $pid)"
+        cat "$3" 2>/dev/null || true
+        return 0
+    fi
+    debug "not running"
+    return 1
+}
+
+# main() of a script with subcommands: "SUB ARGS..." runs cmd_SUB ARGS... when SUB is one of
+# SUBCOMMANDS (a space-separated list); help prints the usage
+dispatch() { # "SUBCOMMANDS" SUB [ARGS...]
+    local known="$1"
+    shift
+    (($#)) || usage
+    local sub="$1"
+    shift
+    case "$sub" in
+    -h | --help | help) usage ;;
+    esac
+    [[ " $known " == *" $sub "* ]] || die "unknown subcommand '$sub' (${known// /|})"
+    "cmd_$sub" "$@"
+}

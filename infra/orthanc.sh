@@ -214,28 +214,7 @@ cmd_kill() {
 
 cmd_status() {
     parse_opts "$@"
-    local pid
-    if pid="$(read_live_pid "$PID_FILE" "$PID_MARKER")"; then
-        debug "running (pid $pid)"
-        cat "$DIR/url" 2>/dev/null || true
-        return 0
-    fi
-    debug "not running"
-    return 1
+    server_status "$PID_FILE" "$PID_MARKER" "$DIR/url"
 }
 
-main() {
-    (($#)) || usage
-    local sub="$1"
-    shift
-    case "$sub" in
-    start) cmd_start "$@" ;;
-    stop) cmd_stop "$@" ;;
-    kill) cmd_kill "$@" ;;
-    status) cmd_status "$@" ;;
-    -h | --help | help) usage ;;
-    *) die "unknown subcommand '$sub' (start|stop|kill|status)" ;;
-    esac
-}
-
-main "$@"
+dispatch "start stop kill status" "$@"
