@@ -42,7 +42,9 @@ class Archive:
 
     def refresh_sop_index(self) -> None:
         index = self.sop_index
-        EmbeddedRunner(self.event_log, [(SopIndexProjection(_node()), SopIndexSink(index))]).catch_up(timeout=60)
+        # the group carries the file's generation: a new file reads the log from offset 0
+        projection = SopIndexProjection(index.projection_name(_node()))
+        EmbeddedRunner(self.event_log, [(projection, SopIndexSink(index))]).catch_up(timeout=60)
 
     @property
     def ingestor(self) -> Ingestor:

@@ -21,7 +21,7 @@ from typing import Any
 
 from pydicom.dataset import Dataset
 
-from ingest.blobs import BlobRef, BlobStore, BlobStoreError
+from ingest.blobs import BlobRef, BlobStore, BlobStoreError, sha256_hex
 from ingest.dicom import MalformedObject, Received, parse, part10, split_part10
 from ingest.sop_index import HeldInstance, SopIndex
 from ingest.statuses import Status
@@ -180,17 +180,10 @@ class Ingestor:
             "study_instance_uid": attrs["StudyInstanceUID"],
             "missing": inspection.missing,
         }
-        with self._instance_lock(uid):
-            try:
-                blob = self.blobs.put(received.part10)
-            except BlobStoreError as exc:
-                log.error("blob store failed for %s: %s", uid, exc)
-                refusal = Refusal(
-                    "storage-unavailable",
-                    Status.OUT_OF_RESOURCES,
-                    "archive storage unavailable, nothing stored; please retry",
-                )
-                return self._refuse(refusal, arrival, received.part10, inspection=inspection)
+        digest = sha256_hex(received.part10)
+        # the study lock too: two new instances of one study under two patients must not both
+        # pass the check; always study first, then instance, so two arrivals cannot deadlock
+        with self._instance_lock(f"study {attrs['StudyInstanceUID']}"), self._instance_lock(uid):
             if uid in self._uncertain and self.refresh_index is not None:
                 # a broker that died after writing but before acknowledging leaves the event in
                 # the log: learn it before deciding, so a re-send does not record it twice
@@ -204,13 +197,27 @@ class Ingestor:
                         Status.OUT_OF_RESOURCES,
                         "archive event log unavailable, nothing recorded",
                         reason="log-unavailable",
-                        blob=blob,
                         **base,
                     )
             held = self.sop_index.versions(uid)
-            for version in held:
-                if version.sha256 == blob.sha256:
-                    return Outcome(Status.SUCCESS, None, blob=blob, duplicate=True, version=version.version, **base)
+            same = next((version for version in held if version.sha256 == digest), None)
+            if same is None:
+                # decided before the blob is written: a refused conflict leaves nothing behind
+                conflict = self._conflict(attrs, arrival, held)
+                if conflict is not None:
+                    return self._refuse(conflict, arrival, received.part10, inspection=inspection)
+            try:
+                blob = self.blobs.put(received.part10, expected_sha256=digest)
+            except BlobStoreError as exc:
+                log.error("blob store failed for %s: %s", uid, exc)
+                refusal = Refusal(
+                    "storage-unavailable",
+                    Status.OUT_OF_RESOURCES,
+                    "archive storage unavailable, nothing stored; please retry",
+                )
+                return self._refuse(refusal, arrival, received.part10, inspection=inspection)
+            if same is not None:  # identical bytes, whoever sends them: nothing changes
+                return Outcome(Status.SUCCESS, None, blob=blob, duplicate=True, version=same.version, **base)
             number = held[-1].version + 1 if held else 1
             event = self._received_event(attrs, inspection, arrival, blob, number, received.transfer_syntax)
             try:
@@ -227,12 +234,54 @@ class Ingestor:
                     **base,
                 )
             self.sop_index.record(
-                HeldInstance(uid, number, blob.sha256, attrs["SOPClassUID"], attrs["StudyInstanceUID"])
+                HeldInstance(
+                    uid,
+                    number,
+                    blob.sha256,
+                    attrs["SOPClassUID"],
+                    attrs["StudyInstanceUID"],
+                    attrs["SeriesInstanceUID"],
+                    attrs["PatientID"],
+                    arrival.organisation,
+                )
             )
         outcome = Outcome(Status.SUCCESS, None, blob=blob, event=event, version=number, **base)
         if header is not None:
             self._run_document_hooks(header, outcome, arrival)
         return outcome
+
+    def _conflict(self, attrs: dict[str, Any], arrival: Arrival, held: Sequence[HeldInstance]) -> Refusal | None:
+        """Why new bytes may not join what is held (None: they may). Viewers rely on the patient
+        and the study of what they open: only the organisation that sent an instance may send a
+        new version of it, and never under another study, series or patient. A patient's identity
+        is corrected by PatientUpdated / PatientsMerged events, not by re-sending objects.
+        The comments fit ErrorComment (LO, 64 characters): the sender knows which object it sent."""
+        if held:
+            # the first version is the record its owner sent; later ones share its identifiers
+            original = held[0]
+            if arrival.organisation != original.organisation:
+                return Refusal(
+                    "conflict-organisation",
+                    Status.CONFLICTS_WITH_HELD,
+                    "instance held for another organisation; kept unchanged",
+                )
+            if (attrs["StudyInstanceUID"], attrs["SeriesInstanceUID"]) != (
+                original.study_instance_uid,
+                original.series_instance_uid,
+            ):
+                return Refusal(
+                    "conflict-study",
+                    Status.CONFLICTS_WITH_HELD,
+                    "instance held under another study or series; kept unchanged",
+                )
+        holder = self.sop_index.study(attrs["StudyInstanceUID"])
+        if holder is not None and holder.patient_id != attrs["PatientID"]:
+            return Refusal(
+                "conflict-patient",
+                Status.CONFLICTS_WITH_HELD,
+                "study held under another PatientID; correct it by patient merge",
+            )
+        return None
 
     def _run_document_hooks(self, header: Dataset, outcome: Outcome, arrival: Arrival) -> None:
         """Derived events (a report from an SR...): failures are logged; the instance stays stored."""

@@ -16,6 +16,11 @@ class Status(IntEnum):
     DATASET_DOES_NOT_MATCH_SOP_CLASS = 0xA900
     #: the bytes are not a parseable DICOM data set (truncated, bad lengths, not DICOM)
     CANNOT_UNDERSTAND = 0xC000
+    #: the object would change what the archive holds under its UIDs: another organisation's
+    #: instance, or another patient or study than the held one. A failure in C-STORE's 0xCxxx
+    #: range (PS3.4 B.2.3 leaves its codes to the SCP), not 0xA7xx, so senders do not retry it;
+    #: its own code, not 0xC000, so their logs tell it from malformed bytes (409 as in HTTP)
+    CONFLICTS_WITH_HELD = 0xC409
     #: the calling AE title may not use this service (a Q/R caller storing; PS3.7 C.5 general status)
     NOT_AUTHORISED = 0x0124
     #: the presentation context's SOP class is not one the archive stores
