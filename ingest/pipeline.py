@@ -5,7 +5,8 @@
 The sender hears success only after both the blob and the InstanceReceived event are durable.
 If either backend fails, the answer is "out of resources" and nothing was acknowledged; a retry
 is harmless: identical bytes under the same SOPInstanceUID are recognised (no second event),
-different bytes become a new version and nothing is ever deleted.
+different bytes become a new version and nothing is ever deleted. Only the organisation holding an
+instance may version it, and never under another patient, study or series (:meth:`Ingestor._conflict`).
 """
 
 from __future__ import annotations
