@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 import time
@@ -118,16 +119,40 @@ def new_patient() -> str:
     return f"P-{uuid.uuid4().hex[:10]}"
 
 
-def send(side: ReadSide, paths: list[Path], organisation: str) -> list[str]:
-    """storescu under the organisation's calling AE title; the status text per file, in order."""
-    result = studies.storescu("127.0.0.1", side.dicom_port, paths, calling=SENDER_AE[organisation])
-    found = studies.outcomes(result.stdout + result.stderr)
-    assert len(found) == len(paths), result.stdout[-2000:] + result.stderr[-2000:]
-    return [found[str(p)] for p in paths]
+def send(side: ReadSide, paths: list[Path], organisation: str) -> list[tuple[int, str]]:
+    """dcmtk's storescu under the organisation's calling AE title, in debug mode so the store
+    responses are dumped: (DICOM status, ErrorComment) per file, in order."""
+    result = subprocess.run(
+        [
+            *("/usr/bin/storescu", "-d", "-nh", "-aet", SENDER_AE[organisation], "-aec", "CAMI", "127.0.0.1"),
+            str(side.dicom_port),
+            *map(str, paths),
+        ],
+        capture_output=True,
+        text=True,
+        env=studies.DCMTK_ENV,
+        timeout=300,
+        check=False,
+    )
+    output = result.stdout + result.stderr
+    responses = output.split("Received Store Response")[1:]
+    assert len(responses) == len(paths), output[-3000:]
+    found = []
+    for response in responses:
+        block = response.split("Sending file")[0]
+        status = re.search(r"DIMSE Status\s*: 0x([0-9a-fA-F]{4})", block)
+        comment = re.search(r"\(0000,0902\) LO \[([^\]]*)\]", block)
+        assert status is not None, block
+        found.append((int(status.group(1), 16), comment.group(1) if comment else ""))
+    return found
 
 
-def refused_as_conflict(status_text: str) -> bool:
-    return "c409" in status_text.lower() and "success" not in status_text.lower()
+SUCCESS = (0, "")
+
+
+def refused_as_conflict(response: tuple[int, str]) -> bool:
+    status, comment = response
+    return status == CONFLICT and bool(comment)
 
 
 def variant(source: Path, target: Path, **changes: str) -> Path:
@@ -207,7 +232,7 @@ def store_a_study(side: ReadSide, folder: Path, instances: int = 2) -> HeldStudy
     patient_id = new_patient()
     study = ROOT_UID + str(uuid.uuid4().int)[:24]
     files = studies.write_study(folder, instances, [EXPLICIT_LE], study_uid=study, patient_id=patient_id)
-    assert send(side, [f.path for f in files], ORG) == ["Success"] * instances
+    assert send(side, [f.path for f in files], ORG) == [SUCCESS] * instances
     first = dcmread(files[0].path, stop_before_pixels=True)
     side.wait_indexed(str(first.StudyInstanceUID), instances)
     return HeldStudy(patient_id, str(first.StudyInstanceUID), str(first.SeriesInstanceUID), files)
@@ -276,10 +301,10 @@ def test_the_owner_may_version_its_instance_but_not_move_it_to_another_patient_o
     assert events_of(side, "InstanceReceived", new_sop) == []
 
     # identical bytes, even from B: a harmless duplicate (no event)
-    assert send(side, [target.path], ORG_B) == ["Success"]
+    assert send(side, [target.path], ORG_B) == [SUCCESS]
     # changed bytes from the owner under the same identifiers: version 2, as before
     corrected = variant(target.path, tmp_path / "corrected.dcm", StudyDescription="КТ (исправлено)")
-    assert send(side, [corrected], ORG) == ["Success"]
+    assert send(side, [corrected], ORG) == [SUCCESS]
     versions = [e["version"] for e in events_of(side, "InstanceReceived", target.sop_instance_uid)]
     assert versions == [1, 2]
 
@@ -322,7 +347,7 @@ def test_the_rule_holds_after_a_restart_that_rebuilds_the_index_from_the_log(rig
     assert "conflict-organisation" in reasons and "conflict-patient" in reasons
 
     corrected = variant(target.path, tmp_path / "corrected.dcm", StudyDescription="КТ (исправлено)")
-    assert send(side, [corrected], ORG) == ["Success"]
+    assert send(side, [corrected], ORG) == [SUCCESS]
     versions = [e["version"] for e in events_of(side, "InstanceReceived", target.sop_instance_uid)]
     assert versions == [1, 2]  # the rebuilt index knew version 1
     # files[0] is now A's version 2; the others are still served as first sent
