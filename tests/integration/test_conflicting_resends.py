@@ -32,7 +32,6 @@ from api.auth import add_user
 from api.bootstrap import bootstrap
 from api.config import Settings
 from api.http import serve_http
-from ingest.statuses import Status
 from schemas.events import Event
 from streams.processing import EmbeddedRunner, group_id
 from streams.topics import DICOM
@@ -42,7 +41,7 @@ from tests.integration.test_wado import split_multipart
 from tests.support import studies
 from tests.support.readside import ORG, ORG_B, ROOT_UID, SENDER_AE, USERS, ReadSide, senders_toml
 
-CONFLICT = int(Status.CONFLICTS_WITH_HELD)
+CONFLICT = 0xC409  # Status.CONFLICTS_WITH_HELD, as the sender sees it
 EXPLICIT_LE = "1.2.840.10008.1.2.1"
 #: organisation B's own system sending over STOW-RS
 B_PACS = "gb2-pacs"
