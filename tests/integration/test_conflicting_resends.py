@@ -19,7 +19,7 @@ import sys
 import time
 import uuid
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -62,6 +62,7 @@ class Rig:
     home: Path
     event_log_url: str
     side: ReadSide | None = None
+    tokens: dict[str, str] = field(default_factory=dict)
 
     @property
     def running(self) -> ReadSide:
@@ -76,27 +77,24 @@ class Rig:
 
     def start(self) -> ReadSide:
         """What :meth:`ReadSide.start` does, on this rig's event log."""
-        first = not (self.home / "senders.toml").exists()
         self.home.mkdir(parents=True, exist_ok=True)
-        tokens: dict[str, str] = {}
-        if first:
+        if not (self.home / "senders.toml").exists():
             (self.home / "senders.toml").write_text(senders_toml(), encoding="utf-8")
             users = {**USERS, B_PACS: {"role": "modality", "organisation": ORG_B}}
-            tokens = {name: add_user(self.home / "users.toml", name, **spec)[1] for name, spec in users.items()}
-        else:
-            tokens = self.running.tokens
+            self.tokens = {name: add_user(self.home / "users.toml", name, **spec)[1] for name, spec in users.items()}
         archive = bootstrap(Settings.from_env(self.env()))
         runner = EmbeddedRunner(archive.event_log, archive.bindings())
         runner.start()
         scp = archive.storage_scp(port=0)
         scp.start()
         http = serve_http(archive, host="127.0.0.1", port=0)
-        self.side = ReadSide(self.home, archive, runner, scp, http, tokens)
+        self.side = ReadSide(self.home, archive, runner, scp, http, self.tokens)
         return self.side
 
     def stop(self) -> None:
         if self.side is not None:
             self.side.stop()
+            self.side = None
 
     def restart_with_the_index_rebuilt_from_the_log(self) -> ReadSide:
         self.stop()
