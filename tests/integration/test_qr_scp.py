@@ -384,13 +384,8 @@ def test_get_returns_the_original_bytes_over_the_same_association(side: ReadSide
 GROUP_LENGTH_SYNTAXES = ["1.2.840.10008.1.2.1", "1.2.840.10008.1.2", DEFLATED]
 JPEG_LOSSLESS = "1.2.840.10008.1.2.4.70"
 #: getscu options that propose a syntax first for the storage contexts (dcmtk's "preferred
-#: storage transfer syntaxes"; +xi proposes implicit VR alone)
-GETSCU_PREFERS = {
-    "1.2.840.10008.1.2.1": ["+xe"],
-    "1.2.840.10008.1.2": ["+xi"],
-    DEFLATED: ["+xd"],
-    JPEG_LOSSLESS: ["+xs"],
-}
+#: storage transfer syntaxes"; getscu 3.6.7 has none for implicit VR: its +xi proposes explicit)
+GETSCU_PREFERS = {"1.2.840.10008.1.2.1": ["+xe"], DEFLATED: ["+xd"], JPEG_LOSSLESS: ["+xs"]}
 
 
 def _send_unchanged(side: ReadSide, path: Path) -> int:
@@ -454,7 +449,7 @@ def test_move_and_get_send_objects_with_group_lengths_as_stored(
     _assert_identical(sent, moved)
 
     # C-GET, each instance by a getscu that proposes its stored syntax first
-    for f in sent:
+    for f in (f for f in sent if f.transfer_syntax in GETSCU_PREFERS):
         got = tmp_path / f"got-{f.transfer_syntax}"
         got.mkdir()
         image = [
