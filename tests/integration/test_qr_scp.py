@@ -18,11 +18,13 @@ import time
 import zlib
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from pydicom import dcmread
+from pydicom.dataset import Dataset
 from pydicom.uid import generate_uid
-from pynetdicom import AE
+from pynetdicom import AE, build_role, evt
 from pynetdicom import _config as pynetdicom_config
 
 from ingest.dicom import DEFLATED, split_part10
@@ -381,7 +383,9 @@ def test_get_returns_the_original_bytes_over_the_same_association(side: ReadSide
 
 
 # -- objects pydicom would not write back as they are -----------------------------------------------------
-GROUP_LENGTH_SYNTAXES = ["1.2.840.10008.1.2.1", "1.2.840.10008.1.2", DEFLATED]
+EXPLICIT, IMPLICIT = "1.2.840.10008.1.2.1", "1.2.840.10008.1.2"
+GROUP_LENGTH_SYNTAXES = [EXPLICIT, IMPLICIT, DEFLATED]
+STUDY_ROOT_GET = "1.2.840.10008.5.1.4.1.2.2.3"
 JPEG_LOSSLESS = "1.2.840.10008.1.2.4.70"
 #: getscu options that propose a syntax first for the storage contexts (dcmtk's "preferred
 #: storage transfer syntaxes"; getscu 3.6.7 has none for implicit VR: its +xi proposes explicit)
@@ -465,6 +469,51 @@ def test_move_and_get_send_objects_with_group_lengths_as_stored(
         output = _dcmtk("getscu", side, "-S", "+B", *GETSCU_PREFERS[f.transfer_syntax], "-od", str(got), *image)
         assert _final_status(output) == 0x0000, output
         _assert_identical([f], got)
+
+
+def _pynetdicom_get(side: ReadSide, f: SentFile, study_uid: str, syntaxes: list[str]) -> tuple[int, list[bytes]]:
+    """C-GET of one instance by a pynetdicom SCU proposing ``syntaxes`` (in that order) for its
+    storage context: (final status, the data set bytes of each C-STORE received, as they arrived)."""
+    received: list[bytes] = []
+
+    def on_store(event: Any) -> int:
+        received.append(event.request.DataSet.getvalue())
+        return 0x0000
+
+    meta = dcmread(f.path, stop_before_pixels=True)
+    ae = AE(ae_title=RADIOLOGIST_AE)
+    ae.add_requested_context(STUDY_ROOT_GET)
+    ae.add_requested_context(meta.SOPClassUID, syntaxes)
+    assoc = ae.associate(
+        "127.0.0.1",
+        side.dicom_port,
+        ae_title="CAMI",
+        ext_neg=[build_role(meta.SOPClassUID, scp_role=True)],
+        evt_handlers=[(evt.EVT_C_STORE, on_store)],
+    )
+    assert assoc.is_established
+    identifier = Dataset()
+    identifier.QueryRetrieveLevel = "IMAGE"
+    identifier.StudyInstanceUID = study_uid
+    identifier.SeriesInstanceUID = meta.SeriesInstanceUID
+    identifier.SOPInstanceUID = f.sop_instance_uid
+    try:
+        statuses = [int(status.Status) for status, _ in assoc.send_c_get(identifier, STUDY_ROOT_GET) if status]
+    finally:
+        assoc.release()
+    return statuses[-1], received
+
+
+def test_get_by_a_peer_proposing_implicit_vr_first_and_never_an_altered_object(side: ReadSide, tmp_path: Path) -> None:
+    """A pynetdicom SCU (getscu cannot propose implicit VR first) gets the implicit VR object with
+    group lengths as stored; a peer taking explicit VR only gets a failed sub-operation, because
+    pydicom's conversion would drop the group lengths."""
+    study_uid, sent = _group_length_study(side, tmp_path / "sent", "QR-GROUP-IMPLICIT")
+    [implicit] = [f for f in sent if f.transfer_syntax == IMPLICIT]
+    status, received = _pynetdicom_get(side, implicit, study_uid, [IMPLICIT, EXPLICIT])
+    assert (status, received) == (0x0000, [_data_set(implicit.path)[1]])
+    status, received = _pynetdicom_get(side, implicit, study_uid, [EXPLICIT])
+    assert (status, received) == (0xA702, [])
 
 
 def test_get_accepts_the_syntax_the_peer_proposes_first(side: ReadSide, tmp_path: Path) -> None:
