@@ -43,9 +43,11 @@ from fastapi import Depends, FastAPI, Request
 from fastapi.responses import JSONResponse
 from pydicom.datadict import dictionary_has_tag
 from pydicom.datadict import tag_for_keyword as keyword_tag
+from pydicom.valuerep import PersonName
 
 from api.access import PATIENT_DATA_ROLES, AccessRecorder, Reader
 from api.auth import ROLES, User
+from api.base_url import base_url as public_base_url
 from api.bootstrap import Archive
 from api.http import DICOM_JSON, ApiError, require
 from projections.matching import (
@@ -91,6 +93,8 @@ INSTANCE_DEFAULTS = ("SOPClassUID", "SOPInstanceUID", "InstanceNumber", "Rows", 
 SPECIFIC_CHARACTER_SET = "00080005"
 INSTANCE_AVAILABILITY = "00080056"
 RETRIEVE_URL = "00081190"
+#: the component groups of a PN value in DICOM JSON, in order (PS3.18 F.2.2)
+PERSON_NAME_GROUPS = ("Alphabetic", "Ideographic", "Phonetic")
 
 
 def _bad(parameter: str, problem: str) -> ApiError:
@@ -209,7 +213,7 @@ def dicom_json_value(attribute: Attribute, value: Any) -> dict[str, Any]:
         return element
     values = value if isinstance(value, list) else [value]
     if attribute.vr == "PN":
-        element["Value"] = [{"Alphabetic": str(v)} for v in values]
+        element["Value"] = [person_name_json(str(v)) for v in values]
     elif attribute.vr in ("IS", "US"):
         element["Value"] = [int(v) for v in values]
     elif attribute.vr == "DA":
@@ -217,6 +221,13 @@ def dicom_json_value(attribute: Attribute, value: Any) -> dict[str, Any]:
     else:
         element["Value"] = [str(v) for v in values]
     return element
+
+
+def person_name_json(value: str) -> dict[str, str]:
+    """A person name as PS3.18 F.2.2 components: the ``=``-separated groups go to "Alphabetic",
+    "Ideographic" and "Phonetic", as pydicom writes them in WADO-RS metadata (one model for both)."""
+    groups = PersonName(value).components
+    return dict(zip(PERSON_NAME_GROUPS, groups, strict=False))
 
 
 def returned_keywords(search: Search, scoped: Sequence[str]) -> list[str]:
@@ -301,8 +312,7 @@ def install(app: FastAPI, archive: Archive, recorder: AccessRecorder) -> None:
             query=query,
             results=len(rows),
         )
-        base_url = str(request.base_url).rstrip("/")
-        body = [dataset(row, keywords, level, base_url) for row in rows]
+        body = [dataset(row, keywords, level, public_base_url(request)) for row in rows]
         warnings = []
         if parsed.fuzzy:
             warnings.append('299 CAMI "The fuzzymatching parameter is not supported. Only literal matching was done."')

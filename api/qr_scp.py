@@ -27,19 +27,21 @@ followed), STUDY (one or a list of StudyInstanceUIDs), SERIES and IMAGE (hierarc
 unique keys of the levels above are required). Each instance is sent in its newest version,
 as the original bytes from the blob store: the data set is offered in the transfer syntax it was
 stored in, and an uncompressed one (implicit/explicit VR, deflated) also in explicit VR little
-endian. Compressed objects are never transcoded: a peer that accepts none of their syntax gets
-a failed sub-operation for them. Before sending, the data set pydicom will encode is checked to
-be byte-identical to the stored one; an object that would change is not sent (failed
-sub-operation) rather than altered. A deflated data set is sent re-deflated by pynetdicom: its
-inflated bytes are the stored ones, its compressed stream may differ.
+endian. Whenever the peer takes the stored syntax, the stored data set bytes go out unchanged
+(:class:`StoredObject`: group-length elements, undefined lengths and a deflated stream
+included), never re-encoded by pydicom. Only an uncompressed object the peer takes solely in
+another uncompressed syntax is converted, and only if pydicom writes it back byte for byte in its
+own syntax (else a failed sub-operation rather than an altered object). Compressed objects are
+never transcoded: a peer that accepts none of their syntax gets a failed sub-operation for them.
 
 **C-MOVE destinations** are AE titles the senders file names (``[[destination]]``, else a
 ``[[qr_caller]]`` or ``[[sender]]`` with ``host`` and ``port``); anything else is 0xA801. The
 archive opens the sub-operation association calling the destination's AE title, proposing one
 context per (SOP class, offered transfer syntax), so the exact stored syntax is used whenever the
 destination takes it. **C-GET** sends over the requesting association: the peer proposes the
-storage contexts with SCP/SCU role selection, the archive accepts the roles (and, among the
-syntaxes of one proposed context, prefers explicit VR little endian: see :mod:`ingest.scp`).
+storage contexts with SCP/SCU role selection, the archive accepts the roles and, among the
+syntaxes of one proposed context, the peer's first choice it supports (see :mod:`ingest.scp`):
+a peer that proposes the stored syntax first gets the object as stored.
 
 pynetdicom asks a C-MOVE handler for the destination first and a C-MOVE/C-GET handler for the
 number of sub-operations before any status; a request refused after that point (not authorised,
@@ -63,10 +65,12 @@ from enum import IntEnum
 from io import BytesIO
 from typing import Any
 
+import pynetdicom.association
 from pydicom import dcmread
-from pydicom.dataset import Dataset
+from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.multival import MultiValue
 from pydicom.uid import (
+    UID,
     DeflatedExplicitVRLittleEndian,
     ExplicitVRBigEndian,
     ExplicitVRLittleEndian,
@@ -78,7 +82,7 @@ from pynetdicom.presentation import PresentationContext
 
 from api.access import AccessRecorder, Reader, may_read_images, may_read_patient_data
 from ingest.blobs import BlobStore
-from ingest.dicom import MalformedObject, split_part10
+from ingest.dicom import Received, split_part10
 from ingest.scp import ExtraServices
 from ingest.senders import Senders
 from projections.queries import MAX_LIMIT, search_studies, series_instances, study_series
@@ -266,25 +270,73 @@ _RETRIEVE_KEYS = ("PatientID", "StudyInstanceUID", "SeriesInstanceUID", "SOPInst
 
 
 # -- the original bytes ---------------------------------------------------------------------------------
+class StoredObject(Dataset):
+    """A C-STORE sub-operation's object: the UIDs and transfer syntax pynetdicom picks the
+    presentation context by, and the stored Part-10 bytes. Its data set is sent exactly as stored
+    (see :func:`install_stored_encoding`), never re-encoded by pydicom, which would drop
+    group-length elements, for one."""
+
+    def __init__(self, received: Received, sop_class_uid: str, sop_instance_uid: str) -> None:
+        super().__init__()
+        self.SOPClassUID = sop_class_uid
+        self.SOPInstanceUID = sop_instance_uid
+        self.file_meta = FileMetaDataset()
+        self.file_meta.TransferSyntaxUID = UID(received.transfer_syntax)
+        self._received = received
+
+    def encoded(self, implicit: bool, little: bool, deflated: bool) -> bytes | None:
+        """The data set bytes for a context of this encoding: the stored bytes themselves when it is
+        the stored one (a deflated data set as stored, its compressed stream included); else, for an
+        uncompressed object the peer takes only in another uncompressed syntax, pydicom's encoding,
+        but only when pydicom writes the stored data set back byte for byte in its own syntax, so
+        nothing is lost on the way (None: the sub-operation fails, nothing altered is sent)."""
+        received = self._received
+        syntax = received.transfer_syntax
+        stored = received.part10[received.dataset_offset :]
+        own = _encoding(syntax)
+        if (implicit, little, deflated) == own:
+            return stored
+        if syntax not in UNCOMPRESSED:
+            return None  # pixel data compression and byte order are never converted (pynetdicom agrees)
+        ds = dcmread(BytesIO(received.part10), force=False)
+        inflated = zlib.decompress(stored, -zlib.MAX_WBITS) if own[2] else stored
+        if encode(ds, own[0], own[1]) != inflated:
+            log.error("not converting %s from %s: pydicom would not keep it byte for byte", self.SOPInstanceUID, syntax)
+            return None
+        return encode(ds, implicit, little, deflated)
+
+
+def _encoding(syntax: str) -> tuple[bool, bool, bool]:
+    """(implicit VR, little endian, deflated) of a transfer syntax's data set encoding."""
+    return syntax == ImplicitVRLittleEndian, syntax != ExplicitVRBigEndian, syntax == DeflatedExplicitVRLittleEndian
+
+
+def _encode(ds: Dataset, is_implicit_vr: bool, is_little_endian: bool, deflated: bool = False) -> bytes | None:
+    if isinstance(ds, StoredObject):
+        return ds.encoded(is_implicit_vr, is_little_endian, deflated)
+    return encode(ds, is_implicit_vr, is_little_endian, deflated)
+
+
+def install_stored_encoding() -> None:
+    """Make pynetdicom's C-STORE requests take a :class:`StoredObject`'s data set as stored.
+
+    A C-MOVE/C-GET handler can only yield a Dataset, which pynetdicom encodes with pydicom (its
+    chunked mode sends a file's bytes unchanged, but only from ``send_c_store`` called directly,
+    not from a handler). So the ``encode`` pynetdicom's association module calls is wrapped: a
+    :class:`StoredObject` gives its stored bytes, every other data set is encoded as before.
+    Idempotent."""
+    association: Any = pynetdicom.association  # pynetdicom ships no type information
+    if association.encode is not _encode:
+        association.encode = _encode
+
+
 def stored_dataset(blobs: BlobStore, row: dict[str, Any]) -> Dataset:
-    """The stored object as a Dataset that pynetdicom encodes back to exactly the stored data set
-    bytes (raw elements written verbatim). Anything else -- a blob that cannot be read, or bytes
-    pydicom would write differently -- gives a stand-in the C-STORE sub-operation fails on (no
-    transfer syntax: pynetdicom refuses to send it), so nothing altered ever leaves."""
+    """The stored object as a :class:`StoredObject`. A blob that cannot be read gives a stand-in
+    the C-STORE sub-operation fails on (no transfer syntax: pynetdicom refuses to send it)."""
     try:
-        data = blobs.get(str(row["blob_sha256"]))
-        received = split_part10(data)
-        original = data[received.dataset_offset :]
-        if received.transfer_syntax == DeflatedExplicitVRLittleEndian:
-            original = zlib.decompress(original, -zlib.MAX_WBITS)
-        ds = dcmread(BytesIO(data), force=False)
-        # what pynetdicom and pydicom read (and so convert from raw) while sending
-        _ = (ds.SOPClassUID, ds.SOPInstanceUID, ds.get("SpecificCharacterSet"))
-        implicit, little = ds.original_encoding
-        if implicit is None or little is None or encode(ds, implicit, little) != original:
-            raise MalformedObject("the data set would not be sent byte for byte")
-        return ds
-    except Exception as exc:  # BlobStoreError, MalformedObject, a data set pydicom cannot read...
+        received = split_part10(blobs.get(str(row["blob_sha256"])))
+        return StoredObject(received, str(row["sop_class_uid"]), str(row["sop_uid"]))
+    except Exception as exc:  # BlobStoreError, MalformedObject...
         log.error("not sending %s: %s", row.get("sop_uid"), exc)
         stand_in = Dataset()
         stand_in.SOPClassUID = str(row.get("sop_class_uid") or "")
@@ -488,6 +540,7 @@ def handle_rejected(event: Any, deps: QrDeps) -> None:
 def qr_services(archive: Any, senders: Senders, recorder: AccessRecorder | None = None) -> ExtraServices:
     """Query/Retrieve as extra services of the Storage SCP (see :class:`ingest.scp.ExtraServices`)."""
     recorder = recorder or AccessRecorder(archive.event_log, socket.gethostname() or "local")
+    install_stored_encoding()
     deps = QrDeps(archive, recorder, senders)
     return ExtraServices(
         contexts=[(uid, IDENTIFIER_SYNTAXES) for uid in QR_SOP_CLASSES],

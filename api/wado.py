@@ -31,8 +31,10 @@ event, appended before the first byte is sent: ``retrieve`` (objects, metadata, 
 patient and the number of instances sent.
 
 **Errors** are JSON ``{"error", "detail"}`` naming the parameter (400: a UID that is not a UID, a
-bad window, frame, viewport or quality; path tricks such as ``..``, encoded slashes or NUL never
-get past the UID check and never reach the blob store), 401 / 403, 404 (unknown study, series or
+bad window, frame, viewport or quality, a frame list naming a frame twice or more than
+:data:`MAX_FRAMES_PER_REQUEST` frames, so an answer never exceeds the instance's pixel data; path
+tricks such as ``..``, encoded slashes or NUL never get past the UID check and never reach the
+blob store), 401 / 403, 404 (unknown study, series or
 instance: no patient data), 406 (a media type or transfer syntax the archive cannot give), 503 (a
 blob cannot be read).
 """
@@ -58,6 +60,7 @@ from pydicom.uid import UID
 from api import rendering
 from api.access import IMAGE_ROLES, PATIENT_DATA_ROLES, AccessRecorder, Reader
 from api.auth import ROLES, User
+from api.base_url import base_url
 from api.bootstrap import Archive
 from api.http import ApiError, require
 from ingest.blobs import BlobStoreError
@@ -321,7 +324,7 @@ def _strip_bulk(ds: Dataset) -> None:
 
 # -- frames ----------------------------------------------------------------------------------------
 def parse_frames(text: str) -> list[int]:
-    """``1`` or ``1,3,5`` -> frame numbers (1-based); 400 naming ``frames`` otherwise."""
+    """``1`` or ``1,3,5`` -> frame numbers (1-based, each once); 400 naming ``frames`` otherwise."""
     numbers: list[int] = []
     for part in text.split(","):
         try:
@@ -330,6 +333,12 @@ def parse_frames(text: str) -> list[int]:
             raise ApiError(400, "invalid-frames", str(exc)) from None
     if len(numbers) > MAX_FRAMES_PER_REQUEST:
         raise ApiError(400, "invalid-frames", f"at most {MAX_FRAMES_PER_REQUEST} frames per request")
+    # each frame at most once: the answer is then never larger than the instance's pixel data
+    seen: set[int] = set()
+    for number in numbers:
+        if number in seen:
+            raise ApiError(400, "invalid-frames", f"frame {number} is asked for more than once")
+        seen.add(number)
     return numbers
 
 
@@ -518,7 +527,7 @@ class Wado:
         sop = None if sop is None else _uid(sop, "instance")
         _metadata_acceptable(parse_accept(request.headers.get("accept")))
         instances = self.locate(study, series, sop)
-        base = str(request.base_url).rstrip("/") + "/dicomweb"
+        base = base_url(request) + "/dicomweb"
         body = []
         for stored in instances:
             url = f"{base}/studies/{stored.study_uid}/series/{stored.series_uid}/instances/{stored.sop_uid}"

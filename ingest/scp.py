@@ -2,7 +2,9 @@
 
 Accepts C-ECHO, C-STORE for every standard storage SOP class in every transfer syntax
 pynetdicom knows (compressed ones included: objects are kept as received, never transcoded),
-and Storage Commitment (push model) when a commitment service is given.
+and Storage Commitment (push model) when a commitment service is given. Of the syntaxes a peer
+proposes in one context, its first choice the archive supports is accepted
+(:func:`follow_proposed_order`).
 
 Other services answer on the same AE title and port (as Orthanc and dcm4chee do) through
 :class:`ExtraServices`: presentation contexts and event handlers the composition root passes in
@@ -30,7 +32,6 @@ netio.install()  # pynetdicom must survive descriptor numbers above 1023 (see in
 
 VERIFICATION = "1.2.840.10008.1.1"
 STORAGE_COMMITMENT_PUSH = "1.2.840.10008.1.20.1"
-EXPLICIT_VR_LITTLE_ENDIAN = "1.2.840.10008.1.2.1"
 
 #: bigger PDUs mean fewer round trips for large objects; peers may still send smaller ones
 MAX_PDU = 256 * 1024
@@ -73,9 +74,6 @@ class StorageSCP:
         syntaxes, roles = list(ALL_TRANSFER_SYNTAXES), {}
         if any(e.storage_roles for e in extra):
             roles = {"scu_role": True, "scp_role": True}
-            # the acceptor's order picks among the syntaxes of one proposed context: explicit VR
-            # first, as retrieving peers (C-GET) prefer it and most objects are stored in it
-            syntaxes.sort(key=lambda ts: ts != EXPLICIT_VR_LITTLE_ENDIAN)
         for context in AllStoragePresentationContexts:
             if context.abstract_syntax is not None:
                 self.ae.add_supported_context(context.abstract_syntax, syntaxes, **roles)
@@ -84,6 +82,7 @@ class StorageSCP:
             (evt.EVT_C_STORE, handle_store, [ingestor, senders]),
             (evt.EVT_ESTABLISHED, handle_established, [senders, event_log]),
             (evt.EVT_REJECTED, handle_rejected, [senders, event_log]),
+            (evt.EVT_REQUESTED, follow_proposed_order),
         ]
         if commitment is not None:
             from ingest.commitment import handle_n_action
@@ -118,6 +117,24 @@ class StorageSCP:
         if self._server is not None:
             self._server.shutdown()
             self._server = None
+
+
+def follow_proposed_order(event: Any) -> None:
+    """Among the transfer syntaxes of a proposed context, accept the peer's first choice that the
+    archive supports. pynetdicom goes by the acceptor's order, which would override the peer: a
+    retrieving peer (C-GET) proposing an object's stored syntax first would get another one, in
+    which a compressed object cannot be sent at all. Runs on A-ASSOCIATE-RQ, before negotiation,
+    on the association's own copy of the supported contexts."""
+    assoc = event.assoc
+    preferred: dict[str, list[str]] = {}
+    for proposed in assoc.requestor.requested_contexts:  # the first context of an abstract syntax rules
+        preferred.setdefault(str(proposed.abstract_syntax), [str(ts) for ts in proposed.transfer_syntax])
+    for context in assoc.acceptor.supported_contexts:
+        order = preferred.get(str(context.abstract_syntax))
+        if order and len(context.transfer_syntax) > 1:
+            supported = [str(ts) for ts in context.transfer_syntax]
+            first = [ts for ts in dict.fromkeys(order) if ts in supported]
+            context.transfer_syntax = first + [ts for ts in supported if ts not in first]
 
 
 class _NoDelayServer(ThreadedAssociationServer):

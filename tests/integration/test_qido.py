@@ -6,12 +6,15 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
 import httpx
 import pytest
 from dicomweb_client.api import DICOMwebClient
+from pydicom import dcmread
+from pydicom.data import get_charset_files
 from pydicom.dataset import Dataset
 from pydicom.uid import generate_uid
 
@@ -129,8 +132,8 @@ def test_dicomweb_client_searches_studies(scene: Scene) -> None:
     assert a.ModalitiesInStudy == ["CT", "MR"]
     assert (a.NumberOfStudyRelatedSeries, a.NumberOfStudyRelatedInstances) == (2, 4)
     assert (a.StudyDate, a.StudyTime, a.AccessionNumber) == ("20260110", "093000", "ACC-A")
-    # the URL is built from the Host header, and dicomweb-client sends it without the port
-    assert urlsplit(a.RetrieveURL).path == f"/dicomweb/studies/{scene.study_a}"
+    # dicomweb-client sends a Host header without the port: the URL still names the archive's
+    assert a.RetrieveURL == f"{side.url}/dicomweb/studies/{scene.study_a}"
     assert a.SpecificCharacterSet == "ISO_IR 192" and "StudyDescription" not in a
 
     # ranges, lists, includefield, several keys at once
@@ -300,3 +303,43 @@ def test_openapi_lists_the_searches(scene: Scene) -> None:
         "/dicomweb/studies/{study}/series/{series}/instances",
     ):
         assert "get" in paths[path], path
+
+
+def test_a_person_name_in_three_groups_is_returned_in_its_component_groups(scene: Scene, tmp_path: Path) -> None:
+    """pydicom's ISO 2022 IR 87 example (chrH31): the alphabetic, ideographic and phonetic groups
+    of a PN are three JSON components (PS3.18 F.2.2), as in WADO-RS metadata."""
+    side = scene.side
+    ds = dcmread(get_charset_files("chrH31.dcm")[0])
+    assert str(ds.PatientName) == "Yamada^Tarou=山田^太郎=やまだ^たろう"
+    study = generate_uid(prefix=ROOT_UID)
+    ds.StudyInstanceUID, ds.SeriesInstanceUID = study, generate_uid(prefix=ROOT_UID)
+    ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = generate_uid(prefix=ROOT_UID)
+    ds.PatientID = "QD-JP"
+    path = tmp_path / "chrH31.dcm"
+    ds.save_as(path)
+    result = studies.storescu(
+        "127.0.0.1",
+        side.dicom_port,
+        [path],
+        calling=SENDER_AE[ORG],
+        profile=studies.storescu_profile(tmp_path / "storescu.cfg", [str(ds.SOPClassUID)]),
+    )
+    assert set(studies.outcomes(result.stdout + result.stderr).values()) == {"Success"}, result.stdout[-2000:]
+    side.wait_indexed(study, 1)
+
+    client = dicomweb(side, "dr.petrov")
+    expected = {
+        "vr": "PN",
+        "Value": [{"Alphabetic": "Yamada^Tarou", "Ideographic": "山田^太郎", "Phonetic": "やまだ^たろう"}],
+    }
+    for found in (
+        client.search_for_studies(search_filters={"PatientID": "QD-JP"}),
+        client.search_for_series(search_filters={"PatientID": "QD-JP"}),
+        client.search_for_instances(search_filters={"PatientID": "QD-JP"}),
+    ):
+        assert [item["00100010"] for item in found] == [expected]
+    [metadata] = client.retrieve_study_metadata(study)
+    assert metadata["00100010"] == expected
+    with side.client("dr.petrov") as http:
+        [item] = http.get("/dicomweb/studies", params={"StudyInstanceUID": study}).json()
+    assert str(Dataset.from_json(item).PatientName) == "Yamada^Tarou=山田^太郎=やまだ^たろう"

@@ -5,7 +5,7 @@ getscu the way a workstation would, with dcmtk's storescp as the C-MOVE destinat
 file meta header, which storescp/getscu write themselves) equals the data set the hospital sent
 (everything after the meta header of the file storescu sent), and the meta header names the same
 transfer syntax. storescp and getscu run in bit-preserving mode (``+B``), so they write the data
-set exactly as it arrived. A deflated data set is compared inflated (pynetdicom re-deflates it).
+set exactly as it arrived: a deflated one as its compressed stream, compared as such.
 """
 
 from __future__ import annotations
@@ -18,16 +18,20 @@ import time
 import zlib
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from pydicom import dcmread
+from pydicom.dataset import Dataset
 from pydicom.uid import generate_uid
+from pynetdicom import AE, build_role, evt
+from pynetdicom import _config as pynetdicom_config
 
 from ingest.dicom import DEFLATED, split_part10
 from ingest.senders import SenderConfigError, parse_senders
 from schemas.events import Event
-from tests.support.readside import ORG, ORG_B, ROOT_UID, ReadSide
-from tests.support.studies import DCMTK_ENV, SentFile
+from tests.support.readside import ORG, ORG_B, ROOT_UID, SENDER_AE, ReadSide
+from tests.support.studies import DCMTK_ENV, SentFile, write_study
 
 RADIOLOGIST_AE = "RAD_WS1"
 AUDITOR_AE = "AUDIT_WS"
@@ -122,12 +126,9 @@ def _accesses(side: ReadSide, channel: str, seen: set[str]) -> list[Event]:
 
 
 def _data_set(path: Path) -> tuple[str, bytes]:
-    """(transfer syntax, data set bytes after the meta header; inflated when deflated)."""
+    """(transfer syntax, data set bytes after the meta header, a deflated one as its stream)."""
     received = split_part10(path.read_bytes())
-    data = received.part10[received.dataset_offset :]
-    if received.transfer_syntax == DEFLATED:
-        data = zlib.decompress(data, -zlib.MAX_WBITS)
-    return received.transfer_syntax, data
+    return received.transfer_syntax, received.part10[received.dataset_offset :]
 
 
 def _assert_identical(sent: list[SentFile], received_dir: Path) -> None:
@@ -379,6 +380,161 @@ def test_get_returns_the_original_bytes_over_the_same_association(side: ReadSide
     assert [(e.payload["action"], e.payload["StudyInstanceUID"], e.payload["results"]) for e in events] == [
         ("get", study_uid, 3)
     ]
+
+
+# -- objects pydicom would not write back as they are -----------------------------------------------------
+EXPLICIT, IMPLICIT = "1.2.840.10008.1.2.1", "1.2.840.10008.1.2"
+GROUP_LENGTH_SYNTAXES = [EXPLICIT, IMPLICIT, DEFLATED]
+STUDY_ROOT_GET = "1.2.840.10008.5.1.4.1.2.2.3"
+JPEG_LOSSLESS = "1.2.840.10008.1.2.4.70"
+#: getscu options that propose a syntax first for the storage contexts (dcmtk's "preferred
+#: storage transfer syntaxes"; getscu 3.6.7 has none for implicit VR: its +xi proposes explicit)
+GETSCU_PREFERS = {"1.2.840.10008.1.2.1": ["+xe"], DEFLATED: ["+xd"], JPEG_LOSSLESS: ["+xs"]}
+
+
+def _send_unchanged(side: ReadSide, path: Path) -> int:
+    """Send a file's data set bytes exactly as they are on disk, as a modality that keeps its
+    encoding does (pynetdicom's chunked mode streams them from the file); the C-STORE status."""
+    ae = AE(ae_title=SENDER_AE[ORG])
+    meta = dcmread(path, stop_before_pixels=True).file_meta
+    ae.add_requested_context(meta.MediaStorageSOPClassUID, meta.TransferSyntaxUID)
+    previous = pynetdicom_config.STORE_SEND_CHUNKED_DATASET
+    pynetdicom_config.STORE_SEND_CHUNKED_DATASET = True
+    assoc = ae.associate("127.0.0.1", side.dicom_port, ae_title="CAMI")
+    assert assoc.is_established
+    try:
+        return int(assoc.send_c_store(path).Status)
+    finally:
+        assoc.release()
+        pynetdicom_config.STORE_SEND_CHUNKED_DATASET = previous
+
+
+def _group_length_study(side: ReadSide, folder: Path, patient_id: str) -> tuple[str, list[SentFile]]:
+    """A study whose files carry group-length elements (gggg,0000), written by dcmtk's dcmconv
+    (``+g``) as older modalities write them, in each uncompressed syntax, stored unchanged."""
+    study_uid = generate_uid(prefix=ROOT_UID)
+    files = write_study(
+        folder, len(GROUP_LENGTH_SYNTAXES), GROUP_LENGTH_SYNTAXES, study_uid=study_uid, patient_id=patient_id
+    )
+    sent = []
+    for f in files:
+        target = f.path.with_name("gl-" + f.path.name)
+        subprocess.run(["/usr/bin/dcmconv", "+g", str(f.path), str(target)], check=True, env=DCMTK_ENV)
+        if target.stat().st_size % 2:  # an odd deflated stream is padded on the wire (see write_study)
+            with target.open("ab") as fh:
+                fh.write(b"\x00")
+        data = split_part10(target.read_bytes())
+        inflated = data.part10[data.dataset_offset :]
+        if data.transfer_syntax == DEFLATED:
+            inflated = zlib.decompress(inflated, -zlib.MAX_WBITS)
+        assert inflated.startswith(b"\x08\x00\x00\x00"), "dcmconv wrote no (0008,0000) group length"
+        assert _send_unchanged(side, target) == 0x0000
+        sent.append(SentFile(target, f.sop_instance_uid, f.transfer_syntax))
+    side.wait_indexed(study_uid, len(sent))
+    return study_uid, sent
+
+
+def test_move_and_get_send_objects_with_group_lengths_as_stored(
+    side: ReadSide, storescp: tuple[int, Path], tmp_path: Path
+) -> None:
+    """pydicom leaves group lengths out when it writes a data set: the archive must send the
+    stored bytes themselves, in every uncompressed syntax (a deflated stream as stored)."""
+    _, dest = storescp
+    study_uid, sent = _group_length_study(side, tmp_path / "sent", "QR-GROUP-LENGTHS")
+    keys = ["-k", "QueryRetrieveLevel=STUDY", "-k", f"StudyInstanceUID={study_uid}"]
+    output = _dcmtk("movescu", side, "-S", "-aem", DEST_AE, *keys)
+    assert _final_status(output) == 0x0000, output
+    moved = tmp_path / "moved"
+    moved.mkdir()
+    for f in sent:
+        for p in dest.iterdir():
+            if p.name.endswith(f.sop_instance_uid):
+                os.link(p, moved / p.name)
+    _assert_identical(sent, moved)
+
+    # C-GET, each instance by a getscu that proposes its stored syntax first
+    for f in (f for f in sent if f.transfer_syntax in GETSCU_PREFERS):
+        got = tmp_path / f"got-{f.transfer_syntax}"
+        got.mkdir()
+        image = [
+            "-k",
+            "QueryRetrieveLevel=IMAGE",
+            "-k",
+            f"StudyInstanceUID={study_uid}",
+            "-k",
+            f"SeriesInstanceUID={dcmread(f.path, stop_before_pixels=True).SeriesInstanceUID}",
+            "-k",
+            f"SOPInstanceUID={f.sop_instance_uid}",
+        ]
+        output = _dcmtk("getscu", side, "-S", "+B", *GETSCU_PREFERS[f.transfer_syntax], "-od", str(got), *image)
+        assert _final_status(output) == 0x0000, output
+        _assert_identical([f], got)
+
+
+def _pynetdicom_get(side: ReadSide, f: SentFile, study_uid: str, syntaxes: list[str]) -> tuple[int, list[bytes]]:
+    """C-GET of one instance by a pynetdicom SCU proposing ``syntaxes`` (in that order) for its
+    storage context: (final status, the data set bytes of each C-STORE received, as they arrived)."""
+    received: list[bytes] = []
+
+    def on_store(event: Any) -> int:
+        received.append(event.request.DataSet.getvalue())
+        return 0x0000
+
+    meta = dcmread(f.path, stop_before_pixels=True)
+    ae = AE(ae_title=RADIOLOGIST_AE)
+    ae.add_requested_context(STUDY_ROOT_GET)
+    ae.add_requested_context(meta.SOPClassUID, syntaxes)
+    assoc = ae.associate(
+        "127.0.0.1",
+        side.dicom_port,
+        ae_title="CAMI",
+        ext_neg=[build_role(meta.SOPClassUID, scp_role=True)],
+        evt_handlers=[(evt.EVT_C_STORE, on_store)],
+    )
+    assert assoc.is_established
+    identifier = Dataset()
+    identifier.QueryRetrieveLevel = "IMAGE"
+    identifier.StudyInstanceUID = study_uid
+    identifier.SeriesInstanceUID = meta.SeriesInstanceUID
+    identifier.SOPInstanceUID = f.sop_instance_uid
+    try:
+        statuses = [int(status.Status) for status, _ in assoc.send_c_get(identifier, STUDY_ROOT_GET) if status]
+    finally:
+        assoc.release()
+    return statuses[-1], received
+
+
+def test_get_by_a_peer_proposing_implicit_vr_first_and_never_an_altered_object(side: ReadSide, tmp_path: Path) -> None:
+    """A pynetdicom SCU (getscu cannot propose implicit VR first) gets the implicit VR object with
+    group lengths as stored; a peer taking explicit VR only gets a failed sub-operation, because
+    pydicom's conversion would drop the group lengths."""
+    study_uid, sent = _group_length_study(side, tmp_path / "sent", "QR-GROUP-IMPLICIT")
+    [implicit] = [f for f in sent if f.transfer_syntax == IMPLICIT]
+    status, received = _pynetdicom_get(side, implicit, study_uid, [IMPLICIT, EXPLICIT])
+    assert (status, received) == (0x0000, [_data_set(implicit.path)[1]])
+    status, received = _pynetdicom_get(side, implicit, study_uid, [EXPLICIT])
+    assert (status, received) == (0xA702, [])
+
+
+def test_get_accepts_the_syntax_the_peer_proposes_first(side: ReadSide, tmp_path: Path) -> None:
+    """A compressed object comes back over C-GET as stored when the peer proposes its syntax
+    first: the archive must not accept explicit VR for the context instead (it cannot convert)."""
+    study_uid, sent = _study(side, 1, patient_id="QR-GET-JPEG", transfer_syntaxes=[JPEG_LOSSLESS])
+    output = _dcmtk(
+        "getscu",
+        side,
+        "-S",
+        "+B",
+        *GETSCU_PREFERS[JPEG_LOSSLESS],
+        "-od",
+        str(tmp_path),
+        "-k",
+        "QueryRetrieveLevel=STUDY",
+        "-k",
+        f"StudyInstanceUID={study_uid}",
+    )
+    assert _final_status(output) == 0x0000, output
+    _assert_identical(sent, tmp_path)
 
 
 # -- configuration --------------------------------------------------------------------------------------

@@ -320,9 +320,9 @@ def test_metadata_is_dicom_json_without_bulk_data(stored: Stored) -> None:
         pixel = item["7FE00010"]
         assert "InlineBinary" not in pixel and pixel["vr"] in ("OB", "OW")
         sop = item["00080018"]["Value"][0]
-        # the URI is built on the Host header; dicomweb-client sends one without the port, so compare paths
-        assert urlsplit(pixel["BulkDataURI"]).path == (
-            f"/dicomweb/studies/{stored.study}/series/{stored.series[sop]}/instances/{sop}/frames/1"
+        # dicomweb-client sends a Host header without the port: the URI still names the archive's
+        assert pixel["BulkDataURI"] == (
+            f"{side.url}/dicomweb/studies/{stored.study}/series/{stored.series[sop]}/instances/{sop}/frames/1"
         )
         assert all("InlineBinary" not in v for v in item.values())
     assert names == set(PATIENT_NAMES)  # decoded from UTF-8, ISO_IR 144 and ISO 2022 IR 144
@@ -431,6 +431,35 @@ def test_raw_frames(stored: Stored) -> None:
         stored.study, series, sent.sop_instance_uid, [1], media_types=("application/octet-stream",)
     )
     assert decoded == original.pixel_array.astype("<u2").tobytes()
+
+
+def test_bulk_data_uris_lead_dicomweb_client_back_to_the_pixel_data(stored: Stored) -> None:
+    side = stored.side
+    client = dicomweb(side, "dr.petrov")
+    metadata = client.retrieve_instance_metadata(stored.mf_study, stored.mf_series, stored.mf_sop)
+    uri = metadata["7FE00010"]["BulkDataURI"]
+    assert urlsplit(uri).port == urlsplit(side.url).port
+    before = access_ids(side)
+    assert client.retrieve_bulkdata(uri) == [frame.tobytes() for frame in stored.mf_frames]
+    one_access(side, before, action="retrieve", channel="wado-rs", results=1, PatientID=MF_PATIENT_ID)
+
+
+def test_a_frame_list_names_each_frame_once(stored: Stored) -> None:
+    side = stored.side
+    url = f"/dicomweb/studies/{stored.mf_study}/series/{stored.mf_series}/instances/{stored.mf_sop}/frames/"
+    before = access_ids(side)
+    with side.client("dr.petrov") as http:
+        accept = {"Accept": 'multipart/related; type="application/octet-stream"'}
+        body = assert_clean_error(http.get(url + ",".join(["1"] * 5_000), headers=accept), 400, "invalid-frames")
+        assert "frame 1 is asked for more than once" in body["detail"]
+        assert_clean_error(http.get(url + "3,1,3", headers=accept), 400, "invalid-frames")
+        assert new_accesses(side, before) == []  # nothing was sent
+        response = http.get(url + "3,1", headers=accept)
+    assert response.status_code == 200
+    assert [data for _, data in split_multipart(response)] == [
+        stored.mf_frames[2].tobytes(),
+        stored.mf_frames[0].tobytes(),
+    ]
 
 
 # -- WADO-URI --------------------------------------------------------------------------------------
