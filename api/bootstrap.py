@@ -15,6 +15,7 @@ from ingest.reports import DocumentReportHook
 from ingest.scp import StorageSCP
 from ingest.senders import Senders, load_senders
 from ingest.sop_index import SopIndex, SopIndexProjection, SopIndexSink
+from ingest.tls import server_context
 from projections.registry import ProjectionConfig, build
 from projections.sinks import WarehouseSink
 from projections.warehouse import Warehouse, open_warehouse
@@ -65,9 +66,12 @@ class Archive:
     def senders(self) -> Senders:
         return load_senders(self.settings.senders_file)
 
-    def storage_scp(self, port: int | None = None) -> StorageSCP:
+    def storage_scp(self, port: int | None = None, tls_port: int | None = None) -> StorageSCP:
+        """The DICOM services on the configured ports (``port``/``tls_port`` override them; 0
+        picks a free one); the TLS port only when TLS is configured."""
         senders = self.senders()
         commitment = StorageCommitment(self.sop_index, self.blobs, senders)
+        tls = self.settings.tls
         return StorageSCP(
             self.ingestor,
             senders,
@@ -76,6 +80,8 @@ class Archive:
             port=self.settings.dicom_port if port is None else port,
             commitment=commitment,
             extra=[qr_services(self, senders)],  # Query/Retrieve on the same AE title and port
+            tls_port=self.settings.dicom_tls_port if tls_port is None else tls_port,
+            ssl_context=server_context(tls) if tls.enabled else None,
         )
 
     @property
