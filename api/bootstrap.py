@@ -15,7 +15,7 @@ from ingest.reports import DocumentReportHook
 from ingest.scp import StorageSCP
 from ingest.senders import Senders, load_senders
 from ingest.sop_index import SopIndex, SopIndexProjection, SopIndexSink
-from ingest.tls import server_context
+from ingest.tls import TlsConfigError, server_context
 from projections.registry import ProjectionConfig, build
 from projections.sinks import WarehouseSink
 from projections.warehouse import Warehouse, open_warehouse
@@ -70,8 +70,14 @@ class Archive:
         """The DICOM services on the configured ports (``port``/``tls_port`` override them; 0
         picks a free one); the TLS port only when TLS is configured."""
         senders = self.senders()
-        commitment = StorageCommitment(self.sop_index, self.blobs, senders)
         tls = self.settings.tls
+        demanding = senders.demanding_certificates
+        if demanding and tls.client_certificates == "none":  # nobody could ever meet those rules
+            raise TlsConfigError(
+                f"{self.settings.senders_file}: {', '.join(demanding)} must show a client certificate,"
+                " but the archive asks for none: set CAMI_TLS_CERT, CAMI_TLS_KEY and CAMI_TLS_CA"
+            )
+        commitment = StorageCommitment(self.sop_index, self.blobs, senders)
         return StorageSCP(
             self.ingestor,
             senders,

@@ -175,6 +175,14 @@ class Senders:
             return False, "address-not-allowed"
         return True, "known"
 
+    @property
+    def demanding_certificates(self) -> list[str]:
+        """AE titles whose entries demand a client certificate (they need CAMI_TLS_CA)."""
+        rules = [(s.ae_title, s.tls) for s in self.senders.values()] + [
+            (c.ae_title, c.tls) for c in self.qr_callers.values()
+        ]
+        return sorted({ae_title for ae_title, rule in rules if rule.demands_certificate})
+
     def transport_allowed(self, ae_title: str, transport: PeerTransport) -> tuple[bool, str]:
         """(allowed, reason): every entry of ``ae_title`` (sender, Q/R caller) has its TLS rule met."""
         for entry in (self.lookup(ae_title), self.qr_caller(ae_title)):

@@ -104,3 +104,19 @@ def test_each_role_of_an_ae_title_has_its_tls_rule_met() -> None:
     )
     assert senders.transport_allowed("CT1", PeerTransport(True, ws)) == (True, "known")
     assert senders.transport_allowed("UNKNOWN", PeerTransport(False)) == (True, "known")  # AE title rules decide
+
+
+def test_certificate_rules_without_client_certificates_refuse_to_start(tmp_path: Path, ca: TestCA) -> None:
+    from api.bootstrap import bootstrap
+
+    server = ca.issue("cami-archive", server=True)
+    (tmp_path / "senders.toml").write_text(
+        f'[[sender]]\nae_title = "CT1"\norganisation = "{ORG}"\ncertificate_cn = "ct1"\n', encoding="utf-8"
+    )
+    env = {"CAMI_HOME": str(tmp_path), "CAMI_TLS_CERT": str(server.cert), "CAMI_TLS_KEY": str(server.key)}
+    archive = bootstrap(Settings.from_env(env))
+    try:
+        with pytest.raises(TlsConfigError, match="CT1 must show a client certificate"):
+            archive.storage_scp(port=0, tls_port=0)
+    finally:
+        archive.close()
