@@ -15,6 +15,7 @@ from ingest.reports import DocumentReportHook
 from ingest.scp import StorageSCP
 from ingest.senders import Senders, load_senders
 from ingest.sop_index import SopIndex, SopIndexProjection, SopIndexSink
+from ingest.tls import TlsConfigError, server_context
 from projections.registry import ProjectionConfig, build
 from projections.sinks import WarehouseSink
 from projections.warehouse import Warehouse, open_warehouse
@@ -67,8 +68,17 @@ class Archive:
     def senders(self) -> Senders:
         return load_senders(self.settings.senders_file)
 
-    def storage_scp(self, port: int | None = None) -> StorageSCP:
+    def storage_scp(self, port: int | None = None, tls_port: int | None = None) -> StorageSCP:
+        """The DICOM services on the configured ports (``port``/``tls_port`` override them; 0
+        picks a free one); the TLS port only when TLS is configured."""
         senders = self.senders()
+        tls = self.settings.tls
+        demanding = senders.demanding_certificates
+        if demanding and tls.client_certificates == "none":  # nobody could ever meet those rules
+            raise TlsConfigError(
+                f"{self.settings.senders_file}: {', '.join(demanding)} must show a client certificate,"
+                " but the archive asks for none: set CAMI_TLS_CERT, CAMI_TLS_KEY and CAMI_TLS_CA"
+            )
         commitment = StorageCommitment(self.sop_index, self.blobs, senders)
         return StorageSCP(
             self.ingestor,
@@ -78,6 +88,8 @@ class Archive:
             port=self.settings.dicom_port if port is None else port,
             commitment=commitment,
             extra=[qr_services(self, senders)],  # Query/Retrieve on the same AE title and port
+            tls_port=self.settings.dicom_tls_port if tls_port is None else tls_port,
+            ssl_context=server_context(tls) if tls.enabled else None,
         )
 
     @property

@@ -187,8 +187,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from streams.processing import EmbeddedRunner
 
     settings = Settings.from_env()
+    if args.dicom_tls_port is not None and not settings.tls.enabled:
+        raise ValueError("--dicom-tls-port needs CAMI_TLS_CERT (and CAMI_TLS_KEY): see README, Configuration")
     archive = bootstrap(settings)
-    scp = archive.storage_scp(port=args.dicom_port)
+    scp = archive.storage_scp(port=args.dicom_port, tls_port=args.dicom_tls_port)
     runner = None
     if archive.event_log.backend == "embedded":
         # one process owns the embedded ClickHouse directory: the processors run here
@@ -201,7 +203,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
     senders = archive.senders()
     pilot = ", pilot mode: unknown callers accepted" if senders.accept_unknown else ""
     known = len(senders.senders)
-    where = f"{senders.ae_title} on {scp.host}:{scp.port}"
+    ports = ([f"{scp.port}"] if scp.plain else []) + ([f"{scp.tls_port} (TLS)"] if scp.tls_port is not None else [])
+    where = f"{senders.ae_title} on {scp.host}:{', '.join(ports)}"
     console.print(f"CAMI DICOM (storage, commitment, Q/R) {where} ({known} senders{pilot})")
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
@@ -251,6 +254,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("serve", help="run the archive's network services (DICOM Storage SCP with commitment)")
     p.add_argument("--dicom-port", type=int, help="DICOM port (default CAMI_DICOM_PORT or 11112)")
+    p.add_argument(
+        "--dicom-tls-port", type=int, help="DICOM TLS port (default CAMI_DICOM_TLS_PORT or 2762; needs CAMI_TLS_CERT)"
+    )
     p.set_defaults(func=cmd_serve)
 
     import importlib

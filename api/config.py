@@ -14,7 +14,18 @@ CAMI_DICOM_PORT        port of the DICOM services                   11112
 CAMI_HTTP_HOST         address the HTTP API listens on              127.0.0.1
 CAMI_HTTP_PORT         port of the HTTP API (DICOMweb, reports)     8042
 CAMI_PSEUDONYM_KEY     HMAC key for patient pseudonyms (analytics)  a development key (set it!)
+CAMI_TLS_CERT          PEM certificate chain of the archive         none: no TLS
+CAMI_TLS_KEY           PEM private key of that certificate          the key in CAMI_TLS_CERT
+CAMI_TLS_CA            PEM CA(s) client certificates must chain to  none
+CAMI_TLS_CLIENT_CERT   none | optional | required (DICOM TLS port)   optional with CAMI_TLS_CA, else none
+CAMI_DICOM_TLS_PORT    port of the DICOM services over TLS          2762 with CAMI_TLS_CERT
+CAMI_HTTP_TLS          on | off: HTTPS on CAMI_HTTP_PORT             on with CAMI_TLS_CERT
 =====================  ==========================================  =================================
+
+TLS (``ingest.tls``): with ``CAMI_TLS_CERT`` the DICOM services listen on a second port,
+``CAMI_DICOM_TLS_PORT``, beside the plain one (set ``CAMI_DICOM_PORT=off`` to close the plain
+one), and the HTTP API answers HTTPS only (``CAMI_HTTP_TLS=off`` leaves it plain, e.g. behind a
+TLS-terminating proxy). The agent and HL7 ports to come use the same settings.
 
 Real servers: ``CAMI_EVENT_LOG=kafka://broker1:9092,broker2:9092?replication=3&min_insync=2``,
 ``CAMI_BLOBS=s3://bucket?endpoint=https://s3.region.local`` (credentials from the usual
@@ -25,8 +36,10 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+
+from ingest.tls import TlsSettings
 
 
 @dataclass(frozen=True)
@@ -38,10 +51,13 @@ class Settings:
     partitions: int = 6
     senders_path: Path | None = None
     dicom_host: str = "127.0.0.1"
-    dicom_port: int = 11112
+    dicom_port: int | None = 11112  # None: no plain DICOM port (TLS only)
     http_host: str = "127.0.0.1"
     http_port: int = 8042
     pseudonym_key: bytes = b"cami-development-key-change-me"
+    tls: TlsSettings = field(default_factory=TlsSettings)
+    dicom_tls_port: int | None = None  # None: no DICOM TLS port
+    http_tls: bool = False
 
     @property
     def senders_file(self) -> Path:
@@ -51,6 +67,7 @@ class Settings:
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
         env = os.environ if env is None else env
         home = Path(env.get("CAMI_HOME", "cami-data")).expanduser().resolve()
+        tls = _tls_settings(env)
         return cls(
             home=home,
             event_log_url=env.get("CAMI_EVENT_LOG", f"sqlite://{home}/events.db"),
@@ -59,10 +76,13 @@ class Settings:
             partitions=int(env.get("CAMI_PARTITIONS", "6")),
             senders_path=Path(env["CAMI_SENDERS"]).expanduser().resolve() if env.get("CAMI_SENDERS") else None,
             dicom_host=env.get("CAMI_DICOM_HOST", "127.0.0.1"),
-            dicom_port=int(env.get("CAMI_DICOM_PORT", "11112")),
+            dicom_port=_port_or_off(env.get("CAMI_DICOM_PORT", "11112")),
             http_host=env.get("CAMI_HTTP_HOST", "127.0.0.1"),
             http_port=int(env.get("CAMI_HTTP_PORT", "8042")),
             pseudonym_key=env.get("CAMI_PSEUDONYM_KEY", "cami-development-key-change-me").encode(),
+            tls=tls,
+            dicom_tls_port=_port_or_off(env.get("CAMI_DICOM_TLS_PORT", "2762")) if tls.enabled else None,
+            http_tls=tls.enabled and env.get("CAMI_HTTP_TLS", "on").strip().lower() != "off",
         )
 
     def describe(self) -> dict[str, str]:
@@ -72,7 +92,29 @@ class Settings:
             "event_log": _mask(self.event_log_url),
             "blobs": _mask(self.blob_store_url),
             "clickhouse": _mask(self.warehouse_url),
+            "tls": str(self.tls.certificate) if self.tls.enabled else "off",
         }
+
+
+def _path(env: Mapping[str, str], variable: str) -> Path | None:
+    value = env.get(variable, "").strip()
+    return Path(value).expanduser().resolve() if value else None
+
+
+def _tls_settings(env: Mapping[str, str]) -> TlsSettings:
+    ca = _path(env, "CAMI_TLS_CA")
+    settings = TlsSettings(
+        certificate=_path(env, "CAMI_TLS_CERT"),
+        key=_path(env, "CAMI_TLS_KEY"),
+        ca=ca,
+        client_certificates=env.get("CAMI_TLS_CLIENT_CERT", "optional" if ca else "none").strip().lower(),
+    )
+    settings.check()  # a half-configured TLS must not start as plain text
+    return settings
+
+
+def _port_or_off(value: str) -> int | None:
+    return None if value.strip().lower() in {"off", "none", ""} else int(value)
 
 
 def _mask(url: str) -> str:

@@ -20,6 +20,7 @@ from __future__ import annotations
 import logging
 import os
 import socket
+import ssl
 import threading
 import time
 import uuid
@@ -51,6 +52,7 @@ from ingest.reports import (
     ReportStore,
 )
 from ingest.statuses import Status
+from ingest.tls import server_context
 from ingest.validation import Refusal, inspect
 from streams import EventLogError
 
@@ -562,19 +564,25 @@ def _node() -> str:
 class HttpServer:
     """uvicorn in a thread of this process: ``start()`` returns once it listens, ``stop()`` ends it."""
 
-    def __init__(self, app: FastAPI, host: str = "127.0.0.1", port: int = 8042) -> None:
+    def __init__(
+        self, app: FastAPI, host: str = "127.0.0.1", port: int = 8042, ssl_context: ssl.SSLContext | None = None
+    ) -> None:
         import uvicorn
 
         self.app = app
         self.host = host
         self.port = port
-        config = uvicorn.Config(app, host=host, port=port, log_level="warning", lifespan="on", access_log=False)
+        self.ssl_context = ssl_context
+        tls: dict[str, Any] = {}
+        if ssl_context is not None:  # HTTPS only on this port; the context comes from ingest.tls
+            tls["ssl_context_factory"] = lambda _config, _default: ssl_context
+        config = uvicorn.Config(app, host=host, port=port, log_level="warning", lifespan="on", access_log=False, **tls)
         self._server = uvicorn.Server(config)
         self._thread: threading.Thread | None = None
 
     @property
     def url(self) -> str:
-        return f"http://{self.host}:{self.port}"
+        return f"{'https' if self.ssl_context is not None else 'http'}://{self.host}:{self.port}"
 
     def start(self, timeout: float = 30.0) -> None:
         self._thread = threading.Thread(target=self._server.run, name="cami-http", daemon=True)
@@ -601,10 +609,13 @@ class HttpServer:
 
 def serve_http(archive: Archive, host: str | None = None, port: int | None = None) -> HttpServer:
     """Start the HTTP app for ``archive`` (``port`` 0 picks a free one); call ``stop()`` to end it."""
+    settings = archive.settings
     server = HttpServer(
         create_app(archive),
-        archive.settings.http_host if host is None else host,
-        archive.settings.http_port if port is None else port,
+        settings.http_host if host is None else host,
+        settings.http_port if port is None else port,
+        # people sign in with tokens here: no client certificates asked for
+        server_context(settings.tls, client_certificates=False) if settings.http_tls else None,
     )
     server.start()
     return server

@@ -9,11 +9,17 @@ proposes in one context, its first choice the archive supports is accepted
 Other services answer on the same AE title and port (as Orthanc and dcm4chee do) through
 :class:`ExtraServices`: presentation contexts and event handlers the composition root passes in
 (``api.qr_scp`` builds Query/Retrieve this way; ingest imports nothing from the api).
+
+With an ``ssl_context`` the same AE also listens on a second, TLS port (as DICOM's 2762 beside
+104): every service answers on both; a ``[[sender]]``/``[[qr_caller]]`` with a TLS rule
+(``ingest.senders``) is accepted only over TLS with the client certificate it names.
 """
 
 from __future__ import annotations
 
+import logging
 import socket
+import ssl
 import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -23,9 +29,18 @@ from pynetdicom import AE, ALL_TRANSFER_SYNTAXES, AllStoragePresentationContexts
 from pynetdicom.transport import ThreadedAssociationServer
 
 from ingest import netio
-from ingest.handlers import handle_echo, handle_established, handle_rejected, handle_store
+from ingest.handlers import (
+    _ae,
+    called_ae_title,
+    handle_echo,
+    handle_established,
+    handle_rejected,
+    handle_store,
+    record_association_rejected,
+)
 from ingest.pipeline import Ingestor
 from ingest.senders import Senders
+from ingest.tls import peer_transport
 from streams import EventLog
 
 netio.install()  # pynetdicom must survive descriptor numbers above 1023 (see ingest/netio.py)
@@ -35,6 +50,10 @@ STORAGE_COMMITMENT_PUSH = "1.2.840.10008.1.20.1"
 
 #: bigger PDUs mean fewer round trips for large objects; peers may still send smaller ones
 MAX_PDU = 256 * 1024
+#: seconds a peer on the TLS port has to complete its handshake
+TLS_HANDSHAKE_TIMEOUT = 10.0
+
+log = logging.getLogger("cami.scp")
 
 
 @dataclass(frozen=True)
@@ -58,12 +77,19 @@ class StorageSCP:
         event_log: EventLog,
         *,
         host: str = "127.0.0.1",
-        port: int = 11112,
+        port: int | None = 11112,
         commitment: Any | None = None,
         extra: Sequence[ExtraServices] = (),
+        tls_port: int | None = None,
+        ssl_context: ssl.SSLContext | None = None,
     ) -> None:
         self.host = host
-        self.port = port
+        self.plain = port is not None  # False: TLS only
+        self.port = port or 0
+        # None: no such listener; 0 picks a free port (``start()`` then sets the one it got)
+        self.tls_port = tls_port if ssl_context is not None else None
+        self.ssl_context = ssl_context
+        self.event_log = event_log
         self.ae = AE(ae_title=senders.ae_title)
         self.ae.maximum_pdu_size = MAX_PDU
         self.ae.require_called_aet = False  # checked in handle_established (the emergency AE title too)
@@ -83,6 +109,7 @@ class StorageSCP:
             (evt.EVT_ESTABLISHED, handle_established, [senders, event_log]),
             (evt.EVT_REJECTED, handle_rejected, [senders, event_log]),
             (evt.EVT_REQUESTED, follow_proposed_order),
+            (evt.EVT_ESTABLISHED, handle_transport, [senders, event_log]),  # TLS rules, after the above
         ]
         if commitment is not None:
             from ingest.commitment import handle_n_action
@@ -94,17 +121,42 @@ class StorageSCP:
                 self.ae.add_supported_context(abstract_syntax, list(transfer_syntaxes))
             self.handlers.extend(services.handlers)
         self._server: Any = None
+        self._tls_server: _TlsServer | None = None
+        self._tls_thread: threading.Thread | None = None
 
     def start(self) -> None:
+        self._start_tls()
+        if not self.plain:
+            return
         server = self._make_server()
         threading.Thread(target=server.serve_forever, name="cami-dicom", daemon=True).start()
         self._server = server
         self.port = server.server_address[1]
 
     def serve_forever(self) -> None:
+        self._start_tls()
+        if not self.plain:  # TLS only: until stop()
+            if self._tls_thread is not None:
+                self._tls_thread.join()
+            return
         server = self._make_server()
         self._server = server
         server.serve_forever()
+
+    def _start_tls(self) -> None:
+        if self.ssl_context is None or self.tls_port is None:
+            return
+        # the context is not handed to pynetdicom: it would do the handshake in the accepting
+        # thread, where one silent peer holds up every other connection (see _TlsServer)
+        server = self.ae.make_server((self.host, self.tls_port), evt_handlers=self.handlers, server_class=_TlsServer)
+        self.ae._servers.append(server)
+        tls_server = cast(_TlsServer, server)
+        tls_server.tls_context = self.ssl_context
+        tls_server.event_log = self.event_log
+        self._tls_thread = threading.Thread(target=tls_server.serve_forever, name="cami-dicom-tls", daemon=True)
+        self._tls_thread.start()
+        self._tls_server = tls_server
+        self.tls_port = tls_server.server_address[1]
 
     def _make_server(self) -> _NoDelayServer:
         # what AE.start_server does, with our server class (it only takes one when blocking);
@@ -114,6 +166,9 @@ class StorageSCP:
         return cast(_NoDelayServer, server)
 
     def stop(self) -> None:
+        if self._tls_server is not None:
+            self._tls_server.shutdown()
+            self._tls_server = None
         if self._server is not None:
             self._server.shutdown()
             self._server = None
@@ -146,3 +201,45 @@ class _NoDelayServer(ThreadedAssociationServer):
         client, address = super().get_request()
         client.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         return client, address
+
+
+class _TlsServer(_NoDelayServer):
+    """The TLS port: the handshake runs in the association's own thread and is bounded by
+    TLS_HANDSHAKE_TIMEOUT; a failed one (no TLS, an untrusted or missing client certificate) is
+    logged and recorded as an ``AssociationRejected`` event, and the listener carries on."""
+
+    tls_context: ssl.SSLContext
+    event_log: EventLog
+
+    def get_request(self) -> tuple[socket.socket, tuple[str, int]]:
+        client, address = super().get_request()
+        return self.tls_context.wrap_socket(client, server_side=True, do_handshake_on_connect=False), address
+
+    def process_request_thread(self, request: Any, client_address: tuple[str, int]) -> None:  # type: ignore[override]
+        before = request.gettimeout()
+        try:
+            request.settimeout(TLS_HANDSHAKE_TIMEOUT)
+            request.do_handshake()
+            request.settimeout(before)
+        except (OSError, ValueError) as exc:  # ssl.SSLError, a timeout, a reset
+            address, port = client_address[0], client_address[1]
+            log.warning("TLS handshake with %s:%s failed: %s", address, port, exc)
+            record_association_rejected(self.event_log, "tls-handshake-failed", "", None, address, port)
+            self.shutdown_request(request)
+            return
+        super().process_request_thread(request, client_address)
+
+
+def handle_transport(event: Any, senders: Senders, event_log: EventLog) -> None:
+    """Refuse a caller whose ``[[sender]]``/``[[qr_caller]]`` entries demand TLS or a certain
+    client certificate that this association does not have."""
+    assoc = event.assoc
+    if getattr(assoc, "_sent_abort", False):  # handle_established refused it already: one event is enough
+        return
+    calling = _ae(assoc.requestor.ae_title)
+    allowed, reason = senders.transport_allowed(calling, peer_transport(assoc.dul.socket.socket))
+    if not allowed:
+        address, port = assoc.requestor.address, assoc.requestor.port
+        log.warning("refusing association from %s@%s: %s", calling, address, reason)
+        record_association_rejected(event_log, reason, calling, called_ae_title(assoc) or None, address, port)
+        assoc.abort()

@@ -15,6 +15,12 @@ A TOML file (``$CAMI_SENDERS``, default ``$CAMI_HOME/senders.toml``)::
     host = "10.1.2.3"               # optional: where storage commitment reports / C-MOVE go
     port = 104
     pathology = false               # optional: everything from this sender is marked pathology
+    tls_required = true             # optional: only over TLS with a client certificate the CA signed
+    certificate_cn = "okb-ct1.example.org"  # optional: ... whose subject CN is this (implies tls_required)
+    certificate_sha256 = "9f86d0..."  # optional: ... whose SHA-256 fingerprint is this (implies tls_required)
+
+The TLS options hold for ``[[qr_caller]]`` entries too; an AE title listed in both tables must
+satisfy both entries' rules. They need the DICOM TLS port and ``CAMI_TLS_CA`` (``api.config``).
 
 Query/Retrieve (C-FIND, C-MOVE, C-GET on the same AE title and port) is open only to the AE
 titles listed as ``[[qr_caller]]``; the role decides what the caller may do, exactly as for a
@@ -49,6 +55,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ingest.tls import PeerTransport
+
 
 class SenderConfigError(ValueError):
     """The senders file is missing required values or has wrong types."""
@@ -56,6 +64,34 @@ class SenderConfigError(ValueError):
 
 #: roles a Q/R caller may have (the reading roles of :mod:`api.access`; ingest cannot import it)
 QR_ROLES = ("radiologist", "referring-doctor", "administrator", "auditor")
+
+
+@dataclass(frozen=True)
+class TlsRule:
+    """What a peer must prove over TLS before its association is accepted (empty: nothing)."""
+
+    required: bool = False
+    certificate_cn: str | None = None
+    certificate_sha256: str | None = None
+
+    @property
+    def demands_certificate(self) -> bool:
+        return self.required or self.certificate_cn is not None or self.certificate_sha256 is not None
+
+    def refusal(self, transport: PeerTransport) -> str | None:
+        """Why ``transport`` does not satisfy the rule (a rejection reason), or None."""
+        if not self.demands_certificate:
+            return None
+        if not transport.tls:
+            return "tls-required"
+        certificate = transport.certificate
+        if certificate is None:
+            return "client-certificate-required"
+        if self.certificate_cn is not None and certificate.common_name != self.certificate_cn:
+            return "client-certificate-mismatch"
+        if self.certificate_sha256 is not None and certificate.sha256 != self.certificate_sha256:
+            return "client-certificate-mismatch"
+        return None
 
 
 @dataclass(frozen=True)
@@ -67,6 +103,7 @@ class Sender:
     host: str | None = None
     port: int | None = None
     pathology: bool = False
+    tls: TlsRule = TlsRule()
 
 
 @dataclass(frozen=True)
@@ -80,6 +117,7 @@ class QrCaller:
     addresses: tuple[str, ...] = ()
     host: str | None = None
     port: int | None = None
+    tls: TlsRule = TlsRule()
 
 
 @dataclass(frozen=True)
@@ -137,6 +175,22 @@ class Senders:
             return False, "address-not-allowed"
         return True, "known"
 
+    @property
+    def demanding_certificates(self) -> list[str]:
+        """AE titles whose entries demand a client certificate (they need CAMI_TLS_CA)."""
+        rules = [(s.ae_title, s.tls) for s in self.senders.values()] + [
+            (c.ae_title, c.tls) for c in self.qr_callers.values()
+        ]
+        return sorted({ae_title for ae_title, rule in rules if rule.demands_certificate})
+
+    def transport_allowed(self, ae_title: str, transport: PeerTransport) -> tuple[bool, str]:
+        """(allowed, reason): every entry of ``ae_title`` (sender, Q/R caller) has its TLS rule met."""
+        for entry in (self.lookup(ae_title), self.qr_caller(ae_title)):
+            reason = entry.tls.refusal(transport) if entry is not None else None
+            if reason is not None:
+                return False, reason
+        return True, "known"
+
 
 def _sender(raw: dict[str, Any], index: int) -> Sender:
     try:
@@ -157,7 +211,27 @@ def _sender(raw: dict[str, Any], index: int) -> Sender:
         raw.get("host"),
         port,
         bool(raw.get("pathology", False)),
+        _tls_rule(raw, f"sender {ae_title}"),
     )
+
+
+def _tls_rule(raw: dict[str, Any], what: str) -> TlsRule:
+    required = raw.get("tls_required", False)
+    if not isinstance(required, bool):
+        raise SenderConfigError(f"{what}: tls_required must be true or false")
+    values: list[str | None] = []
+    for option in ("certificate_cn", "certificate_sha256"):
+        value = raw.get(option)
+        if value is not None and not (isinstance(value, str) and value.strip()):
+            raise SenderConfigError(f"{what}: {option} must be a non-empty string")
+        values.append(value.strip() if isinstance(value, str) else None)
+    common_name, fingerprint = values
+    if fingerprint is not None:
+        # accept the usual spellings (openssl's AB:CD:..., upper or lower case)
+        fingerprint = fingerprint.replace(":", "").lower()
+        if len(fingerprint) != 64 or any(c not in "0123456789abcdef" for c in fingerprint):
+            raise SenderConfigError(f"{what}: certificate_sha256 must be 64 hex digits")
+    return TlsRule(required, common_name, fingerprint)
 
 
 def _ae_title(raw: dict[str, Any], what: str) -> str:
@@ -194,7 +268,9 @@ def _qr_caller(raw: dict[str, Any], index: int) -> QrCaller:
     if not isinstance(addresses, list) or not all(isinstance(a, str) for a in addresses):
         raise SenderConfigError(f"{what}: addresses must be a list of strings")
     host, port = _address(raw, what, required=False)
-    return QrCaller(ae_title, organisation, str(role), str(raw.get("name", "")), tuple(addresses), host, port)
+    return QrCaller(
+        ae_title, organisation, str(role), str(raw.get("name", "")), tuple(addresses), host, port, _tls_rule(raw, what)
+    )
 
 
 def _destination(raw: dict[str, Any], index: int) -> Destination:

@@ -47,15 +47,19 @@ def scene(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Scene]:
     built.side.stop()
 
 
-@pytest.fixture()
-def browser(monkeypatch: pytest.MonkeyPatch) -> Iterator[WebDriver]:
+def chromium(monkeypatch: pytest.MonkeyPatch, env: dict[str, str] | None = None) -> WebDriver:
     options = Options()
     options.binary_location = CHROMIUM
     for argument in ("--headless=new", "--no-sandbox", "--window-size=1280,1024", "--disable-dev-shm-usage"):
         options.add_argument(argument)
     # with both paths given selenium-manager has nothing to find; offline makes sure it fetches nothing
     monkeypatch.setenv("SE_OFFLINE", "true")
-    driver = webdriver.Chrome(service=Service(CHROMEDRIVER), options=options)
+    return webdriver.Chrome(service=Service(CHROMEDRIVER, env=env), options=options)
+
+
+@pytest.fixture()
+def browser(monkeypatch: pytest.MonkeyPatch) -> Iterator[WebDriver]:
+    driver = chromium(monkeypatch)
     try:
         yield driver
     finally:

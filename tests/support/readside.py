@@ -14,6 +14,7 @@ with bearer tokens. Studies are stored the way hospitals send them (dcmtk's ``st
 
 from __future__ import annotations
 
+import ssl
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -70,16 +71,17 @@ class ReadSide:
     tokens: dict[str, str] = field(default_factory=dict)
 
     @classmethod
-    def start(cls, tmp_path: Path, senders_extra: str = "") -> ReadSide:
+    def start(cls, tmp_path: Path, senders_extra: str = "", env: dict[str, str] | None = None) -> ReadSide:
+        """``env``: more settings (e.g. the CAMI_TLS_* of :mod:`tests.support.tls`)."""
         home = tmp_path / "cami"
         home.mkdir(parents=True, exist_ok=True)
         (home / "senders.toml").write_text(senders_toml(senders_extra), encoding="utf-8")
         tokens = {name: add_user(home / "users.toml", name, **spec)[1] for name, spec in USERS.items()}
-        settings = Settings.from_env({"CAMI_HOME": str(home), "CAMI_PARTITIONS": "3"})
+        settings = Settings.from_env({"CAMI_HOME": str(home), "CAMI_PARTITIONS": "3", **(env or {})})
         archive = bootstrap(settings)
         runner = EmbeddedRunner(archive.event_log, archive.bindings())
         runner.start()
-        scp = archive.storage_scp(port=0)
+        scp = archive.storage_scp(port=0, tls_port=0)  # the TLS port only if TLS is configured
         scp.start()
         http = serve_http(archive, host="127.0.0.1", port=0)
         return cls(home, archive, runner, scp, http, tokens)
@@ -108,7 +110,9 @@ class ReadSide:
     def client(self, user: str | None = None) -> httpx.Client:
         """An HTTP client, signed in as ``user`` (bearer token) or anonymous."""
         headers = {"Authorization": f"Bearer {self.tokens[user]}"} if user else {}
-        return httpx.Client(base_url=self.url, headers=headers, timeout=60)
+        ca = self.archive.settings.tls.ca  # over HTTPS the test CA signed the archive's certificate
+        verify = ssl.create_default_context(cafile=ca) if self.archive.settings.http_tls and ca else True
+        return httpx.Client(base_url=self.url, headers=headers, timeout=60, verify=verify)
 
     # -- data ----------------------------------------------------------------------------------
     def store_study(
