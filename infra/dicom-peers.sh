@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
 # Peers used by integration tests and benchmarks: dcmtk (storescu, findscu, movescu, echoscu,
 # storescp), Orthanc with its DICOMweb plugin, and Chromium with its WebDriver (the headless browser
-# of the study-page test), from the Debian packages.
+# of the study-page test; NSS's certutil makes it trust a test CA), from the Debian packages.
 #
-#   infra/dicom-peers.sh install   # apt-get install -y dcmtk orthanc orthanc-dicomweb chromium chromium-driver
+#   infra/dicom-peers.sh install   # apt-get install -y dcmtk orthanc orthanc-dicomweb chromium chromium-driver libnss3-tools
 #   infra/dicom-peers.sh check     # prints the installed versions; exit 1 when something is missing
 #
 # install is skipped when the binaries and the plugin are already there; `apt-get update` runs only when
@@ -16,11 +16,12 @@ set -euo pipefail
 # shellcheck source=infra/lib.sh
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
-PACKAGES=(dcmtk orthanc orthanc-dicomweb chromium chromium-driver)
+PACKAGES=(dcmtk orthanc orthanc-dicomweb chromium chromium-driver libnss3-tools)
 STORESCU=/usr/bin/storescu
 ORTHANC=/usr/sbin/Orthanc
 DICOMWEB_PLUGIN=/usr/share/orthanc/plugins/libOrthancDicomWeb.so
 CHROMEDRIVER=/usr/bin/chromedriver
+CERTUTIL=/usr/bin/certutil
 POLICY_RC=/usr/sbin/policy-rc.d
 
 usage() {
@@ -28,7 +29,7 @@ usage() {
     exit 2
 }
 
-is_installed() { [[ -x "$STORESCU" && -x "$ORTHANC" && -f "$DICOMWEB_PLUGIN" && -x "$CHROMEDRIVER" ]]; }
+is_installed() { [[ -x "$STORESCU" && -x "$ORTHANC" && -f "$DICOMWEB_PLUGIN" && -x "$CHROMEDRIVER" && -x "$CERTUTIL" ]]; }
 
 SUDO=()
 as_root() { "${SUDO[@]}" "$@"; }
@@ -99,7 +100,7 @@ do_install() {
         apt_install || { show_log_tail 30 "$APT_LOG"; die "apt-get install failed (log: $APT_LOG)"; }
     fi
     remove_temp_policy
-    is_installed || die "apt-get finished but $STORESCU, $ORTHANC, $DICOMWEB_PLUGIN or $CHROMEDRIVER is missing"
+    is_installed || die "apt-get finished but $STORESCU, $ORTHANC, $DICOMWEB_PLUGIN, $CHROMEDRIVER or $CERTUTIL is missing"
 }
 
 cmd_install() {
