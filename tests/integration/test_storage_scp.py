@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import re
 import struct
 import subprocess
 import time
@@ -14,15 +15,17 @@ from typing import Any
 
 import pytest
 from pydicom import dcmread
+from pydicom.dataset import Dataset
 from pynetdicom import AE
 from pynetdicom import _config as pynetdicom_config
+from pynetdicom.sop_class import StudyRootQueryRetrieveInformationModelFind  # type: ignore[attr-defined]
 
 from api.bootstrap import Archive, bootstrap
 from api.config import Settings
 from ingest.scp import StorageSCP
 from schemas.codec import decode
 from schemas.events import Event
-from streams.topics import DICOM
+from streams.topics import ACCESS, DICOM
 from tests.support.studies import (
     DCMTK_ENV,
     PATIENTS,
@@ -323,3 +326,109 @@ def test_calling_a_wrong_ae_title_is_refused(running: Running, tmp_path: Path) -
     [event] = running.events("AssociationRejected")
     assert event["reason"] == "wrong-called-ae-title" and event["called_ae_title"] == "PACS"
     assert running.events("InstanceReceived") == []
+
+
+# -- each role's address rule holds on its own (a sender that is also a Q/R caller) ---------------------
+FAR, NEAR = "127.0.0.1", "127.0.0.2"  # both loopback: the archive sees storescu/findscu as FAR
+
+
+def _both_roles(sender_addresses: list[str], caller_addresses: list[str]) -> str:
+    return f"""
+[archive]
+ae_title = "CAMI"
+
+[[sender]]
+ae_title = "OKB_CT1"
+organisation = "{ORGANISATION}"
+addresses = {sender_addresses!r}
+
+[[qr_caller]]
+ae_title = "OKB_CT1"
+organisation = "{ORGANISATION}"
+role = "radiologist"
+addresses = {caller_addresses!r}
+""".replace("'", '"')
+
+
+def _findscu_status(port: int) -> int:
+    """A study-level C-FIND by dcmtk's findscu from 127.0.0.1; the final DIMSE status it logged."""
+    result = subprocess.run(
+        [
+            *("/usr/bin/findscu", "-d", "-S", "-aet", "OKB_CT1", "-aec", "CAMI"),
+            *("-k", "QueryRetrieveLevel=STUDY", "-k", "StudyInstanceUID", "127.0.0.1", str(port)),
+        ],
+        capture_output=True,
+        text=True,
+        env=DCMTK_ENV,
+        timeout=120,
+        check=False,
+    )
+    found = re.findall(r"DIMSE Status\s*:\s*0x([0-9a-fA-F]{4})", result.stdout + result.stderr)
+    assert found, (result.stdout + result.stderr)[-3000:]
+    return int(found[-1], 16)
+
+
+def _near_association(port: int, context: str, syntax: str = "1.2.840.10008.1.2.1") -> Any:
+    """A pynetdicom association from 127.0.0.2 (dcmtk's tools cannot choose their local address)."""
+    ae = AE(ae_title="OKB_CT1")
+    ae.add_requested_context(context, syntax)
+    assoc = ae.associate("127.0.0.1", port, ae_title="CAMI", bind_address=(NEAR, 0))
+    assert assoc.is_established
+    return assoc
+
+
+def _accesses(run: Running) -> list[Event]:
+    log = run.archive.event_log
+    return [decode(r.value) for p in log.partitions(ACCESS) for r in log.read(ACCESS, p, 0, 1_000_000)]
+
+
+def test_a_sender_limited_to_other_addresses_does_not_store_from_where_it_may_query(tmp_path: Path) -> None:
+    run = _custom_archive(tmp_path, _both_roles([NEAR], []))
+    try:
+        result = storescu(FAR, run.scp.port, [_valid(tmp_path, "far")], calling="OKB_CT1")
+        assert "Success" not in outcomes(result.stderr).values(), result.stderr[-2000:]
+        [rejection] = run.events("InstanceRejected")
+        assert rejection["reason"] == "address-not-allowed" and rejection["status"] == 0x0124
+        assert rejection["peer_address"] == FAR and rejection["calling_ae_title"] == "OKB_CT1"
+        assert run.events("InstanceReceived") == []
+        assert _findscu_status(run.scp.port) == 0x0000  # querying from here is allowed
+        [access] = _accesses(run)
+        assert access["outcome"] == "ok" and access["remote_address"] == FAR
+        # from its own address the same AE title stores
+        near = _valid(tmp_path, "near")
+        meta = dcmread(near, stop_before_pixels=True).file_meta
+        assoc = _near_association(run.scp.port, meta.MediaStorageSOPClassUID)
+        try:
+            assert assoc.send_c_store(near).Status == 0x0000
+        finally:
+            assoc.release()
+        [received] = run.events("InstanceReceived")
+        assert received["peer_address"] == NEAR
+    finally:
+        run.scp.stop()
+        run.archive.close()
+
+
+def test_a_qr_caller_limited_to_other_addresses_does_not_query_from_where_it_may_store(tmp_path: Path) -> None:
+    run = _custom_archive(tmp_path, _both_roles([], [NEAR]))
+    try:
+        assert _findscu_status(run.scp.port) == 0x0124  # Refused: Not Authorised
+        [denied] = _accesses(run)
+        assert denied["outcome"] == "denied" and denied["remote_address"] == FAR
+        assert denied.envelope.actor.user == "OKB_CT1"
+        result = storescu(FAR, run.scp.port, [_valid(tmp_path, "far")], calling="OKB_CT1")
+        assert list(outcomes(result.stderr).values()) == ["Success"]  # storing from here is allowed
+        # from its own address the same AE title queries
+        assoc = _near_association(run.scp.port, StudyRootQueryRetrieveInformationModelFind)
+        try:
+            query = Dataset()
+            query.QueryRetrieveLevel = "STUDY"
+            query.StudyInstanceUID = ""
+            statuses = [int(s.Status) for s, _ in assoc.send_c_find(query, StudyRootQueryRetrieveInformationModelFind)]
+        finally:
+            assoc.release()
+        assert statuses[-1] == 0x0000 and 0x0124 not in statuses
+        assert [a["outcome"] for a in sorted(_accesses(run), key=lambda e: e.envelope.recorded_at)] == ["denied", "ok"]
+    finally:
+        run.scp.stop()
+        run.archive.close()
