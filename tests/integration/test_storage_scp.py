@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import re
+import socket
 import struct
 import subprocess
 import time
@@ -432,3 +433,20 @@ def test_a_qr_caller_limited_to_other_addresses_does_not_query_from_where_it_may
     finally:
         run.scp.stop()
         run.archive.close()
+
+
+# -- connections that never send an A-ASSOCIATE-RQ ----------------------------------------------------------
+def test_idle_connections_do_not_lock_a_sender_out_and_are_closed(running: Running, tmp_path: Path) -> None:
+    port = running.scp.port
+    idle = [socket.create_connection(("127.0.0.1", port), timeout=120) for _ in range(40)]  # > 32 associations
+    try:
+        result = storescu("127.0.0.1", port, [_valid(tmp_path, "while-idle")], calling="OKB_CT1")
+        assert list(outcomes(result.stderr).values()) == ["Success"], result.stderr[-2000:]
+        for sock in idle:  # the archive closes each silent connection (after CAMI_DICOM_REQUEST_TIMEOUT)
+            assert sock.recv(1) == b""
+    finally:
+        for sock in idle:
+            sock.close()
+    after = storescu("127.0.0.1", port, [_valid(tmp_path, "after-idle")], calling="OKB_CT1")
+    assert list(outcomes(after.stderr).values()) == ["Success"]  # the listener is still up
+    assert len(running.events("InstanceReceived")) == 2
