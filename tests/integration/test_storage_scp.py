@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import re
 import socket
 import struct
@@ -26,7 +27,8 @@ from api.config import Settings
 from ingest.scp import StorageSCP
 from schemas.codec import decode
 from schemas.events import Event
-from streams.topics import ACCESS, DICOM
+from streams.topics import DICOM
+from tests.support.readside import ReadSide
 from tests.support.studies import (
     DCMTK_ENV,
     PATIENTS,
@@ -331,31 +333,30 @@ def test_calling_a_wrong_ae_title_is_refused(running: Running, tmp_path: Path) -
 
 # -- each role's address rule holds on its own (a sender that is also a Q/R caller) ---------------------
 FAR, NEAR = "127.0.0.1", "127.0.0.2"  # both loopback: the archive sees storescu/findscu as FAR
+BOTH = "OKB_BOTH"  # an AE title that is a sender and a Q/R caller
 
 
-def _both_roles(sender_addresses: list[str], caller_addresses: list[str]) -> str:
-    return f"""
-[archive]
-ae_title = "CAMI"
-
+def _both_roles(tmp_path: Path, sender_addresses: list[str], caller_addresses: list[str]) -> ReadSide:
+    extra = f"""
 [[sender]]
-ae_title = "OKB_CT1"
+ae_title = "{BOTH}"
 organisation = "{ORGANISATION}"
-addresses = {sender_addresses!r}
+addresses = {json.dumps(sender_addresses)}
 
 [[qr_caller]]
-ae_title = "OKB_CT1"
+ae_title = "{BOTH}"
 organisation = "{ORGANISATION}"
 role = "radiologist"
-addresses = {caller_addresses!r}
-""".replace("'", '"')
+addresses = {json.dumps(caller_addresses)}
+"""
+    return ReadSide.start(tmp_path, senders_extra=extra)
 
 
 def _findscu_status(port: int) -> int:
     """A study-level C-FIND by dcmtk's findscu from 127.0.0.1; the final DIMSE status it logged."""
     result = subprocess.run(
         [
-            *("/usr/bin/findscu", "-d", "-S", "-aet", "OKB_CT1", "-aec", "CAMI"),
+            *("/usr/bin/findscu", "-d", "-S", "-aet", BOTH, "-aec", "CAMI"),
             *("-k", "QueryRetrieveLevel=STUDY", "-k", "StudyInstanceUID", "127.0.0.1", str(port)),
         ],
         capture_output=True,
@@ -371,56 +372,50 @@ def _findscu_status(port: int) -> int:
 
 def _near_association(port: int, context: str, syntax: str = "1.2.840.10008.1.2.1") -> Any:
     """A pynetdicom association from 127.0.0.2 (dcmtk's tools cannot choose their local address)."""
-    ae = AE(ae_title="OKB_CT1")
+    ae = AE(ae_title=BOTH)
     ae.add_requested_context(context, syntax)
     assoc = ae.associate("127.0.0.1", port, ae_title="CAMI", bind_address=(NEAR, 0))
     assert assoc.is_established
     return assoc
 
 
-def _accesses(run: Running) -> list[Event]:
-    log = run.archive.event_log
-    return [decode(r.value) for p in log.partitions(ACCESS) for r in log.read(ACCESS, p, 0, 1_000_000)]
+def _of(side: ReadSide, event_type: str) -> list[Event]:
+    return [e for e in side.events(DICOM) if e.type == event_type]
 
 
 def test_a_sender_limited_to_other_addresses_does_not_store_from_where_it_may_query(tmp_path: Path) -> None:
-    run = _custom_archive(tmp_path, _both_roles([NEAR], []))
-    try:
-        result = storescu(FAR, run.scp.port, [_valid(tmp_path, "far")], calling="OKB_CT1")
+    with _both_roles(tmp_path, [NEAR], []) as side:
+        result = storescu(FAR, side.dicom_port, [_valid(tmp_path, "far")], calling=BOTH)
         assert "Success" not in outcomes(result.stderr).values(), result.stderr[-2000:]
-        [rejection] = run.events("InstanceRejected")
+        [rejection] = _of(side, "InstanceRejected")
         assert rejection["reason"] == "address-not-allowed" and rejection["status"] == 0x0124
-        assert rejection["peer_address"] == FAR and rejection["calling_ae_title"] == "OKB_CT1"
-        assert run.events("InstanceReceived") == []
-        assert _findscu_status(run.scp.port) == 0x0000  # querying from here is allowed
-        [access] = _accesses(run)
+        assert rejection["peer_address"] == FAR and rejection["calling_ae_title"] == BOTH
+        assert _of(side, "InstanceReceived") == []
+        assert _findscu_status(side.dicom_port) == 0x0000  # querying from here is allowed
+        [access] = side.accesses()
         assert access["outcome"] == "ok" and access["remote_address"] == FAR
         # from its own address the same AE title stores
         near = _valid(tmp_path, "near")
         meta = dcmread(near, stop_before_pixels=True).file_meta
-        assoc = _near_association(run.scp.port, meta.MediaStorageSOPClassUID)
+        assoc = _near_association(side.dicom_port, meta.MediaStorageSOPClassUID)
         try:
             assert assoc.send_c_store(near).Status == 0x0000
         finally:
             assoc.release()
-        [received] = run.events("InstanceReceived")
+        [received] = _of(side, "InstanceReceived")
         assert received["peer_address"] == NEAR
-    finally:
-        run.scp.stop()
-        run.archive.close()
 
 
 def test_a_qr_caller_limited_to_other_addresses_does_not_query_from_where_it_may_store(tmp_path: Path) -> None:
-    run = _custom_archive(tmp_path, _both_roles([], [NEAR]))
-    try:
-        assert _findscu_status(run.scp.port) == 0x0124  # Refused: Not Authorised
-        [denied] = _accesses(run)
+    with _both_roles(tmp_path, [], [NEAR]) as side:
+        assert _findscu_status(side.dicom_port) == 0x0124  # Refused: Not Authorised
+        [denied] = side.accesses()
         assert denied["outcome"] == "denied" and denied["remote_address"] == FAR
-        assert denied.envelope.actor.user == "OKB_CT1"
-        result = storescu(FAR, run.scp.port, [_valid(tmp_path, "far")], calling="OKB_CT1")
+        assert denied.envelope.actor.user == BOTH
+        result = storescu(FAR, side.dicom_port, [_valid(tmp_path, "far")], calling=BOTH)
         assert list(outcomes(result.stderr).values()) == ["Success"]  # storing from here is allowed
         # from its own address the same AE title queries
-        assoc = _near_association(run.scp.port, StudyRootQueryRetrieveInformationModelFind)
+        assoc = _near_association(side.dicom_port, StudyRootQueryRetrieveInformationModelFind)
         try:
             query = Dataset()
             query.QueryRetrieveLevel = "STUDY"
@@ -429,10 +424,8 @@ def test_a_qr_caller_limited_to_other_addresses_does_not_query_from_where_it_may
         finally:
             assoc.release()
         assert statuses[-1] == 0x0000 and 0x0124 not in statuses
-        assert [a["outcome"] for a in sorted(_accesses(run), key=lambda e: e.envelope.recorded_at)] == ["denied", "ok"]
-    finally:
-        run.scp.stop()
-        run.archive.close()
+        outcomes_in_order = [a["outcome"] for a in sorted(side.accesses(), key=lambda e: e.envelope.recorded_at)]
+        assert outcomes_in_order == ["denied", "ok"]
 
 
 # -- connections that never send an A-ASSOCIATE-RQ ----------------------------------------------------------
