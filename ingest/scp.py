@@ -13,7 +13,9 @@ Other services answer on the same AE title and port (as Orthanc and dcm4chee do)
 it waits outside pynetdicom and holds none of the ``CAMI_DICOM_MAX_ASSOCIATIONS`` (default 32)
 association slots, so idle or half-open sockets cannot lock out a modality. At most
 ``MAX_SILENT_CONNECTIONS`` wait at once; beyond that the longest-waiting one is closed first (a
-real peer sends its request within milliseconds of connecting, so it is never the oldest).
+real peer sends its request within milliseconds of connecting, so it is never the oldest). A
+request begun but not finished within the same time is closed too (it then holds a slot for at
+most those few seconds).
 """
 
 from __future__ import annotations
@@ -206,7 +208,12 @@ class _NoDelayServer(ThreadedAssociationServer):
         finally:
             with self._silent_lock:
                 evicted = self._silent.pop(client, True)
-        return arrived and not evicted
+        if arrived and not evicted:
+            # a request begun and left unfinished must not hold pynetdicom's reader (and a slot)
+            # for ever: reads time out until the whole A-ASSOCIATE-RQ is in (_request_received)
+            client.settimeout(self.request_timeout)
+            return True
+        return False
 
 
 class _RequestHandler(RequestHandler):
@@ -215,4 +222,13 @@ class _RequestHandler(RequestHandler):
         # the request has begun to arrive: the rest of it gets the same few seconds, not the AE's
         # acse_timeout (which C-MOVE's outgoing associations keep); also the ARTIM timer
         assoc.acse_timeout = cast(_NoDelayServer, self.server).request_timeout
+        assoc.bind(evt.EVT_REQUESTED, _request_received)
         return assoc
+
+
+def _request_received(event: Any) -> None:
+    """The A-ASSOCIATE-RQ is in: from here reads wait as long as the association lives (a
+    sender may pause between objects; pynetdicom's own timeouts apply)."""
+    sock = getattr(event.assoc.dul.socket, "socket", None)
+    if sock is not None:
+        sock.settimeout(None)

@@ -440,6 +440,16 @@ def test_idle_connections_do_not_lock_a_sender_out_and_are_closed(running: Runni
     finally:
         for sock in idle:
             sock.close()
+    # a request begun and never finished is closed too (and gives its association slot back)
+    partial = [socket.create_connection(("127.0.0.1", port), timeout=120) for _ in range(40)]
+    try:
+        for sock in partial:
+            sock.sendall(b"\x01\x00")  # the first bytes of an A-ASSOCIATE-RQ PDU, then nothing
+        for sock in partial:
+            assert sock.recv(1) == b""
+    finally:
+        for sock in partial:
+            sock.close()
     after = storescu("127.0.0.1", port, [_valid(tmp_path, "after-idle")], calling="OKB_CT1")
     assert list(outcomes(after.stderr).values()) == ["Success"]  # the listener is still up
     assert len(running.events("InstanceReceived")) == 2
