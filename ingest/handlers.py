@@ -148,7 +148,7 @@ def handle_rejected(event: Any, senders: Senders, event_log: EventLog) -> None:
     """pynetdicom refused the association (A-ASSOCIATE-RJ); record who and why."""
     assoc = event.assoc
     calling = _ae(assoc.requestor.ae_title)
-    reason = "unknown-caller" if senders.lookup(calling) is None else "association-rejected"
+    reason = "unknown-caller" if calling not in senders.known_ae_titles else "association-rejected"
     log.warning("rejected association from %s@%s: %s", calling, assoc.requestor.address, reason)
     record_association_rejected(
         event_log, reason, calling, called_ae_title(assoc) or None, assoc.requestor.address, assoc.requestor.port
@@ -156,8 +156,10 @@ def handle_rejected(event: Any, senders: Senders, event_log: EventLog) -> None:
 
 
 def handle_established(event: Any, senders: Senders, event_log: EventLog) -> None:
-    """Refuse callers from a wrong address or calling a wrong AE title (unknown AE titles never get
-    this far: the association is rejected outright, see :func:`handle_rejected`)."""
+    """Refuse callers from an address none of their roles allows, or calling a wrong AE title
+    (unknown AE titles never get this far: the association is rejected outright, see
+    :func:`handle_rejected`). Each service then checks its own role's addresses: C-STORE in
+    :func:`handle_store`, Query/Retrieve in ``api.qr_scp``."""
     assoc = event.assoc
     calling = _ae(assoc.requestor.ae_title)
     called = called_ae_title(assoc)
