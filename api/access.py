@@ -15,6 +15,12 @@ analyst              de-identified analytics only: no patient identity, no image
 modality             nothing (it sends; STOW-RS only)
 ===================  ====================================================================
 
+**Draft reports** are their author's work in progress: their texts are shown only to their
+author and to radiologists (:func:`may_read_draft_text`); every other reader (referring doctor,
+auditor, administrator) sees that a draft exists, not what it says, on the study page and in the
+reports API alike. Signed reports are read by every patient-data role. Only a draft's author
+signs it (see :mod:`ingest.reports`).
+
 A user with an ``organisation`` in the users file is still a *regional* reader: the archive's
 purpose is that a doctor anywhere in the region opens any patient's studies. The organisation is
 recorded in each access event, so an auditor sees which organisation's staff read what.
@@ -44,6 +50,8 @@ IMAGE_ROLES = frozenset({"radiologist", "referring-doctor", "administrator"})
 MONITORING_ROLES = frozenset({"regional-it", "administrator"})
 #: roles that see the audit trail
 AUDIT_ROLES = frozenset({"auditor", "administrator"})
+#: roles that read the texts of draft reports (besides each draft's author)
+DRAFT_TEXT_ROLES = frozenset({"radiologist"})
 
 #: what ``action`` and ``channel`` say in a RecordAccessed event
 ACTIONS = ("query", "view", "retrieve", "download", "move", "get")
@@ -60,6 +68,11 @@ def may_read_patient_data(role: str) -> bool:
 
 def may_read_images(role: str) -> bool:
     return role in IMAGE_ROLES
+
+
+def may_read_draft_text(role: str, is_author: bool) -> bool:
+    """Whether a reader sees a draft report's texts (everyone with patient data sees it exists)."""
+    return is_author or role in DRAFT_TEXT_ROLES
 
 
 @dataclass(frozen=True)

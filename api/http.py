@@ -37,7 +37,8 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from api.auth import SESSION_COOKIE, User, UserDirectory, UsersFileError, session_user, users_path
+from api.access import AccessRecorder, Reader, may_read_draft_text
+from api.auth import ROLES, SESSION_COOKIE, User, UserDirectory, UsersFileError, session_user, users_path
 from api.bootstrap import Archive
 from ingest.dicom import MalformedObject, read_header, split_part10, text
 from ingest.pipeline import Arrival, Ingestor, Outcome
@@ -47,6 +48,7 @@ from ingest.reports import (
     READER_ROLES,
     Author,
     ReportError,
+    ReportNotFound,
     ReportService,
     ReportState,
     ReportStore,
@@ -454,8 +456,10 @@ def create_app(
     app.state.reports = service
     _install_error_handlers(app)
 
+    recorder = AccessRecorder(archive.event_log, source_node=f"http:{_node()}")
+    app.state.access = recorder
     stow_user = Depends(require(STOW_ROLES))
-    reader = Depends(require(READER_ROLES))
+    signed_in = Depends(require(frozenset(ROLES)))
     author = Depends(require(AUTHOR_ROLES))
     amender = Depends(require(AMENDING_ROLES))
 
@@ -527,23 +531,58 @@ def create_app(
         state = service.amend(report_id, body.protocol_text, body.conclusion_text, body.reason, _author(user))
         return _report(state, 201)
 
+    # report reads are reads of patient data: one RecordAccessed each, durable before the answer
+    # (a refused one as denied); a draft's texts only for those api.access lets read them
+    def report_reader(request: Request, user: User) -> Reader:
+        reader = Reader(user.actor, user.organisation, request.client.host if request.client else None)
+        if user.role not in READER_ROLES:
+            recorder.record(reader, action="view", channel="api", query=dict(request.path_params), outcome="denied")
+            raise ApiError(403, "forbidden", f"role {user.role} may not read reports")
+        return reader
+
+    def shown(state: ReportState, user: User) -> dict[str, Any]:
+        return state.view(draft_text=may_read_draft_text(user.role, state.drafted_by(user.name)))
+
     @app.get("/api/reports/{report_id}", tags=["reports"], summary="a report with its amendments")
-    def get_report(report_id: str, user: User = reader) -> JSONResponse:
-        return _report(service.get(report_id))
+    def get_report(request: Request, report_id: str, user: User = signed_in) -> JSONResponse:
+        reader = report_reader(request, user)
+        try:
+            state = service.get(report_id)
+        except ReportNotFound:
+            recorder.record(reader, action="view", channel="api", query={"report_id": report_id}, results=0)
+            raise
+        recorder.record(
+            reader,
+            action="view",
+            channel="api",
+            study_uid=state.study_instance_uid,
+            patient_id=state.patient_id,
+            query={"report_id": report_id},
+            results=1,
+        )
+        return JSONResponse(shown(state, user))
 
     @app.get("/api/studies/{study_uid}/reports", tags=["reports"], summary="the reports of a study")
-    def study_reports(study_uid: str, user: User = reader) -> JSONResponse:
+    def study_reports(request: Request, study_uid: str, user: User = signed_in) -> JSONResponse:
+        reader = report_reader(request, user)
         if not _is_uid(study_uid):
             raise ApiError(400, "invalid-study-uid", "the study in the URL is not a valid DICOM UID")
         states = service.for_study(study_uid)
-        return JSONResponse({"study_instance_uid": study_uid, "reports": [s.view() for s in states]})
+        patients = {s.patient_id for s in states if s.patient_id}
+        recorder.record(
+            reader,
+            action="view",
+            channel="api",
+            study_uid=study_uid,
+            patient_id=patients.pop() if len(patients) == 1 else None,
+            query={"StudyInstanceUID": study_uid, "reports": True},
+            results=len(states),
+        )
+        return JSONResponse({"study_instance_uid": study_uid, "reports": [shown(s, user) for s in states]})
 
     # the read side: each module adds its routes; every read is recorded through one recorder
     from api import dicomweb, oversight, web
-    from api.access import AccessRecorder
 
-    recorder = AccessRecorder(archive.event_log, source_node=f"http:{_node()}")
-    app.state.access = recorder
     dicomweb.install(app, archive, recorder)
     web.install(app, archive, recorder)
     oversight.install(app, archive, recorder)

@@ -6,13 +6,15 @@ the presentation contexts and handlers; :meth:`api.bootstrap.Archive.storage_scp
 :class:`ingest.scp.StorageSCP` (ingest never imports the api).
 
 **Who may ask.** Calling AE titles listed as ``[[qr_caller]]`` in the senders file (see
-:mod:`ingest.senders`), each with an organisation and a role; the role is checked as for a web
-user (:mod:`api.access`): C-FIND needs a patient-data role, C-MOVE and C-GET an image role (so
-an auditor's station queries but does not retrieve). An AE title the archive does not know at
-all is rejected at association (A-ASSOCIATE-RJ, as for storage); when that association proposed
-Q/R, a RecordAccessed event with ``outcome = "denied"`` records the attempt. A known AE title
-that may not use the service asked for (a modality that only sends, an auditor moving) gets
-0x0124 "Refused: Not Authorised", also recorded as denied.
+:mod:`ingest.senders`), each with an organisation and a role, from one of the caller's
+``addresses`` when it lists some (a ``[[sender]]`` entry for the same AE title never widens
+them); the role is checked as for a web user (:mod:`api.access`): C-FIND needs a patient-data
+role, C-MOVE and C-GET an image role (so an auditor's station queries but does not retrieve).
+An AE title the archive does not know at all is rejected at association (A-ASSOCIATE-RJ, as for
+storage); when that association proposed Q/R, a RecordAccessed event with ``outcome =
+"denied"`` records the attempt. A known AE title that may not use the service asked for (a
+modality that only sends, an auditor moving, a caller from an address not its own) gets 0x0124
+"Refused: Not Authorised", also recorded as denied.
 
 **One access event per request**, durable before any data leaves: C-FIND records through
 :func:`api.qr_find.c_find_responses` (an identifier it refuses, which it does not record, is
@@ -166,17 +168,21 @@ def _ae(value: Any) -> str:
 
 
 def reader_for(assoc: Any, senders: Senders) -> Reader | None:
-    """The Q/R caller behind an association as the access event records it (None: not one)."""
+    """The Q/R caller behind an association as the access event records it (None: not one, or
+    not from one of its addresses: a sender's addresses never let its AE title query)."""
     calling = _ae(assoc.requestor.ae_title)
-    caller = senders.qr_caller(calling)
+    caller = senders.may_query(calling, assoc.requestor.address)
     if caller is None:
         return None
     return Reader(Actor(calling, caller.role), caller.organisation, assoc.requestor.address)
 
 
 def _refused_reader(assoc: Any, senders: Senders) -> Reader:
+    """Who was refused, as the denied access event records it."""
     calling = _ae(assoc.requestor.ae_title)
-    sender = senders.lookup(calling)
+    caller, sender = senders.qr_caller(calling), senders.lookup(calling)
+    if caller is not None:  # a Q/R caller from an address not its own
+        return Reader(Actor(calling, caller.role), caller.organisation, assoc.requestor.address)
     role = "modality" if sender is not None else "unknown"
     return Reader(Actor(calling or "?", role), sender.organisation if sender else None, assoc.requestor.address)
 

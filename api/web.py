@@ -41,7 +41,7 @@ from fastapi import FastAPI, Request
 from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
 from fastapi.staticfiles import StaticFiles
 
-from api.access import IMAGE_ROLES, PATIENT_DATA_ROLES, AccessRecorder, Reader
+from api.access import DRAFT_TEXT_ROLES, IMAGE_ROLES, PATIENT_DATA_ROLES, AccessRecorder, Reader
 from api.auth import (
     SESSION_COOKIE,
     SESSION_TTL_SECONDS,
@@ -62,8 +62,8 @@ STATIC = Path(__file__).parent / "static"
 #: roles that may open a study page (it shows images) and search patients' studies
 STUDY_PAGE_ROLES = IMAGE_ROLES
 SEARCH_ROLES = PATIENT_DATA_ROLES
-#: roles that see draft report texts (others see only that a draft exists)
-DRAFT_READERS = frozenset({"radiologist", "administrator"})
+#: roles that see draft report texts (others see only that a draft exists): the reports API's rule
+DRAFT_READERS = DRAFT_TEXT_ROLES
 MAX_PATIENT_ID = 64
 MAX_NAME = 64
 SEARCH_LIMIT = 200

@@ -15,6 +15,7 @@ from pydicom.dataset import Dataset
 from ingest.pipeline import Arrival, Ingestor, Outcome
 from ingest.senders import Senders
 from ingest.statuses import Status
+from ingest.validation import Refusal
 from schemas.events import Actor, new_event
 from streams import EventLog, EventLogError
 from streams.publisher import publish
@@ -71,8 +72,9 @@ def status_dataset(outcome: Outcome) -> Dataset:
 
 
 def handle_store(event: Any, ingestor: Ingestor, senders: Senders) -> Dataset:
-    if not senders.may_store(_ae(event.assoc.requestor.ae_title)):  # a Q/R caller, not a sender
-        return status_dataset(Outcome(Status.NOT_AUTHORISED, "calling AE title may query/retrieve, not store"))
+    may, reason = senders.may_store(_ae(event.assoc.requestor.ae_title), event.assoc.requestor.address)
+    if not may:  # a Q/R caller that is not a sender, or a sender calling from an address not its own
+        return status_dataset(refuse_store(event, ingestor, senders, reason))
     try:
         arrival = arrival_for(event, senders)
         request = event.request
@@ -92,6 +94,32 @@ def handle_store(event: Any, ingestor: Ingestor, senders: Senders) -> Dataset:
             "refused %s from %s: %s", outcome.sop_instance_uid, _ae(event.assoc.requestor.ae_title), outcome.comment
         )
     return status_dataset(outcome)
+
+
+#: why a caller the association let in may not store (see :meth:`ingest.senders.Senders.may_store`)
+STORE_REFUSALS = {
+    "not-a-sender": "calling AE title may query/retrieve, not store",
+    "address-not-allowed": "calling AE title may not store from this address",
+}
+
+
+def refuse_store(event: Any, ingestor: Ingestor, senders: Senders, reason: str) -> Outcome:
+    """Refuse a C-STORE the caller's sender rule does not allow (0x0124), recorded as an
+    InstanceRejected event like any other refusal: the association may still be fine for Q/R."""
+    request = event.request
+    try:
+        dataset = request.DataSet.getvalue() if request.DataSet is not None else b""
+        refusal = Refusal(reason, Status.NOT_AUTHORISED, STORE_REFUSALS.get(reason, "calling AE title may not store"))
+        return ingestor._refuse(  # the ingestor records refusals; nothing is parsed or stored
+            refusal,
+            arrival_for(event, senders),
+            dataset,
+            str(request.AffectedSOPClassUID) if request.AffectedSOPClassUID else None,
+            str(request.AffectedSOPInstanceUID) if request.AffectedSOPInstanceUID else None,
+        )
+    except Exception:  # the refusal stands even if it could not be recorded
+        log.exception("could not record a refused C-STORE")
+        return Outcome(Status.NOT_AUTHORISED, STORE_REFUSALS.get(reason, "calling AE title may not store"))
 
 
 def record_association_rejected(
@@ -120,7 +148,7 @@ def handle_rejected(event: Any, senders: Senders, event_log: EventLog) -> None:
     """pynetdicom refused the association (A-ASSOCIATE-RJ); record who and why."""
     assoc = event.assoc
     calling = _ae(assoc.requestor.ae_title)
-    reason = "unknown-caller" if senders.lookup(calling) is None else "association-rejected"
+    reason = "unknown-caller" if calling not in senders.known_ae_titles else "association-rejected"
     log.warning("rejected association from %s@%s: %s", calling, assoc.requestor.address, reason)
     record_association_rejected(
         event_log, reason, calling, called_ae_title(assoc) or None, assoc.requestor.address, assoc.requestor.port
@@ -128,8 +156,10 @@ def handle_rejected(event: Any, senders: Senders, event_log: EventLog) -> None:
 
 
 def handle_established(event: Any, senders: Senders, event_log: EventLog) -> None:
-    """Refuse callers from a wrong address or calling a wrong AE title (unknown AE titles never get
-    this far: the association is rejected outright, see :func:`handle_rejected`)."""
+    """Refuse callers from an address none of their roles allows, or calling a wrong AE title
+    (unknown AE titles never get this far: the association is rejected outright, see
+    :func:`handle_rejected`). Each service then checks its own role's addresses: C-STORE in
+    :func:`handle_store`, Query/Retrieve in ``api.qr_scp``."""
     assoc = event.assoc
     calling = _ae(assoc.requestor.ae_title)
     called = called_ae_title(assoc)

@@ -14,6 +14,13 @@
   the same store from ``cami.reports``.
 * :class:`DocumentReportHook` recognises DICOM SR and encapsulated-PDF documents on the ingest
   path and turns them into ReportDrafted (and ReportSigned for verified, complete SR) events.
+
+**A draft is its author's.** Only the radiologist who drafted a report edits and signs it (403
+otherwise): the signature attests the signer's own reading, so a colleague who disagrees writes
+and signs a report of their own. An administrator signs nothing. A draft that arrived as a DICOM
+document has no author among the archive's users: any radiologist may edit and sign it.
+Who may read a draft's texts is the readers' policy (:mod:`api.access`); :meth:`ReportState.view`
+leaves them out on request.
 """
 
 from __future__ import annotations
@@ -114,6 +121,8 @@ class ReportState:
     content_sha256: str | None = None
     declared_verification_datetime: str | None = None
     amendments: tuple[dict[str, Any], ...] = ()
+    #: the archive user who drafted it (None: it arrived as a DICOM document)
+    author_user: str | None = None
     #: ids of the events folded in (guards against applying one twice)
     events: tuple[str, ...] = field(default=(), repr=False)
 
@@ -131,13 +140,22 @@ class ReportState:
         data["events"] = tuple(data.get("events", ()))
         return cls(**data)
 
-    def view(self) -> dict[str, Any]:
-        """What the API shows (everything but the bookkeeping)."""
+    def drafted_by(self, user: str) -> bool:
+        """Whether ``user`` (an archive user name) wrote this report's draft."""
+        return self.author_user is not None and self.author_user == user
+
+    def view(self, *, draft_text: bool = True) -> dict[str, Any]:
+        """What the API shows (everything but the bookkeeping). ``draft_text=False``: a draft's
+        texts are left out (the reader sees that a draft exists, not what it says)."""
         data = asdict(self)
         data.pop("events")
+        data.pop("author_user")
         data["amendments"] = list(self.amendments)
         if not self.text_extracted:
             data["note"] = "the texts were not extracted from the document; open the document itself"
+        if self.status == DRAFT and not draft_text:
+            data["protocol_text"] = data["conclusion_text"] = None
+            data["text_hidden"] = True
         return data
 
 
@@ -172,6 +190,12 @@ def _check_texts(protocol_text: str, conclusion_text: str) -> None:
 def _require_role(author: Author, roles: frozenset[str], what: str) -> None:
     if author.actor.role not in roles:
         raise ReportForbidden(f"role {author.actor.role} may not {what} (allowed: {', '.join(sorted(roles))})")
+
+
+def _require_draft_author(state: ReportState, author: Author, what: str) -> None:
+    """A draft written in the archive is its author's to change and sign (see the module doc)."""
+    if state.author_user is not None and not state.drafted_by(author.actor.user):
+        raise ReportForbidden(f"only the author of this draft may {what} it")
 
 
 def draft(
@@ -220,6 +244,7 @@ def edit(
     state = _existing(state)
     if state.signed:
         raise ReportConflict("the report is signed and immutable; a correction is an amendment")
+    _require_draft_author(state, author, "edit")
     if expected_revision is not None and expected_revision != state.revision:
         raise ReportConflict(f"the report is at revision {state.revision}, not {expected_revision}")
     _check_texts(protocol_text, conclusion_text)
@@ -252,6 +277,7 @@ def sign(
     state = _existing(state)
     if state.signed:
         raise ReportConflict("the report is already signed")
+    _require_draft_author(state, author, "sign")
     if expected_revision is not None and expected_revision != state.revision:
         raise ReportConflict(f"the report is at revision {state.revision}, not {expected_revision}")
     if not state.conclusion_text.strip() and state.text_extracted:
@@ -347,8 +373,16 @@ def fact(event: Event) -> dict[str, Any]:
         "event_type": event.type,
         "recorded_at": _iso(event.envelope.recorded_at),
         "organisation": event.envelope.organisation,
+        "actor": event.envelope.actor.to_dict(),
         "payload": {k: (_iso(v) if isinstance(v, datetime) else v) for k, v in event.payload.items()},
     }
+
+
+def _drafting_user(f: Mapping[str, Any]) -> str | None:
+    """The archive user behind a ReportDrafted: its actor when that is a report author (a DICOM
+    document's actor is the sending modality, no user of the archive)."""
+    actor = f.get("actor") or {}
+    return str(actor["user"]) if actor.get("role") in AUTHOR_ROLES and actor.get("user") else None
 
 
 def evolve(state: ReportState | None, f: Mapping[str, Any]) -> ReportState | None:
@@ -379,6 +413,7 @@ def evolve(state: ReportState | None, f: Mapping[str, Any]) -> ReportState | Non
             sop_instance_uid=p.get("SOPInstanceUID"),
             document=dict(p["document"]) if p.get("document") else None,
             text_extracted=p.get("text_extracted", True),
+            author_user=_drafting_user(f),
             events=seen,
         )
     if state is None:

@@ -13,11 +13,23 @@ Other services answer on the same AE title and port (as Orthanc and dcm4chee do)
 With an ``ssl_context`` the same AE also listens on a second, TLS port (as DICOM's 2762 beside
 104): every service answers on both; a ``[[sender]]``/``[[qr_caller]]`` with a TLS rule
 (``ingest.senders``) is accepted only over TLS with the client certificate it names.
+
+**Connections that say nothing.** A connection must begin its A-ASSOCIATE-RQ within
+``CAMI_DICOM_REQUEST_TIMEOUT`` seconds (default 5) or it is closed; until its first bytes arrive
+it waits outside pynetdicom and holds none of the ``CAMI_DICOM_MAX_ASSOCIATIONS`` (default 32)
+association slots, so idle or half-open sockets cannot lock out a modality. At most
+``MAX_SILENT_CONNECTIONS`` wait at once; beyond that the longest-waiting one is closed first (a
+real peer sends its request within milliseconds of connecting, so it is never the oldest). A
+request begun but not finished within the same time is closed too (it then holds a slot for at
+most those few seconds).
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import os
+import select
 import socket
 import ssl
 import threading
@@ -26,7 +38,8 @@ from dataclasses import dataclass
 from typing import Any, cast
 
 from pynetdicom import AE, ALL_TRANSFER_SYNTAXES, AllStoragePresentationContexts, evt
-from pynetdicom.transport import ThreadedAssociationServer
+from pynetdicom.association import Association
+from pynetdicom.transport import RequestHandler, ThreadedAssociationServer
 
 from ingest import netio
 from ingest.handlers import (
@@ -52,6 +65,21 @@ STORAGE_COMMITMENT_PUSH = "1.2.840.10008.1.20.1"
 MAX_PDU = 256 * 1024
 #: seconds a peer on the TLS port has to complete its handshake
 TLS_HANDSHAKE_TIMEOUT = 10.0
+#: seconds a new connection has to begin its A-ASSOCIATE-RQ (and then to complete it)
+DEFAULT_REQUEST_TIMEOUT = 5.0
+#: associations at once (connections that have not yet spoken are not counted)
+DEFAULT_MAX_ASSOCIATIONS = 32
+#: connections waiting for their first bytes at once; more close the longest-waiting one
+MAX_SILENT_CONNECTIONS = 256
+
+
+def request_timeout_from_env() -> float:
+    return float(os.environ.get("CAMI_DICOM_REQUEST_TIMEOUT", str(DEFAULT_REQUEST_TIMEOUT)))
+
+
+def max_associations_from_env() -> int:
+    return int(os.environ.get("CAMI_DICOM_MAX_ASSOCIATIONS", str(DEFAULT_MAX_ASSOCIATIONS)))
+
 
 log = logging.getLogger("cami.scp")
 
@@ -82,6 +110,8 @@ class StorageSCP:
         extra: Sequence[ExtraServices] = (),
         tls_port: int | None = None,
         ssl_context: ssl.SSLContext | None = None,
+        request_timeout: float | None = None,
+        max_associations: int | None = None,
     ) -> None:
         self.host = host
         self.plain = port is not None  # False: TLS only
@@ -90,12 +120,16 @@ class StorageSCP:
         self.tls_port = tls_port if ssl_context is not None else None
         self.ssl_context = ssl_context
         self.event_log = event_log
+        self.request_timeout = request_timeout_from_env() if request_timeout is None else request_timeout
         self.ae = AE(ae_title=senders.ae_title)
         self.ae.maximum_pdu_size = MAX_PDU
         self.ae.require_called_aet = False  # checked in handle_established (the emergency AE title too)
         # unknown callers get A-ASSOCIATE-RJ "calling AE title not recognised" (unless in pilot mode)
         self.ae.require_calling_aet = [] if senders.accept_unknown else senders.known_ae_titles
-        self.ae.maximum_associations = 32
+        # counts associations only: a connection that has not spoken yet holds no slot (see
+        # _NoDelayServer.process_request_thread), and an unknown AE title is rejected at once, so
+        # the slots go to known callers without reserving any for them by name
+        self.ae.maximum_associations = max_associations_from_env() if max_associations is None else max_associations
         self.ae.add_supported_context(VERIFICATION, ALL_TRANSFER_SYNTAXES)
         syntaxes, roles = list(ALL_TRANSFER_SYNTAXES), {}
         if any(e.storage_roles for e in extra):
@@ -148,7 +182,12 @@ class StorageSCP:
             return
         # the context is not handed to pynetdicom: it would do the handshake in the accepting
         # thread, where one silent peer holds up every other connection (see _TlsServer)
-        server = self.ae.make_server((self.host, self.tls_port), evt_handlers=self.handlers, server_class=_TlsServer)
+        server = self.ae.make_server(
+            (self.host, self.tls_port),
+            evt_handlers=self.handlers,
+            server_class=_TlsServer,
+            request_timeout=self.request_timeout,
+        )
         self.ae._servers.append(server)
         tls_server = cast(_TlsServer, server)
         tls_server.tls_context = self.ssl_context
@@ -161,7 +200,12 @@ class StorageSCP:
     def _make_server(self) -> _NoDelayServer:
         # what AE.start_server does, with our server class (it only takes one when blocking);
         # registered with the AE like its own servers, which is where shutdown() looks for it
-        server = self.ae.make_server((self.host, self.port), evt_handlers=self.handlers, server_class=_NoDelayServer)
+        server = self.ae.make_server(
+            (self.host, self.port),
+            evt_handlers=self.handlers,
+            server_class=_NoDelayServer,
+            request_timeout=self.request_timeout,
+        )
         self.ae._servers.append(server)
         return cast(_NoDelayServer, server)
 
@@ -197,10 +241,74 @@ class _NoDelayServer(ThreadedAssociationServer):
     sub-operations of a C-GET): without TCP_NODELAY, Nagle's algorithm and the peer's delayed ACK
     hold each exchange about 40 ms (DESIGN.md, 5 measured the same stall in dcmtk's tools)."""
 
+    def __init__(self, *args: Any, request_timeout: float = DEFAULT_REQUEST_TIMEOUT, **kwargs: Any) -> None:
+        self.request_timeout = request_timeout
+        #: connections waiting for their first bytes, oldest first; True once closed to make room
+        self._silent: dict[socket.socket, bool] = {}
+        self._silent_lock = threading.Lock()
+        kwargs.setdefault("request_handler", _RequestHandler)
+        super().__init__(*args, **kwargs)
+
     def get_request(self) -> tuple[socket.socket, tuple[str, int]]:
         client, address = super().get_request()
         client.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         return client, address
+
+    def process_request_thread(self, request: Any, client_address: Any) -> None:
+        # pynetdicom makes every connection an Association at once, and pynetdicom's
+        # maximum_associations counts it while it waits (acse_timeout, 30 s) for a request that
+        # may never come: 32 idle sockets refused every modality. Here, in the connection's own
+        # thread, nothing is created until the peer's first bytes arrive.
+        if not self._request_begins(request):
+            self.shutdown_request(request)
+            return
+        super().process_request_thread(request, client_address)
+
+    def _request_begins(self, client: socket.socket) -> bool:
+        """Whether the peer sends something within ``request_timeout`` (and was not closed to
+        make room for newer connections meanwhile)."""
+        with self._silent_lock:
+            self._silent[client] = False
+            waiting = [c for c, evicted in self._silent.items() if not evicted]
+            oldest = waiting[: max(0, len(waiting) - MAX_SILENT_CONNECTIONS)]
+            for old in oldest:
+                self._silent[old] = True
+        for old in oldest:
+            with contextlib.suppress(OSError):
+                old.shutdown(socket.SHUT_RDWR)  # wakes its thread, which closes it
+        try:
+            if isinstance(client, ssl.SSLSocket) and client.pending():
+                return True
+            poller = select.poll()  # not select(): descriptors may be numbered above 1023
+            poller.register(client, select.POLLIN | select.POLLPRI)
+            arrived = bool(poller.poll(self.request_timeout * 1000))
+        finally:
+            with self._silent_lock:
+                evicted = self._silent.pop(client, True)
+        if arrived and not evicted:
+            # a request begun and left unfinished must not hold pynetdicom's reader (and a slot)
+            # for ever: reads time out until the whole A-ASSOCIATE-RQ is in (_request_received)
+            client.settimeout(self.request_timeout)
+            return True
+        return False
+
+
+class _RequestHandler(RequestHandler):
+    def _create_association(self) -> Association:
+        assoc = super()._create_association()
+        # the request has begun to arrive: the rest of it gets the same few seconds, not the AE's
+        # acse_timeout (which C-MOVE's outgoing associations keep); also the ARTIM timer
+        assoc.acse_timeout = cast(_NoDelayServer, self.server).request_timeout
+        assoc.bind(evt.EVT_REQUESTED, _request_received)
+        return assoc
+
+
+def _request_received(event: Any) -> None:
+    """The A-ASSOCIATE-RQ is in: from here reads wait as long as the association lives (a
+    sender may pause between objects; pynetdicom's own timeouts apply)."""
+    sock = getattr(event.assoc.dul.socket, "socket", None)
+    if sock is not None:
+        sock.settimeout(None)
 
 
 class _TlsServer(_NoDelayServer):
@@ -215,7 +323,7 @@ class _TlsServer(_NoDelayServer):
         client, address = super().get_request()
         return self.tls_context.wrap_socket(client, server_side=True, do_handshake_on_connect=False), address
 
-    def process_request_thread(self, request: Any, client_address: tuple[str, int]) -> None:  # type: ignore[override]
+    def process_request_thread(self, request: Any, client_address: Any) -> None:
         before = request.gettimeout()
         try:
             request.settimeout(TLS_HANDSHAKE_TIMEOUT)

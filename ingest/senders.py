@@ -27,7 +27,9 @@ titles listed as ``[[qr_caller]]``; the role decides what the caller may do, exa
 user of the web API (see :mod:`api.access`): radiologist and referring-doctor workstations and
 viewers query and retrieve, an auditor's station queries only. A ``[[sender]]`` is *not* a Q/R
 caller unless it is listed here too (the same AE title may be in both tables); a Q/R caller
-that is not also a sender may not store::
+that is not also a sender may not store. Each role's ``addresses`` hold on their own: an AE title
+in both tables stores only from the sender's addresses and queries only from the caller's (an
+entry without addresses allows any)::
 
     [[qr_caller]]
     ae_title = "RAD_WS1"
@@ -160,20 +162,36 @@ class Senders:
                 return Destination(ae_title, entry.host, entry.port)
         return None
 
-    def may_store(self, ae_title: str) -> bool:
-        """Senders store; a Q/R caller that is not also a sender does not (pilot mode aside)."""
-        return self.lookup(ae_title) is not None or self.accept_unknown
+    def may_store(self, ae_title: str, address: str | None) -> tuple[bool, str]:
+        """(allowed, reason) for storing: a sender from one of its addresses (any, if it lists
+        none). A Q/R caller's addresses never widen a sender's: each role's rule holds on its own.
+        A Q/R caller that is not also a sender does not store (pilot mode aside)."""
+        sender = self.lookup(ae_title)
+        if sender is None:
+            return (True, "unknown-caller-accepted") if self.accept_unknown else (False, "not-a-sender")
+        if sender.addresses and address not in sender.addresses:
+            return False, "address-not-allowed"
+        return True, "known"
+
+    def may_query(self, ae_title: str, address: str | None) -> QrCaller | None:
+        """The Q/R caller behind ``ae_title`` when it calls from one of its addresses (any, if it
+        lists none); None otherwise. A sender's addresses never widen a caller's."""
+        caller = self.qr_caller(ae_title)
+        if caller is None or (caller.addresses and address not in caller.addresses):
+            return None
+        return caller
 
     def allowed(self, ae_title: str, address: str | None) -> tuple[bool, str]:
-        """(allowed, reason). Unknown callers pass only in pilot mode (and are flagged)."""
+        """(allowed, reason) for the association: some role of the caller is allowed from this
+        address. Unknown callers pass only in pilot mode (and are flagged). Each service then
+        checks its own role (:meth:`may_store`, :meth:`may_query`)."""
         sender = self.lookup(ae_title)
         caller = self.qr_caller(ae_title)
         if sender is None and caller is None:
             return (True, "unknown-caller-accepted") if self.accept_unknown else (False, "unknown-caller")
-        addresses = (sender.addresses if sender else ()) + (caller.addresses if caller else ())
-        if (sender is None or sender.addresses) and (caller is None or caller.addresses) and address not in addresses:
-            return False, "address-not-allowed"
-        return True, "known"
+        if (sender is not None and self.may_store(ae_title, address)[0]) or self.may_query(ae_title, address):
+            return True, "known"
+        return False, "address-not-allowed"
 
     @property
     def demanding_certificates(self) -> list[str]:

@@ -566,4 +566,4 @@ def test_destinations_fall_back_to_callers_and_senders_with_an_address() -> None
     assert senders.destination("WS_STORE") is not None
     assert senders.destination("WS") is None  # a caller without host/port is no destination
     assert senders.known_ae_titles == ["PACS", "WS"]
-    assert senders.may_store("PACS") and not senders.may_store("WS")
+    assert senders.may_store("PACS", None)[0] and not senders.may_store("WS", None)[0]

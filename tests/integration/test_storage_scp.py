@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import hashlib
+import json
+import re
+import socket
 import struct
 import subprocess
 import time
@@ -14,8 +17,10 @@ from typing import Any
 
 import pytest
 from pydicom import dcmread
+from pydicom.dataset import Dataset
 from pynetdicom import AE
 from pynetdicom import _config as pynetdicom_config
+from pynetdicom.sop_class import StudyRootQueryRetrieveInformationModelFind  # type: ignore[attr-defined]
 
 from api.bootstrap import Archive, bootstrap
 from api.config import Settings
@@ -23,6 +28,7 @@ from ingest.scp import StorageSCP
 from schemas.codec import decode
 from schemas.events import Event
 from streams.topics import DICOM
+from tests.support.readside import ReadSide
 from tests.support.studies import (
     DCMTK_ENV,
     PATIENTS,
@@ -323,3 +329,127 @@ def test_calling_a_wrong_ae_title_is_refused(running: Running, tmp_path: Path) -
     [event] = running.events("AssociationRejected")
     assert event["reason"] == "wrong-called-ae-title" and event["called_ae_title"] == "PACS"
     assert running.events("InstanceReceived") == []
+
+
+# -- each role's address rule holds on its own (a sender that is also a Q/R caller) ---------------------
+FAR, NEAR = "127.0.0.1", "127.0.0.2"  # both loopback: the archive sees storescu/findscu as FAR
+BOTH = "OKB_BOTH"  # an AE title that is a sender and a Q/R caller
+
+
+def _both_roles(tmp_path: Path, sender_addresses: list[str], caller_addresses: list[str]) -> ReadSide:
+    extra = f"""
+[[sender]]
+ae_title = "{BOTH}"
+organisation = "{ORGANISATION}"
+addresses = {json.dumps(sender_addresses)}
+
+[[qr_caller]]
+ae_title = "{BOTH}"
+organisation = "{ORGANISATION}"
+role = "radiologist"
+addresses = {json.dumps(caller_addresses)}
+"""
+    return ReadSide.start(tmp_path, senders_extra=extra)
+
+
+def _findscu_status(port: int) -> int:
+    """A study-level C-FIND by dcmtk's findscu from 127.0.0.1; the final DIMSE status it logged."""
+    result = subprocess.run(
+        [
+            *("/usr/bin/findscu", "-d", "-S", "-aet", BOTH, "-aec", "CAMI"),
+            *("-k", "QueryRetrieveLevel=STUDY", "-k", "StudyInstanceUID", "127.0.0.1", str(port)),
+        ],
+        capture_output=True,
+        text=True,
+        env=DCMTK_ENV,
+        timeout=120,
+        check=False,
+    )
+    found = re.findall(r"DIMSE Status\s*:\s*0x([0-9a-fA-F]{4})", result.stdout + result.stderr)
+    assert found, (result.stdout + result.stderr)[-3000:]
+    return int(found[-1], 16)
+
+
+def _near_association(port: int, context: str, syntax: str = "1.2.840.10008.1.2.1") -> Any:
+    """A pynetdicom association from 127.0.0.2 (dcmtk's tools cannot choose their local address)."""
+    ae = AE(ae_title=BOTH)
+    ae.add_requested_context(context, syntax)
+    assoc = ae.associate("127.0.0.1", port, ae_title="CAMI", bind_address=(NEAR, 0))
+    assert assoc.is_established
+    return assoc
+
+
+def _of(side: ReadSide, event_type: str) -> list[Event]:
+    return [e for e in side.events(DICOM) if e.type == event_type]
+
+
+def test_a_sender_limited_to_other_addresses_does_not_store_from_where_it_may_query(tmp_path: Path) -> None:
+    with _both_roles(tmp_path, [NEAR], []) as side:
+        result = storescu(FAR, side.dicom_port, [_valid(tmp_path, "far")], calling=BOTH)
+        assert "Success" not in outcomes(result.stderr).values(), result.stderr[-2000:]
+        [rejection] = _of(side, "InstanceRejected")
+        assert rejection["reason"] == "address-not-allowed" and rejection["status"] == 0x0124
+        assert rejection["peer_address"] == FAR and rejection["calling_ae_title"] == BOTH
+        assert _of(side, "InstanceReceived") == []
+        assert _findscu_status(side.dicom_port) == 0x0000  # querying from here is allowed
+        [access] = side.accesses()
+        assert access["outcome"] == "ok" and access["remote_address"] == FAR
+        # from its own address the same AE title stores
+        near = _valid(tmp_path, "near")
+        meta = dcmread(near, stop_before_pixels=True).file_meta
+        assoc = _near_association(side.dicom_port, meta.MediaStorageSOPClassUID)
+        try:
+            assert assoc.send_c_store(near).Status == 0x0000
+        finally:
+            assoc.release()
+        [received] = _of(side, "InstanceReceived")
+        assert received["peer_address"] == NEAR
+
+
+def test_a_qr_caller_limited_to_other_addresses_does_not_query_from_where_it_may_store(tmp_path: Path) -> None:
+    with _both_roles(tmp_path, [], [NEAR]) as side:
+        assert _findscu_status(side.dicom_port) == 0x0124  # Refused: Not Authorised
+        [denied] = side.accesses()
+        assert denied["outcome"] == "denied" and denied["remote_address"] == FAR
+        assert denied.envelope.actor.user == BOTH
+        result = storescu(FAR, side.dicom_port, [_valid(tmp_path, "far")], calling=BOTH)
+        assert list(outcomes(result.stderr).values()) == ["Success"]  # storing from here is allowed
+        # from its own address the same AE title queries
+        assoc = _near_association(side.dicom_port, StudyRootQueryRetrieveInformationModelFind)
+        try:
+            query = Dataset()
+            query.QueryRetrieveLevel = "STUDY"
+            query.StudyInstanceUID = ""
+            statuses = [int(s.Status) for s, _ in assoc.send_c_find(query, StudyRootQueryRetrieveInformationModelFind)]
+        finally:
+            assoc.release()
+        assert statuses[-1] == 0x0000 and 0x0124 not in statuses
+        outcomes_in_order = [a["outcome"] for a in sorted(side.accesses(), key=lambda e: e.envelope.recorded_at)]
+        assert outcomes_in_order == ["denied", "ok"]
+
+
+# -- connections that never send an A-ASSOCIATE-RQ ----------------------------------------------------------
+def test_idle_connections_do_not_lock_a_sender_out_and_are_closed(running: Running, tmp_path: Path) -> None:
+    port = running.scp.port
+    idle = [socket.create_connection(("127.0.0.1", port), timeout=120) for _ in range(40)]  # > 32 associations
+    try:
+        result = storescu("127.0.0.1", port, [_valid(tmp_path, "while-idle")], calling="OKB_CT1")
+        assert list(outcomes(result.stderr).values()) == ["Success"], result.stderr[-2000:]
+        for sock in idle:  # the archive closes each silent connection (after CAMI_DICOM_REQUEST_TIMEOUT)
+            assert sock.recv(1) == b""
+    finally:
+        for sock in idle:
+            sock.close()
+    # a request begun and never finished is closed too (and gives its association slot back)
+    partial = [socket.create_connection(("127.0.0.1", port), timeout=120) for _ in range(40)]
+    try:
+        for sock in partial:
+            sock.sendall(b"\x01\x00")  # the first bytes of an A-ASSOCIATE-RQ PDU, then nothing
+        for sock in partial:
+            assert sock.recv(1) == b""
+    finally:
+        for sock in partial:
+            sock.close()
+    after = storescu("127.0.0.1", port, [_valid(tmp_path, "after-idle")], calling="OKB_CT1")
+    assert list(outcomes(after.stderr).values()) == ["Success"]  # the listener is still up
+    assert len(running.events("InstanceReceived")) == 2

@@ -45,7 +45,7 @@ def drafted() -> ReportState:
 
 def signed() -> ReportState:
     state = apply(drafted(), edit(drafted(), "Протокол", "Заключение", RADIOLOGIST))
-    return apply(state, sign(state, OTHER_RADIOLOGIST, NOW))
+    return apply(state, sign(state, RADIOLOGIST, NOW))
 
 
 def test_draft_edit_sign_amend() -> None:
@@ -53,11 +53,11 @@ def test_draft_edit_sign_amend() -> None:
     assert (state.status, state.revision, state.author["code"]) == ("draft", 1, "R-1")
     state = apply(state, edit(state, "П2", "З2", RADIOLOGIST))
     assert (state.protocol_text, state.conclusion_text, state.revision) == ("П2", "З2", 2)
-    event = sign(state, OTHER_RADIOLOGIST, NOW)
+    event = sign(state, RADIOLOGIST, NOW)
     assert event["signed_at"] == NOW and event["revision"] == 2
     assert event["content_sha256"] == content_sha256("П2", "З2")
     state = apply(state, event)
-    assert state.signed and state.signer == {"code": "R-2", "name": "Сидорова^Анна"}
+    assert state.signed and state.signer == {"code": "R-1", "name": "Петров^Пётр"}
     assert datetime.fromisoformat(state.signed_at or "") == NOW
     later = NOW + timedelta(days=1)
     state = apply(state, amend(state, None, "З3", "уточнение", ADMIN, later))
@@ -98,6 +98,32 @@ def test_only_radiologists_write_and_sign() -> None:
         sign(drafted(), ADMIN, NOW)
     with pytest.raises(ReportInvalid):
         draft("r-2", "not-a-uid", "p", "c", RADIOLOGIST)
+
+
+def test_only_the_author_edits_and_signs_a_draft() -> None:
+    state = apply(drafted(), edit(drafted(), "p", "c", RADIOLOGIST))
+    assert state.drafted_by("dr.petrov") and not state.drafted_by("dr.sidorova")
+    with pytest.raises(ReportForbidden, match="only the author"):
+        sign(state, OTHER_RADIOLOGIST, NOW)
+    with pytest.raises(ReportForbidden, match="only the author"):
+        edit(state, "p2", "c2", OTHER_RADIOLOGIST)
+    with pytest.raises(ReportForbidden):
+        sign(state, ADMIN, NOW)
+    # a draft that arrived as a DICOM document (its actor a modality) has no author among the users
+    document = draft("r-3", STUDY, "p", "c", RADIOLOGIST)
+    as_document = {**fact(decode(encode(document))), "actor": {"user": "OKB_CT1", "role": "modality"}}
+    from_document = evolve(None, as_document)
+    assert from_document is not None and from_document.author_user is None
+    assert sign(from_document, OTHER_RADIOLOGIST, NOW)["signer"]["code"] == "R-2"
+
+
+def test_a_draft_view_without_its_texts_still_says_a_draft_exists() -> None:
+    hidden = drafted().view(draft_text=False)
+    assert hidden["status"] == "draft" and hidden["text_hidden"] is True
+    assert hidden["protocol_text"] is None and hidden["conclusion_text"] is None
+    assert "author_user" not in hidden
+    assert drafted().view()["protocol_text"] == "Протокол"
+    assert signed().view(draft_text=False)["conclusion_text"] == "Заключение"  # only drafts are hidden
 
 
 def test_signing_needs_a_conclusion_and_the_expected_revision() -> None:
