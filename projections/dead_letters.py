@@ -4,7 +4,8 @@ A projection never commits past an event it did not apply (:func:`streams.proces
 An event that is *itself* unprocessable — its projection's ``apply`` raises, or the warehouse
 refuses its rows while it accepts other events' rows — would then stop the projection for ever;
 instead it is recorded here, durably, before the position moves past it. ``cami status`` and the
-monitoring API (``/api/monitoring/dead-letters``) show them; ``cami replay`` of the projection
+monitoring API (``/api/monitoring/dead-letters``, to regional IT without the error text, which may
+quote the event's values) show them; ``cami replay`` of the projection
 marks its letters resolved and records again whatever still fails.
 
 ``dead_letters`` is a ``ReplacingMergeTree(version)`` keyed by (processor, topic, partition,
@@ -78,18 +79,26 @@ def record(warehouse: Warehouse, letters: Sequence[DeadLetter]) -> None:
     warehouse.insert(TABLE, _COLUMNS, rows)
 
 
-def open_letters(warehouse: Warehouse, processor: str | None = None) -> list[dict[str, Any]]:
-    """Unresolved dead letters, oldest first (all projections, or one)."""
+def ensure(warehouse: Warehouse) -> None:
+    """Create the table if no projection's sink has yet (readers may come first)."""
+    warehouse.command(DDL)
+
+
+def open_letters(warehouse: Warehouse, processor: str | None = None, limit: int = 1000) -> list[dict[str, Any]]:
+    """Unresolved dead letters, oldest first (all projections, or one), at most ``limit``."""
+    ensure(warehouse)
     where = "NOT resolved" + (" AND processor = {processor:String}" if processor is not None else "")
     return warehouse.query(
         f"SELECT processor, topic, partition, offset, event_id, event_type, error, recorded_at"
-        f" FROM {TABLE} FINAL WHERE {where} ORDER BY recorded_at, processor, topic, partition, offset",
-        {"processor": processor} if processor is not None else None,
+        f" FROM {TABLE} FINAL WHERE {where} ORDER BY recorded_at, processor, topic, partition, offset"
+        " LIMIT {limit:UInt32}",
+        {"limit": limit, **({"processor": processor} if processor is not None else {})},
     ).dicts()
 
 
 def counts(warehouse: Warehouse) -> dict[str, int]:
     """Per projection, how many unresolved dead letters it has."""
+    ensure(warehouse)
     rows = warehouse.query(
         f"SELECT processor, count() FROM {TABLE} FINAL WHERE NOT resolved GROUP BY processor ORDER BY processor"
     ).rows
@@ -99,7 +108,7 @@ def counts(warehouse: Warehouse) -> dict[str, int]:
 def resolve(warehouse: Warehouse, processor: str) -> int:
     """Mark every open letter of ``processor`` resolved (a rebuild retries them all); returns how
     many were open."""
-    letters = open_letters(warehouse, processor)
+    letters = open_letters(warehouse, processor, limit=2**32 - 1)
     if not letters:
         return 0
     now = datetime.now(UTC)
