@@ -46,7 +46,7 @@ from tests.conftest import ROOT
 from tests.integration.test_processing import synthetic_events
 from tests.support import studies
 from tests.support.chdb_http import ChdbHttpServer
-from tests.support.readside import SENDER_AE, senders_toml
+from tests.support.readside import SENDER_AE, ReadSide, senders_toml
 from tests.support.servers import free_port
 
 ORG = next(iter(SENDER_AE))
@@ -350,3 +350,24 @@ def test_a_warehouse_outage_commits_nothing_dead_letters_nothing_and_applies_all
             runner.stop()
             warehouse.close()
             checker.close()
+
+
+def test_regional_it_sees_the_dead_letters_without_their_error_text(tmp_path: Path) -> None:
+    with ReadSide.start(tmp_path) as side:
+        events = synthetic_events(4)
+        bad = str(events[1].envelope.event_id)
+        publish_many(side.archive.event_log, events)
+        fussy = FussyCatalogue({bad})
+        sink = WarehouseSink(side.archive.warehouse, fussy.ddl)
+        EmbeddedRunner(side.archive.event_log, [(fussy, sink)]).catch_up(timeout=60)
+        with side.client("it") as it:
+            response = it.get("/api/monitoring/dead-letters")
+            assert response.status_code == 200, response.text
+            body = response.json()
+        assert body["projections"] == {fussy.name: 1}
+        [letter] = body["letters"]
+        assert (letter["processor"], letter["event_id"], letter["event_type"]) == (fussy.name, bad, events[1].type)
+        # the error text may quote the event's values: regional IT gets its kind only
+        assert letter["error_kind"] == "ValueError" and "error" not in letter
+        with side.client("dr.petrov") as doctor:
+            assert doctor.get("/api/monitoring/dead-letters").status_code == 403
