@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -371,3 +372,71 @@ def test_regional_it_sees_the_dead_letters_without_their_error_text(tmp_path: Pa
         assert letter["error_kind"] == "ValueError" and "error" not in letter
         with side.client("dr.petrov") as doctor:
             assert doctor.get("/api/monitoring/dead-letters").status_code == 403
+
+
+# -- the Faust path ------------------------------------------------------------------------------
+_FAUST_WORKER = """
+import sys
+from pathlib import Path
+from projections.sinks import WarehouseSink
+from projections.warehouse import open_warehouse
+from streams.faust_app import create_app, run_worker
+from tests.integration.test_dead_letters import FussyCatalogue
+
+bootstrap, warehouse_url, bad, name, app_id, datadir = sys.argv[1:7]
+processor = FussyCatalogue({bad})
+processor.name = name
+warehouse = open_warehouse(warehouse_url)
+binding = (processor, WarehouseSink(warehouse, processor.ddl))
+app = create_app(bootstrap, [binding], app_id=app_id, datadir=Path(datadir))
+run_worker(app)
+"""
+
+
+@pytest.mark.kafka
+@pytest.mark.clickhouse_http
+def test_the_faust_worker_dead_letters_an_unprocessable_event_and_commits_past_it(
+    kafka_server: Any, warehouse_server: ChdbHttpServer, tmp_path: Path
+) -> None:
+    app_id = f"cami-test-{uuid.uuid4().hex[:8]}"
+    name = f"fussy-{uuid.uuid4().hex[:8]}"
+    events = synthetic_events(12)
+    bad = str(events[6].envelope.event_id)
+    mine = {str(e.envelope.event_id) for e in events}
+    with open_event_log(f"kafka://{kafka_server.bootstrap}") as event_log:
+        event_log.ensure_topics(archive_topics(3))
+        publish_many(event_log, events)
+        ends = {t: event_log.end_offsets(t) for t in EventCatalogue.topics}
+        warehouse = open_warehouse(warehouse_server.url)
+        worker = subprocess.Popen(
+            [sys.executable, "-c", _FAUST_WORKER, kafka_server.bootstrap, warehouse_server.url, bad, name, app_id,
+             str(tmp_path / "faust")],
+            cwd=ROOT,
+            env={**os.environ, "PYTHONPATH": str(ROOT)},
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            start_new_session=True,
+        )  # fmt: skip
+        try:
+
+            def settled() -> bool:
+                if worker.poll() is not None:
+                    raise AssertionError(f"faust worker exited: {worker.stdout.read() if worker.stdout else ''}")
+                return _caught_up(event_log, app_id, EventCatalogue.topics, ends) and bool(
+                    dead_letters.open_letters(warehouse, name)
+                )
+
+            wait_for(settled, "the Faust group committed past the bad event, which is a dead letter", timeout=240)
+            catalogued = {r[0] for r in warehouse.query("SELECT toString(event_id) FROM event_catalogue FINAL").rows}
+            assert catalogued & mine == mine - {bad}
+            [letter] = dead_letters.open_letters(warehouse, name)
+            assert letter["event_id"] == bad and "cannot apply" in letter["error"]
+        finally:
+            os.killpg(worker.pid, signal.SIGTERM)
+            try:
+                worker.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                os.killpg(worker.pid, signal.SIGKILL)
+                worker.wait()
+            warehouse.close()
