@@ -62,6 +62,7 @@ def cmd_schemas(args: argparse.Namespace) -> int:
 def archive_state(settings: Settings) -> dict[str, Any]:
     """What each backend holds: events per topic, blob store reachability, read-model rows."""
     from api.bootstrap import bootstrap
+    from projections import dead_letters
     from projections.status import projection_lag
     from streams.topics import SOURCE_OF_TRUTH
 
@@ -74,11 +75,18 @@ def archive_state(settings: Settings) -> dict[str, Any]:
         by_type = catalogue.query(
             "SELECT event_type, count() FROM (SELECT * FROM event_catalogue FINAL) GROUP BY event_type ORDER BY 1"
         ).rows
+        # events a projection could not apply (it moved on after recording them): per projection,
+        # how many are open and the first of them; `cami replay --projection NAME` retries them
+        letters: dict[str, dict[str, Any]] = {
+            name: {"open": count, "letters": dead_letters.open_letters(catalogue, name, limit=20)}
+            for name, count in dead_letters.counts(catalogue).items()
+        }
         return {
             "settings": settings.describe(),
             "event_log": {"backend": archive.event_log.backend, "events_per_topic": topics},
             "blobs": {"backend": archive.blobs.backend},
             "projection_lag": lag,
+            "dead_letters": letters,
             "clickhouse": {
                 "backend": catalogue.backend,
                 "catalogue_rows": {name: count for name, count in by_type},
@@ -128,6 +136,15 @@ def _render_state(state: dict[str, Any]) -> None:
     for name, lags in state.get("projection_lag", {}).items():
         behind = sum(lags.values())
         table.add_row(f"projection {name}", "", "", f"lag {behind} events" if behind else "up to date")
+    for name, letters in state.get("dead_letters", {}).items():
+        first = letters["letters"][0] if letters["letters"] else {}
+        where = f"{first.get('topic')}/{first.get('partition')}@{first.get('offset')}" if first else ""
+        table.add_row(
+            f"dead letters {name}",
+            "",
+            where,
+            f"{letters['open']} events not applied (cami replay --projection {name} retries them)",
+        )
     out.print(table)
 
 

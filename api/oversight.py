@@ -1,7 +1,8 @@
 """What regional IT and auditors read over HTTP: the monitoring dashboards' figures and the audit trail.
 
 ``/api/monitoring/...`` (MONITORING_ROLES: regional IT, administrators) answers from the monitoring
-projection: per organisation, per minute, silent senders, transfer states. It holds no patient
+projection: per organisation, per minute, silent senders, transfer states, and the dead letters
+of every projection (events it could not apply; see ``projections.dead_letters``). It holds no patient
 data (organisations, AE titles, counts), so reading it is not a record access.
 
 ``/api/audit/...`` (AUDIT_ROLES: auditors, administrators) answers from the audit trail: the
@@ -23,7 +24,7 @@ from api.access import AUDIT_ROLES, MONITORING_ROLES, AccessRecorder, Reader
 from api.auth import User
 from api.bootstrap import Archive
 from api.http import ApiError, require
-from projections import audit, monitoring
+from projections import audit, dead_letters, monitoring
 
 #: the longest window a dashboard may ask for at once (the tables hold everything; this bounds a scan)
 MAX_WINDOW = timedelta(days=366)
@@ -63,6 +64,20 @@ def install(app: FastAPI, archive: Archive, recorder: AccessRecorder) -> None:
         minutes: int = Query(60, ge=1, le=int(MAX_WINDOW.total_seconds() // 60)), user: User = it_user
     ) -> JSONResponse:
         return _json({"senders": monitoring.stalled_senders(archive.warehouse, timedelta(minutes=minutes))})
+
+    @app.get(
+        "/api/monitoring/dead-letters",
+        tags=["monitoring"],
+        summary="events a projection could not apply, per projection",
+    )
+    def dead_letter_view(user: User = it_user) -> JSONResponse:
+        # the error text may quote the event's values (patient data): regional IT gets its kind
+        # only; the whole text is in `cami status --json` on the archive's own machine
+        letters = [
+            {**{k: v for k, v in d.items() if k != "error"}, "error_kind": str(d["error"]).split(":", 1)[0]}
+            for d in dead_letters.open_letters(archive.warehouse)
+        ]
+        return _json({"projections": dead_letters.counts(archive.warehouse), "letters": letters})
 
     @app.get("/api/monitoring/transfers", tags=["monitoring"], summary="transfer states and agents")
     def transfers(user: User = it_user) -> JSONResponse:

@@ -11,6 +11,11 @@ of it. A rebuild therefore
    once and applies every projection being rebuilt to it, writing the rows through the same
    :class:`projections.sinks.WarehouseSink` the live processors use.
 
+Dead letters. The projection's open dead letters (:mod:`projections.dead_letters`) are marked
+resolved when its tables are recreated, since every event is applied again; an event that still
+cannot be applied is recorded again as a dead letter (the same rule as the live runners), so the
+rebuild completes and the letter stays visible.
+
 Offsets and a live processor. Rows are keyed by the event's log position and the tables
 deduplicate (ReplacingMergeTree), so applying an event twice leaves the same table. Taking ``E``
 *after* the tables were recreated makes a live processor that keeps running harmless: whatever it
@@ -44,11 +49,13 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from projections import dead_letters
 from projections.sinks import WarehouseSink
 from projections.warehouse import Warehouse, WarehouseError
 from schemas.codec import CodecError, decode
+from schemas.events import Event
 from streams.log import EventLog, Record
-from streams.processing import Processor, Row, Source, group_id
+from streams.processing import SETTLE_AFTER, Processor, Source, backoff, deliver_decoded, group_id
 
 log = logging.getLogger("cami.replay")
 
@@ -66,6 +73,10 @@ class RebuildResult:
     #: rows in each table after the rebuild (deduplicated: ``count() ... FINAL``)
     table_rows: dict[str, int] = field(default_factory=dict)
     undecodable: int = 0
+    #: per projection, events that still cannot be applied (recorded again as dead letters)
+    dead_letters: dict[str, int] = field(default_factory=dict)
+    #: per projection, dead letters open before the rebuild (all retried by it)
+    retried_dead_letters: dict[str, int] = field(default_factory=dict)
     seconds: float = 0.0
     #: the rebuild's target: per topic, per partition, the end offset read up to
     ends: dict[str, dict[int, int]] = field(default_factory=dict)
@@ -83,6 +94,8 @@ class RebuildResult:
             "rows_written": self.rows_written,
             "table_rows": self.table_rows,
             "undecodable": self.undecodable,
+            "dead_letters": self.dead_letters,
+            "retried_dead_letters": self.retried_dead_letters,
             "seconds": round(self.seconds, 3),
             "events_per_second": round(self.events_per_second, 1),
             "ends": {t: {str(p): o for p, o in e.items()} for t, e in self.ends.items()},
@@ -123,6 +136,11 @@ def rebuild(
         for table in tables[processor.name]:
             warehouse.command(f"DROP TABLE IF EXISTS {table}")
         sinks[processor.name] = WarehouseSink(warehouse, ddl[processor.name])  # recreates them
+        # every event is applied again from offset 0: the old dead letters are retried with them
+        # (resolved now; those that still fail are recorded again, newer than this resolution)
+        retried = dead_letters.resolve(warehouse, processor.name)
+        if retried:
+            result.retried_dead_letters[processor.name] = retried
 
     topics = list(dict.fromkeys(t for p in processors for t in p.topics))
     result.ends = {t: event_log.end_offsets(t) for t in topics}
@@ -155,24 +173,44 @@ def _apply(
     sinks: dict[str, WarehouseSink],
     result: RebuildResult,
 ) -> None:
-    """Decode each record once and give it to every projection reading its topic; the same
-    decode/skip rule as :func:`streams.processing.process_batch`."""
-    rows: dict[str, list[Row]] = {p.name: [] for p in processors}
+    """Decode each record once and give it to every projection reading its topic, through the
+    same :func:`streams.processing.deliver_decoded` the live runners use: an event a projection
+    cannot apply becomes a dead letter again, a warehouse outage is retried a few times with
+    backoff and then fails the rebuild (nothing is skipped)."""
+    decoded: list[tuple[Event, Source]] = []
+    undecodable: list[tuple[Source, str]] = []
     for record in records:
-        try:
-            event = decode(record.value)
-        except CodecError as exc:
-            log.error("skipping undecodable record %s/%s@%s: %s", record.topic, record.partition, record.offset, exc)
-            result.undecodable += 1
-            continue
         source = Source(record.topic, record.partition, record.offset, record.value)
-        for processor in processors:
-            rows[processor.name].extend(processor.apply(event, source))
+        try:
+            decoded.append((decode(record.value), source))
+        except CodecError as exc:
+            log.error("undecodable record %s/%s@%s: %s", record.topic, record.partition, record.offset, exc)
+            undecodable.append((source, str(exc)))
+    result.undecodable += len(undecodable)
     for processor in processors:
-        if rows[processor.name]:
-            sinks[processor.name].write(rows[processor.name])
-            for row in rows[processor.name]:
-                result.rows_written[row.table] = result.rows_written.get(row.table, 0) + 1
+        failures = 0
+        while True:
+            try:
+                # no prepare: the rebuilt tables start empty, the processor's state with them
+                done = deliver_decoded(
+                    processor,
+                    sinks[processor.name],
+                    decoded,
+                    undecodable,
+                    settle=failures >= SETTLE_AFTER,
+                    prepare=False,
+                )
+                break
+            except Exception as exc:
+                failures += 1
+                if failures > SETTLE_AFTER:
+                    raise
+                log.warning("replay %s: batch not applied (%s); retrying", processor.name, exc)
+                time.sleep(backoff(failures))
+        for row in done.rows:
+            result.rows_written[row.table] = result.rows_written.get(row.table, 0) + 1
+        if done.dead_letters:
+            result.dead_letters[processor.name] = result.dead_letters.get(processor.name, 0) + len(done.dead_letters)
 
 
 def _count(warehouse: Warehouse, table: str) -> int:
@@ -325,6 +363,16 @@ def cmd_replay(args: argparse.Namespace) -> int:
     Console().print(
         f"{result.events} events in {result.seconds:.1f} s ({result.events_per_second:,.0f} events/s)"
         + (f", {result.undecodable} undecodable skipped" if result.undecodable else "")
+        + (
+            f"; dead letters retried: {sum(result.retried_dead_letters.values())}"
+            if result.retried_dead_letters
+            else ""
+        )
+        + (
+            "; still failing (dead letters): " + ", ".join(f"{p} {n}" for p, n in result.dead_letters.items())
+            if result.dead_letters
+            else ""
+        )
         + (
             f"; live groups moved to the rebuild's end: {', '.join(result.aligned_groups)}"
             if result.aligned_groups

@@ -31,7 +31,7 @@ from collections.abc import Sequence
 from datetime import UTC, date, datetime
 from typing import Any
 
-from projections.archive_index import dicom_date
+from projections.archive_index import column_date, dicom_date
 from schemas.events import Event
 from streams.processing import Row, Source
 from streams.topics import DICOM, PATIENTS, REPORTS, TRANSFERS
@@ -59,7 +59,7 @@ CREATE TABLE IF NOT EXISTS {INSTANCES} ({_POSITION}
     patient_pseudonym FixedString(64),
     patient_sex LowCardinality(String),
     age_band LowCardinality(String),
-    study_date Nullable(Date),
+    study_date Nullable(Date32),
     modality LowCardinality(String),
     sop_class_uid LowCardinality(String),
     transfer_syntax LowCardinality(String),
@@ -78,6 +78,9 @@ CREATE TABLE IF NOT EXISTS {INSTANCES} ({_POSITION}
 PARTITION BY toYYYYMM(received_at)
 ORDER BY (organisation, modality, received_at, topic, partition, offset)
 """
+
+#: tables made when study_date was a Date (1970..2149): widened in place when the sink starts
+INSTANCES_UPGRADE = f"ALTER TABLE {INSTANCES} MODIFY COLUMN study_date Nullable(Date32)"
 
 #: one row per study; its attributes, ``missing`` and ``incomplete`` describe its most recent object
 #: (a re-sent object that carries the attributes completes the package and supplies them); its
@@ -213,7 +216,7 @@ def _position(source: Source) -> dict[str, Any]:
 class Analytics:
     name = "analytics"
     topics: Sequence[str] = (DICOM, REPORTS, TRANSFERS, PATIENTS)
-    ddl = (INSTANCES_DDL, STUDIES_DDL, REPORTS_DDL, TRANSFERS_DDL, REJECTIONS_DDL, MERGES_DDL)
+    ddl = (INSTANCES_DDL, INSTANCES_UPGRADE, STUDIES_DDL, REPORTS_DDL, TRANSFERS_DDL, REJECTIONS_DDL, MERGES_DDL)
     #: the tables a rebuild drops and refills (the studies view reads them and needs no rebuild)
     tables = (INSTANCES, REPORTS_TABLE, TRANSFERS_TABLE, REJECTIONS, PATIENT_MERGES)
 
@@ -250,7 +253,8 @@ class Analytics:
     def _instance(self, event: Event, source: Source) -> Row:
         p, env = event.payload, event.envelope
         received: datetime = env.occurred_at
-        study_date = dicom_date(p.get("StudyDate"))
+        # a StudyDate that is no usable date (18991231, 00000000...) is NULL here, never a refused row
+        study_date = column_date(p.get("StudyDate"))
         doctor = p.get("PerformingPhysician") or {}
         return Row(
             INSTANCES,

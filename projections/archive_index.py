@@ -85,7 +85,8 @@ CREATE TABLE IF NOT EXISTS {INSTANCES} (
     patient_name Nullable(String),
     patient_birth_date Nullable(String),
     patient_sex Nullable(String),
-    study_date Nullable(Date),
+    study_date Nullable(Date32),
+    study_date_text Nullable(String),
     study_time Nullable(String),
     study_id Nullable(String),
     study_description Nullable(String),
@@ -127,6 +128,13 @@ CREATE TABLE IF NOT EXISTS {INSTANCES} (
 ) ENGINE = ReplacingMergeTree(log_version)
 ORDER BY (study_uid, series_uid, sop_uid, version)
 """
+
+#: tables created before ``study_date`` was a checked Date32 with its text beside it: brought up
+#: to date in place when the sink starts (both statements are no-ops once applied)
+INSTANCES_UPGRADE = (
+    f"ALTER TABLE {INSTANCES} ADD COLUMN IF NOT EXISTS study_date_text Nullable(String) AFTER study_date",
+    f"ALTER TABLE {INSTANCES} MODIFY COLUMN study_date Nullable(Date32)",
+)
 
 REPORTS_DDL = f"""
 CREATE TABLE IF NOT EXISTS {REPORTS_TABLE} (
@@ -211,6 +219,25 @@ def dicom_date(value: str | None) -> date | None:
         return None
 
 
+#: the range of ClickHouse's ``Date32`` (``Date`` is only 1970..2149, which would lose studies of
+#: digitised film archives); outside it a value is undefined, so it is refused here
+DATE32_MIN = date(1900, 1, 1)
+DATE32_MAX = date(2299, 12, 31)
+
+
+def column_date(value: str | None) -> date | None:
+    """A DICOM DA for a ``Nullable(Date32)`` column: the date if it parses and fits, else None.
+
+    Values from the wire are whatever the sender wrote (``18991231``, ``00000000``, ``2024-1-5``);
+    none of them may make an insert fail and drop the instance from the index. Tables keep the
+    text as received beside the date (``study_date_text``): a NULL date with a text is the flag
+    "present but not a usable date"; queries by date simply do not match it."""
+    parsed = dicom_date(value)
+    if parsed is None or not DATE32_MIN <= parsed <= DATE32_MAX:
+        return None
+    return parsed
+
+
 def _position(source: Source) -> dict[str, Any]:
     return {"topic": source.topic, "partition": source.partition}
 
@@ -230,7 +257,8 @@ def _instance(event: Event, source: Source) -> list[Row]:
         "patient_name": p.get("PatientName"),
         "patient_birth_date": p.get("PatientBirthDate"),
         "patient_sex": p.get("PatientSex"),
-        "study_date": dicom_date(p.get("StudyDate")),
+        "study_date": column_date(p.get("StudyDate")),
+        "study_date_text": p.get("StudyDate"),
         "study_time": p.get("StudyTime"),
         "study_id": p.get("StudyID"),
         "study_description": p.get("StudyDescription"),
@@ -369,7 +397,7 @@ class ArchiveIndex:
 
     name = "archive-index"
     topics: Sequence[str] = (DICOM, REPORTS, PATIENTS)
-    ddl = (INSTANCES_DDL, REPORTS_DDL, PATIENTS_DDL, MERGES_DDL)
+    ddl = (INSTANCES_DDL, *INSTANCES_UPGRADE, REPORTS_DDL, PATIENTS_DDL, MERGES_DDL)
     tables = (INSTANCES, REPORTS_TABLE, PATIENTS_TABLE, MERGES)
 
     def apply(self, event: Event, source: Source) -> Sequence[Row]:

@@ -235,6 +235,14 @@ def _transfer(event: Event, source: Source) -> Row:
     )
 
 
+def _fits_datetime64(moment: datetime | None) -> datetime | None:
+    """An agent's clock may be anything; outside DateTime64's range (1900..2299) it is NULL
+    rather than a refused row."""
+    if moment is None or not 1900 <= moment.year <= 2299:
+        return None
+    return moment
+
+
 def _heartbeat(event: Event, source: Source) -> Row:
     p = event.payload
     return Row(
@@ -249,7 +257,7 @@ def _heartbeat(event: Event, source: Source) -> Row:
             "queue_bytes": p["queue_bytes"],
             "in_flight": p["in_flight"],
             "link_kbps": p.get("link_kbps"),
-            "last_success_at": p.get("last_success_at"),
+            "last_success_at": _fits_datetime64(p.get("last_success_at")),
         },
     )
 

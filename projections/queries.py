@@ -286,12 +286,12 @@ def search_studies(
         )
         params["patient_name"] = dicom_wildcard_to_like(patient_name)
     if study_date_from is not None:
-        where.append("study_date >= {date_from:Date}")
-        having.append("s.study_date >= {date_from:Date}")
+        where.append("study_date >= {date_from:Date32}")
+        having.append("s.study_date >= {date_from:Date32}")
         params["date_from"] = study_date_from
     if study_date_to is not None:
-        where.append("study_date <= {date_to:Date}")
-        having.append("s.study_date <= {date_to:Date}")
+        where.append("study_date <= {date_to:Date32}")
+        having.append("s.study_date <= {date_to:Date32}")
         params["date_to"] = study_date_to
     if modality is not None:
         where.append("modality = {modality:String}")
@@ -647,7 +647,9 @@ def _match_sql(expr: str, condition: Condition, param: _Params, *, date_type: st
         else:  # DA text: YYYYMMDD compares as dates
             bounds = condition.dicom()
             expr = f"ifNull({expr}, '')"
-        kind = "Date" if date_type == "Date" else "String"
+        # Date32 like the column (projections.archive_index.column_date): a Date parameter would
+        # turn 1950 into 1970 and match the wrong studies
+        kind = "Date32" if date_type == "Date" else "String"
         tests = []
         if bounds[0] is not None:
             tests.append(f"{expr} >= {param(bounds[0], kind)}")

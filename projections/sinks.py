@@ -6,17 +6,19 @@ from collections import defaultdict
 from collections.abc import Iterable, Sequence
 from typing import Any
 
+from projections import dead_letters
 from projections.warehouse.base import Warehouse
-from streams.processing import Row
+from streams.processing import DeadLetter, Row
 
 
 class WarehouseSink:
     """Batch-inserts rows per table. Idempotency comes from the tables' engines and keys
-    (ReplacingMergeTree on the event's log position), not from this class."""
+    (ReplacingMergeTree on the event's log position), not from this class. Its projection's
+    unprocessable events go to the ``dead_letters`` table (:mod:`projections.dead_letters`)."""
 
     def __init__(self, warehouse: Warehouse, ddl: Iterable[str] = ()) -> None:
         self.warehouse = warehouse
-        for statement in ddl:
+        for statement in (*ddl, dead_letters.DDL):
             warehouse.command(statement)
 
     def write(self, rows: Sequence[Row]) -> None:
@@ -27,3 +29,6 @@ class WarehouseSink:
             columns = list(table_rows[0].values)
             values: list[list[Any]] = [[r.values[c] for c in columns] for r in table_rows]
             self.warehouse.insert(table, columns, values)
+
+    def write_dead_letters(self, letters: Sequence[DeadLetter]) -> None:
+        dead_letters.record(self.warehouse, letters)

@@ -342,6 +342,13 @@ class EmbeddedConsumer(Consumer):
         if offsets:
             self._log.commit_offsets(self._group, offsets)
 
+    def rewind(self) -> None:
+        for topic in {t for t, _ in self._slots}:
+            committed = self._log.committed(self._group, topic)
+            for slot in self._slots:
+                if slot[0] == topic:
+                    self._positions[slot] = committed.get(slot[1], 0)
+
     def seek_to_beginning(self) -> None:
         for slot in self._positions:
             self._positions[slot] = 0

@@ -1,16 +1,20 @@
 """The Faust (faust-streaming) app that runs processors against Kafka.
 
-Topology is declared here; processing is the same pure :func:`streams.processing.process_batch`
-the embedded runner calls. Each processor becomes one agent reading its topics as raw bytes
+Topology is declared here; processing is the same :func:`streams.processing.deliver` the
+embedded runner calls. Each processor becomes one agent reading its topics as raw bytes
 (our Avro codec decodes them, not Faust's serializers). Agents take events in batches and Faust
 acknowledges them only after the batch was written by the sink, so offsets are committed after
-the rows are durable (at-least-once). Several worker processes with the same app id share the
-partitions between them (Kafka consumer group = app id).
+the rows are durable (at-least-once). A batch that cannot be written is retried inside the agent
+with backoff, never raised: Faust acknowledges the events of a crashed agent (and would commit
+past them); bad events are set aside as dead letters by :func:`streams.processing.deliver`.
+Several worker processes with the same app id share the partitions between them (Kafka consumer
+group = app id).
 """
 
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 from collections.abc import AsyncIterator, Callable, Coroutine, Sequence
 from pathlib import Path
@@ -18,7 +22,7 @@ from typing import Any
 
 import faust
 
-from streams.processing import Processor, Sink, Source, process_batch
+from streams.processing import SETTLE_AFTER, Processor, Sink, Source, backoff, deliver
 
 log = logging.getLogger("cami.faust")
 
@@ -40,10 +44,19 @@ def _agent(processor: Processor, sink: Sink) -> Callable[[Any], Coroutine[Any, A
                 (Source(e.message.topic, e.message.partition, e.message.offset, e.message.value), e.message.value)
                 for e in events
             ]
-            result = process_batch(processor, records)
-            if result.rows:
-                # sinks do blocking I/O; keep the event loop (heartbeats, fetches) responsive
-                await loop.run_in_executor(None, sink.write, result.rows)
+            failures = 0
+            while True:
+                settle = failures >= SETTLE_AFTER
+                try:
+                    # sinks do blocking I/O; keep the event loop (heartbeats, fetches) responsive
+                    attempt = functools.partial(deliver, processor, sink, records, settle=settle)
+                    await loop.run_in_executor(None, attempt)
+                    break
+                except Exception:
+                    failures += 1
+                    wait = backoff(failures)
+                    log.exception("%s: batch not applied; retrying in %.2f s", processor.name, wait)
+                    await asyncio.sleep(wait)
 
     agent.__name__ = f"agent_{processor.name}"
     return agent

@@ -432,6 +432,22 @@ class KafkaGroupConsumer(Consumer):
         except KafkaException as exc:
             raise EventLogError(f"commit failed: {exc}") from exc
 
+    def rewind(self) -> None:
+        # only partitions this member has fetched from can be behind their commit (and only those
+        # accept a seek: librdkafka refuses one on a partition whose fetcher has not started)
+        slots = [TopicPartition(t, p) for t, p in self._polled if (t, p) in self._assigned]
+        if not slots:
+            return
+        try:
+            committed = self._consumer.committed(slots, timeout=10)
+            for tp in committed:
+                start = tp.offset if tp.offset >= 0 else OFFSET_BEGINNING
+                self._consumer.seek(TopicPartition(tp.topic, tp.partition, start))
+        except KafkaException as exc:
+            raise EventLogError(f"rewind to the committed offsets failed: {exc}") from exc
+        for tp in slots:
+            self._polled.pop((tp.topic, tp.partition), None)
+
     def seek_to_beginning(self) -> None:
         self._rewind = True
         for topic, partition in list(self._assigned):

@@ -71,6 +71,12 @@ class Consumer(abc.ABC):
         """Commit the position after ``records`` (or after everything polled so far)."""
 
     @abc.abstractmethod
+    def rewind(self) -> None:
+        """Go back to the group's committed position on every partition this member read from:
+        what was polled since the last commit is delivered again (a batch that failed is retried,
+        never skipped by the next poll)."""
+
+    @abc.abstractmethod
     def seek_to_beginning(self) -> None:
         """Start again from offset 0 of every assigned partition (replay)."""
 

@@ -93,6 +93,24 @@ def test_group_resumes_from_committed_offsets(log: EventLog, topic: str) -> None
         assert second.poll(100, 1.0) == []
 
 
+def test_rewind_delivers_again_what_was_polled_since_the_last_commit(log: EventLog, topic: str) -> None:
+    group = f"g-{uuid.uuid4().hex}"
+    log.append_many(topic, [(f"k{i}".encode(), f"v{i}".encode()) for i in range(20)])
+    with log.consumer(group, [topic]) as consumer:
+        first = drain(consumer, 20)
+        done = [r for r in first if r.offset < 3]  # a few applied per partition, the rest failed
+        consumer.commit(done)
+        consumer.rewind()
+        again = drain(consumer, 20 - len(done))
+        assert {(r.partition, r.offset) for r in again} == {(r.partition, r.offset) for r in first} - {
+            (r.partition, r.offset) for r in done
+        }
+        consumer.commit(again)
+        consumer.rewind()  # nothing polled since the commit: nothing comes back
+        assert consumer.poll(100, 1.0) == []
+    assert log.lag(group, topic) == 0
+
+
 def test_replay_from_zero_returns_every_event_again(log: EventLog, topic: str) -> None:
     group = f"g-{uuid.uuid4().hex}"
     sent = [(f"k{i % 4}".encode(), f"v{i}".encode()) for i in range(25)]

@@ -404,8 +404,12 @@ class ChdbHttpServer:
         *,
         request_log: str | os.PathLike[str] | None = None,
         start_timeout: float = 60.0,
+        port: int = 0,
     ) -> None:
         self.path = str(path)
+        #: 0: any free port; a fixed one lets a test stop the server and bring it back where its
+        #: clients expect it (a warehouse outage)
+        self.fixed_port = port
         self.request_log = str(request_log) if request_log is not None else None
         self.start_timeout = start_timeout
         self.port: int | None = None
@@ -427,7 +431,8 @@ class ChdbHttpServer:
             **os.environ,
             "PYTHONPATH": os.pathsep.join(filter(None, [root, os.environ.get("PYTHONPATH")])),
         }
-        command = [sys.executable, "-u", "-m", "tests.support.chdb_http", "--path", self.path, "--port", "0"]
+        command = [sys.executable, "-u", "-m", "tests.support.chdb_http", "--path", self.path]
+        command += ["--port", str(self.fixed_port)]
         command.append("--exit-with-stdin")
         if self.request_log:
             command += ["--request-log", self.request_log]
