@@ -183,10 +183,21 @@ def cmd_workers(args: argparse.Namespace) -> int:
 
 # -- cami serve --------------------------------------------------------------------------------
 def cmd_serve(args: argparse.Namespace) -> int:
+    from dataclasses import replace
+
     from api.bootstrap import bootstrap
+    from api.config import ConfigError
     from streams.processing import EmbeddedRunner
 
-    settings = Settings.from_env()
+    try:
+        settings = Settings.from_env()
+        if args.production and not settings.production:
+            settings = replace(settings, production=True)
+        if settings.production:
+            settings.check_production()
+    except ConfigError as exc:
+        sys.stderr.write(f"cami serve: {exc}\n")
+        return 1
     archive = bootstrap(settings)
     scp = archive.storage_scp(port=args.dicom_port)
     runner = None
@@ -251,6 +262,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("serve", help="run the archive's network services (DICOM Storage SCP with commitment)")
     p.add_argument("--dicom-port", type=int, help="DICOM port (default CAMI_DICOM_PORT or 11112)")
+    p.add_argument(
+        "--production",
+        action="store_true",
+        help="production mode (as CAMI_ENV=production): refuse to start with development secrets",
+    )
     p.set_defaults(func=cmd_serve)
 
     import importlib

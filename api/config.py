@@ -14,7 +14,13 @@ CAMI_DICOM_PORT        port of the DICOM services                   11112
 CAMI_HTTP_HOST         address the HTTP API listens on              127.0.0.1
 CAMI_HTTP_PORT         port of the HTTP API (DICOMweb, reports)     8042
 CAMI_PSEUDONYM_KEY     HMAC key for patient pseudonyms (analytics)  a development key (set it!)
+CAMI_ENV               ``production`` or ``development``            development
 =====================  ==========================================  =================================
+
+Production mode (``CAMI_ENV=production`` or ``cami serve --production``) refuses to start
+without the secrets that have development fallbacks: today ``CAMI_PSEUDONYM_KEY`` (at least 32
+characters, not the development key), since pseudonyms made under the public development key can
+be reversed by anyone who has a list of PatientIDs.
 
 Real servers: ``CAMI_EVENT_LOG=kafka://broker1:9092,broker2:9092?replication=3&min_insync=2``,
 ``CAMI_BLOBS=s3://bucket?endpoint=https://s3.region.local`` (credentials from the usual
@@ -27,6 +33,15 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
+
+#: the fallback pseudonym key for demos and development; refused in production mode
+DEVELOPMENT_PSEUDONYM_KEY = b"cami-development-key-change-me"
+MIN_PSEUDONYM_KEY_LENGTH = 32
+ENVIRONMENTS = ("development", "production")
+
+
+class ConfigError(ValueError):
+    """The configuration cannot be used (the message is one line for the operator)."""
 
 
 @dataclass(frozen=True)
@@ -41,7 +56,9 @@ class Settings:
     dicom_port: int = 11112
     http_host: str = "127.0.0.1"
     http_port: int = 8042
-    pseudonym_key: bytes = b"cami-development-key-change-me"
+    pseudonym_key: bytes = DEVELOPMENT_PSEUDONYM_KEY
+    #: ``CAMI_ENV=production``: development fallbacks of secrets are refused (see check_production)
+    production: bool = False
 
     @property
     def senders_file(self) -> Path:
@@ -62,8 +79,18 @@ class Settings:
             dicom_port=int(env.get("CAMI_DICOM_PORT", "11112")),
             http_host=env.get("CAMI_HTTP_HOST", "127.0.0.1"),
             http_port=int(env.get("CAMI_HTTP_PORT", "8042")),
-            pseudonym_key=env.get("CAMI_PSEUDONYM_KEY", "cami-development-key-change-me").encode(),
+            pseudonym_key=env.get("CAMI_PSEUDONYM_KEY", "").encode() or DEVELOPMENT_PSEUDONYM_KEY,
+            production=_environment(env.get("CAMI_ENV", "")) == "production",
         )
+
+    def check_production(self) -> None:
+        """Raise :class:`ConfigError` when a secret still has its development fallback."""
+        key = self.pseudonym_key
+        if key == DEVELOPMENT_PSEUDONYM_KEY:
+            raise ConfigError("production mode needs CAMI_PSEUDONYM_KEY (the development key is refused)")
+        if len(key) < MIN_PSEUDONYM_KEY_LENGTH:
+            minimum = MIN_PSEUDONYM_KEY_LENGTH
+            raise ConfigError(f"production mode needs CAMI_PSEUDONYM_KEY of at least {minimum} characters")
 
     def describe(self) -> dict[str, str]:
         """The settings without secrets (user:password in URLs masked)."""
@@ -73,6 +100,13 @@ class Settings:
             "blobs": _mask(self.blob_store_url),
             "clickhouse": _mask(self.warehouse_url),
         }
+
+
+def _environment(value: str) -> str:
+    value = value.strip().lower() or "development"
+    if value not in ENVIRONMENTS:
+        raise ConfigError(f"CAMI_ENV must be one of {', '.join(ENVIRONMENTS)}, not {value!r}")
+    return value
 
 
 def _mask(url: str) -> str:

@@ -34,7 +34,10 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field
+from starlette.datastructures import MutableHeaders
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.types import ASGIApp, Receive, Scope, Send
+from starlette.types import Message as AsgiMessage
 
 from api.auth import SESSION_COOKIE, User, UserDirectory, UsersFileError, session_user, users_path
 from api.bootstrap import Archive
@@ -137,6 +140,30 @@ def _install_error_handlers(app: FastAPI) -> None:
         return _error(500, "internal-error", "the archive could not complete the request; see its log")
 
 
+# -- caching -----------------------------------------------------------------------------------
+class NoStoreMiddleware:
+    """``Cache-Control: no-store`` on every response that does not set its own, except the static
+    assets: JSON, DICOM, rendered images and pages carry patient data, which no browser or proxy
+    cache may keep."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or str(scope.get("path", "")).startswith("/static/"):
+            await self.app(scope, receive, send)
+            return
+
+        async def send_no_store(message: AsgiMessage) -> None:
+            if message["type"] == "http.response.start":
+                headers = MutableHeaders(scope=message)
+                if "cache-control" not in headers:
+                    headers["Cache-Control"] = "no-store"
+            await send(message)
+
+        await self.app(scope, receive, send_no_store)
+
+
 # -- authentication ----------------------------------------------------------------------------
 def _authenticate(request: Request) -> User:
     directory: UserDirectory = request.app.state.users
@@ -146,7 +173,9 @@ def _authenticate(request: Request) -> User:
         # the browser's session cookie (api.web sign-in) stands in for the bearer token, on reads
         # only: a state-changing request needs the bearer header, so a forged form cannot make one
         try:
-            session = session_user(directory, key, request.cookies.get(SESSION_COOKIE), time.time())
+            cookie = request.cookies.get(SESSION_COOKIE)
+            revoked = getattr(request.app.state, "revoked_sessions", None)
+            session = session_user(directory, key, cookie, time.time(), revoked)
         except UsersFileError as exc:
             log.error("users file unusable: %s", exc)
             raise ApiError(503, "authentication-unavailable", "the users file cannot be read") from None
@@ -446,7 +475,11 @@ def create_app(
         summary="Regional Central Archive of Medical Images: DICOMweb STOW-RS and reports",
         version="0.1.0",
         lifespan=lifespan,
+        # no Swagger UI / ReDoc pages: they load scripts from a third-party CDN; /openapi.json stays
+        docs_url=None,
+        redoc_url=None,
     )
+    app.add_middleware(NoStoreMiddleware)
     app.state.archive = archive
     app.state.users = users
     app.state.reports = service
