@@ -149,10 +149,17 @@ def cmd_demo(args: argparse.Namespace) -> int:
 # -- cami workers ------------------------------------------------------------------------------
 def cmd_workers(args: argparse.Namespace) -> int:
     from api.bootstrap import bootstrap
+    from api.config import ConfigError
     from streams.processing import EmbeddedRunner, Processor, Sink
     from streams.sinks import JsonLinesSink
 
-    settings = Settings.from_env()
+    try:
+        settings = Settings.from_env()
+        if settings.production:  # the analytics pseudonyms are made here too
+            settings.check_production()
+    except ConfigError as exc:
+        sys.stderr.write(f"cami workers: {exc}\n")
+        return 1
     archive = bootstrap(settings)
     bindings: list[tuple[Processor, Sink]]
     if args.jsonl:

@@ -532,6 +532,9 @@ def create_app(
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         yield
         service.close()
+        revoked = getattr(app.state, "revoked_sessions", None)
+        if revoked is not None:
+            revoked.close()
 
     app = FastAPI(
         title="CAMI",

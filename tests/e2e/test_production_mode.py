@@ -62,3 +62,9 @@ def test_production_mode_with_a_key_and_development_mode_without_one_start(tmp_p
         finally:
             process.send_signal(signal.SIGTERM)
             process.wait(timeout=60)
+
+
+def test_workers_in_production_mode_refuse_the_development_key_too(tmp_path: Path) -> None:
+    env = {**embedded_env(tmp_path), "CAMI_ENV": "production"}
+    result = run_cami("workers", env=env, timeout=120)
+    assert result.returncode == 1 and "CAMI_PSEUDONYM_KEY" in result.stderr, result.stderr
