@@ -12,7 +12,13 @@ Failed items also carry ErrorComment (0000,0902), a sentence saying which rule f
 FailureAttributes (0074,1048), the offending tags. Status: 200 all stored, 202 some failed (or
 stored with warnings), 409 all failed, 503 nothing stored because storage was unavailable, 400
 malformed multipart body, 415 a media type other than multipart/related with application/dicom
-parts, 413 a body over ``CAMI_HTTP_MAX_BODY`` bytes (default 1 GiB).
+parts, 413 a body over ``CAMI_HTTP_MAX_BODY`` bytes (default 1 GiB), counted as it arrives. The
+body is spooled to a temporary file under ``$CAMI_HOME/spool`` and each part is read from it only
+when the pipeline takes it.
+
+Every response but the static assets carries ``Cache-Control: no-store`` (patient data must not
+stay in browser or proxy caches); there are no ``/docs`` or ``/redoc`` pages (they load scripts
+from a CDN), only ``/openapi.json``.
 """
 
 from __future__ import annotations
