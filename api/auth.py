@@ -22,8 +22,11 @@ import hmac
 import json
 import os
 import secrets
+import sqlite3
 import threading
+import time
 import tomllib
+from collections import OrderedDict
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -222,10 +225,12 @@ def add_user(
 
 # -- browser sessions ------------------------------------------------------------------------------
 # The study page is opened from a browser, which cannot send a bearer header by itself: the user
-# signs in once with name and token, and gets a session cookie. The cookie holds the user name,
-# role and expiry, signed with HMAC-SHA256 under a key only the archive knows ($CAMI_SESSION_KEY,
-# else ``session.key`` in $CAMI_HOME, created 0600 on first use). It is checked against the users
-# file on every request, so a removed user or a changed role ends the session at once.
+# signs in once with name and token, and gets a session cookie. The cookie holds a random session
+# id, the user name, role and expiry, signed with HMAC-SHA256 under a key only the archive knows
+# ($CAMI_SESSION_KEY, else ``session.key`` in $CAMI_HOME, created 0600 on first use). It is checked
+# against the users file on every request, so a removed user or a changed role ends the session at
+# once; signing out records the session id as revoked (``sessions.db`` in $CAMI_HOME, kept until
+# the cookie would have expired anyway), so a copy of the cookie replayed later is refused.
 
 SESSION_COOKIE = "cami_session"
 SESSION_TTL_SECONDS = 12 * 3600
@@ -273,15 +278,15 @@ def _session_mac(key: bytes, payload: str) -> str:
 
 
 def issue_session(key: bytes, user: User, now: float, ttl: int = SESSION_TTL_SECONDS) -> str:
-    """The cookie value for ``user``, valid ``ttl`` seconds from ``now``."""
-    body = json.dumps({"u": user.name, "r": user.role, "e": int(now) + ttl}, ensure_ascii=False, separators=(",", ":"))
+    """The cookie value for ``user``, valid ``ttl`` seconds from ``now``, under a new session id."""
+    claims = {"i": secrets.token_urlsafe(16), "u": user.name, "r": user.role, "e": int(now) + ttl}
+    body = json.dumps(claims, ensure_ascii=False, separators=(",", ":"))
     payload = _b64(body.encode("utf-8"))
     return f"{payload}.{_session_mac(key, payload)}"
 
 
-def session_user(directory: UserDirectory, key: bytes, cookie: str | None, now: float) -> User | None:
-    """The user a session cookie names, if its signature holds, it has not expired, and the users
-    file still has that user with that role; None otherwise."""
+def session_claims(key: bytes, cookie: str | None, now: float) -> dict[str, Any] | None:
+    """The claims of a session cookie whose signature holds and that has not expired; else None."""
     if not cookie or cookie.count(".") != 1 or len(cookie) > 4096:
         return None
     payload, mac = cookie.split(".")
@@ -293,7 +298,124 @@ def session_user(directory: UserDirectory, key: bytes, cookie: str | None, now: 
         return None
     if not isinstance(claims, dict) or not isinstance(claims.get("e"), int) or claims["e"] <= now:
         return None
+    # a cookie without a session id could not be revoked by signing out: not a session
+    if not isinstance(claims.get("i"), str) or not claims["i"]:
+        return None
+    return claims
+
+
+class RevokedSessions:
+    """Session ids ended by signing out, each kept until its cookie would have expired anyway.
+
+    A SQLite file, so a sign-out holds across restarts; expired entries are deleted as new ones
+    arrive, so the file stays as small as the sessions signed out within the last 12 hours."""
+
+    def __init__(self, path: Path) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self._lock = threading.Lock()
+        self._conn = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
+        self._conn.execute("PRAGMA journal_mode=WAL")
+        self._conn.execute(
+            "CREATE TABLE IF NOT EXISTS revoked (session_id TEXT PRIMARY KEY, expires INTEGER NOT NULL) WITHOUT ROWID"
+        )
+
+    def revoke(self, session_id: str, expires: int, now: float) -> None:
+        with self._lock:
+            self._conn.execute("DELETE FROM revoked WHERE expires <= ?", (int(now),))
+            self._conn.execute("INSERT OR REPLACE INTO revoked VALUES (?, ?)", (session_id, expires))
+
+    def is_revoked(self, session_id: str) -> bool:
+        with self._lock:
+            row = self._conn.execute("SELECT 1 FROM revoked WHERE session_id = ?", (session_id,)).fetchone()
+        return row is not None
+
+    def close(self) -> None:
+        with self._lock:
+            self._conn.close()
+
+
+def session_user(
+    directory: UserDirectory,
+    key: bytes,
+    cookie: str | None,
+    now: float,
+    revoked: RevokedSessions | None = None,
+) -> User | None:
+    """The user a session cookie names, if its signature holds, it has not expired nor been
+    signed out (``revoked``), and the users file still has that user with that role; else None."""
+    claims = session_claims(key, cookie, now)
+    if claims is None:
+        return None
+    if revoked is not None and revoked.is_revoked(claims["i"]):
+        return None
     for user in directory.users():
         if user.name == claims.get("u") and user.role == claims.get("r"):
             return user
     return None
+
+
+# -- sign-in attempts ------------------------------------------------------------------------------
+SIGNIN_MAX_FAILURES = 5
+SIGNIN_WINDOW_SECONDS = 300
+SIGNIN_MAX_TRACKED = 10_000
+
+
+class SignInLimiter:
+    """Failed sign-ins per user name and per address within a sliding window.
+
+    After ``max_failures`` failures within ``window`` seconds for the same name or from the same
+    address, further attempts are refused (even with the right token) until the oldest failure
+    leaves the window: guessing tokens gets nowhere, and one address cannot lock out a user name
+    for longer than the window. Memory is bounded: at most ``max_tracked`` names and addresses,
+    each with at most ``max_failures`` timestamps; beyond that the least recently failed go first.
+    """
+
+    def __init__(
+        self,
+        max_failures: int = SIGNIN_MAX_FAILURES,
+        window: float = SIGNIN_WINDOW_SECONDS,
+        max_tracked: int = SIGNIN_MAX_TRACKED,
+    ) -> None:
+        self.max_failures = max_failures
+        self.window = window
+        self.max_tracked = max_tracked
+        self._lock = threading.Lock()
+        self._failures: OrderedDict[str, list[float]] = OrderedDict()
+
+    @staticmethod
+    def _keys(name: str, address: str | None) -> tuple[str, ...]:
+        return (f"user:{name.strip().lower()}", f"address:{address}") if address else (f"user:{name.strip().lower()}",)
+
+    def _recent(self, key: str, now: float) -> list[float]:
+        times = [t for t in self._failures.get(key, ()) if t > now - self.window]
+        if times:
+            self._failures[key] = times
+        else:
+            self._failures.pop(key, None)
+        return times
+
+    def retry_after(self, name: str, address: str | None, now: float | None = None) -> int:
+        """Seconds until this name and address may try again (0: they may try now)."""
+        now = time.monotonic() if now is None else now
+        wait = 0.0
+        with self._lock:
+            for key in self._keys(name, address):
+                times = self._recent(key, now)
+                if len(times) >= self.max_failures:
+                    wait = max(wait, times[0] + self.window - now)
+        return int(wait) + 1 if wait > 0 else 0
+
+    def failed(self, name: str, address: str | None, now: float | None = None) -> None:
+        now = time.monotonic() if now is None else now
+        with self._lock:
+            for key in self._keys(name, address):
+                times = self._recent(key, now)
+                times.append(now)
+                self._failures[key] = times[-self.max_failures :]
+                self._failures.move_to_end(key)
+            while len(self._failures) > self.max_tracked:
+                self._failures.popitem(last=False)
+
+    def succeeded(self, name: str) -> None:
+        with self._lock:
+            self._failures.pop(self._keys(name, None)[0], None)

@@ -166,10 +166,17 @@ def cmd_demo(args: argparse.Namespace) -> int:
 # -- cami workers ------------------------------------------------------------------------------
 def cmd_workers(args: argparse.Namespace) -> int:
     from api.bootstrap import bootstrap
+    from api.config import ConfigError
     from streams.processing import EmbeddedRunner, Processor, Sink
     from streams.sinks import JsonLinesSink
 
-    settings = Settings.from_env()
+    try:
+        settings = Settings.from_env()
+        if settings.production:  # the analytics pseudonyms are made here too
+            settings.check_production()
+    except ConfigError as exc:
+        sys.stderr.write(f"cami workers: {exc}\n")
+        return 1
     archive = bootstrap(settings)
     bindings: list[tuple[Processor, Sink]]
     if args.jsonl:
@@ -200,10 +207,21 @@ def cmd_workers(args: argparse.Namespace) -> int:
 
 # -- cami serve --------------------------------------------------------------------------------
 def cmd_serve(args: argparse.Namespace) -> int:
+    from dataclasses import replace
+
     from api.bootstrap import bootstrap
+    from api.config import ConfigError
     from streams.processing import EmbeddedRunner
 
-    settings = Settings.from_env()
+    try:
+        settings = Settings.from_env()
+        if args.production and not settings.production:
+            settings = replace(settings, production=True)
+        if settings.production:
+            settings.check_production()
+    except ConfigError as exc:
+        sys.stderr.write(f"cami serve: {exc}\n")
+        return 1
     if args.dicom_tls_port is not None and not settings.tls.enabled:
         raise ValueError("--dicom-tls-port needs CAMI_TLS_CERT (and CAMI_TLS_KEY): see README, Configuration")
     archive = bootstrap(settings)
@@ -273,6 +291,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dicom-port", type=int, help="DICOM port (default CAMI_DICOM_PORT or 11112)")
     p.add_argument(
         "--dicom-tls-port", type=int, help="DICOM TLS port (default CAMI_DICOM_TLS_PORT or 2762; needs CAMI_TLS_CERT)"
+    )
+    p.add_argument(
+        "--production",
+        action="store_true",
+        help="production mode (as CAMI_ENV=production): refuse to start with development secrets",
     )
     p.set_defaults(func=cmd_serve)
 

@@ -19,13 +19,19 @@ CAMI_TLS_KEY           PEM private key of that certificate          the key in C
 CAMI_TLS_CA            PEM CA(s) client certificates must chain to  none
 CAMI_TLS_CLIENT_CERT   none | optional | required (DICOM TLS port)   optional with CAMI_TLS_CA, else none
 CAMI_DICOM_TLS_PORT    port of the DICOM services over TLS          2762 with CAMI_TLS_CERT
-CAMI_HTTP_TLS          on | off: HTTPS on CAMI_HTTP_PORT             on with CAMI_TLS_CERT
+CAMI_HTTP_TLS          on | off: HTTPS on CAMI_HTTP_PORT            on with CAMI_TLS_CERT
+CAMI_ENV               ``production`` or ``development``            development
 =====================  ==========================================  =================================
 
 TLS (``ingest.tls``): with ``CAMI_TLS_CERT`` the DICOM services listen on a second port,
 ``CAMI_DICOM_TLS_PORT``, beside the plain one (set ``CAMI_DICOM_PORT=off`` to close the plain
 one), and the HTTP API answers HTTPS only (``CAMI_HTTP_TLS=off`` leaves it plain, e.g. behind a
 TLS-terminating proxy). The agent and HL7 ports to come use the same settings.
+
+Production mode (``CAMI_ENV=production`` or ``cami serve --production``) refuses to start
+without the secrets that have development fallbacks: today ``CAMI_PSEUDONYM_KEY`` (at least 32
+characters, not the development key), since pseudonyms made under the public development key can
+be reversed by anyone who has a list of PatientIDs.
 
 Real servers: ``CAMI_EVENT_LOG=kafka://broker1:9092,broker2:9092?replication=3&min_insync=2``,
 ``CAMI_BLOBS=s3://bucket?endpoint=https://s3.region.local`` (credentials from the usual
@@ -41,6 +47,15 @@ from pathlib import Path
 
 from ingest.tls import TlsSettings
 
+#: the fallback pseudonym key for demos and development; refused in production mode
+DEVELOPMENT_PSEUDONYM_KEY = b"cami-development-key-change-me"
+MIN_PSEUDONYM_KEY_LENGTH = 32
+ENVIRONMENTS = ("development", "production")
+
+
+class ConfigError(ValueError):
+    """The configuration cannot be used (the message is one line for the operator)."""
+
 
 @dataclass(frozen=True)
 class Settings:
@@ -54,10 +69,12 @@ class Settings:
     dicom_port: int | None = 11112  # None: no plain DICOM port (TLS only)
     http_host: str = "127.0.0.1"
     http_port: int = 8042
-    pseudonym_key: bytes = b"cami-development-key-change-me"
+    pseudonym_key: bytes = DEVELOPMENT_PSEUDONYM_KEY
     tls: TlsSettings = field(default_factory=TlsSettings)
     dicom_tls_port: int | None = None  # None: no DICOM TLS port
     http_tls: bool = False
+    #: ``CAMI_ENV=production``: development fallbacks of secrets are refused (see check_production)
+    production: bool = False
 
     @property
     def senders_file(self) -> Path:
@@ -79,11 +96,21 @@ class Settings:
             dicom_port=_port_or_off(env.get("CAMI_DICOM_PORT", "11112")),
             http_host=env.get("CAMI_HTTP_HOST", "127.0.0.1"),
             http_port=int(env.get("CAMI_HTTP_PORT", "8042")),
-            pseudonym_key=env.get("CAMI_PSEUDONYM_KEY", "cami-development-key-change-me").encode(),
+            pseudonym_key=env.get("CAMI_PSEUDONYM_KEY", "").encode() or DEVELOPMENT_PSEUDONYM_KEY,
             tls=tls,
             dicom_tls_port=_port_or_off(env.get("CAMI_DICOM_TLS_PORT", "2762")) if tls.enabled else None,
             http_tls=tls.enabled and env.get("CAMI_HTTP_TLS", "on").strip().lower() != "off",
+            production=_environment(env.get("CAMI_ENV", "")) == "production",
         )
+
+    def check_production(self) -> None:
+        """Raise :class:`ConfigError` when a secret still has its development fallback."""
+        key = self.pseudonym_key
+        if key == DEVELOPMENT_PSEUDONYM_KEY:
+            raise ConfigError("production mode needs CAMI_PSEUDONYM_KEY (the development key is refused)")
+        if len(key) < MIN_PSEUDONYM_KEY_LENGTH:
+            minimum = MIN_PSEUDONYM_KEY_LENGTH
+            raise ConfigError(f"production mode needs CAMI_PSEUDONYM_KEY of at least {minimum} characters")
 
     def describe(self) -> dict[str, str]:
         """The settings without secrets (user:password in URLs masked)."""
@@ -115,6 +142,13 @@ def _tls_settings(env: Mapping[str, str]) -> TlsSettings:
 
 def _port_or_off(value: str) -> int | None:
     return None if value.strip().lower() in {"off", "none", ""} else int(value)
+
+
+def _environment(value: str) -> str:
+    value = value.strip().lower() or "development"
+    if value not in ENVIRONMENTS:
+        raise ConfigError(f"CAMI_ENV must be one of {', '.join(ENVIRONMENTS)}, not {value!r}")
+    return value
 
 
 def _mask(url: str) -> str:

@@ -12,7 +12,13 @@ Failed items also carry ErrorComment (0000,0902), a sentence saying which rule f
 FailureAttributes (0074,1048), the offending tags. Status: 200 all stored, 202 some failed (or
 stored with warnings), 409 all failed, 503 nothing stored because storage was unavailable, 400
 malformed multipart body, 415 a media type other than multipart/related with application/dicom
-parts, 413 a body over ``CAMI_HTTP_MAX_BODY`` bytes (default 1 GiB).
+parts, 413 a body over ``CAMI_HTTP_MAX_BODY`` bytes (default 1 GiB), counted as it arrives. The
+body is spooled to a temporary file under ``$CAMI_HOME/spool`` and each part is read from it only
+when the pipeline takes it.
+
+Every response but the static assets carries ``Cache-Control: no-store`` (patient data must not
+stay in browser or proxy caches); there are no ``/docs`` or ``/redoc`` pages (they load scripts
+from a CDN), only ``/openapi.json``.
 """
 
 from __future__ import annotations
@@ -21,21 +27,26 @@ import logging
 import os
 import socket
 import ssl
+import tempfile
 import threading
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from email.message import Message
-from typing import Any
+from pathlib import Path
+from typing import IO, Any
 
 from fastapi import Depends, FastAPI, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field
+from starlette.datastructures import MutableHeaders
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.types import ASGIApp, Receive, Scope, Send
+from starlette.types import Message as AsgiMessage
 
 from api.access import AccessRecorder, Reader, may_read_draft_text
 from api.auth import ROLES, SESSION_COOKIE, User, UserDirectory, UsersFileError, session_user, users_path
@@ -141,6 +152,30 @@ def _install_error_handlers(app: FastAPI) -> None:
         return _error(500, "internal-error", "the archive could not complete the request; see its log")
 
 
+# -- caching -----------------------------------------------------------------------------------
+class NoStoreMiddleware:
+    """``Cache-Control: no-store`` on every response that does not set its own, except the static
+    assets: JSON, DICOM, rendered images and pages carry patient data, which no browser or proxy
+    cache may keep."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or str(scope.get("path", "")).startswith("/static/"):
+            await self.app(scope, receive, send)
+            return
+
+        async def send_no_store(message: AsgiMessage) -> None:
+            if message["type"] == "http.response.start":
+                headers = MutableHeaders(scope=message)
+                if "cache-control" not in headers:
+                    headers["Cache-Control"] = "no-store"
+            await send(message)
+
+        await self.app(scope, receive, send_no_store)
+
+
 # -- authentication ----------------------------------------------------------------------------
 def _authenticate(request: Request) -> User:
     directory: UserDirectory = request.app.state.users
@@ -150,7 +185,9 @@ def _authenticate(request: Request) -> User:
         # the browser's session cookie (api.web sign-in) stands in for the bearer token, on reads
         # only: a state-changing request needs the bearer header, so a forged form cannot make one
         try:
-            session = session_user(directory, key, request.cookies.get(SESSION_COOKIE), time.time())
+            cookie = request.cookies.get(SESSION_COOKIE)
+            revoked = getattr(request.app.state, "revoked_sessions", None)
+            session = session_user(directory, key, cookie, time.time(), revoked)
         except UsersFileError as exc:
             log.error("users file unusable: %s", exc)
             raise ApiError(503, "authentication-unavailable", "the users file cannot be read") from None
@@ -184,10 +221,27 @@ def require(roles: frozenset[str]) -> Callable[[Request], User]:
 
 
 # -- STOW-RS -----------------------------------------------------------------------------------
+# The request body is spooled to a temporary file as it arrives (small bodies stay in memory), then
+# the parts are located in it by offset and each is read only when the pipeline takes it: the
+# memory a STOW needs beyond the spool is about one part, whatever the number of parts.
+
+#: bodies up to this size are spooled in memory, larger ones in a file under $CAMI_HOME/spool
+SPOOL_IN_MEMORY = 8 << 20
+#: how much of the body is searched for delimiters at a time
+SCAN_CHUNK = 1 << 20
+#: a part's header block longer than this is refused (the headers of a DICOM part are a line or two)
+MAX_PART_HEADERS = 16 << 10
+#: parts in one request (a whole large study fits; a body of empty parts cannot fill the memory)
+MAX_PARTS = 100_000
+
+
 @dataclass(frozen=True)
 class Part:
+    """One part of the spooled body: its Content-Type and where its content lies."""
+
     content_type: str | None
-    data: bytes
+    offset: int
+    length: int
 
 
 def _media(content_type: str) -> Message:
@@ -196,8 +250,33 @@ def _media(content_type: str) -> Message:
     return message
 
 
-def parse_multipart_related(content_type: str, body: bytes) -> list[Part]:
-    """The parts of a ``multipart/related; type="application/dicom"`` body (RFC 2046 / 2387).
+def _read_at(body: IO[bytes], offset: int, length: int) -> bytes:
+    body.seek(offset)
+    return body.read(length)
+
+
+def _occurrences(body: IO[bytes], needle: bytes, start: int, size: int) -> Iterator[int]:
+    """Offsets of ``needle`` in ``body`` from ``start``, read ``SCAN_CHUNK`` bytes at a time."""
+    keep = len(needle) - 1  # a match across two chunks: the tail of the last one is searched again
+    carry = b""
+    pos = start
+    while pos < size:
+        chunk = _read_at(body, pos, SCAN_CHUNK)
+        if not chunk:
+            return
+        window = carry + chunk
+        base = pos - len(carry)
+        found = window.find(needle)
+        while found >= 0:
+            yield base + found
+            found = window.find(needle, found + len(needle))
+        carry = window[-keep:] if keep else b""
+        pos += len(chunk)
+
+
+def parse_multipart_related(content_type: str, body: IO[bytes], size: int) -> list[Part]:
+    """The parts of a spooled ``multipart/related; type="application/dicom"`` body (RFC 2046 /
+    2387) of ``size`` bytes, as offsets into it; nothing but the part headers is read.
 
     415 when the media type is not that; 400 when the body does not follow its own boundary."""
     media = _media(content_type)
@@ -210,45 +289,51 @@ def parse_multipart_related(content_type: str, body: bytes) -> list[Part]:
     if not isinstance(boundary, str) or not boundary or len(boundary) > 70:
         raise ApiError(400, "malformed-multipart", "multipart/related needs a boundary parameter (1-70 characters)")
     delimiter = b"--" + boundary.encode("latin-1")
-    if body.startswith(delimiter):
+    # every delimiter after the first starts a line: CRLF + "--" + boundary
+    ends = _occurrences(body, b"\r\n" + delimiter, 0, size)
+    if _read_at(body, 0, len(delimiter)) == delimiter:
         pos = len(delimiter)
     else:
-        found = body.find(b"\r\n" + delimiter)
-        if found < 0:
+        found = next(ends, None)
+        if found is None:
             raise ApiError(400, "malformed-multipart", "the body does not contain the boundary")
         pos = found + 2 + len(delimiter)
     parts: list[Part] = []
     while True:
-        if body[pos : pos + 2] == b"--":
+        line = _read_at(body, pos, 1024)
+        if line[:2] == b"--":
             break  # close delimiter
-        eol = body.find(b"\r\n", pos)
-        if eol < 0 or body[pos:eol].strip(b" \t"):
+        eol = line.find(b"\r\n")
+        if eol < 0 or line[:eol].strip(b" \t"):
             raise ApiError(400, "malformed-multipart", f"part {len(parts) + 1}: bad delimiter line")
-        start = eol + 2
-        end = body.find(b"\r\n" + delimiter, start)
-        if end < 0:
+        start = pos + eol + 2
+        end = next((e for e in ends if e >= start), None)
+        if end is None:
             raise ApiError(400, "malformed-multipart", f"part {len(parts) + 1} is not terminated by the boundary")
-        parts.append(_part(body[start:end], len(parts) + 1))
+        if len(parts) >= MAX_PARTS:
+            raise ApiError(413, "too-many-parts", f"a STOW-RS request holds at most {MAX_PARTS} parts")
+        parts.append(_part(body, start, end, len(parts) + 1))
         pos = end + 2 + len(delimiter)
     if not parts:
         raise ApiError(400, "malformed-multipart", "the body has no parts")
     return parts
 
 
-def _part(raw: bytes, number: int) -> Part:
-    if raw.startswith(b"\r\n"):
-        return Part(None, raw[2:])
-    split = raw.find(b"\r\n\r\n")
+def _part(body: IO[bytes], start: int, end: int, number: int) -> Part:
+    head = _read_at(body, start, min(end - start, MAX_PART_HEADERS + 4))
+    if head.startswith(b"\r\n"):
+        return Part(None, start + 2, end - start - 2)
+    split = head.find(b"\r\n\r\n")
     if split < 0:
         raise ApiError(400, "malformed-multipart", f"part {number} has no blank line after its headers")
     content_type = None
-    for line in raw[:split].split(b"\r\n"):
+    for line in head[:split].split(b"\r\n"):
         name, colon, value = line.partition(b":")
         if not colon:
             raise ApiError(400, "malformed-multipart", f"part {number} has a malformed header line")
         if name.strip().lower() == b"content-type":
             content_type = value.strip().decode("latin-1")
-    return Part(content_type, raw[split + 4 :])
+    return Part(content_type, start + split + 4, end - start - split - 4)
 
 
 @dataclass(frozen=True)
@@ -281,8 +366,11 @@ def _identifiers(data: bytes) -> Identifiers:
     return Identifiers(uid("StudyInstanceUID"), uid("SeriesInstanceUID"), uid("SOPClassUID"), uid("SOPInstanceUID"))
 
 
-def store_parts(ingestor: Ingestor, parts: Sequence[Part], arrival: Arrival, study: str | None) -> list[PartResult]:
-    """Run every part through the ingest pipeline (blocking; called from a worker thread)."""
+def store_parts(
+    ingestor: Ingestor, body: IO[bytes], parts: Sequence[Part], arrival: Arrival, study: str | None
+) -> list[PartResult]:
+    """Run every part through the ingest pipeline, reading each from the spooled body only when
+    its turn comes (blocking; called from a worker thread)."""
     results: list[PartResult] = []
     for number, part in enumerate(parts, 1):
         media = _media(part.content_type).get_content_type() if part.content_type else "application/dicom"
@@ -294,11 +382,13 @@ def store_parts(ingestor: Ingestor, parts: Sequence[Part], arrival: Arrival, stu
             )
             results.append(PartResult(outcome))
             continue
-        ids = _identifiers(part.data)
+        data = _read_at(body, part.offset, part.length)
+        ids = _identifiers(data)
         if study is not None and ids.study is not None and ids.study != study:
-            results.append(PartResult(_refuse_study_mismatch(ingestor, part.data, arrival), ids))
+            results.append(PartResult(_refuse_study_mismatch(ingestor, data, arrival), ids))
             continue
-        results.append(PartResult(ingestor.store_file(part.data, arrival), ids))
+        results.append(PartResult(ingestor.store_file(data, arrival), ids))
+        del data  # the next part is read only after this one is released
     return results
 
 
@@ -373,7 +463,9 @@ def stow_response(results: Sequence[PartResult], base_url: str, study: str | Non
     return status, body
 
 
-async def _read_body(request: Request, limit: int) -> bytes:
+async def _spool_body(request: Request, limit: int, spool: Path) -> tuple[IO[bytes], int]:
+    """The request body in a temporary file (memory up to ``SPOOL_IN_MEMORY``) and its size; 413
+    as soon as it passes ``limit``. The caller closes the file, which deletes it."""
     declared = request.headers.get("content-length")
     if declared is not None:
         try:
@@ -381,14 +473,19 @@ async def _read_body(request: Request, limit: int) -> bytes:
                 raise ApiError(413, "payload-too-large", f"the body exceeds the archive's limit of {limit} bytes")
         except ValueError:
             raise ApiError(400, "bad-request", "Content-Length is not a number") from None
-    chunks: list[bytes] = []
+    spool.mkdir(parents=True, exist_ok=True)
+    body = tempfile.SpooledTemporaryFile(max_size=SPOOL_IN_MEMORY, mode="w+b", dir=str(spool))  # noqa: SIM115
     size = 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > limit:
-            raise ApiError(413, "payload-too-large", f"the body exceeds the archive's limit of {limit} bytes")
-        chunks.append(chunk)
-    return b"".join(chunks)
+    try:
+        async for chunk in request.stream():
+            size += len(chunk)
+            if size > limit:
+                raise ApiError(413, "payload-too-large", f"the body exceeds the archive's limit of {limit} bytes")
+            body.write(chunk)
+    except BaseException:
+        body.close()
+        raise
+    return body, size
 
 
 # -- reports -----------------------------------------------------------------------------------
@@ -439,18 +536,26 @@ def create_app(
         )
     service = reports
     limit = max_body if max_body is not None else max_body_bytes()
+    spool = archive.settings.home / "spool"
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         yield
         service.close()
+        revoked = getattr(app.state, "revoked_sessions", None)
+        if revoked is not None:
+            revoked.close()
 
     app = FastAPI(
         title="CAMI",
         summary="Regional Central Archive of Medical Images: DICOMweb STOW-RS and reports",
         version="0.1.0",
         lifespan=lifespan,
+        # no Swagger UI / ReDoc pages: they load scripts from a third-party CDN; /openapi.json stays
+        docs_url=None,
+        redoc_url=None,
     )
+    app.add_middleware(NoStoreMiddleware)
     app.state.archive = archive
     app.state.users = users
     app.state.reports = service
@@ -471,8 +576,16 @@ def create_app(
             raise ApiError(415, "unsupported-media-type", 'STOW-RS takes multipart/related; type="application/dicom"')
         if _media(content_type).get_content_type() != "multipart/related":
             raise ApiError(415, "unsupported-media-type", 'STOW-RS takes multipart/related; type="application/dicom"')
-        body = await _read_body(request, limit)
-        parts = parse_multipart_related(content_type, body)
+        body, size = await _spool_body(request, limit, spool)
+        try:
+            return await _stow_spooled(request, user, study, content_type, body, size)
+        finally:
+            body.close()
+
+    async def _stow_spooled(
+        request: Request, user: User, study: str | None, content_type: str, body: IO[bytes], size: int
+    ) -> JSONResponse:
+        parts = await run_in_threadpool(parse_multipart_related, content_type, body, size)
         peer = request.client.host if request.client else None
         arrival = Arrival(
             channel="stow-rs",
@@ -482,7 +595,7 @@ def create_app(
             actor=user.actor,
             correlation_id=str(uuid.uuid4()),
         )
-        results = await run_in_threadpool(store_parts, archive.ingestor, parts, arrival, study)
+        results = await run_in_threadpool(store_parts, archive.ingestor, body, parts, arrival, study)
         status, payload = stow_response(results, str(request.base_url).rstrip("/"), study)
         headers = {"Retry-After": "30"} if status == 503 else None
         return JSONResponse(payload, status_code=status, media_type=DICOM_JSON, headers=headers)

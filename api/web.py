@@ -9,7 +9,10 @@ page, in Russian or English; no build step, nothing fetched from outside the arc
 ``GET /signin``, ``POST /signin``
     User name + token (the bearer token serves as the password) -> a session cookie
     (``cami_session``: HttpOnly, SameSite=Strict, HMAC-signed, 12 h; see :mod:`api.auth`). The
-    form posts same-origin only (a foreign ``Origin`` is refused). ``POST /signout`` ends it.
+    form posts same-origin only (a foreign ``Origin`` is refused). ``POST /signout`` ends it, on
+    the server too (the session id is revoked: a copy of the cookie no longer works). After 5
+    failed sign-ins within 5 minutes for one user name or from one address, sign-in is refused
+    with 429 (the page, or JSON when asked for) until the window passes; each is logged.
 ``GET /study?patient=<PatientID>&study=<StudyInstanceUID>``
     The stable MIS URL. Patient, study, series, viewer, report, the patient's earlier studies.
     Not signed in: 303 to the sign-in page and back. A role without images: 403 page. A study
@@ -45,10 +48,13 @@ from api.access import DRAFT_TEXT_ROLES, IMAGE_ROLES, PATIENT_DATA_ROLES, Access
 from api.auth import (
     SESSION_COOKIE,
     SESSION_TTL_SECONDS,
+    RevokedSessions,
+    SignInLimiter,
     User,
     UserDirectory,
     UsersFileError,
     issue_session,
+    session_claims,
     session_key,
 )
 from api.bootstrap import Archive
@@ -143,6 +149,9 @@ def _signin_page(next_url: str, error: str | None = None, status: int = 200) -> 
         problem = f'<p class="note" id="signin-error">{_t("signin.needed", "Войдите, чтобы открыть страницу.")}</p>'
     elif error == "unavailable":
         problem = f'<p class="error" id="signin-error">{_t("signin.unavailable", "Вход временно невозможен.")}</p>'
+    elif error == "too-many-attempts":
+        text = "Слишком много неудачных попыток входа. Повторите через несколько минут."
+        problem = f'<p class="error" id="signin-error">{_t("signin.too-many", text)}</p>'
     body = f"""{_topbar(None)}
 <main class="signin">
 <h1>{_t("signin.title", "Вход")}</h1>
@@ -157,7 +166,7 @@ def _signin_page(next_url: str, error: str | None = None, status: int = 200) -> 
 </form>
 <p class="hint">{_t("signin.hint", "Токен выдаёт администратор архива (cami users add).")}</p>
 </main>"""
-    return _page("signin", "Вход", body, {"next": next_url}, status)
+    return _page("signin", "Вход", body, {"next": next_url, "error": error}, status)
 
 
 # -- helpers -----------------------------------------------------------------------------------
@@ -288,10 +297,24 @@ def _series_view(warehouse: Any, study_uid: str) -> list[dict[str, Any]]:
     return series
 
 
+def _too_many_attempts(request: Request, next_url: str, wait: int) -> Response:
+    """429: JSON for a client that asks for JSON, else the sign-in page saying so."""
+    headers = {"Retry-After": str(wait), "Cache-Control": "no-store"}
+    accept = request.headers.get("accept", "")
+    if "application/json" in accept and "text/html" not in accept:
+        detail = f"too many failed sign-ins for this user name or address; try again in {wait} s"
+        return JSONResponse({"error": "too-many-attempts", "detail": detail}, status_code=429, headers=headers)
+    page = _signin_page(next_url, "too-many-attempts", 429)
+    page.headers.update(headers)
+    return page
+
+
 # -- routes ------------------------------------------------------------------------------------
 def install(app: FastAPI, archive: Archive, recorder: AccessRecorder) -> None:
     """Add the browser pages and their JSON/static routes to ``app``."""
     app.state.session_key = session_key(archive.settings.home)
+    app.state.revoked_sessions = RevokedSessions(archive.settings.home / "sessions.db")
+    app.state.signin_limiter = SignInLimiter()
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
     warehouse = archive.warehouse
 
@@ -319,6 +342,13 @@ def install(app: FastAPI, archive: Archive, recorder: AccessRecorder) -> None:
         target = _safe_next(next_url if isinstance(next_url, str) else None)
         if not isinstance(name, str) or not isinstance(token, str) or not name.strip() or not token.strip():
             return _signin_page(target, "bad-credentials", 400)
+        address = request.client.host if request.client else None
+        limiter: SignInLimiter = request.app.state.signin_limiter
+        wait = limiter.retry_after(name, address)
+        if wait:
+            # refused before the token is even looked at: guessing gets nowhere while limited
+            log.warning("browser sign-in refused: too many failed attempts (user %r, from %s)", name[:128], address)
+            return _too_many_attempts(request, target, wait)
         directory: UserDirectory = request.app.state.users
         try:
             user = directory.authenticate(token.strip())
@@ -326,8 +356,10 @@ def install(app: FastAPI, archive: Archive, recorder: AccessRecorder) -> None:
             log.error("users file unusable: %s", exc)
             return _signin_page(target, "unavailable", 503)
         if user is None or user.name != name.strip():
-            log.warning("failed browser sign-in from %s", request.client.host if request.client else "unknown")
+            limiter.failed(name, address)
+            log.warning("failed browser sign-in (user %r, from %s)", name[:128], address)
             return _signin_page(target, "bad-credentials", 401)
+        limiter.succeeded(name)
         response = RedirectResponse(target, status_code=303, headers={"Cache-Control": "no-store"})
         response.set_cookie(
             SESSION_COOKIE,
@@ -344,6 +376,10 @@ def install(app: FastAPI, archive: Archive, recorder: AccessRecorder) -> None:
     def signout(request: Request) -> Response:
         if not _same_origin(request):
             return _message_page(403, "error.cross-site", "Вход возможен только со страницы архива.", None)
+        # the session ends on the server too: a copy of the cookie is refused from now on
+        claims = session_claims(request.app.state.session_key, request.cookies.get(SESSION_COOKIE), time.time())
+        if claims is not None:
+            request.app.state.revoked_sessions.revoke(claims["i"], claims["e"], time.time())
         response = RedirectResponse("/signin", status_code=303, headers={"Cache-Control": "no-store"})
         response.delete_cookie(SESSION_COOKIE, path="/", httponly=True, samesite="strict")
         return response

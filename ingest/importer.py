@@ -7,10 +7,17 @@ same write path as every other channel (:meth:`ingest.pipeline.Ingestor.store_fi
 first, then the event, then the outcome is journaled.
 
 What is a candidate
-  * every regular file under a folder, recursively (symbolic links to files are followed, links to
-    folders are not: no loops); a file reached twice (overlapping paths, links) is imported once;
+  * every regular file under a folder, recursively (symbolic links to files inside the folder are
+    followed, links to folders are not: no loops); a file reached twice (overlapping paths, links)
+    is imported once. A symbolic link (to a file or a folder) that leads outside the folder given
+    is never followed: it is an error naming the link, so media cannot pull in the importing
+    machine's own files;
   * every member of a ``.zip`` file, read in place (also zips found inside folders); a zip inside a
-    zip is not opened (skipped as ``nested-zip``);
+    zip is not opened (skipped as ``nested-zip``). Members whose names are absolute or climb out
+    with ``..``, and members that are symbolic links, are refused. Zip bombs are refused before
+    anything is inflated, from the sizes the zip declares (reading never yields more than
+    declared): a member over the size limit, a member over 1 MiB inflating more than the ratio
+    limit, or a zip whose members add up to more than the total limit (see :class:`ImportLimits`);
   * on DICOMDIR media, the files the DICOMDIR references come first (found case-insensitively, as
     CD file systems often change the case); files the DICOMDIR does not list are imported too,
     and a referenced file that is missing from the media is an error. The DICOMDIR itself is a
@@ -52,7 +59,7 @@ import time
 import uuid
 import zipfile
 from collections import Counter
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -105,27 +112,68 @@ class Problem:
     error: str
 
 
-def discover(paths: Sequence[Path]) -> Iterator[Candidate | Problem]:
+@dataclass(frozen=True)
+class ImportLimits:
+    """How far a file or zip member may inflate: past these a zip is refused as a possible bomb.
+
+    From the environment: ``CAMI_IMPORT_MAX_FILE`` (bytes of one file or member, default 2 GiB),
+    ``CAMI_IMPORT_MAX_RATIO`` (inflated / compressed size of a member over 1 MiB, default 100),
+    ``CAMI_IMPORT_MAX_ZIP_TOTAL`` (inflated bytes of all members of one zip, default 64 GiB)."""
+
+    max_file: int = 2 << 30
+    max_ratio: float = 100.0
+    max_zip_total: int = 64 << 30
+    #: members up to this size are not held to the ratio (a small blank image compresses well)
+    ratio_floor: int = 1 << 20
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> ImportLimits:
+        env = os.environ if env is None else env
+        default = cls()
+        return cls(
+            max_file=int(env.get("CAMI_IMPORT_MAX_FILE", default.max_file)),
+            max_ratio=float(env.get("CAMI_IMPORT_MAX_RATIO", default.max_ratio)),
+            max_zip_total=int(env.get("CAMI_IMPORT_MAX_ZIP_TOTAL", default.max_zip_total)),
+        )
+
+
+def discover(paths: Sequence[Path], limits: ImportLimits | None = None) -> Iterator[Candidate | Problem]:
     """Every candidate under ``paths``, each file once, without reading file contents."""
+    limits = limits or ImportLimits.from_env()
     seen: set[str] = set()
     for given in paths:
-        yield from _discover_path(given, seen)
+        yield from _discover_path(given, seen, limits)
 
 
-def _discover_path(given: Path, seen: set[str]) -> Iterator[Candidate | Problem]:
+def _discover_path(given: Path, seen: set[str], limits: ImportLimits) -> Iterator[Candidate | Problem]:
     try:
         st = given.stat()
     except OSError as exc:
         yield Problem(str(given), _os_error(exc))
         return
     if stat.S_ISDIR(st.st_mode):
-        yield from _discover_tree(given, seen)
+        yield from _discover_tree(given, seen, limits)
     else:
-        yield from _discover_file(given, st, seen)
+        yield from _discover_file(given, st, seen, limits)
 
 
-def _discover_tree(root: Path, seen: set[str]) -> Iterator[Candidate | Problem]:
+def _inside(real: str, root: str) -> bool:
+    return real == root or real.startswith(root.rstrip(os.sep) + os.sep)
+
+
+def _link_outside(path: Path, root: str) -> Problem | None:
+    """A Problem when ``path`` is a symbolic link whose target lies outside ``root`` (a real path)."""
+    if not path.is_symlink():
+        return None
+    real = os.path.realpath(path)
+    if _inside(real, root):
+        return None
+    return Problem(str(path), f"symbolic link to {real}, outside the imported folder: not followed (refused)")
+
+
+def _discover_tree(root: Path, seen: set[str], limits: ImportLimits) -> Iterator[Candidate | Problem]:
     problems: list[Problem] = []
+    real_root = os.path.realpath(root)
 
     def on_error(exc: OSError) -> None:
         problems.append(Problem(str(exc.filename or root), _os_error(exc)))
@@ -135,22 +183,33 @@ def _discover_tree(root: Path, seen: set[str]) -> Iterator[Candidate | Problem]:
         problems.clear()
         dirs.sort()
         base = Path(folder)
+        # links to folders are never walked; one that leads out of the media is reported
+        for name in dirs:
+            outside = _link_outside(base / name, real_root)
+            if outside is not None:
+                yield outside
         names = sorted(files)
         dicomdir = next((n for n in names if n.upper() == DICOMDIR_NAME), None)
         if dicomdir is not None:
-            yield from _discover_dicomdir(base / dicomdir, seen)
+            yield from _discover_dicomdir(base / dicomdir, seen, limits, real_root)
         for name in names:
             path = base / name
+            outside = _link_outside(path, real_root)
+            if outside is not None:
+                yield outside
+                continue
             try:
                 st = path.stat()
             except OSError as exc:
                 yield Problem(str(path), _os_error(exc))
                 continue
-            yield from _discover_file(path, st, seen)
+            yield from _discover_file(path, st, seen, limits)
     yield from problems
 
 
-def _discover_file(path: Path, st: os.stat_result, seen: set[str]) -> Iterator[Candidate | Problem]:
+def _discover_file(
+    path: Path, st: os.stat_result, seen: set[str], limits: ImportLimits
+) -> Iterator[Candidate | Problem]:
     real = os.path.realpath(path)
     if real in seen:
         return
@@ -162,26 +221,73 @@ def _discover_file(path: Path, st: os.stat_result, seen: set[str]) -> Iterator[C
         yield Candidate(real, str(path), st.st_size, st.st_mtime_ns, path, skip="dicomdir")
         return
     if path.suffix.lower() == ".zip":
-        yield from _discover_zip(path, real, seen)
+        yield from _discover_zip(path, real, seen, limits)
+        return
+    if st.st_size > limits.max_file:
+        yield Problem(
+            str(path), f"{st.st_size} bytes, over the import limit of {limits.max_file} (CAMI_IMPORT_MAX_FILE)"
+        )
         return
     yield Candidate(real, str(path), st.st_size, st.st_mtime_ns, path)
 
 
-def _discover_zip(path: Path, real: str, seen: set[str]) -> Iterator[Candidate | Problem]:
+def _unsafe_member_name(name: str) -> bool:
+    """Absolute, drive-qualified or climbing (``..``) names, and control characters."""
+    parts = name.replace("\\", "/").split("/")
+    if name.startswith(("/", "\\")) or (len(name) > 1 and name[1] == ":"):
+        return True
+    return ".." in parts or any(ord(ch) < 0x20 for ch in name)
+
+
+def _zip_bomb(info: zipfile.ZipInfo, limits: ImportLimits) -> str | None:
+    """Why a member would inflate too far (from its declared sizes; reading yields no more)."""
+    if info.file_size > limits.max_file:
+        return (
+            f"inflates to {info.file_size} bytes, over the limit of {limits.max_file} (CAMI_IMPORT_MAX_FILE): "
+            "refused as a possible zip bomb"
+        )
+    ratio = info.file_size / max(info.compress_size, 1)
+    if info.file_size > limits.ratio_floor and ratio > limits.max_ratio:
+        return (
+            f"inflates {ratio:.0f} times ({info.compress_size} -> {info.file_size} bytes), over the limit of "
+            f"{limits.max_ratio:g} (CAMI_IMPORT_MAX_RATIO): refused as a possible zip bomb"
+        )
+    return None
+
+
+def _discover_zip(path: Path, real: str, seen: set[str], limits: ImportLimits) -> Iterator[Candidate | Problem]:
     try:
         with zipfile.ZipFile(path) as archive:
             members = archive.infolist()
     except (OSError, zipfile.BadZipFile, ValueError) as exc:
         yield Problem(str(path), f"not a readable zip file: {exc}")
         return
+    total = sum(info.file_size for info in members)
+    if total > limits.max_zip_total:
+        yield Problem(
+            str(path),
+            f"members inflate to {total} bytes in all, over the limit of {limits.max_zip_total} "
+            "(CAMI_IMPORT_MAX_ZIP_TOTAL): refused as a possible zip bomb",
+        )
+        return
     for info in members:
         if info.is_dir():
+            continue
+        display = f"{path}!{info.filename}"
+        if _unsafe_member_name(info.filename):
+            yield Problem(display, "zip member name is absolute or climbs out with '..': refused")
+            continue
+        if stat.S_ISLNK(info.external_attr >> 16):
+            yield Problem(display, "zip member is a symbolic link: refused")
+            continue
+        bomb = _zip_bomb(info, limits)
+        if bomb is not None:
+            yield Problem(display, bomb)
             continue
         key = f"{real}!{info.filename}"
         if key in seen:
             continue
         seen.add(key)
-        display = f"{path}!{info.filename}"
         name = info.filename.rsplit("/", 1)[-1]
         skip = None
         if name.lower().endswith(".zip"):
@@ -208,7 +314,9 @@ def dicomdir_references(dicomdir: Path) -> list[tuple[str, ...]]:
     return references
 
 
-def _discover_dicomdir(dicomdir: Path, seen: set[str]) -> Iterator[Candidate | Problem]:
+def _discover_dicomdir(
+    dicomdir: Path, seen: set[str], limits: ImportLimits, real_root: str
+) -> Iterator[Candidate | Problem]:
     try:
         references = dicomdir_references(dicomdir)
     except Exception as exc:  # a damaged index: the walk still finds the files
@@ -223,12 +331,15 @@ def _discover_dicomdir(dicomdir: Path, seen: set[str]) -> Iterator[Candidate | P
         if path is None:
             yield Problem(str(root.joinpath(*components)), "listed in DICOMDIR but missing on the media")
             continue
+        if not _inside(os.path.realpath(path), real_root):
+            yield Problem(str(path), "DICOMDIR references a file outside the media (symbolic link): refused")
+            continue
         try:
             st = path.stat()
         except OSError as exc:
             yield Problem(str(path), _os_error(exc))
             continue
-        for item in _discover_file(path, st, seen):
+        for item in _discover_file(path, st, seen, limits):
             if isinstance(item, Candidate) and item.skip is None and item.member is None:
                 item = Candidate(item.key, item.display, item.size, item.stamp, item.path, referenced=True)
             yield item
@@ -551,8 +662,10 @@ class Importer:
         actor: Actor,
         source_node: str,
         run_id: str | None = None,
+        limits: ImportLimits | None = None,
     ) -> None:
         self.ingestor = ingestor
+        self.limits = limits or ImportLimits.from_env()
         self.journal = journal
         self.options = options
         self.run_id = run_id or f"import-{uuid.uuid4()}"
@@ -578,7 +691,18 @@ class Importer:
                 reason = sniff(head)
                 if reason is not None:
                     return FileResult(candidate.key, candidate.display, SKIPPED, candidate.size, reason=reason)
-                data = head + handle.read()
+                # read once, from the start, at most the size discovery saw (within the limit) and
+                # one byte more to notice growth: one copy in memory, never more than the limit
+                handle.seek(0)
+                data = handle.read(min(candidate.size, self.limits.max_file) + 1)
+                if len(data) > self.limits.max_file:
+                    error = f"over the import limit of {self.limits.max_file} bytes (CAMI_IMPORT_MAX_FILE)"
+                    return FileResult(candidate.key, candidate.display, ERROR, candidate.size, error=error)
+                if len(data) > candidate.size:
+                    data += handle.read(self.limits.max_file + 1 - len(data))  # grew since discovery
+                    if len(data) > self.limits.max_file:
+                        error = f"over the import limit of {self.limits.max_file} bytes (CAMI_IMPORT_MAX_FILE)"
+                        return FileResult(candidate.key, candidate.display, ERROR, candidate.size, error=error)
         except (OSError, zipfile.BadZipFile, EOFError, RuntimeError, ValueError) as exc:
             message = _os_error(exc) if isinstance(exc, OSError) else f"{type(exc).__name__}: {exc}"
             return FileResult(candidate.key, candidate.display, ERROR, candidate.size, error=message)
@@ -674,12 +798,12 @@ def _result(candidate: Candidate, outcome: Outcome, size: int) -> FileResult:
 
 
 def prepare(
-    paths: Sequence[Path], on_found: Callable[[int], None] | None = None
+    paths: Sequence[Path], on_found: Callable[[int], None] | None = None, limits: ImportLimits | None = None
 ) -> tuple[list[Candidate], list[Problem]]:
     """Discover every candidate (cheap: no file contents read); ``on_found`` sees the running count."""
     candidates: list[Candidate] = []
     problems: list[Problem] = []
-    for item in discover(paths):
+    for item in discover(paths, limits):
         if isinstance(item, Problem):
             problems.append(item)
         else:
