@@ -50,6 +50,7 @@ from starlette.types import Message as AsgiMessage
 
 from api.access import AccessRecorder, Reader, may_read_draft_text
 from api.auth import ROLES, SESSION_COOKIE, User, UserDirectory, UsersFileError, session_user, users_path
+from api.base_url import base_url
 from api.bootstrap import Archive
 from ingest.dicom import MalformedObject, read_header, split_part10, text
 from ingest.pipeline import Arrival, Ingestor, Outcome
@@ -596,7 +597,7 @@ def create_app(
             correlation_id=str(uuid.uuid4()),
         )
         results = await run_in_threadpool(store_parts, archive.ingestor, body, parts, arrival, study)
-        status, payload = stow_response(results, str(request.base_url).rstrip("/"), study)
+        status, payload = stow_response(results, base_url(request), study)
         headers = {"Retry-After": "30"} if status == 503 else None
         return JSONResponse(payload, status_code=status, media_type=DICOM_JSON, headers=headers)
 

@@ -379,3 +379,20 @@ def hashlib_sha256(token: str) -> str:
     import hashlib
 
     return hashlib.sha256(token.encode()).hexdigest()
+
+
+def test_retrieve_urls_keep_the_port_when_the_host_header_names_none(running: RunningArchive) -> None:
+    """dicomweb-client sends ``Host: 127.0.0.1`` without the port; the RetrieveURLs must still lead
+    back to the port the archive listens on, not to port 80."""
+    study = new_study()
+    body, content_type = multipart([part10(ct_dataset(study))])
+    with running.client("okb-pacs") as c:
+        response = c.post(
+            "/dicomweb/studies",
+            content=body,
+            headers={"Content-Type": content_type, "Accept": "application/dicom+json", "Host": "127.0.0.1"},
+        )
+    assert response.status_code == 200, response.text
+    assert value(response.json(), RETRIEVE) == f"{running.url}/dicomweb/studies/{study}"
+    (item,) = seq(response.json(), REFERENCED)
+    assert str(value(item, RETRIEVE)).startswith(f"{running.url}/dicomweb/studies/{study}/series/")
