@@ -7,6 +7,7 @@ import json
 import os
 import stat
 import subprocess
+import sys
 import zipfile
 from pathlib import Path
 
@@ -20,18 +21,34 @@ def wide_env(tmp_path: Path) -> dict[str, str]:
     return {**cami_env(tmp_path), "COLUMNS": "500"}
 
 
+#: runs argv[2:] as its child and writes the child's peak RSS (KiB) to argv[1]. A small process
+#: forks the child: a child spawned straight from the test process (vfork/exec) would report the
+#: test process's own, much larger, resident set as its peak.
+MEASURE = """
+import os, sys
+pid = os.fork()
+if pid == 0:
+    os.execv(sys.argv[2], sys.argv[2:])
+_, status, usage = os.wait4(pid, 0)
+with open(sys.argv[1], "w") as out:
+    out.write(str(usage.ru_maxrss))
+sys.exit(os.waitstatus_to_exitcode(status))
+"""
+
+
 def run_measured(env: dict[str, str], tmp_path: Path, *args: str) -> tuple[int, str, str, int]:
     """Run ``cami import`` and return (exit code, stdout, stderr, the child's peak RSS in bytes)."""
-    out, err = tmp_path / "stdout.txt", tmp_path / "stderr.txt"
+    out, err, peak = tmp_path / "stdout.txt", tmp_path / "stderr.txt", tmp_path / "peak-kib.txt"
     with out.open("wb") as stdout, err.open("wb") as stderr:
-        process = subprocess.Popen(
-            [str(CAMI), "import", *args], env=env, stdin=subprocess.DEVNULL, stdout=stdout, stderr=stderr
+        code = subprocess.call(
+            [sys.executable, "-c", MEASURE, str(peak), str(CAMI), "import", *args],
+            env=env,
+            stdin=subprocess.DEVNULL,
+            stdout=stdout,
+            stderr=stderr,
         )
-        # reaped here, not by Popen: wait4 gives this child's own resource usage (ru_maxrss in KiB)
-        _, status, usage = os.wait4(process.pid, 0)
-        process.returncode = os.waitstatus_to_exitcode(status)
     text = (out.read_text(encoding="utf-8"), err.read_text(encoding="utf-8"))
-    return process.returncode, text[0], text[1], usage.ru_maxrss * 1024
+    return code, text[0], text[1], int(peak.read_text()) * 1024
 
 
 def write_bomb(path: Path, inflated: int = 400 * MiB) -> None:

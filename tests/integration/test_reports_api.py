@@ -133,7 +133,11 @@ def test_concurrent_signing_signs_once(running: RunningArchive) -> None:  # noqa
         with running.client(user) as c:
             codes.append(c.post(f"/api/reports/{rid}/sign").status_code)
 
-    threads = [threading.Thread(target=sign, args=(u,)) for u in ("dr.petrov", "dr.sidorova") * 4]
+    # only the draft's author signs it (README, Reports): another radiologist is refused
+    sign("dr.sidorova")
+    assert codes == [403]
+    codes.clear()
+    threads = [threading.Thread(target=sign, args=("dr.petrov",)) for _ in range(8)]
     for t in threads:
         t.start()
     for t in threads:

@@ -447,9 +447,10 @@ class ChdbHttpServer:
         assert proc.stdout is not None
         deadline = time.monotonic() + self.start_timeout
         line = b""
+        poller = select.poll()  # not select(): a long test session holds descriptors above 1023
+        poller.register(proc.stdout, select.POLLIN)
         while time.monotonic() < deadline:
-            ready, _, _ = select.select([proc.stdout], [], [], 0.2)
-            if ready:
+            if poller.poll(200):
                 line = proc.stdout.readline()
                 if line.startswith(b"LISTENING "):
                     self.port = int(line.split()[1])
