@@ -381,11 +381,11 @@ def parse(dataset: bytes, transfer_syntax: str) -> Dataset:
     if transfer_syntax == DEFLATED:
         return parse(inflate(dataset), "1.2.840.10008.1.2.1")
     implicit, little = _encoding(transfer_syntax)
-    check_encoding(dataset, implicit, little)
     stream = io.BytesIO(dataset)
     header: dict[BaseTag, DataElement | RawDataElement] = {}
     end = 0
     try:
+        check_encoding(dataset, implicit, little)
         for element in _raw_elements(stream, implicit, little):
             if isinstance(element, DataElement):  # a sequence of undefined length, already checked
                 end = stream.tell()
