@@ -38,6 +38,7 @@ MAX_SEQUENCE_DEPTH = 32
 #: A deflated data set may inflate to at most this many bytes (CAMI_MAX_INFLATED_BYTES): the
 #: inflated copy is held in memory while it is checked.
 DEFAULT_MAX_INFLATED_BYTES = 256 * 1024 * 1024
+INFLATE_STEP = 1 << 20
 #: transfer syntaxes whose data sets pydicom can read (any other is refused)
 KNOWN_TRANSFER_SYNTAXES = frozenset(str(uid) for uid in AllTransferSyntaxes)
 
@@ -216,19 +217,17 @@ def inflate(deflated: bytes, limit: int | None = None) -> bytes:
     out = bytearray()
     pending = deflated
     try:
-        while True:
-            chunk = inflater.decompress(pending, 1 << 20)
+        # one step at a time, so a bomb is stopped at the limit, not after inflating all of it
+        while not inflater.eof:
+            chunk = inflater.decompress(pending, INFLATE_STEP)
             out += chunk
             if len(out) > limit:
                 raise _too_large(limit)
+            if not chunk and len(inflater.unconsumed_tail) >= len(pending):
+                break  # no input left to read and nothing buffered: the stream is cut short
             pending = inflater.unconsumed_tail
-            if not pending:
-                break
-        out += inflater.flush()
     except zlib.error as exc:
         raise MalformedObject(f"deflated data set does not inflate: {exc}") from None
-    if len(out) > limit:
-        raise _too_large(limit)
     if not inflater.eof:
         raise MalformedObject("deflated data set is truncated: the deflate stream does not end")
     return bytes(out)

@@ -23,7 +23,7 @@ from pathlib import Path
 
 import atheris
 
-with atheris.instrument_imports(include=["ingest", "schemas"]):
+with atheris.instrument_imports(include=["ingest", "schemas", "pydicom"]):
     from ingest.dicom import part10  # noqa: F401  (instrumented with the rest of the package)
     from ingest.pipeline import Arrival, Refused, examine_dataset, examine_file
 

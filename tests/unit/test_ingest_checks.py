@@ -65,6 +65,16 @@ def test_inflation_is_bounded() -> None:
         inflate(bomb[: len(bomb) // 2], limit=16 << 20)
 
 
+@pytest.mark.parametrize("size", [0, 2, (1 << 20) - 1, 1 << 20, (1 << 20) + 1, (3 << 20) + 7])
+@pytest.mark.parametrize("padding", [b"", b"\x00"])
+def test_inflation_ends_at_the_end_of_the_stream_whatever_its_size(size: int, padding: bytes) -> None:
+    """Regression: a stream ending right after a 1 MiB step, with a pad byte after it, looped."""
+    raw = bytes(range(256)) * (size // 256) + bytes(size % 256)
+    for level in (0, 1, 9):
+        packer = zlib.compressobj(level, zlib.DEFLATED, -zlib.MAX_WBITS)
+        assert inflate(packer.compress(raw) + packer.flush() + padding, limit=4 << 20) == raw
+
+
 def test_error_comment_is_whole_words_within_64_characters() -> None:
     full = "(7FE0,0010) declares 8192 bytes, only 8130 remain: truncated object or invalid length (byte 1154)"
     assert error_comment(full) == "(7FE0,0010) declares 8192 bytes, only 8130 remain"
