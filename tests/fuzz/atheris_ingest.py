@@ -9,9 +9,10 @@ exception other than :class:`ingest.pipeline.Refused` is a finding: on the wire 
     python tests/fuzz/atheris_ingest.py CORPUS_DIR -max_total_time=3600 -rss_limit_mb=2048 \\
         -max_len=262144 -timeout=20
 
-Without a corpus directory it seeds one from the files shipped with pydicom (``--seed-only``
+An empty or missing corpus directory is seeded from the files shipped with pydicom (``--seed-only``
 writes the seeds and stops). The first input byte chooses the path: even -> a Part-10 file, odd
--> a bare data set in one of the transfer syntaxes a C-STORE can negotiate.
+-> a bare data set in one of the transfer syntaxes a C-STORE can negotiate. A file argument
+instead of a directory replays that one input (a crash or timeout artifact).
 """
 
 from __future__ import annotations
@@ -80,7 +81,7 @@ def seed(corpus: Path, max_len: int = 262144) -> int:
 def main() -> None:
     args = sys.argv[1:]
     corpus = next((Path(a) for a in args if not a.startswith("-")), None)
-    if corpus is not None and (not corpus.exists() or not any(corpus.iterdir())):
+    if corpus is not None and (not corpus.exists() or (corpus.is_dir() and not any(corpus.iterdir()))):
         print(f"seeded {seed(corpus)} inputs into {corpus}", file=sys.stderr)
     if "--seed-only" in args:
         return

@@ -46,6 +46,7 @@ from tests.integration.test_ingest_conformance import (
     Running,
     base,
     dataset_offset,
+    deflated_bomb,
     file_bytes,
     well_formed_variants,
 )
@@ -74,6 +75,7 @@ def seeds() -> tuple[bytes, ...]:
     report.SeriesNumber, report.InstanceNumber = "12", "7"
     for syntax in (ImplicitVRLittleEndian, ExplicitVRBigEndian, DeflatedExplicitVRLittleEndian, ExplicitVRLittleEndian):
         out.append(file_bytes(copy.deepcopy(report), syntax))
+    out.append(deflated_bomb((1 << 20) + 512))  # inflates past one inflation step
     root = Path(pydicom.data.__file__).parent / "test_files"
     for name in ("CT_small.dcm", "MR_small_implicit.dcm", "MR_small_bigendian.dcm", "rtplan.dcm", "SC_rgb_rle.dcm"):
         path = root / name
