@@ -124,11 +124,13 @@ def _check_event(received: Received, inspection: Inspection, arrival: Arrival, s
         )
         size = len(encode(event))
     except CodecError as exc:
+        # the codec's message may quote the value (patient data): the comment names no value
+        log.debug("InstanceReceived would not encode: %s", exc)
         raise Refused(
             Refusal(
                 "unrecordable",
                 Status.DATASET_DOES_NOT_MATCH_SOP_CLASS,
-                f"a value does not fit the archive's records: {_first_sentence(str(exc))}",
+                "a value does not fit the archive's records (InstanceReceived event schema)",
             ),
             inspection,
         ) from None
@@ -137,10 +139,6 @@ def _check_event(received: Received, inspection: Inspection, arrival: Arrival, s
             Refusal("unrecordable", Status.DATASET_DOES_NOT_MATCH_SOP_CLASS, "attribute values too long to record"),
             inspection,
         )
-
-
-def _first_sentence(message: str) -> str:
-    return message.split("\n", 1)[0][:300]
 
 
 def examine_dataset(
