@@ -8,25 +8,85 @@ arrive already in Part-10 form and are kept exactly as received.
 
 from __future__ import annotations
 
+import functools
 import io
+import os
 import re
 import struct
+import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
 from pydicom import config as pydicom_config
+from pydicom.datadict import dictionary_VR
 from pydicom.dataelem import DataElement, RawDataElement
 from pydicom.dataset import Dataset
 from pydicom.filereader import data_element_generator, read_preamble
 from pydicom.tag import BaseTag, Tag
-from pydicom.uid import ExplicitVRBigEndian, ImplicitVRLittleEndian
+from pydicom.uid import AllTransferSyntaxes, ExplicitVRBigEndian, ImplicitVRLittleEndian
 
 #: identifies the archive as the writer of Part-10 headers (PS3.10 7.1); under a test root
 IMPLEMENTATION_CLASS_UID = "1.2.826.0.1.3680043.8.498.1.2026.1"
 IMPLEMENTATION_VERSION_NAME = "CAMI_1"
 DEFLATED = "1.2.840.10008.1.2.1.99"
 UNDEFINED_LENGTH = 0xFFFFFFFF
+#: Sequences nested deeper than this are refused. Real objects stay far below it (an SR content
+#: tree is rarely more than ten levels, RT and segmentation objects three or four), while every
+#: reader (pydicom, the JSON of WADO metadata) recurses per level and fails long before 1,000.
+MAX_SEQUENCE_DEPTH = 32
+#: A deflated data set may inflate to at most this many bytes (CAMI_MAX_INFLATED_BYTES): the
+#: inflated copy is held in memory while it is checked.
+DEFAULT_MAX_INFLATED_BYTES = 256 * 1024 * 1024
+INFLATE_STEP = 1 << 20
+#: transfer syntaxes whose data sets pydicom can read (any other is refused)
+KNOWN_TRANSFER_SYNTAXES = frozenset(str(uid) for uid in AllTransferSyntaxes)
+
+ITEM = 0xFFFEE000
+ITEM_DELIMITER = 0xFFFEE00D
+SEQUENCE_DELIMITER = 0xFFFEE0DD
+PIXEL_DATA = 0x7FE00010
+#: PS3.5 6.2: every VR the standard defines; explicit VR objects with any other are refused
+KNOWN_VRS = frozenset(
+    [
+        "AE",
+        "AS",
+        "AT",
+        "CS",
+        "DA",
+        "DS",
+        "DT",
+        "FD",
+        "FL",
+        "IS",
+        "LO",
+        "LT",
+        "OB",
+        "OD",
+        "OF",
+        "OL",
+        "OV",
+        "OW",
+        "PN",
+        "SH",
+        "SL",
+        "SQ",
+        "SS",
+        "ST",
+        "SV",
+        "TM",
+        "UC",
+        "UI",
+        "UL",
+        "UN",
+        "UR",
+        "US",
+        "UT",
+        "UV",
+    ]
+)
+#: explicit VRs with a 2-byte reserved field and a 4-byte length (PS3.5 7.1.2)
+LONG_VRS = frozenset(["OB", "OD", "OF", "OL", "OV", "OW", "SQ", "SV", "UC", "UN", "UR", "UT", "UV"])
 
 pydicom_config.settings.reading_validation_mode = pydicom_config.IGNORE
 
@@ -42,6 +102,9 @@ class Received:
     part10: bytes
     dataset_offset: int
     transfer_syntax: str
+    #: what a received file's meta says the data set is (checked against the data set itself)
+    media_sop_class_uid: str | None = None
+    media_sop_instance_uid: str | None = None
 
 
 def _encoding(transfer_syntax: str) -> tuple[bool, bool]:
@@ -107,29 +170,199 @@ def split_part10(data: bytes) -> Received:
     read_preamble(stream, force=False)
     start = stream.tell()
     meta_end = start
-    transfer_syntax = None
+    meta_uids: dict[int, str] = {}
     try:
         for element in _raw_elements(stream, False, True, stop_when=_past_meta):
-            if element.length == UNDEFINED_LENGTH or element.value is None or len(element.value) != element.length:
+            if (
+                not isinstance(element, RawDataElement)
+                or element.length == UNDEFINED_LENGTH
+                or element.value is None
+                or len(element.value) != element.length
+            ):
                 raise MalformedObject(f"file meta element {Tag(element.tag)} is truncated or has a bad length")
-            if element.tag == 0x00020010:
-                transfer_syntax = element.value.rstrip(b"\x00 ").decode("ascii", "replace")
+            if element.tag in (0x00020002, 0x00020003, 0x00020010):
+                meta_uids[element.tag] = uid_value(element.value)
             meta_end = element.value_tell + element.length
     except MalformedObject:
         raise
     except Exception as exc:
         raise MalformedObject(f"unreadable file meta information: {exc}") from None
+    transfer_syntax = meta_uids.get(0x00020010)
     if transfer_syntax is None:
         raise MalformedObject("file meta information has no TransferSyntaxUID (0002,0010)")
-    return Received(data, meta_end, transfer_syntax)
+    if transfer_syntax not in KNOWN_TRANSFER_SYNTAXES:
+        raise MalformedObject(
+            f"unknown transfer syntax: TransferSyntaxUID (0002,0010) {transfer_syntax[:64]!r}"
+            " is not one the archive can read"
+        )
+    return Received(data, meta_end, transfer_syntax, meta_uids.get(0x00020002), meta_uids.get(0x00020003))
 
 
-def _raw_elements(stream: io.BytesIO, implicit: bool, little: bool, stop_when: Any = None) -> Iterator[RawDataElement]:
-    """Top-level elements as read from the bytes (tag, VR, declared length, value, position)."""
-    for element in data_element_generator(stream, implicit, little, defer_size=None, stop_when=stop_when):
-        if not isinstance(element, RawDataElement):  # pragma: no cover - the generator yields raw
-            raise MalformedObject(f"unexpected decoded element {element.tag}")
-        yield element
+def _raw_elements(
+    stream: io.BytesIO, implicit: bool, little: bool, stop_when: Any = None
+) -> Iterator[RawDataElement | DataElement]:
+    """Top-level elements as read from the bytes: raw (tag, VR, declared length, value, position),
+    or, for a sequence of undefined length, the sequence pydicom has read up to its delimiter."""
+    yield from data_element_generator(stream, implicit, little, defer_size=None, stop_when=stop_when)
+
+
+def max_inflated_bytes() -> int:
+    return int(os.environ.get("CAMI_MAX_INFLATED_BYTES", str(DEFAULT_MAX_INFLATED_BYTES)))
+
+
+def inflate(deflated: bytes, limit: int | None = None) -> bytes:
+    """Inflate a deflated data set (PS3.5 A.5) in bounded steps, refusing past ``limit`` bytes."""
+    limit = max_inflated_bytes() if limit is None else limit
+    inflater = zlib.decompressobj(-zlib.MAX_WBITS)
+    out = bytearray()
+    pending = deflated
+    try:
+        # one step at a time, so a bomb is stopped at the limit, not after inflating all of it
+        while not inflater.eof:
+            chunk = inflater.decompress(pending, INFLATE_STEP)
+            out += chunk
+            if len(out) > limit:
+                raise _too_large(limit)
+            if not chunk and len(inflater.unconsumed_tail) >= len(pending):
+                break  # no input left to read and nothing buffered: the stream is cut short
+            pending = inflater.unconsumed_tail
+    except zlib.error as exc:
+        raise MalformedObject(f"deflated data set does not inflate: {exc}") from None
+    if not inflater.eof:
+        raise MalformedObject("deflated data set is truncated: the deflate stream does not end")
+    return bytes(out)
+
+
+def _too_large(limit: int) -> MalformedObject:
+    return MalformedObject(f"inflated data set exceeds the limit of {limit} bytes (CAMI_MAX_INFLATED_BYTES)")
+
+
+@functools.lru_cache(maxsize=4096)
+def _is_sequence_tag(tag: int) -> bool:
+    try:
+        return bool(dictionary_VR(tag) == "SQ")
+    except KeyError:
+        return False
+
+
+def check_encoding(data: bytes, implicit: bool, little: bool, max_depth: int = MAX_SEQUENCE_DEPTH) -> None:
+    """Walk every element, item and delimiter, nested sequences included, and refuse
+    (:class:`MalformedObject`) what PS3.5 7 does not allow: a length past its container, an odd
+    value length (7.1.1), an unknown explicit VR, an undefined length outside a sequence or
+    encapsulated pixel data, a missing or stray delimiter, sequences nested past ``max_depth``.
+
+    pydicom reads such objects silently (a short value, a sequence that swallows what follows),
+    and what the archive accepts it must be able to send back unchanged."""
+    view = memoryview(data)
+    order = "<" if little else ">"
+    tag_length = struct.Struct(order + "HHI")
+    explicit_short = struct.Struct(order + "HH2sH")
+    explicit_long = struct.Struct(order + "HH2s2xI")
+    size = len(data)
+    # frames: (kind, end or None when undefined, limit, depth, implicit); kinds: dataset, item,
+    # sequence, fragments. ``limit`` is the end of the nearest container of known length.
+    frames: list[tuple[str, int | None, int, int, bool]] = [("dataset", size, size, 0, implicit)]
+    pos = 0
+    while frames:
+        kind, end, limit, depth, implicit_here = frames[-1]
+        if pos == end:
+            frames.pop()
+            continue
+        if pos >= limit:
+            what = {"item": "item delimiter", "dataset": "element"}.get(kind, "sequence delimiter")
+            raise MalformedObject(f"truncated: the object ends before the expected {what} (byte {pos})")
+        if limit - pos < 8:
+            raise MalformedObject(f"truncated element header: {limit - pos} stray bytes at byte {pos}")
+        group, element, length = tag_length.unpack_from(view, pos)
+        tag = group << 16 | element
+        if kind in ("sequence", "fragments"):
+            if tag == SEQUENCE_DELIMITER:
+                if end is not None or length != 0:
+                    raise MalformedObject(f"stray sequence delimiter at byte {pos}")
+                frames.pop()
+                pos += 8
+                continue
+            if tag != ITEM:
+                raise MalformedObject(f"{Tag(tag)} inside a sequence, where an item was expected (byte {pos})")
+            if length == UNDEFINED_LENGTH:
+                if kind == "fragments":
+                    raise MalformedObject(f"pixel data fragment with an undefined length (byte {pos})")
+                frames.append(("item", None, limit, depth, implicit_here))
+                pos += 8
+                continue
+            _check_length(tag, length, pos + 8, limit, pos)
+            if kind == "fragments":
+                pos += 8 + length
+            else:
+                frames.append(("item", pos + 8 + length, pos + 8 + length, depth, implicit_here))
+                pos += 8
+            continue
+        if tag == ITEM_DELIMITER:
+            if kind != "item" or end is not None or length != 0:
+                raise MalformedObject(f"stray item delimiter at byte {pos}")
+            frames.pop()
+            pos += 8
+            continue
+        if group == 0xFFFE:
+            raise MalformedObject(f"item or delimiter {Tag(tag)} outside a sequence (byte {pos})")
+        if implicit_here:
+            vr = "SQ" if length == UNDEFINED_LENGTH or _is_sequence_tag(tag) else ""
+            start = pos + 8
+        else:
+            _, _, raw_vr, short = explicit_short.unpack_from(view, pos)
+            try:
+                vr = raw_vr.decode("ascii")
+            except UnicodeDecodeError:
+                vr = "?"
+            if vr not in KNOWN_VRS:
+                raise MalformedObject(f"unknown VR {bytes(raw_vr)!r} in element {Tag(tag)} (byte {pos})")
+            if vr in LONG_VRS:
+                if limit - pos < 12:
+                    raise MalformedObject(f"truncated header of element {Tag(tag)} (byte {pos})")
+                length = explicit_long.unpack_from(view, pos)[3]
+                start = pos + 12
+            else:
+                length = short
+                start = pos + 8
+        if length == UNDEFINED_LENGTH:
+            if vr in ("SQ", "UN"):
+                # an undefined-length UN is a sequence encoded in implicit VR (PS3.5 6.2.2)
+                if depth + 1 > max_depth:
+                    raise _too_deep(max_depth, tag, pos)
+                frames.append(("sequence", None, limit, depth + 1, implicit_here or vr == "UN"))
+            elif tag == PIXEL_DATA and vr in ("OB", "OW"):
+                frames.append(("fragments", None, limit, depth, implicit_here))
+            else:
+                raise MalformedObject(
+                    f"undefined length of {Tag(tag)} {vr}: only sequences and encapsulated pixel data"
+                    f" may have one (byte {pos})"
+                )
+            pos = start
+            continue
+        _check_length(tag, length, start, limit, pos)
+        if vr == "SQ":
+            if depth + 1 > max_depth:
+                raise _too_deep(max_depth, tag, pos)
+            frames.append(("sequence", start + length, start + length, depth + 1, implicit_here))
+            pos = start
+            continue
+        pos = start + length
+
+
+def _too_deep(max_depth: int, tag: int, pos: int) -> MalformedObject:
+    return MalformedObject(f"sequences nested deeper than {max_depth} levels (at {Tag(tag)}, byte {pos})")
+
+
+def _check_length(tag: int, length: int, start: int, limit: int, pos: int) -> None:
+    if length % 2:
+        raise MalformedObject(
+            f"odd length ({length}) of {Tag(tag)}: value lengths must be even (PS3.5 7.1.1), byte {pos}"
+        )
+    if start + length > limit:
+        raise MalformedObject(
+            f"{Tag(tag)} declares {length} bytes, only {max(limit - start, 0)} remain:"
+            f" truncated object or invalid length (byte {pos})"
+        )
 
 
 def _past_meta(tag: Any, vr: Any, length: Any) -> bool:
@@ -142,21 +375,20 @@ def parse(dataset: bytes, transfer_syntax: str) -> Dataset:
     Every top-level element's declared length must fit the bytes that arrived: pydicom alone
     reads a truncated object silently (a short PixelData). Values are decoded lazily, with the
     object's character set, when an attribute is read."""
+    if transfer_syntax not in KNOWN_TRANSFER_SYNTAXES:
+        raise MalformedObject(f"unknown transfer syntax: {transfer_syntax[:64]!r} is not one the archive can read")
     if transfer_syntax == DEFLATED:
-        import zlib
-
-        try:
-            inflated = zlib.decompress(dataset, -zlib.MAX_WBITS)
-        except zlib.error as exc:
-            raise MalformedObject(f"deflated data set does not inflate: {exc}") from None
-        return parse(inflated, "1.2.840.10008.1.2.1")
+        return parse(inflate(dataset), "1.2.840.10008.1.2.1")
     implicit, little = _encoding(transfer_syntax)
     stream = io.BytesIO(dataset)
     header: dict[BaseTag, DataElement | RawDataElement] = {}
     end = 0
     try:
+        check_encoding(dataset, implicit, little)
         for element in _raw_elements(stream, implicit, little):
-            if element.length != UNDEFINED_LENGTH:
+            if isinstance(element, DataElement):  # a sequence of undefined length, already checked
+                end = stream.tell()
+            elif element.length != UNDEFINED_LENGTH:
                 got = 0 if element.value is None else len(element.value)
                 if got != element.length:
                     raise MalformedObject(
@@ -204,21 +436,27 @@ def text(ds: Dataset, keyword: str) -> str | None:
 
 
 def integer(ds: Dataset, keyword: str) -> int | None:
+    """An integer attribute; None when absent, empty or not a number (a foreign VR, garbage)."""
     try:
         value = ds.get(keyword)
-        return None if value in (None, "") else int(value)
-    except (TypeError, ValueError):
+        return None if value in (None, "", b"") else int(value)
+    except Exception:
         return None
 
 
 def first_item(ds: Dataset, *path: str) -> Dataset | None:
-    """``first_item(ds, "ProcedureCodeSequence")`` -> the first item, following nested sequences."""
+    """``first_item(ds, "ProcedureCodeSequence")`` -> the first item, following nested sequences;
+    None when absent or when an element on the path is not a sequence of items."""
     current: Dataset | None = ds
     for keyword in path:
         if current is None:
             return None
-        sequence = current.get(keyword)
-        current = sequence[0] if sequence else None
+        try:
+            sequence = current.get(keyword)
+            item = sequence[0] if sequence else None
+        except Exception:  # not a sequence (a foreign VR) or an item that does not parse
+            return None
+        current = item if isinstance(item, Dataset) else None
     return current
 
 
@@ -227,9 +465,29 @@ def iter_uids(ds: Dataset) -> Iterator[tuple[str, str | None]]:
         yield keyword, text(ds, keyword)
 
 
-_UID_GRAMMAR = re.compile(r"^(0|[1-9][0-9]*)(\.(0|[1-9][0-9]*))+$")
+_UID_GRAMMAR = re.compile(r"(0|[1-9][0-9]*)(\.(0|[1-9][0-9]*))+")
 
 
 def is_uid(value: str) -> bool:
-    """PS3.5 9.1: numeric components separated by dots, no leading zeros, at most 64 characters."""
-    return len(value) <= 64 and bool(_UID_GRAMMAR.match(value))
+    """PS3.5 9.1: numeric components separated by dots, no leading zeros, at most 64 characters.
+    The whole value must match: no newline or other character before or after."""
+    return len(value) <= 64 and _UID_GRAMMAR.fullmatch(value) is not None
+
+
+def uid_value(raw: bytes | bytearray | str) -> str:
+    """A UI value as encoded, less its padding (PS3.5 9.1: one trailing NUL; a trailing space is
+    tolerated). Nothing else is stripped, so ``"1.2.3\n"`` stays invalid."""
+    value = raw.decode("ascii", "replace") if isinstance(raw, bytes | bytearray) else str(raw)
+    return value.rstrip("\x00 ")
+
+
+def uid(ds: Dataset, keyword: str) -> str | None:
+    """A UID attribute exactly as encoded (see :func:`uid_value`); None when absent or empty."""
+    try:
+        element = ds.get_item(keyword)  # the raw bytes when not yet decoded
+        value = None if element is None else element.value
+    except Exception:  # a value that does not decode (a wrong VR, a hostile length)
+        return None
+    if not isinstance(value, bytes | bytearray | str):
+        return None
+    return uid_value(value) or None

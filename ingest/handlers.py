@@ -60,12 +60,30 @@ def arrival_for(event: Any, senders: Senders) -> Arrival:
     )
 
 
+#: ErrorComment (0000,0902) is LO: 64 characters at most, no backslash, no control characters
+ERROR_COMMENT_LENGTH = 64
+
+
+def error_comment(comment: str) -> str:
+    """``comment`` as an ErrorComment: LO-safe, and when too long, cut at the end of a clause
+    or a word so the sender reads words, not a fragment (the full text is in the rejection event)."""
+    flat = " ".join(comment.replace("\\", "/").split())
+    flat = "".join(ch if " " <= ch <= "~" else "?" for ch in flat)
+    if len(flat) <= ERROR_COMMENT_LENGTH:
+        return flat
+    head = flat[: ERROR_COMMENT_LENGTH + 1]
+    cut = max(head.rfind(separator) for separator in (": ", "; ", ", ", " (", " - "))
+    if cut >= 16:
+        return flat[:cut]
+    cut = head.rfind(" ")
+    return (flat[:cut] if cut > 0 else flat[:ERROR_COMMENT_LENGTH]).rstrip(" ,;:(")
+
+
 def status_dataset(outcome: Outcome) -> Dataset:
     response = Dataset()
     response.Status = int(outcome.status)
     if outcome.comment:
-        # ErrorComment is LO: 64 characters at most
-        response.ErrorComment = outcome.comment[:64]
+        response.ErrorComment = error_comment(outcome.comment)
     if outcome.offending:
         response.OffendingElement = list(outcome.offending)
     return response

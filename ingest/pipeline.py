@@ -27,6 +27,7 @@ from ingest.dicom import MalformedObject, Received, parse, part10, split_part10
 from ingest.sop_index import HeldInstance, SopIndex
 from ingest.statuses import Status
 from ingest.validation import Inspection, Refusal, inspect
+from schemas.codec import MAX_EVENT_BYTES, CodecError, encode
 from schemas.events import SYSTEM, Actor, Event, new_event
 from streams import EventLog, EventLogError
 from streams.publisher import publish
@@ -77,6 +78,126 @@ class Outcome:
         return self.status in (Status.SUCCESS, Status.WARNING_COERCED)
 
 
+class Refused(Exception):
+    """The object is refused before anything is written; ``inspection`` when the rules ran."""
+
+    def __init__(self, refusal: Refusal, inspection: Inspection | None = None) -> None:
+        super().__init__(refusal.comment)
+        self.refusal = refusal
+        self.inspection = inspection
+
+
+@dataclass(frozen=True)
+class Examined:
+    """An object that passed every check: it can be stored and its event written."""
+
+    received: Received
+    header: Dataset
+    inspection: Inspection
+
+
+def _malformed(exc: MalformedObject) -> Refused:
+    return Refused(Refusal("malformed", Status.CANNOT_UNDERSTAND, str(exc)))
+
+
+def _inspect(header: Dataset, sop_class_uid: str | None, sop_instance_uid: str | None) -> Inspection:
+    try:
+        inspection = inspect(header, request_sop_class_uid=sop_class_uid, request_sop_instance_uid=sop_instance_uid)
+    except Exception as exc:
+        # a value the rules cannot read (an attribute under a foreign VR, a hostile encoding):
+        # the object is bad, not the archive; refusing stops a sender's endless retries
+        log.warning("inspection failed: %r", exc)
+        raise Refused(
+            Refusal("undecodable", Status.CANNOT_UNDERSTAND, f"an attribute does not decode ({type(exc).__name__})")
+        ) from None
+    if inspection.refusal is not None:
+        raise Refused(inspection.refusal, inspection)
+    return inspection
+
+
+def _check_event(received: Received, inspection: Inspection, arrival: Arrival, store_name: str) -> None:
+    """Build and encode the InstanceReceived event the object would get, before any blob is
+    written: a value the event cannot hold is a refusal now, not an orphan blob and a retry."""
+    blob = BlobRef(hashlib.sha256(received.part10).hexdigest(), len(received.part10))
+    try:
+        event = instance_received_event(
+            inspection.attributes, inspection, arrival, blob, 1, received.transfer_syntax, store_name
+        )
+        size = len(encode(event))
+    except CodecError as exc:
+        # the codec's message may quote the value (patient data): the comment names no value
+        log.debug("InstanceReceived would not encode: %s", exc)
+        raise Refused(
+            Refusal(
+                "unrecordable",
+                Status.DATASET_DOES_NOT_MATCH_SOP_CLASS,
+                "a value does not fit the archive's records (InstanceReceived event schema)",
+            ),
+            inspection,
+        ) from None
+    if size > MAX_EVENT_BYTES:
+        raise Refused(
+            Refusal("unrecordable", Status.DATASET_DOES_NOT_MATCH_SOP_CLASS, "attribute values too long to record"),
+            inspection,
+        )
+
+
+def examine_dataset(
+    dataset: bytes,
+    transfer_syntax: str,
+    arrival: Arrival,
+    *,
+    sop_class_uid: str | None = None,
+    sop_instance_uid: str | None = None,
+    store_name: str = "",
+) -> Examined:
+    """Every check a data set received by C-STORE must pass; raises :class:`Refused`."""
+    try:
+        header = parse(dataset, transfer_syntax)
+    except MalformedObject as exc:
+        raise _malformed(exc) from None
+    inspection = _inspect(header, sop_class_uid, sop_instance_uid)
+    attrs = inspection.attributes
+    received = part10(
+        dataset,
+        attrs["SOPClassUID"],
+        attrs["SOPInstanceUID"],
+        transfer_syntax,
+        arrival.implementation_class_uid,
+        arrival.implementation_version_name,
+    )
+    _check_event(received, inspection, arrival, store_name)
+    return Examined(received, header, inspection)
+
+
+def examine_file(data: bytes, arrival: Arrival, *, store_name: str = "") -> Examined:
+    """Every check a Part-10 file (import, STOW-RS) must pass; raises :class:`Refused`."""
+    try:
+        received = split_part10(data)
+        header = parse(data[received.dataset_offset :], received.transfer_syntax)
+    except MalformedObject as exc:
+        raise _malformed(exc) from None
+    inspection = _inspect(header, None, None)
+    attrs = inspection.attributes
+    # the file meta must describe this data set (PS3.10 7.1), not another one
+    for meta, keyword, tag in (
+        (received.media_sop_instance_uid, "SOPInstanceUID", 0x00020003),
+        (received.media_sop_class_uid, "SOPClassUID", 0x00020002),
+    ):
+        if meta is not None and meta != attrs[keyword]:
+            raise Refused(
+                Refusal(
+                    "meta-mismatch",
+                    Status.DATASET_DOES_NOT_MATCH_SOP_CLASS,
+                    f"file meta {tag >> 16:04X},{tag & 0xFFFF:04X} contradicts the data set's {keyword}",
+                    (tag,),
+                ),
+                inspection,
+            )
+    _check_event(received, inspection, arrival, store_name)
+    return Examined(received, header, inspection)
+
+
 class Ingestor:
     def __init__(
         self,
@@ -118,45 +239,27 @@ class Ingestor:
     ) -> Outcome:
         """A data set as received by C-STORE (no file meta), in ``transfer_syntax``."""
         try:
-            header = parse(dataset, transfer_syntax)
-        except MalformedObject as exc:
-            return self._counted(
-                self._refuse(
-                    Refusal("malformed", Status.CANNOT_UNDERSTAND, str(exc)),
-                    arrival,
-                    dataset,
-                    sop_class_uid,
-                    sop_instance_uid,
-                )
+            checked = examine_dataset(
+                dataset,
+                transfer_syntax,
+                arrival,
+                sop_class_uid=sop_class_uid,
+                sop_instance_uid=sop_instance_uid,
+                store_name=self.store_name,
             )
-        inspection = inspect(header, request_sop_class_uid=sop_class_uid, request_sop_instance_uid=sop_instance_uid)
-        if inspection.refusal is not None:
+        except Refused as refused:
             return self._counted(
-                self._refuse(inspection.refusal, arrival, dataset, sop_class_uid, sop_instance_uid, inspection)
+                self._refuse(refused.refusal, arrival, dataset, sop_class_uid, sop_instance_uid, refused.inspection)
             )
-        attrs = inspection.attributes
-        received = part10(
-            dataset,
-            attrs["SOPClassUID"],
-            attrs["SOPInstanceUID"],
-            transfer_syntax,
-            arrival.implementation_class_uid,
-            arrival.implementation_version_name,
-        )
-        return self._counted(self._store(received, inspection, arrival, header))
+        return self._counted(self._store(checked.received, checked.inspection, arrival, checked.header))
 
     def store_file(self, data: bytes, arrival: Arrival) -> Outcome:
         """A Part-10 file (import, STOW-RS), kept exactly as received."""
         try:
-            received = split_part10(data)
-            dataset = data[received.dataset_offset :]
-            header = parse(dataset, received.transfer_syntax)
-        except MalformedObject as exc:
-            return self._counted(self._refuse(Refusal("malformed", Status.CANNOT_UNDERSTAND, str(exc)), arrival, data))
-        inspection = inspect(header)
-        if inspection.refusal is not None:
-            return self._counted(self._refuse(inspection.refusal, arrival, data, None, None, inspection))
-        return self._counted(self._store(received, inspection, arrival, header))
+            checked = examine_file(data, arrival, store_name=self.store_name)
+        except Refused as refused:
+            return self._counted(self._refuse(refused.refusal, arrival, data, None, None, refused.inspection))
+        return self._counted(self._store(checked.received, checked.inspection, arrival, checked.header))
 
     # -- the write path ------------------------------------------------------------------------
     @contextmanager
@@ -302,31 +405,7 @@ class Ingestor:
         version: int,
         transfer_syntax: str,
     ) -> Event:
-        missing = list(inspection.missing)
-        if arrival.unknown_sender:
-            missing.append("KnownSender")
-        payload = {
-            **attrs,
-            "TransferSyntaxUID": transfer_syntax,
-            "blob": {"sha256": blob.sha256, "size": blob.size, "store": self.store_name},
-            "version": version,
-            "pathology": inspection.pathology or arrival.pathology,
-            "emergency": inspection.emergency or arrival.emergency,
-            "missing": missing,
-            "channel": arrival.channel,
-            "calling_ae_title": arrival.calling_ae_title,
-            "called_ae_title": arrival.called_ae_title,
-            "peer_address": arrival.peer_address,
-        }
-        return new_event(
-            "InstanceReceived",
-            payload,
-            aggregate_id=attrs["StudyInstanceUID"],
-            source_node=arrival.source_node,
-            organisation=arrival.organisation,
-            actor=arrival.actor,
-            correlation_id=arrival.correlation_id,
-        )
+        return instance_received_event(attrs, inspection, arrival, blob, version, transfer_syntax, self.store_name)
 
     def _refuse(
         self,
@@ -388,3 +467,40 @@ def _uid_or_none(value: str | None) -> str | None:
     from ingest.dicom import is_uid
 
     return value if value and is_uid(value) else None
+
+
+def instance_received_event(
+    attrs: dict[str, Any],
+    inspection: Inspection,
+    arrival: Arrival,
+    blob: BlobRef,
+    version: int,
+    transfer_syntax: str,
+    store_name: str,
+) -> Event:
+    """The InstanceReceived event of a stored object (validated against its schema here)."""
+    missing = list(inspection.missing)
+    if arrival.unknown_sender:
+        missing.append("KnownSender")
+    payload = {
+        **attrs,
+        "TransferSyntaxUID": transfer_syntax,
+        "blob": {"sha256": blob.sha256, "size": blob.size, "store": store_name},
+        "version": version,
+        "pathology": inspection.pathology or arrival.pathology,
+        "emergency": inspection.emergency or arrival.emergency,
+        "missing": missing,
+        "channel": arrival.channel,
+        "calling_ae_title": arrival.calling_ae_title,
+        "called_ae_title": arrival.called_ae_title,
+        "peer_address": arrival.peer_address,
+    }
+    return new_event(
+        "InstanceReceived",
+        payload,
+        aggregate_id=attrs["StudyInstanceUID"],
+        source_node=arrival.source_node,
+        organisation=arrival.organisation,
+        actor=arrival.actor,
+        correlation_id=arrival.correlation_id,
+    )

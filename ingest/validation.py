@@ -21,7 +21,7 @@ from typing import Any
 from pydicom.dataset import Dataset
 from pydicom.tag import Tag
 
-from ingest.dicom import first_item, integer, is_uid, text
+from ingest.dicom import first_item, integer, is_uid, text, uid
 from ingest.statuses import Status
 
 PRIVATE_GROUP = 0x0011
@@ -35,6 +35,17 @@ _REQUIRED_UIDS = {
     "SOPInstanceUID": 0x00080018,
     "SOPClassUID": 0x00080016,
 }
+
+
+#: integer attributes the InstanceReceived event carries (Avro int, the IS range of PS3.5 6.2)
+_INTEGERS = {
+    "SeriesNumber": 0x00200011,
+    "InstanceNumber": 0x00200013,
+    "NumberOfFrames": 0x00280008,
+    "Rows": 0x00280010,
+    "Columns": 0x00280011,
+}
+_INT32_MIN, _INT32_MAX = -(2**31), 2**31 - 1
 
 
 @dataclass(frozen=True)
@@ -66,7 +77,7 @@ def _private(ds: Dataset, element: int) -> str | None:
     try:
         block = ds.private_block(PRIVATE_GROUP, PRIVATE_CREATOR)
         value = block[element].value
-    except (KeyError, ValueError):
+    except Exception:  # absent, or a creator/value that does not decode: no mark
         return None
     if isinstance(value, bytes):
         value = value.decode("ascii", "replace")
@@ -83,7 +94,7 @@ def inspect(
 ) -> Inspection:
     uids: dict[str, str] = {}
     for keyword, tag in _REQUIRED_UIDS.items():
-        value = text(ds, keyword)
+        value = uid(ds, keyword)
         if value is None:
             return Inspection(
                 refusal=Refusal(
@@ -108,7 +119,7 @@ def inspect(
             refusal=Refusal(
                 "uid-mismatch",
                 Status.DATASET_DOES_NOT_MATCH_SOP_CLASS,
-                "SOPInstanceUID in the data set differs from the C-STORE request's AffectedSOPInstanceUID",
+                "SOPInstanceUID differs from the request's AffectedSOPInstanceUID",
                 (0x00080018,),
             )
         )
@@ -117,7 +128,7 @@ def inspect(
             refusal=Refusal(
                 "uid-mismatch",
                 Status.DATASET_DOES_NOT_MATCH_SOP_CLASS,
-                "SOPClassUID in the data set differs from the C-STORE request's AffectedSOPClassUID",
+                "SOPClassUID differs from the request's AffectedSOPClassUID",
                 (0x00080016,),
             )
         )
@@ -136,10 +147,22 @@ def inspect(
             refusal=Refusal(
                 "invalid-patient-id",
                 Status.DATASET_DOES_NOT_MATCH_SOP_CLASS,
-                "PatientID (0010,0020) contains control characters, a backslash or is too long",
+                "PatientID (0010,0020) is invalid: control characters, a backslash or too long",
                 (0x00100020,),
             )
         )
+
+    for keyword, tag in _INTEGERS.items():
+        number = integer(ds, keyword)
+        if number is not None and not _INT32_MIN <= number <= _INT32_MAX:
+            return Inspection(
+                refusal=Refusal(
+                    "value-out-of-range",
+                    Status.DATASET_DOES_NOT_MATCH_SOP_CLASS,
+                    f"{keyword} {Tag(tag)} is out of range: the archive records -2147483648 to 2147483647",
+                    (tag,),
+                )
+            )
 
     doctor = first_item(ds, "PerformingPhysicianIdentificationSequence", "PersonIdentificationCodeSequence")
     doctor_code = text(doctor, "CodeValue") if doctor is not None else None
@@ -194,7 +217,10 @@ def inspect(
 
 
 def _charset(ds: Dataset) -> str | None:
-    value = ds.get("SpecificCharacterSet")
+    try:
+        value = ds.get("SpecificCharacterSet")
+    except Exception:  # not decodable: the values are read with the default repertoire anyway
+        return None
     if value is None:
         return None
     if isinstance(value, list | tuple) or type(value).__name__ == "MultiValue":
