@@ -707,7 +707,8 @@ class Importer:
             message = _os_error(exc) if isinstance(exc, OSError) else f"{type(exc).__name__}: {exc}"
             return FileResult(candidate.key, candidate.display, ERROR, candidate.size, error=message)
         try:
-            outcome = self.ingestor.store_file(data, self.arrival)
+            # media keep what other systems wrote: a stale file meta is no reason to lose a study
+            outcome = self.ingestor.store_file(data, self.arrival, meta_must_match=False)
         except Exception as exc:  # the pipeline answers with statuses; this is a last resort
             return FileResult(candidate.key, candidate.display, ERROR, len(data), error=f"{type(exc).__name__}: {exc}")
         return _result(candidate, outcome, len(data))

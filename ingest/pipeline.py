@@ -170,8 +170,14 @@ def examine_dataset(
     return Examined(received, header, inspection)
 
 
-def examine_file(data: bytes, arrival: Arrival, *, store_name: str = "") -> Examined:
-    """Every check a Part-10 file (import, STOW-RS) must pass; raises :class:`Refused`."""
+def examine_file(data: bytes, arrival: Arrival, *, store_name: str = "", meta_must_match: bool = True) -> Examined:
+    """Every check a Part-10 file (import, STOW-RS) must pass; raises :class:`Refused`.
+
+    ``meta_must_match=False`` (import of media): a file meta naming another SOP instance or class
+    than the data set is kept as received. Files on media written by other systems often carry a
+    stale meta (an anonymiser changed the data set and left the meta behind); the data set is what
+    the archive indexes and sends, and refusing those files would lose valid studies. A client
+    building a STOW-RS request now has no such excuse: there the meta must match."""
     try:
         received = split_part10(data)
         header = parse(data[received.dataset_offset :], received.transfer_syntax)
@@ -184,7 +190,7 @@ def examine_file(data: bytes, arrival: Arrival, *, store_name: str = "") -> Exam
         (received.media_sop_instance_uid, "SOPInstanceUID", 0x00020003),
         (received.media_sop_class_uid, "SOPClassUID", 0x00020002),
     ):
-        if meta is not None and meta != attrs[keyword]:
+        if meta_must_match and meta is not None and meta != attrs[keyword]:
             raise Refused(
                 Refusal(
                     "meta-mismatch",
@@ -253,10 +259,10 @@ class Ingestor:
             )
         return self._counted(self._store(checked.received, checked.inspection, arrival, checked.header))
 
-    def store_file(self, data: bytes, arrival: Arrival) -> Outcome:
-        """A Part-10 file (import, STOW-RS), kept exactly as received."""
+    def store_file(self, data: bytes, arrival: Arrival, *, meta_must_match: bool = True) -> Outcome:
+        """A Part-10 file (import, STOW-RS), kept exactly as received (see :func:`examine_file`)."""
         try:
-            checked = examine_file(data, arrival, store_name=self.store_name)
+            checked = examine_file(data, arrival, store_name=self.store_name, meta_must_match=meta_must_match)
         except Refused as refused:
             return self._counted(self._refuse(refused.refusal, arrival, data, None, None, refused.inspection))
         return self._counted(self._store(checked.received, checked.inspection, arrival, checked.header))

@@ -18,7 +18,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -53,9 +53,13 @@ def snapshot(warehouse: Warehouse) -> dict[str, list[tuple[Any, ...]]]:
     return {t: warehouse.query(f"SELECT * FROM {t} FINAL ORDER BY {key}").rows for t, key in TABLES.items()}
 
 
-def audited(warehouse: Warehouse) -> int:
+def audited(warehouse: Warehouse, published: Sequence[Event]) -> int:
+    """Audit entries of the events this test published (the session's broker is shared: other
+    tests' events may already be in the topics, and the workers audit those too)."""
+    ids = [str(e.envelope.event_id) for e in published]
     try:
-        return int(warehouse.query("SELECT count() FROM audit_trail FINAL").scalar())
+        sql = "SELECT count() FROM audit_trail FINAL WHERE toString(event_id) IN {ids:Array(String)}"
+        return int(warehouse.query(sql, {"ids": ids}).scalar())
     except Exception:  # the workers have not created the table yet
         return 0
 
@@ -132,7 +136,7 @@ def test_two_faust_workers_share_partitions_and_survive_a_kill(kafka_server: Any
 
             events = synthetic_sequence(21, studies=30)
             publish_many(log, events)
-            wait_for("first batch audited", lambda: audited(warehouse) >= len(events), workers, timeout=180)
+            wait_for("first batch audited", lambda: audited(warehouse, events) == len(events), workers, timeout=180)
 
             # keep publishing; kill -9 worker A in the middle of the stream
             more: list[Event] = []
@@ -157,7 +161,7 @@ def test_two_faust_workers_share_partitions_and_survive_a_kill(kafka_server: Any
                 survivor,
                 timeout=300,
             )
-            assert audited(warehouse) == len(events) + len(more)
+            assert audited(warehouse, events + more) == len(events) + len(more)
         finally:
             for worker in workers:
                 if worker.poll() is None:
@@ -183,6 +187,6 @@ def test_two_faust_workers_share_partitions_and_survive_a_kill(kafka_server: Any
         # the hash chains continued across the take-over: every entry checks out against the log
         report = verify_against_log(warehouse, log)
         assert report.ok, report.first_broken
-        assert report.entries == report.log_events == len(events) + len(more)
+        assert report.entries == report.log_events >= len(events) + len(more)
     warehouse.close()
     clickhouse.stop()
