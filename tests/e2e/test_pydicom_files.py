@@ -1,5 +1,7 @@
 """Every DICOM file shipped with pydicom (test_files and charset_files: third-party objects no one
-here wrote) through `cami import`, as a user runs it, then back over WADO-RS byte for byte.
+here wrote) through `cami import`, as a user runs it, then back byte for byte over WADO-RS (the
+stored file) and over C-MOVE (dcmtk's movescu asks; a pynetdicom Storage SCP, which accepts any
+SOP class and transfer syntax, receives the data set bytes as they travel on the wire).
 
 A file is expected to be stored when pydicom reads it and it carries the identifiers the regional
 rules require (Study/Series/SOP Instance UIDs, SOP Class UID, PatientID). Two kinds of such files
@@ -7,8 +9,9 @@ are refused by rule, and the test checks they are, with the reason:
 
 * pydicom's deliberately truncated files (it reads them silently, with a short value); the
   archive refuses what it could not send back as it claims to be;
-* files whose file meta names another SOP instance or class than the data set (anonymised data
-  sets whose meta was left behind): the archive refuses a meta that contradicts its data set.
+
+Files whose file meta names another SOP instance or class than the data set (anonymised data sets
+whose meta was left behind) are stored on import as they are (STOW-RS refuses them).
 
 Several files are encodings of one SOP instance (MR_small in nine transfer syntaxes...); a re-sent
 instance becomes a new version and WADO serves the newest, so the files are imported in rounds,
@@ -19,16 +22,24 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import shutil
+import subprocess
+import threading
 import warnings
 from collections import Counter, defaultdict
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pydicom
 import pydicom.data
 import pytest
+from pynetdicom import AE, evt
 
+from ingest.dicom import split_part10
 from tests.e2e.test_import import ORG, cami_env, received_events, run_import
 from tests.integration.test_wado import split_multipart
 from tests.support.readside import ReadSide
@@ -46,6 +57,7 @@ class Candidate:
     study: str
     series: str
     sop: str
+    sop_class: str
 
 
 def classify() -> tuple[list[Candidate], dict[str, str], dict[str, str]]:
@@ -67,17 +79,18 @@ def classify() -> tuple[list[Candidate], dict[str, str], dict[str, str]]:
             if lacking:
                 skipped[name] = f"lacks {', '.join(lacking)}"
                 continue
-            meta = ds.file_meta
             if path.name in TRUNCATED:
                 refused[name] = "malformed"
-            elif (
-                meta.get("MediaStorageSOPInstanceUID") != ds.SOPInstanceUID
-                or meta.get("MediaStorageSOPClassUID") != ds.SOPClassUID
-            ):
-                refused[name] = "meta-mismatch"
             else:
                 stored.append(
-                    Candidate(path, name, str(ds.StudyInstanceUID), str(ds.SeriesInstanceUID), str(ds.SOPInstanceUID))
+                    Candidate(
+                        path,
+                        name,
+                        str(ds.StudyInstanceUID),
+                        str(ds.SeriesInstanceUID),
+                        str(ds.SOPInstanceUID),
+                        str(ds.SOPClassUID),
+                    )
                 )
     return stored, refused, skipped
 
@@ -93,6 +106,41 @@ def rounds(candidates: list[Candidate]) -> list[list[Candidate]]:
                 out.append([])
             out[index].append(candidate)
     return out
+
+
+MOVER_AE, DESTINATION_AE = "PYDICOM_WS", "PYDICOM_DEST"
+
+
+@contextmanager
+def move_destination(batch: list[Candidate]) -> Iterator[tuple[int, dict[str, bytes]]]:
+    """A Storage SCP for C-MOVE sub-operations that accepts each file's SOP class in its stored
+    transfer syntax and keeps the data set bytes exactly as they arrived (SOPInstanceUID -> bytes)."""
+    received: dict[str, bytes] = {}
+    lock = threading.Lock()
+
+    def on_store(event: Any) -> int:
+        with lock:
+            received[str(event.request.AffectedSOPInstanceUID)] = event.request.DataSet.getvalue()
+        return 0x0000
+
+    ae = AE(ae_title=DESTINATION_AE)
+    pairs = {(c.sop_class, split_part10(c.path.read_bytes()).transfer_syntax) for c in batch}
+    for sop_class in {sop for sop, _ in pairs}:
+        ae.add_supported_context(sop_class, sorted(ts for sop, ts in pairs if sop == sop_class))
+    server = ae.start_server(("127.0.0.1", 0), block=False, evt_handlers=[(evt.EVT_C_STORE, on_store)])
+    try:
+        yield server.server_address[1], received
+    finally:
+        server.shutdown()
+
+
+def movescu(port: int, study: str) -> str:
+    result = subprocess.run(
+        ["/usr/bin/movescu", "-S", "-aet", MOVER_AE, "-aec", "CAMI", "-aem", DESTINATION_AE,
+         "-k", "QueryRetrieveLevel=STUDY", "-k", f"StudyInstanceUID={study}", "127.0.0.1", str(port)],
+        capture_output=True, text=True, env={**os.environ, "TCP_NODELAY": "1"}, timeout=300, check=False,
+    )  # fmt: skip
+    return result.stdout + result.stderr
 
 
 def _copy(path: Path, folder: Path, name: str) -> None:
@@ -138,16 +186,30 @@ def test_every_pydicom_file_with_the_regional_identifiers_is_stored_and_comes_ba
                 digest = hashlib.sha256(all_paths[name].read_bytes()).hexdigest()
                 assert rejections.get(digest) == reason, f"{name} not refused as {reason}; {summary}"
 
-        with ReadSide.start(workdir) as side:
-            per_study = Counter(c.study for c in batch)
-            for study, count in per_study.items():
-                side.wait_indexed(study, count, timeout=120)
-            with side.client("dr.petrov") as http:
-                for candidate in batch:
-                    response = http.get(
-                        f"/dicomweb/studies/{candidate.study}/series/{candidate.series}/instances/{candidate.sop}",
-                        headers={"Accept": 'multipart/related; type="application/dicom"; transfer-syntax=*'},
-                    )
-                    assert response.status_code == 200, f"{candidate.name}: {response.status_code} {response.text}"
-                    ((_, data),) = split_multipart(response)
-                    assert data == candidate.path.read_bytes(), f"{candidate.name} came back changed"
+        with move_destination(batch) as (destination_port, moved):
+            extra = (
+                f'[[qr_caller]]\nae_title = "{MOVER_AE}"\norganisation = "{ORG}"\nrole = "radiologist"\n\n'
+                f'[[destination]]\nae_title = "{DESTINATION_AE}"\nhost = "127.0.0.1"\nport = {destination_port}\n'
+            )
+            with ReadSide.start(workdir, senders_extra=extra) as side:
+                per_study = Counter(c.study for c in batch)
+                for study, count in per_study.items():
+                    side.wait_indexed(study, count, timeout=120)
+                with side.client("dr.petrov") as http:
+                    for candidate in batch:
+                        response = http.get(
+                            f"/dicomweb/studies/{candidate.study}/series/{candidate.series}/instances/{candidate.sop}",
+                            headers={"Accept": 'multipart/related; type="application/dicom"; transfer-syntax=*'},
+                        )
+                        assert response.status_code == 200, f"{candidate.name}: {response.status_code} {response.text}"
+                        ((_, data),) = split_multipart(response)
+                        assert data == candidate.path.read_bytes(), f"{candidate.name} came back changed over WADO"
+                outputs = {study: movescu(side.dicom_port, study) for study in per_study}
+            for candidate in batch:
+                sent = split_part10(candidate.path.read_bytes())
+                assert candidate.sop in moved, (
+                    f"{candidate.name} did not arrive over C-MOVE: {outputs[candidate.study]}"
+                )
+                assert moved[candidate.sop] == sent.part10[sent.dataset_offset :], (
+                    f"{candidate.name} came back changed over C-MOVE"
+                )
