@@ -14,7 +14,7 @@ WADO-URI (PS3.18 9): ``GET /wado?requestType=WADO&studyUID=..&seriesUID=..&objec
 ``contentType`` application/dicom, image/jpeg (the default) or image/png, ``frameNumber``,
 ``windowCenter``/``windowWidth``, ``rows``/``columns``, ``imageQuality`` and ``transferSyntax``.
 
-**Objects leave exactly as they were stored** (DESIGN 2.1): the bytes of the newest version of
+**Objects leave exactly as they were stored** (original quality, a regional rule): the bytes of the newest version of
 each instance, streamed from the blob store, are the parts of a ``multipart/related;
 type="application/dicom"`` answer. The archive never transcodes, so a retrieve has
 ``transfer-syntax=*`` semantics: an Accept without a transfer syntax (or with ``*``) gets every

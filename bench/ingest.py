@@ -4,7 +4,7 @@
 
 The same study — a CT series of ``--instances`` objects, 512x512 pixels of 16 bits, uncompressed
 (about 0.5 MB each) — is sent by dcmtk's ``storescu`` (``/usr/bin/storescu``, one association,
-``+sd +r -R``, ``TCP_NODELAY=1`` as DESIGN.md section 5 requires) to each target on loopback:
+``+sd +r -R``, ``TCP_NODELAY=1`` without which dcmtk stalls ~45 ms per object) to each target on loopback:
 
 * **Orthanc** (the anchor: a local PACS on the same machine, started by infra/orthanc.sh, SQLite
   index and files in a temporary directory);
@@ -88,7 +88,7 @@ class Corpus:
 
 
 def dcmtk_env() -> dict[str, str]:
-    """dcmtk tools (and Orthanc) stall ~45 ms per object without it (DESIGN.md, section 5)."""
+    """dcmtk tools (and Orthanc) stall ~45 ms per object without it (Nagle's algorithm and delayed ACKs)."""
     return {**os.environ, "TCP_NODELAY": "1"}
 
 

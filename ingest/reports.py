@@ -59,7 +59,7 @@ SIGNED = "signed"
 
 #: who may create, edit and sign reports
 AUTHOR_ROLES = frozenset({"radiologist"})
-#: who may amend a signed report (an authorised person, DESIGN 2.7)
+#: who may amend a signed report (an authorised person: the regional rule for signed reports)
 AMENDING_ROLES = frozenset({"radiologist", "administrator"})
 #: who may read reports (they carry patient data)
 READER_ROLES = frozenset({"radiologist", "referring-doctor", "administrator", "auditor"})

@@ -1,4 +1,4 @@
-"""The regional rules for an arriving object (DESIGN.md 2.1), as a pure function.
+"""The regional rules for an arriving object (README, "Regional rules"), as a pure function.
 
 Refused (nothing stored, a specific failure status and a rejection event): missing or invalid
 PatientID, StudyInstanceUID, SeriesInstanceUID, SOPInstanceUID, SOPClassUID; UIDs outside the

@@ -1,4 +1,4 @@
-"""Guaranteed delivery when a backend dies in the middle of a storescu run (DESIGN 2.4).
+"""Guaranteed delivery when a backend dies in the middle of a storescu run (a sender hears "stored" only once the object is durable).
 
 Every instance that got a success status must be durable afterwards (blob and event); the
 others got failure statuses; sending everything again after the restart completes the study

@@ -11,7 +11,7 @@ module puts a minimal HTTP interface in front of it: clickhouse-connect sends ex
 would send to a server, the engine executes them, and the answer goes back as a server would send
 it. Nothing in the client is mocked; only the network front end of the server is replaced.
 
-What it implements (enough for clickhouse-connect 1.12, see DESIGN.md section 5):
+What it implements (enough for clickhouse-connect 1.12, as observed on the wire):
 
 * ``GET /ping`` -> ``Ok.``; ``POST /`` (and ``GET /``) with the SQL in the ``query`` URL parameter
   and/or the body (joined by a newline, as the server does), or in a ``multipart/form-data`` body
