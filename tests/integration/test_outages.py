@@ -1,4 +1,4 @@
-"""Guaranteed delivery when a backend dies in the middle of a storescu run (a sender hears "stored" only once the object is durable).
+"""Guaranteed delivery when a backend dies in the middle of a storescu run.
 
 Every instance that got a success status must be durable afterwards (blob and event); the
 others got failure statuses; sending everything again after the restart completes the study
