@@ -329,7 +329,9 @@ class Ingestor:
             if same is not None:  # identical bytes, whoever sends them: nothing changes
                 return Outcome(Status.SUCCESS, None, blob=blob, duplicate=True, version=same.version, **base)
             number = held[-1].version + 1 if held else 1
-            event = self._received_event(attrs, inspection, arrival, blob, number, received.transfer_syntax)
+            event = instance_received_event(
+                attrs, inspection, arrival, blob, number, received.transfer_syntax, self.store_name
+            )
             try:
                 publish(self.event_log, event)
             except (EventLogError, TimeoutError) as exc:
@@ -401,17 +403,6 @@ class Ingestor:
                     publish(self.event_log, derived)
             except Exception as exc:
                 log.error("document hook %s failed for %s: %s", hook, outcome.sop_instance_uid, exc)
-
-    def _received_event(
-        self,
-        attrs: dict[str, Any],
-        inspection: Inspection,
-        arrival: Arrival,
-        blob: BlobRef,
-        version: int,
-        transfer_syntax: str,
-    ) -> Event:
-        return instance_received_event(attrs, inspection, arrival, blob, version, transfer_syntax, self.store_name)
 
     def _refuse(
         self,
