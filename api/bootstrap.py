@@ -7,7 +7,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from api.config import Settings
-from api.qr_scp import qr_services
+from api.dicom.qr import qr_services
 from ingest.blobs import BlobStore, open_blob_store
 from ingest.commitment import StorageCommitment
 from ingest.pipeline import Ingestor
@@ -87,7 +87,8 @@ class Archive:
             host=self.settings.dicom_host,
             port=self.settings.dicom_port if port is None else port,
             commitment=commitment,
-            extra=[qr_services(self, senders)],  # Query/Retrieve on the same AE title and port
+            # Query/Retrieve on the same AE title and port
+            extra=[qr_services(lambda: self.warehouse, self.blobs, self.event_log, senders)],
             tls_port=self.settings.dicom_tls_port if tls_port is None else tls_port,
             ssl_context=server_context(tls) if tls.enabled else None,
         )

@@ -177,7 +177,7 @@ def handle_established(event: Any, senders: Senders, event_log: EventLog) -> Non
     """Refuse callers from an address none of their roles allows, or calling a wrong AE title
     (unknown AE titles never get this far: the association is rejected outright, see
     :func:`handle_rejected`). Each service then checks its own role's addresses: C-STORE in
-    :func:`handle_store`, Query/Retrieve in ``api.qr_scp``."""
+    :func:`handle_store`, Query/Retrieve in ``api.dicom.qr``."""
     assoc = event.assoc
     calling = _ae(assoc.requestor.ae_title)
     called = called_ae_title(assoc)

@@ -8,7 +8,7 @@ proposes in one context, its first choice the archive supports is accepted
 
 Other services answer on the same AE title and port (as Orthanc and dcm4chee do) through
 :class:`ExtraServices`: presentation contexts and event handlers the composition root passes in
-(``api.qr_scp`` builds Query/Retrieve this way; ingest imports nothing from the api).
+(``api.dicom.qr`` builds Query/Retrieve this way; ingest imports nothing from the api).
 
 With an ``ssl_context`` the same AE also listens on a second, TLS port (as DICOM's 2762 beside
 104): every service answers on both; a ``[[sender]]``/``[[qr_caller]]`` with a TLS rule

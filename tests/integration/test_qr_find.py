@@ -1,8 +1,8 @@
-"""C-FIND matching (:func:`api.qr_find.c_find_responses`) on a running archive's index.
+"""C-FIND matching (:func:`api.dicom.find.c_find_responses`) on a running archive's index.
 
 Studies arrive through dcmtk's storescu; identifiers are encoded and decoded by pynetdicom's own
 codec, as the Q/R SCP receives them (in UTF-8 and in ISO 8859-5), and every response identifier
-must encode back. The network side (findscu against the SCP) is :mod:`api.qr_scp`'s test."""
+must encode back. The network side (findscu against the SCP) is :mod:`api.dicom.qr`'s test."""
 
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ from pydicom.uid import generate_uid
 from pynetdicom.dsutils import decode, encode
 
 from api.access import AccessRecorder, Reader
-from api.qr_find import IDENTIFIER_DOES_NOT_MATCH_SOP_CLASS, PENDING, UNABLE_TO_PROCESS, c_find_responses
+from api.dicom.find import IDENTIFIER_DOES_NOT_MATCH_SOP_CLASS, PENDING, UNABLE_TO_PROCESS, c_find_responses
 from schemas.events import Actor
 from tests.integration.test_qido import NAME_A, NAME_B, make_series, send
 from tests.support.readside import ORG, ORG_B, ROOT_UID, ReadSide
@@ -69,7 +69,8 @@ def identifier(level: str, charset: str | None = None, **keys: Any) -> Dataset:
 def c_find(scene: Scene, ds: Dataset, model: str = "study") -> list[tuple[int, Dataset | None]]:
     side = scene.side
     recorder = AccessRecorder(side.archive.event_log, source_node="qr-scp:test")
-    answers = list(c_find_responses(side.archive, recorder, WORKSTATION, ds, model))
+    ae_title = side.archive.senders().ae_title
+    answers = list(c_find_responses(side.archive.warehouse, recorder, WORKSTATION, ds, model, ae_title))
     return [(status, wire(found) if found is not None else None) for status, found in answers]
 
 

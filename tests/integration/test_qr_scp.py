@@ -1,4 +1,4 @@
-"""DICOM Query/Retrieve on the archive's AE (api.qr_scp), driven by dcmtk's findscu, movescu and
+"""DICOM Query/Retrieve on the archive's AE (api.dicom.qr), driven by dcmtk's findscu, movescu and
 getscu the way a workstation would, with dcmtk's storescp as the C-MOVE destination.
 
 "Byte-identical" here means: the data set the destination wrote (everything after its Part-10

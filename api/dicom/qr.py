@@ -17,7 +17,7 @@ modality that only sends, an auditor moving, a caller from an address not its ow
 "Refused: Not Authorised", also recorded as denied.
 
 **One access event per request**, durable before any data leaves: C-FIND records through
-:func:`api.qr_find.c_find_responses` (an identifier it refuses, which it does not record, is
+:func:`api.dicom.find.c_find_responses` (an identifier it refuses, which it does not record, is
 recorded here as denied); C-MOVE and C-GET record here once the identifier is resolved (channel
 ``c-move``/``c-get``, action ``move``/``get``, the study when exactly one is retrieved, the
 number of instances as ``results``; a refused request -- unknown destination, bad identifier,
@@ -60,36 +60,31 @@ from __future__ import annotations
 
 import logging
 import socket
-import zlib
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from enum import IntEnum
-from io import BytesIO
 from typing import Any
 
-import pynetdicom.association
-from pydicom import dcmread
-from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.dataset import Dataset
 from pydicom.multival import MultiValue
 from pydicom.uid import (
-    UID,
     DeflatedExplicitVRLittleEndian,
     ExplicitVRBigEndian,
     ExplicitVRLittleEndian,
     ImplicitVRLittleEndian,
 )
 from pynetdicom import build_context, evt
-from pynetdicom.dsutils import encode
-from pynetdicom.presentation import PresentationContext
 
 from api.access import AccessRecorder, Reader, may_read_images, may_read_patient_data
+from api.dicom.find import MODEL_LEVELS, c_find_responses
+from api.dicom.stored import install_stored_encoding, move_contexts, stored_dataset
 from ingest.blobs import BlobStore
-from ingest.dicom import Received, split_part10
 from ingest.scp import ExtraServices
 from ingest.senders import Senders
 from projections.queries import MAX_LIMIT, search_studies, series_instances, study_series
 from projections.warehouse.base import Warehouse
 from schemas.events import Actor
+from streams.log import EventLog
 
 log = logging.getLogger("cami.qr")
 
@@ -113,11 +108,6 @@ QR_SOP_CLASSES: dict[str, tuple[str, str]] = {
 #: service -> (access channel, access action)
 ACCESS: dict[str, tuple[str, str]] = {"find": ("c-find", "query"), "move": ("c-move", "move"), "get": ("c-get", "get")}
 
-#: query/retrieve levels each model knows (PS3.4 C.6.1 / C.6.2)
-LEVELS = {"patient": ("PATIENT", "STUDY", "SERIES", "IMAGE"), "study": ("STUDY", "SERIES", "IMAGE")}
-
-#: syntaxes pydicom re-encodes losslessly into one another (never pixel data compression)
-UNCOMPRESSED = frozenset({ImplicitVRLittleEndian, ExplicitVRLittleEndian, DeflatedExplicitVRLittleEndian})
 
 VERIFICATION = "1.2.840.10008.1.1"
 #: transfer syntaxes for Q/R identifiers (never a pixel data compression)
@@ -128,8 +118,6 @@ IDENTIFIER_SYNTAXES = [
     ExplicitVRBigEndian,
 ]
 
-#: an association carries at most 128 presentation contexts (PS3.8 9.3.2.2: odd IDs 1..255)
-MAX_CONTEXTS = 128
 #: Number of ... Sub-operations are US: a retrieve may not name more instances than this
 MAX_SUBOPERATIONS = 65535
 
@@ -209,8 +197,8 @@ def _one(identifier: Dataset, keyword: str, level: str) -> str:
 
 def retrieve_level(identifier: Dataset, model: str) -> str:
     level = str(identifier.get("QueryRetrieveLevel", "") or "").strip().upper()
-    if level not in LEVELS[model]:
-        raise IdentifierError(f"QueryRetrieveLevel must be one of {'/'.join(LEVELS[model])}")
+    if level not in MODEL_LEVELS[model]:
+        raise IdentifierError(f"QueryRetrieveLevel must be one of {'/'.join(MODEL_LEVELS[model])}")
     return level
 
 
@@ -275,104 +263,15 @@ def _access_fields(identifier: Dataset, level: str | None, rows: Sequence[dict[s
 _RETRIEVE_KEYS = ("PatientID", "StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID")
 
 
-# -- the original bytes ---------------------------------------------------------------------------------
-class StoredObject(Dataset):
-    """A C-STORE sub-operation's object: the UIDs and transfer syntax pynetdicom picks the
-    presentation context by, and the stored Part-10 bytes. Its data set is sent exactly as stored
-    (see :func:`install_stored_encoding`), never re-encoded by pydicom, which would drop
-    group-length elements, for one."""
-
-    def __init__(self, received: Received, sop_class_uid: str, sop_instance_uid: str) -> None:
-        super().__init__()
-        self.SOPClassUID = sop_class_uid
-        self.SOPInstanceUID = sop_instance_uid
-        self.file_meta = FileMetaDataset()
-        self.file_meta.TransferSyntaxUID = UID(received.transfer_syntax)
-        self._received = received
-
-    def encoded(self, implicit: bool, little: bool, deflated: bool) -> bytes | None:
-        """The data set bytes for a context of this encoding: the stored bytes themselves when it is
-        the stored one (a deflated data set as stored, its compressed stream included); else, for an
-        uncompressed object the peer takes only in another uncompressed syntax, pydicom's encoding,
-        but only when pydicom writes the stored data set back byte for byte in its own syntax, so
-        nothing is lost on the way (None: the sub-operation fails, nothing altered is sent)."""
-        received = self._received
-        syntax = received.transfer_syntax
-        stored = received.part10[received.dataset_offset :]
-        own = _encoding(syntax)
-        if (implicit, little, deflated) == own:
-            return stored
-        if syntax not in UNCOMPRESSED:
-            return None  # pixel data compression and byte order are never converted (pynetdicom agrees)
-        ds = dcmread(BytesIO(received.part10), force=False)
-        inflated = zlib.decompress(stored, -zlib.MAX_WBITS) if own[2] else stored
-        if encode(ds, own[0], own[1]) != inflated:
-            log.error("not converting %s from %s: pydicom would not keep it byte for byte", self.SOPInstanceUID, syntax)
-            return None
-        return encode(ds, implicit, little, deflated)
-
-
-def _encoding(syntax: str) -> tuple[bool, bool, bool]:
-    """(implicit VR, little endian, deflated) of a transfer syntax's data set encoding."""
-    return syntax == ImplicitVRLittleEndian, syntax != ExplicitVRBigEndian, syntax == DeflatedExplicitVRLittleEndian
-
-
-def _encode(ds: Dataset, is_implicit_vr: bool, is_little_endian: bool, deflated: bool = False) -> bytes | None:
-    if isinstance(ds, StoredObject):
-        return ds.encoded(is_implicit_vr, is_little_endian, deflated)
-    return encode(ds, is_implicit_vr, is_little_endian, deflated)
-
-
-def install_stored_encoding() -> None:
-    """Make pynetdicom's C-STORE requests take a :class:`StoredObject`'s data set as stored.
-
-    A C-MOVE/C-GET handler can only yield a Dataset, which pynetdicom encodes with pydicom (its
-    chunked mode sends a file's bytes unchanged, but only from ``send_c_store`` called directly,
-    not from a handler). So the ``encode`` pynetdicom's association module calls is wrapped: a
-    :class:`StoredObject` gives its stored bytes, every other data set is encoded as before.
-    Idempotent."""
-    association: Any = pynetdicom.association  # pynetdicom ships no type information
-    if association.encode is not _encode:
-        association.encode = _encode
-
-
-def stored_dataset(blobs: BlobStore, row: dict[str, Any]) -> Dataset:
-    """The stored object as a :class:`StoredObject`. A blob that cannot be read gives a stand-in
-    the C-STORE sub-operation fails on (no transfer syntax: pynetdicom refuses to send it)."""
-    try:
-        received = split_part10(blobs.get(str(row["blob_sha256"])))
-        return StoredObject(received, str(row["sop_class_uid"]), str(row["sop_uid"]))
-    except Exception as exc:  # BlobStoreError, MalformedObject...
-        log.error("not sending %s: %s", row.get("sop_uid"), exc)
-        stand_in = Dataset()
-        stand_in.SOPClassUID = str(row.get("sop_class_uid") or "")
-        stand_in.SOPInstanceUID = str(row.get("sop_uid") or "")
-        return stand_in
-
-
-def offered_syntaxes(stored: str) -> list[str]:
-    """The stored syntax, and explicit VR little endian too when the stored one is uncompressed."""
-    if stored in UNCOMPRESSED and stored != ExplicitVRLittleEndian:
-        return [stored, ExplicitVRLittleEndian]
-    return [stored]
-
-
-def move_contexts(rows: Sequence[dict[str, Any]]) -> list[PresentationContext]:
-    """One context per (SOP class, offered transfer syntax), each with that one syntax, so the
-    destination cannot pick explicit VR for an object it could take as stored (pynetdicom sends
-    on the exact match when one is accepted); at most :data:`MAX_CONTEXTS`."""
-    pairs = sorted(
-        {(str(r["sop_class_uid"]), ts) for r in rows for ts in offered_syntaxes(str(r["transfer_syntax_uid"]))}
-    )
-    if len(pairs) > MAX_CONTEXTS:
-        log.warning("C-MOVE needs %d presentation contexts; proposing the first %d", len(pairs), MAX_CONTEXTS)
-    return [build_context(sop, [ts]) for sop, ts in pairs[:MAX_CONTEXTS]]
-
-
 # -- handlers -------------------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class QrDeps:
-    archive: Any  # api.bootstrap.Archive (not imported: bootstrap imports this module)
+    """What the Q/R handlers need, and nothing more: the archive index (opened on first use:
+    the embedded warehouse locks its directory), the blob store, the access recorder and the
+    senders file as loaded once when the services were built."""
+
+    warehouse: Callable[[], Warehouse]
+    blobs: BlobStore
     recorder: AccessRecorder
     senders: Senders
 
@@ -400,7 +299,7 @@ def _identifier(event: Any) -> Dataset | None:
 
 
 def handle_find(event: Any, deps: QrDeps) -> Iterator[tuple[Any, Dataset | None]]:
-    """EVT_C_FIND: matching is :func:`api.qr_find.c_find_responses` (it records the access)."""
+    """EVT_C_FIND: matching is :func:`api.dicom.find.c_find_responses` (it records the access)."""
     model, service = QR_SOP_CLASSES[str(event.request.AffectedSOPClassUID)]
     identifier = _identifier(event)
     reader = reader_for(event.assoc, deps.senders)
@@ -411,11 +310,10 @@ def handle_find(event: Any, deps: QrDeps) -> Iterator[tuple[Any, Dataset | None]
     if identifier is None:
         yield status(QrStatus.IDENTIFIER_DOES_NOT_MATCH_SOP_CLASS, "identifier does not decode"), None
         return
-    from api.qr_find import c_find_responses  # written alongside; imported when first used
-
     try:
         first = True
-        for code, match in c_find_responses(deps.archive, deps.recorder, reader, identifier, model):
+        answers = c_find_responses(deps.warehouse(), deps.recorder, reader, identifier, model, deps.senders.ae_title)
+        for code, match in answers:
             if event.is_cancelled:
                 yield QrStatus.CANCEL, None
                 return
@@ -449,7 +347,7 @@ def _plan(event: Any, deps: QrDeps, service: str, model: str, extra_query: dict[
         return _Plan([], status(QrStatus.IDENTIFIER_DOES_NOT_MATCH_SOP_CLASS, "identifier does not decode"))
     try:
         level = retrieve_level(identifier, model)
-        rows = resolve_instances(deps.archive.warehouse, identifier, model)
+        rows = resolve_instances(deps.warehouse(), identifier, model)
     except IdentifierError as exc:
         fields = _access_fields(identifier, None, [])
         fields["query"] |= extra_query
@@ -503,7 +401,7 @@ def handle_move(event: Any, deps: QrDeps) -> Iterator[Any]:
         return
     yield destination.host, destination.port, {"contexts": move_contexts(plan.rows)}
     yield len(plan.rows)
-    yield from _sub_operations(event, deps.archive.blobs, plan.rows)
+    yield from _sub_operations(event, deps.blobs, plan.rows)
 
 
 def handle_get(event: Any, deps: QrDeps) -> Iterator[Any]:
@@ -516,7 +414,7 @@ def handle_get(event: Any, deps: QrDeps) -> Iterator[Any]:
         yield plan.failure, None
         return
     yield len(plan.rows)
-    yield from _sub_operations(event, deps.archive.blobs, plan.rows)
+    yield from _sub_operations(event, deps.blobs, plan.rows)
 
 
 def handle_rejected(event: Any, deps: QrDeps) -> None:
@@ -543,11 +441,17 @@ def handle_rejected(event: Any, deps: QrDeps) -> None:
             return
 
 
-def qr_services(archive: Any, senders: Senders, recorder: AccessRecorder | None = None) -> ExtraServices:
+def qr_services(
+    warehouse: Callable[[], Warehouse],
+    blobs: BlobStore,
+    event_log: EventLog,
+    senders: Senders,
+    recorder: AccessRecorder | None = None,
+) -> ExtraServices:
     """Query/Retrieve as extra services of the Storage SCP (see :class:`ingest.scp.ExtraServices`)."""
-    recorder = recorder or AccessRecorder(archive.event_log, socket.gethostname() or "local")
+    recorder = recorder or AccessRecorder(event_log, socket.gethostname() or "local")
     install_stored_encoding()
-    deps = QrDeps(archive, recorder, senders)
+    deps = QrDeps(warehouse, blobs, recorder, senders)
     return ExtraServices(
         contexts=[(uid, IDENTIFIER_SYNTAXES) for uid in QR_SOP_CLASSES],
         handlers=[

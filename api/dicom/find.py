@@ -1,6 +1,6 @@
 """C-FIND matching for the DICOM Query/Retrieve SCP (PS3.4 C.4.1), Patient Root and Study Root.
 
-:func:`c_find_responses` is what the EVT_C_FIND handler of :mod:`api.qr_scp` runs once it has
+:func:`c_find_responses` is what the EVT_C_FIND handler of :mod:`api.dicom.qr` runs once it has
 checked the calling AE title: the identifier in, ``(status, identifier)`` pairs out. Matching is
 :mod:`projections.matching` through :func:`projections.queries.find`, the same rules as QIDO-RS
 (so ``findscu`` and a DICOMweb viewer see the same studies).
@@ -41,9 +41,9 @@ from pydicom.dataelem import DataElement
 from pydicom.multival import MultiValue
 
 from api.access import AccessRecorder, Reader
-from api.bootstrap import Archive
 from projections.matching import ATTRIBUTES, Condition, MatchingError, Text, Uids, parse_condition
 from projections.queries import LEVEL_ATTRIBUTES, MAX_LIMIT, find
+from projections.warehouse.base import Warehouse
 
 PENDING = 0xFF00
 IDENTIFIER_DOES_NOT_MATCH_SOP_CLASS = 0xA900
@@ -145,14 +145,16 @@ def _query_text(asked: list[DataElement], level: str) -> dict[str, Any]:
 
 
 def c_find_responses(
-    archive: Archive,
+    warehouse: Warehouse,
     recorder: AccessRecorder,
     reader: Reader,
     identifier: pydicom.Dataset,
     model: str,
+    ae_title: str,
 ) -> Iterator[tuple[int, pydicom.Dataset | None]]:
     """Answer one C-FIND request: ``model`` is ``"patient"`` (Patient Root) or ``"study"``
-    (Study Root). See the module documentation for the statuses."""
+    (Study Root); ``ae_title`` is the archive's own (the RetrieveAETitle of every match). See
+    the module documentation for the statuses."""
     if model not in MODEL_LEVELS:
         raise ValueError(f"unknown information model {model!r}")
     level = str(identifier.get("QueryRetrieveLevel", "") or "").strip().upper()
@@ -162,7 +164,7 @@ def c_find_responses(
     try:
         keys, asked = _keys(identifier, level)
         returned = {e.keyword for e in asked if e.keyword in ATTRIBUTES} | set(unique_keys(level, model))
-        rows = find(archive.warehouse, level, keys, limit=MAX_MATCHES, returned=returned)
+        rows = find(warehouse, level, keys, limit=MAX_MATCHES, returned=returned)
     except MatchingError:
         yield UNABLE_TO_PROCESS, None
         return
@@ -176,7 +178,6 @@ def c_find_responses(
         query=_query_text(asked, level),
         results=len(rows),
     )
-    ae_title = archive.senders().ae_title
     for row in rows:
         yield PENDING, response_identifier(row, asked, level, ae_title, model)
 
