@@ -31,7 +31,7 @@ from pynetdicom import AE
 
 from api.bootstrap import Archive, bootstrap
 from api.config import Settings
-from api.replay_command import rebuild
+from api.cli.replay import rebuild
 from projections import dead_letters
 from projections.catalogue import EventCatalogue
 from projections.queries import search_studies

@@ -25,7 +25,7 @@ from typing import Any
 import pytest
 from confluent_kafka.admin import AdminClient
 
-from api.replay_command import rebuild
+from api.cli.replay import rebuild
 from projections.archive_index import ArchiveIndex
 from projections.audit import AuditTrail, verify_against_log
 from projections.status import FAUST_GROUP, projection_lag

@@ -21,7 +21,7 @@ from typing import Any
 
 import pytest
 
-from api.replay_command import rebuild
+from api.cli.replay import rebuild
 from projections.registry import PROJECTIONS, build
 from projections.sinks import WarehouseSink
 from projections.status import FAUST_GROUP, projection_lag

@@ -16,17 +16,13 @@ In embedded mode the ClickHouse directory belongs to one process: stop ``cami se
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from typing import Any
 
+from api.cli.output import print_json
 from projections.audit import AuditTrail, history, verify_against_log, verify_chain
 from streams.log import EventLog
 from streams.processing import group_id
-
-
-def _print_json(data: Any) -> None:
-    sys.stdout.write(json.dumps(data, ensure_ascii=False, indent=2, default=str) + "\n")
 
 
 def audited_offsets(event_log: EventLog) -> dict[str, dict[int, int]]:
@@ -55,7 +51,7 @@ def cmd_audit_verify(args: argparse.Namespace) -> int:
     finally:
         archive.close()
     if args.json:
-        _print_json(report.to_dict())
+        print_json(report.to_dict())
     else:
         scope = f"record {args.record}" if args.record else "audit trail"
         checked = f"{report.entries} entries in {report.chains} chains"
@@ -86,7 +82,7 @@ def cmd_audit_history(args: argparse.Namespace) -> int:
     finally:
         archive.close()
     if args.json:
-        _print_json(entries)
+        print_json(entries)
     else:
         from rich.console import Console
         from rich.table import Table

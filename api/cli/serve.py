@@ -1,0 +1,74 @@
+"""``cami serve``: the archive's network services -- DICOM (storage, commitment, Query/Retrieve)
+and HTTP (DICOMweb, study pages, reports, monitoring) -- and, on the embedded log, the processors."""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import signal
+import sys
+import threading
+from dataclasses import replace
+from typing import Any
+
+from api.bootstrap import bootstrap
+from api.cli.output import console
+from api.config import ConfigError, Settings
+from streams.processing import EmbeddedRunner
+
+
+def register(subparsers: Any) -> None:
+    p = subparsers.add_parser("serve", help="run the archive's network services (DICOM Storage SCP with commitment)")
+    p.add_argument("--dicom-port", type=int, help="DICOM port (default CAMI_DICOM_PORT or 11112)")
+    p.add_argument(
+        "--dicom-tls-port", type=int, help="DICOM TLS port (default CAMI_DICOM_TLS_PORT or 2762; needs CAMI_TLS_CERT)"
+    )
+    p.add_argument(
+        "--production",
+        action="store_true",
+        help="production mode (as CAMI_ENV=production): refuse to start with development secrets",
+    )
+    p.set_defaults(func=cmd_serve)
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    try:
+        settings = Settings.from_env()
+        if args.production and not settings.production:
+            settings = replace(settings, production=True)
+        if settings.production:
+            settings.check_production()
+    except ConfigError as exc:
+        sys.stderr.write(f"cami serve: {exc}\n")
+        return 1
+    if args.dicom_tls_port is not None and not settings.tls.enabled:
+        raise ValueError("--dicom-tls-port needs CAMI_TLS_CERT (and CAMI_TLS_KEY): see README, Configuration")
+    archive = bootstrap(settings)
+    scp = archive.storage_scp(port=args.dicom_port, tls_port=args.dicom_tls_port)
+    runner = None
+    if archive.event_log.backend == "embedded":
+        # one process owns the embedded ClickHouse directory: the processors run here
+        runner = EmbeddedRunner(archive.event_log, archive.bindings())
+        runner.start()
+    scp.start()
+    from api.http import serve_http
+
+    http = serve_http(archive)  # DICOMweb STOW-RS and the reports API, CAMI_HTTP_HOST:CAMI_HTTP_PORT
+    senders = archive.senders()
+    pilot = ", pilot mode: unknown callers accepted" if senders.accept_unknown else ""
+    known = len(senders.senders)
+    ports = ([f"{scp.port}"] if scp.plain else []) + ([f"{scp.tls_port} (TLS)"] if scp.tls_port is not None else [])
+    where = f"{senders.ae_title} on {scp.host}:{', '.join(ports)}"
+    console.print(f"CAMI DICOM (storage, commitment, Q/R) {where} ({known} senders{pilot})")
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    console.print(f"CAMI HTTP (DICOMweb, study pages, reports) on {http.url}")
+    console.print(f"MIS link: {http.url}/study?patient=<PatientID>&study=<StudyInstanceUID>")
+    with contextlib.suppress(KeyboardInterrupt):
+        stop.wait()
+    http.stop()
+    scp.stop()
+    if runner is not None:
+        runner.stop()
+    archive.close()
+    return 0
