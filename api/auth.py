@@ -16,9 +16,7 @@ changes, so users added while the archive runs can sign in at once.
 
 from __future__ import annotations
 
-import base64
 import hashlib
-import hmac
 import json
 import os
 import secrets
@@ -31,6 +29,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from itsdangerous import BadData, URLSafeSerializer
 
 from schemas.events import Actor
 
@@ -226,7 +226,7 @@ def add_user(
 # -- browser sessions ------------------------------------------------------------------------------
 # The study page is opened from a browser, which cannot send a bearer header by itself: the user
 # signs in once with name and token, and gets a session cookie. The cookie holds a random session
-# id, the user name, role and expiry, signed with HMAC-SHA256 under a key only the archive knows
+# id, the user name, role and expiry, signed (itsdangerous, HMAC-SHA256) under a key only the archive knows
 # ($CAMI_SESSION_KEY, else ``session.key`` in $CAMI_HOME, created 0600 on first use). It is checked
 # against the users file on every request, so a removed user or a changed role ends the session at
 # once; signing out records the session id as revoked (``sessions.db`` in $CAMI_HOME, kept until
@@ -265,36 +265,30 @@ def session_key(home: Path, env: Mapping[str, str] | None = None) -> bytes:
     return key
 
 
-def _b64(data: bytes) -> str:
-    return base64.urlsafe_b64encode(data).rstrip(b"=").decode("ascii")
+#: the signature covers this purpose too: a value the same key signs for anything else is no session
+_SESSION_SALT = "cami.browser-session"
+_MAX_COOKIE = 4096
 
 
-def _unb64(text: str) -> bytes:
-    return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
-
-
-def _session_mac(key: bytes, payload: str) -> str:
-    return _b64(hmac.new(key, payload.encode("ascii"), hashlib.sha256).digest())
+def _session_serializer(key: bytes) -> URLSafeSerializer:
+    """Signs and checks the claims: JSON, URL-safe base64, HMAC-SHA256 under a key derived from
+    ``key`` and the salt. The expiry is a claim, checked against the caller's clock (``now``)."""
+    return URLSafeSerializer(key, salt=_SESSION_SALT, signer_kwargs={"digest_method": hashlib.sha256})
 
 
 def issue_session(key: bytes, user: User, now: float, ttl: int = SESSION_TTL_SECONDS) -> str:
     """The cookie value for ``user``, valid ``ttl`` seconds from ``now``, under a new session id."""
     claims = {"i": secrets.token_urlsafe(16), "u": user.name, "r": user.role, "e": int(now) + ttl}
-    body = json.dumps(claims, ensure_ascii=False, separators=(",", ":"))
-    payload = _b64(body.encode("utf-8"))
-    return f"{payload}.{_session_mac(key, payload)}"
+    return _session_serializer(key).dumps(claims)
 
 
 def session_claims(key: bytes, cookie: str | None, now: float) -> dict[str, Any] | None:
     """The claims of a session cookie whose signature holds and that has not expired; else None."""
-    if not cookie or cookie.count(".") != 1 or len(cookie) > 4096:
+    if not cookie or len(cookie) > _MAX_COOKIE:
         return None
-    payload, mac = cookie.split(".")
     try:
-        if not hmac.compare_digest(_session_mac(key, payload), mac):
-            return None
-        claims = json.loads(_unb64(payload))
-    except (ValueError, UnicodeError):
+        claims = _session_serializer(key).loads(cookie)
+    except BadData:  # a bad signature, or a payload that is not our JSON
         return None
     if not isinstance(claims, dict) or not isinstance(claims.get("e"), int) or claims["e"] <= now:
         return None

@@ -31,8 +31,6 @@ refused page (403) leaves one with outcome ``denied``.
 
 from __future__ import annotations
 
-import html
-import json
 import logging
 import time
 from collections.abc import Mapping
@@ -59,6 +57,7 @@ from api.auth import (
 )
 from api.bootstrap import Archive
 from api.http import ApiError, _authenticate
+from api.pages import render
 from ingest.dicom import is_uid
 from projections.queries import patient_timeline, search_studies, series_instances, study_report, study_series
 
@@ -87,86 +86,32 @@ _HEADERS = {
 }
 
 
-# -- rendering ---------------------------------------------------------------------------------
-def _json_for_script(data: Any) -> str:
-    """JSON safe inside ``<script type="application/json">`` (no ``</script>``, no comment tricks)."""
-    text = json.dumps(data, ensure_ascii=False, default=str)
-    return text.replace("&", "\\u0026").replace("<", "\\u003c").replace(">", "\\u003e")
-
-
-def _page(kind: str, title: str, body: str, data: Mapping[str, Any], status: int = 200) -> HTMLResponse:
-    document = f"""<!DOCTYPE html>
-<html lang="ru">
-<head>
-<meta charset="utf-8">
-<meta name="viewport" content="width=device-width, initial-scale=1">
-<title>{html.escape(title)} — ЦАМИ</title>
-<link rel="stylesheet" href="/static/cami.css">
-<script type="application/json" id="cami-data">{_json_for_script({"page": kind, **data})}</script>
-<script src="/static/cami.js" defer></script>
-</head>
-<body class="page-{kind}">
-{body}
-</body>
-</html>
-"""
+# -- rendering (the templates are in api/templates/) -------------------------------------------
+def _page(kind: str, title: str, data: Mapping[str, Any], status: int = 200, **context: Any) -> HTMLResponse:
+    """The page ``kind`` (template ``<kind>.html``) with ``data`` embedded for the script."""
+    context.setdefault("user", None)
+    document = render(f"{kind}.html", kind=kind, title=title, data={"page": kind, **data}, **context)
     return HTMLResponse(document, status_code=status, headers=_HEADERS)
 
 
-def _t(key: str, russian: str) -> str:
-    """Russian text the script swaps for its English when the user picks English."""
-    return f'<span data-i18n="{key}">{html.escape(russian)}</span>'
-
-
-def _topbar(user: User | None) -> str:
-    who = ""
-    if user is not None:
-        who = f"""<span class="who" id="who">{html.escape(user.name)} · {_t("role." + user.role, user.role)}</span>
-<form method="post" action="/signout" class="signout"><button type="submit">{_t("signout", "Выйти")}</button></form>"""
-    return f"""<header class="topbar">
-<a class="brand" href="/search">{_t("brand", "ЦАМИ · Центральный архив медицинских изображений")}</a>
-<nav>{_t("nav.search", "Поиск") if user is None else '<a href="/search">' + _t("nav.search", "Поиск") + "</a>"}</nav>
-<div class="right">{who}
-<button type="button" id="lang-toggle" class="lang" title="Язык / Language">EN</button></div>
-</header>"""
-
-
 def _message_page(status: int, key: str, russian: str, user: User | None) -> HTMLResponse:
-    body = f"""{_topbar(user)}
-<main class="message">
-<h1>{status}</h1>
-<p id="message">{_t(key, russian)}</p>
-<p><a href="/search">{_t("nav.back-to-search", "К поиску исследований")}</a></p>
-</main>"""
-    return _page("message", str(status), body, {"status": status, "message": key}, status)
+    data = {"status": status, "message": key}
+    return _page("message", str(status), data, status, user=user, code=status, key=key, russian=russian)
 
 
 def _signin_page(next_url: str, error: str | None = None, status: int = 200) -> HTMLResponse:
-    problem = ""
-    if error == "bad-credentials":
-        problem = f'<p class="error" id="signin-error">{_t("signin.bad", "Неверное имя пользователя или токен.")}</p>'
-    elif error == "expired":
-        problem = f'<p class="note" id="signin-error">{_t("signin.needed", "Войдите, чтобы открыть страницу.")}</p>'
-    elif error == "unavailable":
-        problem = f'<p class="error" id="signin-error">{_t("signin.unavailable", "Вход временно невозможен.")}</p>'
-    elif error == "too-many-attempts":
-        text = "Слишком много неудачных попыток входа. Повторите через несколько минут."
-        problem = f'<p class="error" id="signin-error">{_t("signin.too-many", text)}</p>'
-    body = f"""{_topbar(None)}
-<main class="signin">
-<h1>{_t("signin.title", "Вход")}</h1>
-{problem}
-<form method="post" action="/signin" id="signin-form" autocomplete="off">
-<input type="hidden" name="next" value="{html.escape(next_url)}">
-<label>{_t("signin.user", "Имя пользователя")}
-<input type="text" name="user" id="user" required maxlength="128" autofocus></label>
-<label>{_t("signin.token", "Токен доступа")}
-<input type="password" name="token" id="token" required maxlength="512"></label>
-<button type="submit" id="signin-submit">{_t("signin.submit", "Войти")}</button>
-</form>
-<p class="hint">{_t("signin.hint", "Токен выдаёт администратор архива (cami users add).")}</p>
-</main>"""
-    return _page("signin", "Вход", body, {"next": next_url, "error": error}, status)
+    return _page("signin", "Вход", {"next": next_url, "error": error}, status, next_url=next_url, error=error)
+
+
+def _study_page(user: User, data: Mapping[str, Any]) -> HTMLResponse:
+    return _page("study", "Исследование", data, user=user)
+
+
+def _search_page(
+    user: User, data: Mapping[str, Any], patient: str | None, name: str | None, status: int
+) -> HTMLResponse:
+    context = {"patient": patient, "name": name, "max_patient_id": MAX_PATIENT_ID, "max_name": MAX_NAME}
+    return _page("search", "Поиск", data, status, user=user, **context)
 
 
 # -- helpers -----------------------------------------------------------------------------------
@@ -448,11 +393,7 @@ def install(app: FastAPI, archive: Archive, recorder: AccessRecorder) -> None:
             query={"patient": patient, "study": study},
             results=1,
         )
-        body = f"""{_topbar(user)}
-<main class="study" id="study-root">
-<noscript>{_t("noscript", "Для просмотра изображений включите JavaScript.")}</noscript>
-</main>"""
-        return _page("study", "Исследование", body, data)
+        return _study_page(user, data)
 
     @app.get(
         "/search", tags=["browser"], summary="a patient's studies across organisations", response_class=HTMLResponse
@@ -487,16 +428,4 @@ def install(app: FastAPI, archive: Archive, recorder: AccessRecorder) -> None:
             recorder.record(
                 reader, action="query", channel="study-page", patient_id=patient, query=asked, results=len(studies)
             )
-        body = f"""{_topbar(user)}
-<main class="search">
-<h1>{_t("search.title", "Исследования пациента")}</h1>
-<form method="get" action="/search" id="search-form">
-<label>{_t("search.patient", "ID пациента")}<input type="text" name="patient" id="patient"
- value="{html.escape(patient or "")}" maxlength="{MAX_PATIENT_ID}"></label>
-<label>{_t("search.name", "Фамилия (можно с *)")}<input type="text" name="name" id="name"
- value="{html.escape(name or "")}" maxlength="{MAX_NAME}"></label>
-<button type="submit">{_t("search.submit", "Найти")}</button>
-</form>
-<div id="search-results"></div>
-</main>"""
-        return _page("search", "Поиск", body, data, status)
+        return _search_page(user, data, patient, name, status)

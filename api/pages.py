@@ -1,0 +1,30 @@
+"""The browser pages' HTML, from the Jinja2 templates in ``api/templates/`` (autoescaped).
+
+Every value a template prints is HTML-escaped unless it is markup the templates made themselves,
+so a patient name, a query or a ``next`` URL cannot become markup. The page data block is
+``tojson``: JSON with ``<``, ``>``, ``&`` and ``'`` as ``\\u`` escapes, so nothing in it can
+close its ``<script>`` element.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from jinja2 import Environment, FileSystemLoader, StrictUndefined, select_autoescape
+
+TEMPLATES = Path(__file__).parent / "templates"
+
+_environment = Environment(
+    loader=FileSystemLoader(TEMPLATES),
+    autoescape=select_autoescape(["html"], default_for_string=True, default=True),
+    undefined=StrictUndefined,  # a value the route forgot is an error, not an empty string
+    auto_reload=False,
+)
+# the page data as the script reads it: Cyrillic as is, dates and the like as their text
+_environment.policies["json.dumps_kwargs"] = {"ensure_ascii": False, "default": str}
+
+
+def render(template: str, /, **context: Any) -> str:
+    """The template named ``template`` rendered with ``context`` (which may hold a ``name``)."""
+    return _environment.get_template(template).render(**context)
