@@ -12,7 +12,7 @@ bash infra/minio.sh install
 bash infra/dicom-peers.sh install
 echo "[test] installs done in $((SECONDS - started)) s" >&2
 
-# dcmtk and Orthanc wait ~45 ms per object for delayed ACKs unless Nagle is off (DESIGN.md, 5)
+# dcmtk and Orthanc wait ~45 ms per object for delayed ACKs unless Nagle is off (the README says more, under TCP_NODELAY)
 export TCP_NODELAY=1
 export PATH="$root/.venv/bin:$PATH"
 
@@ -20,5 +20,7 @@ echo "[test] ruff check" >&2
 ruff check .
 echo "[test] mypy" >&2
 mypy
+echo "[test] import contracts (layers, no circles)" >&2
+lint-imports
 echo "[test] pytest" >&2
 pytest "$@"
