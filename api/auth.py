@@ -33,16 +33,7 @@ from typing import Any
 from itsdangerous import BadData, URLSafeSerializer
 
 from schemas.events import Actor
-
-ROLES = (
-    "radiologist",
-    "referring-doctor",
-    "regional-it",
-    "auditor",
-    "analyst",
-    "administrator",
-    "modality",
-)
+from schemas.policy import ROLES as ROLES  # re-exported until the callers import schemas.policy
 
 _HEX64 = frozenset("0123456789abcdef")
 

@@ -31,10 +31,10 @@ from pynetdicom import AE, build_role, evt
 from pynetdicom.dimse_messages import N_ACTION_RSP
 
 from ingest.blobs import BlobStore, BlobStoreError
-from ingest.dicom import is_uid
 from ingest.senders import Senders
 from ingest.sop_index import SopIndex
 from ingest.statuses import Status
+from schemas.uids import is_uid
 
 log = logging.getLogger("cami.commitment")
 

@@ -11,7 +11,6 @@ from __future__ import annotations
 import functools
 import io
 import os
-import re
 import struct
 import zlib
 from collections.abc import Iterator
@@ -25,6 +24,8 @@ from pydicom.dataset import Dataset
 from pydicom.filereader import data_element_generator, read_preamble
 from pydicom.tag import BaseTag, Tag
 from pydicom.uid import AllTransferSyntaxes, ExplicitVRBigEndian, ImplicitVRLittleEndian
+
+from schemas.uids import is_uid as is_uid  # re-exported until every caller imports schemas.uids
 
 #: identifies the archive as the writer of Part-10 headers (PS3.10 7.1); under a test root
 IMPLEMENTATION_CLASS_UID = "1.2.826.0.1.3680043.8.498.1.2026.1"
@@ -463,15 +464,6 @@ def first_item(ds: Dataset, *path: str) -> Dataset | None:
 def iter_uids(ds: Dataset) -> Iterator[tuple[str, str | None]]:
     for keyword in ("StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID", "SOPClassUID"):
         yield keyword, text(ds, keyword)
-
-
-_UID_GRAMMAR = re.compile(r"(0|[1-9][0-9]*)(\.(0|[1-9][0-9]*))+")
-
-
-def is_uid(value: str) -> bool:
-    """PS3.5 9.1: numeric components separated by dots, no leading zeros, at most 64 characters.
-    The whole value must match: no newline or other character before or after."""
-    return len(value) <= 64 and _UID_GRAMMAR.fullmatch(value) is not None
 
 
 def uid_value(raw: bytes | bytearray | str) -> str:

@@ -58,14 +58,16 @@ from pathlib import Path
 from typing import Any
 
 from ingest.tls import PeerTransport
+from schemas.policy import ROLES, Action, roles_that
 
 
 class SenderConfigError(ValueError):
     """The senders file is missing required values or has wrong types."""
 
 
-#: roles a Q/R caller may have (the reading roles of :mod:`api.access`; ingest cannot import it)
-QR_ROLES = ("radiologist", "referring-doctor", "administrator", "auditor")
+#: roles a Q/R caller may have: those that may read patient data (what each may then do, C-FIND
+#: only or C-MOVE/C-GET too, is the policy table's answer)
+QR_ROLES = tuple(role for role in ROLES if role in roles_that(Action.READ_PATIENT_DATA))
 
 
 @dataclass(frozen=True)

@@ -21,8 +21,9 @@ from typing import Any
 from pydicom.dataset import Dataset
 from pydicom.tag import Tag
 
-from ingest.dicom import first_item, integer, is_uid, text, uid
+from ingest.dicom import first_item, integer, text, uid
 from ingest.statuses import Status
+from schemas.uids import is_uid
 
 PRIVATE_GROUP = 0x0011
 PRIVATE_CREATOR = "CAMI"

@@ -7,7 +7,8 @@ import json
 import sys
 from typing import Any
 
-from api.auth import ROLES, UserDirectory, UsersFileError, add_user, users_path
+from api.auth import UserDirectory, UsersFileError, add_user, users_path
+from schemas.policy import ROLES
 
 
 def cmd_users_add(args: argparse.Namespace) -> int:

@@ -30,8 +30,8 @@ from pydicom.uid import generate_uid
 from pynetdicom import AE
 
 from api.bootstrap import Archive, bootstrap
-from api.config import Settings
 from api.cli.replay import rebuild
+from api.config import Settings
 from projections import dead_letters
 from projections.catalogue import EventCatalogue
 from projections.queries import search_studies
