@@ -83,13 +83,13 @@ from pynetdicom.dsutils import encode
 from pynetdicom.presentation import PresentationContext
 
 from api.access import AccessRecorder, Reader, may_read_images, may_read_patient_data
-from ingest.blobs import BlobStore
 from ingest.dicom import Received, split_part10
 from ingest.scp import ExtraServices
 from ingest.senders import Senders
 from projections.queries import MAX_LIMIT, search_studies, series_instances, study_series
 from projections.warehouse.base import Warehouse
 from schemas.events import Actor
+from streams.blobs import BlobStore
 
 log = logging.getLogger("cami.qr")
 

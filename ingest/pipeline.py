@@ -22,7 +22,6 @@ from typing import Any
 
 from pydicom.dataset import Dataset
 
-from ingest.blobs import BlobRef, BlobStore, BlobStoreError, sha256_hex
 from ingest.dicom import MalformedObject, Received, parse, part10, split_part10
 from ingest.sop_index import HeldInstance, SopIndex
 from ingest.statuses import Status
@@ -30,6 +29,7 @@ from ingest.validation import Inspection, Refusal, inspect
 from schemas.codec import MAX_EVENT_BYTES, CodecError, encode
 from schemas.events import SYSTEM, Actor, Event, new_event
 from streams import EventLog, EventLogError
+from streams.blobs import BlobRef, BlobStore, BlobStoreError, sha256_hex
 from streams.publisher import publish
 
 log = logging.getLogger("cami.ingest")
