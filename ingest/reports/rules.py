@@ -1,19 +1,13 @@
-"""Reports (the radiologist's protocol and conclusion) and their lifecycle (GOST R 52636).
+"""The report lifecycle rules (GOST R 52636): who may do what to a report in which state, and
+what each recorded event does to it. Pure functions; no I/O.
 
     draft --edit*--> draft --sign--> signed (immutable) --amend*--> signed (amended)
 
-* Decisions are pure functions of the current state (``draft``, ``edit``, ``sign``, ``amend``):
+* Decisions (``draft``, ``edit``, ``sign``, ``amend``) are pure functions of the current state:
   they check the rules and return the event to publish, or raise a :class:`ReportError`.
   The signing and amendment times are the archive's clock, passed in, never the client's.
 * :func:`evolve` folds one event into the state; it is total (a log is never refused) and is
   the only way state changes, on the live path and on a rebuild alike.
-* :class:`ReportStore` is the write side's memory (SQLite in ``$CAMI_HOME``): the state of each
-  report as the log says it is. :class:`ReportService` updates it once an event is durable and
-  reads the log first (:meth:`ReportService.refresh`), so reports recorded by other nodes or
-  arriving as DICOM are known before a rule is checked. :class:`ReportStoreProjection` rebuilds
-  the same store from ``cami.reports``.
-* :class:`DocumentReportHook` recognises DICOM SR and encapsulated-PDF documents on the ingest
-  path and turns them into ReportDrafted (and ReportSigned for verified, complete SR) events.
 
 **A draft is its author's.** Only the radiologist who drafted a report edits and signs it (403
 otherwise): the signature attests the signer's own reading, so a colleague who disagrees writes
@@ -28,29 +22,13 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import re
-import sqlite3
-import threading
-import time
-import uuid
-from collections.abc import Callable, Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field, replace
-from datetime import UTC, datetime
-from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from datetime import datetime
+from typing import Any
 
-from pydicom.dataset import Dataset
-
-from ingest.dicom import first_item, is_uid, text
+from ingest.dicom import is_uid
 from schemas.events import Actor, Event, new_event
-from streams.log import Consumer, EventLog
-from streams.processing import EmbeddedRunner, Row, Source, group_id
-from streams.publisher import publish
-from streams.topics import REPORTS
-
-if TYPE_CHECKING:
-    from ingest.pipeline import Arrival, Outcome
 
 log = logging.getLogger("cami.reports")
 
@@ -65,8 +43,6 @@ AMENDING_ROLES = frozenset({"radiologist", "administrator"})
 READER_ROLES = frozenset({"radiologist", "referring-doctor", "administrator", "auditor"})
 
 MAX_TEXT = 200_000
-#: the report a DICOM document becomes is named by the document (same document, same report)
-DOCUMENT_NAMESPACE = uuid.UUID("6f1f7a52-55a4-4c43-9d8e-1d1e0c1a7c01")
 
 
 # -- errors (routes map them to HTTP statuses) ---------------------------------------------------
@@ -163,12 +139,6 @@ def content_sha256(protocol_text: str, conclusion_text: str) -> str:
     return hashlib.sha256((protocol_text + "\x00" + conclusion_text).encode("utf-8")).hexdigest()
 
 
-def _iso(value: Any) -> str:
-    if isinstance(value, datetime):
-        return value.astimezone(UTC).isoformat()
-    return str(value)
-
-
 # -- pure decisions ----------------------------------------------------------------------------
 @dataclass(frozen=True)
 class Author:
@@ -241,7 +211,7 @@ def edit(
     source_node: str = "http",
 ) -> Event:
     _require_role(author, AUTHOR_ROLES, "edit reports")
-    state = _existing(state)
+    state = existing(state)
     if state.signed:
         raise ReportConflict("the report is signed and immutable; a correction is an amendment")
     _require_draft_author(state, author, "edit")
@@ -274,7 +244,7 @@ def sign(
 ) -> Event:
     """``now`` is the archive's clock: the signing time never comes from the client."""
     _require_role(author, AUTHOR_ROLES, "sign reports")
-    state = _existing(state)
+    state = existing(state)
     if state.signed:
         raise ReportConflict("the report is already signed")
     _require_draft_author(state, author, "sign")
@@ -315,7 +285,7 @@ def amend(
     source_node: str = "http",
 ) -> Event:
     _require_role(author, AMENDING_ROLES, "amend signed reports")
-    state = _existing(state)
+    state = existing(state)
     if not state.signed:
         raise ReportConflict("only a signed report is amended; edit the draft instead")
     if not reason.strip():
@@ -347,7 +317,8 @@ def amend(
     )
 
 
-def _existing(state: ReportState | None) -> ReportState:
+def existing(state: ReportState | None) -> ReportState:
+    """The report's state, or :class:`ReportNotFound` when there is none."""
     if state is None:
         raise ReportNotFound("no such report")
     return state
@@ -362,22 +333,7 @@ def _identity(state: ReportState) -> dict[str, Any]:
     }
 
 
-# -- the fold ----------------------------------------------------------------------------------
-REPORT_EVENTS = frozenset({"ReportDrafted", "ReportEdited", "ReportSigned", "ReportAmended"})
-
-
-def fact(event: Event) -> dict[str, Any]:
-    """The part of an event the fold needs, as plain values (what a projection row carries)."""
-    return {
-        "event_id": event.envelope.event_id,
-        "event_type": event.type,
-        "recorded_at": _iso(event.envelope.recorded_at),
-        "organisation": event.envelope.organisation,
-        "actor": event.envelope.actor.to_dict(),
-        "payload": {k: (_iso(v) if isinstance(v, datetime) else v) for k, v in event.payload.items()},
-    }
-
-
+# -- what each recorded event does to the state ---------------------------------------------
 def _drafting_user(f: Mapping[str, Any]) -> str | None:
     """The archive user behind a ReportDrafted: its actor when that is a report author (a DICOM
     document's actor is the sending modality, no user of the archive)."""
@@ -470,409 +426,3 @@ def evolve(state: ReportState | None, f: Mapping[str, Any]) -> ReportState | Non
             events=seen,
         )
     return state
-
-
-# -- the write side's store --------------------------------------------------------------------
-TABLE = "reports"
-
-
-class ReportStore:
-    """Report states as the log says they are (SQLite; rebuildable from ``cami.reports``)."""
-
-    def __init__(self, path: Path) -> None:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        self._conn = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
-        self._conn.execute("PRAGMA journal_mode=WAL")
-        self._conn.execute("PRAGMA synchronous=NORMAL")  # rebuildable from the log
-        self._conn.execute(
-            f"CREATE TABLE IF NOT EXISTS {TABLE} (report_id TEXT PRIMARY KEY, study_instance_uid TEXT NOT NULL,"
-            " state TEXT NOT NULL)"
-        )
-        self._conn.execute(f"CREATE INDEX IF NOT EXISTS {TABLE}_study ON {TABLE} (study_instance_uid)")
-        self._lock = threading.Lock()
-
-    def get(self, report_id: str) -> ReportState | None:
-        with self._lock:
-            row = self._conn.execute(f"SELECT state FROM {TABLE} WHERE report_id = ?", (report_id,)).fetchone()
-        return ReportState.from_json(row[0]) if row else None
-
-    def for_study(self, study_instance_uid: str) -> list[ReportState]:
-        with self._lock:
-            rows = self._conn.execute(
-                f"SELECT state FROM {TABLE} WHERE study_instance_uid = ?", (study_instance_uid,)
-            ).fetchall()
-        return sorted((ReportState.from_json(r[0]) for r in rows), key=lambda s: (s.created_at, s.report_id))
-
-    def all(self) -> list[ReportState]:
-        with self._lock:
-            rows = self._conn.execute(f"SELECT state FROM {TABLE} ORDER BY report_id").fetchall()
-        return [ReportState.from_json(r[0]) for r in rows]
-
-    def apply(self, facts: Sequence[Mapping[str, Any]]) -> None:
-        """Fold facts in order, each report's read-modify-write in one transaction."""
-        with self._lock:
-            self._conn.execute("BEGIN IMMEDIATE")
-            try:
-                for f in facts:
-                    report_id = f["payload"]["report_id"]
-                    row = self._conn.execute(f"SELECT state FROM {TABLE} WHERE report_id = ?", (report_id,)).fetchone()
-                    before = ReportState.from_json(row[0]) if row else None
-                    after = evolve(before, f)
-                    if after is not None and after is not before:
-                        self._conn.execute(
-                            f"INSERT OR REPLACE INTO {TABLE} VALUES (?, ?, ?)",
-                            (after.report_id, after.study_instance_uid, after.to_json()),
-                        )
-                self._conn.execute("COMMIT")
-            except BaseException:
-                self._conn.execute("ROLLBACK")
-                raise
-
-    def close(self) -> None:
-        with self._lock:
-            self._conn.close()
-
-
-class ReportStoreProjection:
-    """Pure: a report event -> one row carrying its fact for :class:`ReportStoreSink`."""
-
-    topics: Sequence[str] = (REPORTS,)
-
-    def __init__(self, node: str = "local") -> None:
-        self.name = f"report-store.{node}"
-
-    def apply(self, event: Event, source: Source) -> Sequence[Row]:
-        if event.type not in REPORT_EVENTS:
-            return []
-        return [Row(TABLE, fact(event))]
-
-
-class ReportStoreSink:
-    def __init__(self, store: ReportStore) -> None:
-        self.store = store
-
-    def write(self, rows: Sequence[Row]) -> None:
-        self.store.apply([r.values for r in rows if r.table == TABLE])
-
-
-# -- the service: rules + log + store, one report at a time ------------------------------------
-class ReportService:
-    """Runs a command against the state the log holds, publishes its event (durable), then
-    records it. Changes to one report are serialised by a per-report lock."""
-
-    def __init__(
-        self,
-        store: ReportStore,
-        event_log: EventLog,
-        *,
-        node: str = "local",
-        clock: Callable[[], datetime] = lambda: datetime.now(UTC),
-        source_node: str = "http",
-    ) -> None:
-        self.store = store
-        self.event_log = event_log
-        self.clock = clock
-        self.source_node = source_node
-        self.projection = ReportStoreProjection(node)
-        self._sink = ReportStoreSink(store)
-        self._runner = EmbeddedRunner(event_log, [(self.projection, self._sink)])
-        self._consumer: Consumer | None = None
-        self._refresh_lock = threading.Lock()
-        self._locks: dict[str, threading.Lock] = {}
-        self._locks_guard = threading.Lock()
-
-    # -- reading the log -----------------------------------------------------------------------
-    def refresh(self, timeout: float = 30.0) -> int:
-        """Fold what the log holds beyond what this store has seen (other nodes, DICOM documents).
-        Returns the number of records read; ends by offsets, not by an empty poll."""
-        with self._refresh_lock:
-            if self._consumer is None:
-                self._consumer = self.event_log.consumer(group_id(self.projection), self.projection.topics)
-            group = group_id(self.projection)
-            targets = self.event_log.end_offsets(REPORTS)
-            deadline = time.monotonic() + timeout
-            total = 0
-            while True:
-                committed = self.event_log.committed(group, REPORTS)
-                if all(committed.get(p, 0) >= end for p, end in targets.items()):
-                    return total
-                if time.monotonic() > deadline:
-                    raise TimeoutError(f"the report store did not catch up with the log within {timeout} s")
-                total += self._runner.run_once(self.projection, self._sink, self._consumer, timeout=0.2)
-
-    def get(self, report_id: str) -> ReportState:
-        self.refresh()
-        return _existing(self.store.get(report_id))
-
-    def for_study(self, study_instance_uid: str) -> list[ReportState]:
-        self.refresh()
-        return self.store.for_study(study_instance_uid)
-
-    # -- commands ------------------------------------------------------------------------------
-    @contextmanager
-    def _report_lock(self, report_id: str) -> Iterator[None]:
-        with self._locks_guard:
-            lock = self._locks.setdefault(report_id, threading.Lock())
-        with lock:
-            yield
-        with self._locks_guard:
-            if not lock.locked():
-                self._locks.pop(report_id, None)
-
-    def _commit(self, event: Event) -> ReportState:
-        publish(self.event_log, event)  # durable, or it raises and nothing changed
-        self.store.apply([fact(event)])
-        return _existing(self.store.get(event["report_id"]))
-
-    def create(
-        self,
-        study_instance_uid: str,
-        protocol_text: str,
-        conclusion_text: str,
-        author: Author,
-        *,
-        accession_number: str | None = None,
-    ) -> ReportState:
-        report_id = str(uuid.uuid4())
-        with self._report_lock(report_id):
-            event = draft(
-                report_id,
-                study_instance_uid,
-                protocol_text,
-                conclusion_text,
-                author,
-                accession_number=accession_number,
-                source_node=self.source_node,
-            )
-            return self._commit(event)
-
-    def edit(
-        self,
-        report_id: str,
-        protocol_text: str,
-        conclusion_text: str,
-        author: Author,
-        *,
-        expected_revision: int | None = None,
-    ) -> ReportState:
-        with self._report_lock(report_id):
-            self.refresh()
-            event = edit(
-                self.store.get(report_id),
-                protocol_text,
-                conclusion_text,
-                author,
-                expected_revision=expected_revision,
-                source_node=self.source_node,
-            )
-            return self._commit(event)
-
-    def sign(self, report_id: str, author: Author, *, expected_revision: int | None = None) -> ReportState:
-        with self._report_lock(report_id):
-            self.refresh()
-            event = sign(
-                self.store.get(report_id),
-                author,
-                self.clock(),
-                expected_revision=expected_revision,
-                source_node=self.source_node,
-            )
-            return self._commit(event)
-
-    def amend(
-        self,
-        report_id: str,
-        protocol_text: str | None,
-        conclusion_text: str | None,
-        reason: str,
-        author: Author,
-    ) -> ReportState:
-        with self._report_lock(report_id):
-            self.refresh()
-            event = amend(
-                self.store.get(report_id),
-                protocol_text,
-                conclusion_text,
-                reason,
-                author,
-                self.clock(),
-                source_node=self.source_node,
-            )
-            return self._commit(event)
-
-    def close(self) -> None:
-        with self._refresh_lock:
-            if self._consumer is not None:
-                self._consumer.close()
-                self._consumer = None
-
-
-# -- reports arriving as DICOM documents -------------------------------------------------------
-SR_CLASSES = {
-    "1.2.840.10008.5.1.4.1.1.88.11": "basic-text-sr",
-    "1.2.840.10008.5.1.4.1.1.88.22": "enhanced-sr",
-    "1.2.840.10008.5.1.4.1.1.88.33": "comprehensive-sr",
-    "1.2.840.10008.5.1.4.1.1.88.34": "comprehensive-3d-sr",
-    "1.2.840.10008.5.1.4.1.1.88.35": "extensible-sr",
-}
-ENCAPSULATED_PDF = "1.2.840.10008.5.1.4.1.1.104.1"
-
-#: DCM concept codes of report sections (PS3.16): findings go to the protocol, the rest to the conclusion
-_CONCLUSION_CODES = {"121072", "121073", "121074", "121075", "121076", "121077"}
-_PROTOCOL_CODES = {"121070", "121071", "121060", "121064", "121065"}
-_CONCLUSION_WORDS = re.compile(r"impression|conclusion|recommendation|заключени|вывод|рекомендац|диагноз", re.I)
-_PROTOCOL_WORDS = re.compile(r"finding|description|protocol|описани|протокол|результат|находк", re.I)
-_PERSON_OBSERVER_NAME = "121008"
-
-
-def _concept(item: Dataset) -> tuple[str | None, str]:
-    code = first_item(item, "ConceptNameCodeSequence")
-    if code is None:
-        return None, ""
-    return text(code, "CodeValue"), text(code, "CodeMeaning") or ""
-
-
-def _section(code: str | None, meaning: str, inherited: str | None) -> str | None:
-    if code in _CONCLUSION_CODES or _CONCLUSION_WORDS.search(meaning):
-        return "conclusion"
-    if code in _PROTOCOL_CODES or _PROTOCOL_WORDS.search(meaning):
-        return "protocol"
-    return inherited
-
-
-def sr_texts(ds: Dataset) -> tuple[str, str, str | None]:
-    """(protocol, conclusion, person observer name) from an SR content tree.
-
-    TEXT items whose concept name (or an enclosing container's) means impression / conclusion /
-    recommendation (DCM codes or English/Russian words) form the conclusion; the others the protocol."""
-    protocol: list[str] = []
-    conclusion: list[str] = []
-    observer: list[str] = []
-
-    def walk(items: Any, inherited: str | None, depth: int) -> None:
-        if depth > 32 or items is None:
-            return
-        for item in items:
-            value_type = text(item, "ValueType")
-            code, meaning = _concept(item)
-            section = _section(code, meaning, inherited)
-            if value_type == "TEXT":
-                value = text(item, "TextValue")
-                if value:
-                    (conclusion if section == "conclusion" else protocol).append(value)
-            elif value_type == "PNAME" and code == _PERSON_OBSERVER_NAME:
-                name = text(item, "PersonName")
-                if name:
-                    observer.append(name)
-            walk(item.get("ContentSequence"), section, depth + 1)
-
-    root_code, root_meaning = _concept(ds)
-    walk(ds.get("ContentSequence"), _section(root_code, root_meaning, None), 0)
-    return "\n".join(protocol), "\n".join(conclusion), observer[0] if observer else None
-
-
-def _verifier(ds: Dataset) -> dict[str, str | None] | None:
-    item = first_item(ds, "VerifyingObserverSequence")
-    if item is None:
-        return None
-    code_item = first_item(item, "VerifyingObserverIdentificationCodeSequence")
-    return {
-        "code": text(code_item, "CodeValue") if code_item is not None else None,
-        "name": text(item, "VerifyingObserverName"),
-    }
-
-
-class DocumentReportHook:
-    """Ingest hook: a stored DICOM SR or encapsulated PDF becomes a report.
-
-    Returns ReportDrafted, plus ReportSigned when the document says VerificationFlag VERIFIED and
-    CompletionFlag COMPLETE (signer: the verifying observer; signed_at: the archive's clock; the
-    document's own VerificationDateTime is kept as declared). The report id is derived from the
-    SOPInstanceUID (and version), so a document is one report however often it is re-sent.
-    Encapsulated PDF texts are not extracted: the event says so (``text_extracted`` false) and
-    points at the document's blob."""
-
-    def __init__(self, store_name: str, clock: Callable[[], datetime] = lambda: datetime.now(UTC)) -> None:
-        self.store_name = store_name
-        self.clock = clock
-
-    def __call__(self, ds: Dataset, outcome: Outcome, arrival: Arrival) -> list[Event]:
-        sop_class = outcome.sop_class_uid or text(ds, "SOPClassUID")
-        if sop_class in SR_CLASSES:
-            source = "dicom-sr"
-            protocol, conclusion, observer = sr_texts(ds)
-            extracted = True
-        elif sop_class == ENCAPSULATED_PDF:
-            source = "encapsulated-pdf"
-            protocol, conclusion, observer = "", "", None
-            extracted = False
-        else:
-            return []
-        sop_uid = outcome.sop_instance_uid
-        study = outcome.study_instance_uid
-        if not sop_uid or not study or outcome.blob is None:
-            return []
-        version = outcome.version or 1
-        report_id = str(uuid.uuid5(DOCUMENT_NAMESPACE, sop_uid if version == 1 else f"{sop_uid}/{version}"))
-        document = {"sha256": outcome.blob.sha256, "size": outcome.blob.size, "store": self.store_name}
-        verifier = _verifier(ds)
-        author = {"code": None, "name": observer} if observer else (verifier or {"code": None, "name": None})
-        identity = {
-            "report_id": report_id,
-            "StudyInstanceUID": study,
-            "AccessionNumber": text(ds, "AccessionNumber"),
-            "PatientID": text(ds, "PatientID"),
-        }
-        common: dict[str, Any] = {
-            "aggregate_id": study,
-            "source_node": arrival.source_node,
-            "organisation": arrival.organisation,
-            "actor": arrival.actor,
-            "correlation_id": arrival.correlation_id,
-        }
-        events = [
-            new_event(
-                "ReportDrafted",
-                {
-                    **identity,
-                    "protocol_text": protocol,
-                    "conclusion_text": conclusion,
-                    "author": author,
-                    "revision": 1,
-                    "source": source,
-                    "document": document,
-                    "SOPInstanceUID": sop_uid,
-                    "text_extracted": extracted,
-                },
-                **common,
-            )
-        ]
-        verified = text(ds, "VerificationFlag") == "VERIFIED" and text(ds, "CompletionFlag") == "COMPLETE"
-        if verified:
-            now = self.clock()
-            events.append(
-                new_event(
-                    "ReportSigned",
-                    {
-                        **identity,
-                        "protocol_text": protocol,
-                        "conclusion_text": conclusion,
-                        "signer": verifier or author,
-                        "revision": 1,
-                        "signed_at": now,
-                        "content_sha256": content_sha256(protocol, conclusion),
-                        "SOPInstanceUID": sop_uid,
-                        "source": source,
-                        "document": document,
-                        "declared_verification_datetime": _verification_datetime(ds),
-                    },
-                    occurred_at=now,
-                    **common,
-                )
-            )
-        return events
-
-
-def _verification_datetime(ds: Dataset) -> str | None:
-    item = first_item(ds, "VerifyingObserverSequence")
-    return text(item, "VerificationDateTime") if item is not None else None
