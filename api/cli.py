@@ -150,7 +150,7 @@ def _render_state(state: dict[str, Any]) -> None:
 
 # -- cami demo ---------------------------------------------------------------------------------
 def cmd_demo(args: argparse.Namespace) -> int:
-    from api.demo import run_demo
+    from api.demo.run import run_demo
 
     settings = Settings.from_env()
     summary = run_demo(settings, console=console)
