@@ -23,7 +23,6 @@ from streams.publisher import publish
 from streams.topics import REPORTS
 
 
-# -- the service: rules + log + store, one report at a time ------------------------------------
 class ReportService:
     """Runs a command against the state the log holds, publishes its event (durable), then
     records it. Changes to one report are serialised by a per-report lock."""
