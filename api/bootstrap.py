@@ -8,7 +8,6 @@ from dataclasses import dataclass, field
 
 from api.config import Settings
 from api.dicom.qr import qr_services
-from ingest.blobs import BlobStore, open_blob_store
 from ingest.commitment import StorageCommitment
 from ingest.pipeline import Ingestor
 from ingest.reports import DocumentReportHook
@@ -20,6 +19,7 @@ from projections.registry import ProjectionConfig, build
 from projections.sinks import WarehouseSink
 from projections.warehouse import Warehouse, open_warehouse
 from streams import EventLog, open_event_log
+from streams.blobs import BlobStore, open_blob_store
 from streams.processing import EmbeddedRunner, Processor, Sink
 from streams.topics import archive_topics
 

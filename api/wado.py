@@ -63,11 +63,11 @@ from api.auth import ROLES, User
 from api.base_url import base_url
 from api.bootstrap import Archive
 from api.http import ApiError, require
-from ingest.blobs import BlobStoreError
 from ingest.dicom import is_uid
 from projections.archive_index import INSTANCES
 from projections.queries import resolve_patients
 from projections.warehouse.base import Warehouse
+from streams.blobs import BlobStoreError
 
 log = logging.getLogger("cami.wado")
 

@@ -43,7 +43,7 @@ from rich.table import Table  # noqa: E402
 
 from api.bootstrap import bootstrap  # noqa: E402
 from api.config import Settings  # noqa: E402
-from ingest.synthetic import region, synthetic_study, write_study  # noqa: E402
+from api.demo.synthetic import region, synthetic_study, write_study  # noqa: E402
 from projections.queries import search_studies  # noqa: E402
 from projections.warehouse import Warehouse  # noqa: E402
 from streams.processing import EmbeddedRunner  # noqa: E402

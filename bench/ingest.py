@@ -51,16 +51,16 @@ sys.path.insert(0, str(ROOT))
 from rich.console import Console  # noqa: E402
 from rich.table import Table  # noqa: E402
 
-from ingest.blobs import open_blob_store  # noqa: E402
-from ingest.sop_index import SopIndex  # noqa: E402
-from ingest.synthetic import (  # noqa: E402
+from api.demo.synthetic import (  # noqa: E402
     available_transfer_syntaxes,
     region,
     synthetic_study,
     write_study,
 )
+from ingest.sop_index import SopIndex  # noqa: E402
 from schemas.codec import decode  # noqa: E402
 from streams import open_event_log  # noqa: E402
+from streams.blobs import open_blob_store  # noqa: E402
 from streams.topics import DICOM  # noqa: E402
 from tests.support.servers import KafkaServer, MinioServer, OrthancServer, free_port  # noqa: E402
 

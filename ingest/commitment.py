@@ -30,11 +30,11 @@ from pydicom.dataset import Dataset
 from pynetdicom import AE, build_role, evt
 from pynetdicom.dimse_messages import N_ACTION_RSP
 
-from ingest.blobs import BlobStore, BlobStoreError
 from ingest.senders import Senders
 from ingest.sop_index import SopIndex
 from ingest.statuses import Status
 from schemas.uids import is_uid
+from streams.blobs import BlobStore, BlobStoreError
 
 log = logging.getLogger("cami.commitment")
 

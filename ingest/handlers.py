@@ -12,6 +12,7 @@ from typing import Any
 
 from pydicom.dataset import Dataset
 
+from ingest.ae_titles import ae_title, called_ae_title
 from ingest.pipeline import Arrival, Ingestor, Outcome
 from ingest.senders import Senders
 from ingest.statuses import Status
@@ -23,24 +24,13 @@ from streams.publisher import publish
 log = logging.getLogger("cami.scp")
 
 
-def _ae(value: Any) -> str:
-    return (value.decode("ascii", "replace") if isinstance(value, bytes) else str(value or "")).strip()
-
-
-def called_ae_title(assoc: Any) -> str:
-    """The AE title the peer called, as its A-ASSOCIATE-RQ says (``acceptor.ae_title`` is ours)."""
-    primitive = getattr(assoc.requestor, "primitive", None)
-    called = getattr(primitive, "called_ae_title", None) if primitive is not None else None
-    return _ae(called if called else assoc.acceptor.ae_title)
-
-
 def handle_echo(event: Any) -> int:
     return int(Status.SUCCESS)
 
 
 def arrival_for(event: Any, senders: Senders) -> Arrival:
     assoc = event.assoc
-    calling = _ae(assoc.requestor.ae_title)
+    calling = ae_title(assoc.requestor.ae_title)
     called = called_ae_title(assoc)
     sender = senders.lookup(calling)
     return Arrival(
@@ -55,8 +45,8 @@ def arrival_for(event: Any, senders: Senders) -> Arrival:
         emergency=bool(senders.emergency_ae_title and called == senders.emergency_ae_title),
         correlation_id=f"assoc-{id(assoc):x}",
         unknown_sender=sender is None,
-        implementation_class_uid=_ae(assoc.requestor.implementation_class_uid) or None,
-        implementation_version_name=_ae(assoc.requestor.implementation_version_name) or None,
+        implementation_class_uid=ae_title(assoc.requestor.implementation_class_uid) or None,
+        implementation_version_name=ae_title(assoc.requestor.implementation_version_name) or None,
     )
 
 
@@ -90,7 +80,7 @@ def status_dataset(outcome: Outcome) -> Dataset:
 
 
 def handle_store(event: Any, ingestor: Ingestor, senders: Senders) -> Dataset:
-    may, reason = senders.may_store(_ae(event.assoc.requestor.ae_title), event.assoc.requestor.address)
+    may, reason = senders.may_store(ae_title(event.assoc.requestor.ae_title), event.assoc.requestor.address)
     if not may:  # a Q/R caller that is not a sender, or a sender calling from an address not its own
         return status_dataset(refuse_store(event, ingestor, senders, reason))
     try:
@@ -109,7 +99,10 @@ def handle_store(event: Any, ingestor: Ingestor, senders: Senders) -> Dataset:
         outcome = Outcome(Status.OUT_OF_RESOURCES, f"internal error, nothing stored: {type(exc).__name__}")
     if not outcome.stored:
         log.warning(
-            "refused %s from %s: %s", outcome.sop_instance_uid, _ae(event.assoc.requestor.ae_title), outcome.comment
+            "refused %s from %s: %s",
+            outcome.sop_instance_uid,
+            ae_title(event.assoc.requestor.ae_title),
+            outcome.comment,
         )
     return status_dataset(outcome)
 
@@ -128,7 +121,7 @@ def refuse_store(event: Any, ingestor: Ingestor, senders: Senders, reason: str) 
     try:
         dataset = request.DataSet.getvalue() if request.DataSet is not None else b""
         refusal = Refusal(reason, Status.NOT_AUTHORISED, STORE_REFUSALS.get(reason, "calling AE title may not store"))
-        return ingestor._refuse(  # the ingestor records refusals; nothing is parsed or stored
+        return ingestor.refuse(  # the ingestor records refusals; nothing is parsed or stored
             refusal,
             arrival_for(event, senders),
             dataset,
@@ -165,7 +158,7 @@ def record_association_rejected(
 def handle_rejected(event: Any, senders: Senders, event_log: EventLog) -> None:
     """pynetdicom refused the association (A-ASSOCIATE-RJ); record who and why."""
     assoc = event.assoc
-    calling = _ae(assoc.requestor.ae_title)
+    calling = ae_title(assoc.requestor.ae_title)
     reason = "unknown-caller" if calling not in senders.known_ae_titles else "association-rejected"
     log.warning("rejected association from %s@%s: %s", calling, assoc.requestor.address, reason)
     record_association_rejected(
@@ -179,7 +172,7 @@ def handle_established(event: Any, senders: Senders, event_log: EventLog) -> Non
     :func:`handle_rejected`). Each service then checks its own role's addresses: C-STORE in
     :func:`handle_store`, Query/Retrieve in ``api.dicom.qr``."""
     assoc = event.assoc
-    calling = _ae(assoc.requestor.ae_title)
+    calling = ae_title(assoc.requestor.ae_title)
     called = called_ae_title(assoc)
     allowed, reason = senders.allowed(calling, assoc.requestor.address)
     if allowed and called not in {senders.ae_title, senders.emergency_ae_title}:

@@ -22,14 +22,15 @@ from typing import Any
 
 from pydicom.dataset import Dataset
 
-from ingest.blobs import BlobRef, BlobStore, BlobStoreError, sha256_hex
 from ingest.dicom import MalformedObject, Received, parse, part10, split_part10
 from ingest.sop_index import HeldInstance, SopIndex
 from ingest.statuses import Status
 from ingest.validation import Inspection, Refusal, inspect
 from schemas.codec import MAX_EVENT_BYTES, CodecError, encode
 from schemas.events import SYSTEM, Actor, Event, new_event
+from schemas.uids import is_uid
 from streams import EventLog, EventLogError
+from streams.blobs import BlobRef, BlobStore, BlobStoreError, sha256_hex
 from streams.publisher import publish
 
 log = logging.getLogger("cami.ingest")
@@ -255,7 +256,7 @@ class Ingestor:
             )
         except Refused as refused:
             return self._counted(
-                self._refuse(refused.refusal, arrival, dataset, sop_class_uid, sop_instance_uid, refused.inspection)
+                self.refuse(refused.refusal, arrival, dataset, sop_class_uid, sop_instance_uid, refused.inspection)
             )
         return self._counted(self._store(checked.received, checked.inspection, arrival, checked.header))
 
@@ -264,7 +265,7 @@ class Ingestor:
         try:
             checked = examine_file(data, arrival, store_name=self.store_name, meta_must_match=meta_must_match)
         except Refused as refused:
-            return self._counted(self._refuse(refused.refusal, arrival, data, None, None, refused.inspection))
+            return self._counted(self.refuse(refused.refusal, arrival, data, None, None, refused.inspection))
         return self._counted(self._store(checked.received, checked.inspection, arrival, checked.header))
 
     # -- the write path ------------------------------------------------------------------------
@@ -315,7 +316,7 @@ class Ingestor:
                 # decided before the blob is written: a refused conflict leaves nothing behind
                 conflict = self._conflict(attrs, arrival, held)
                 if conflict is not None:
-                    return self._refuse(conflict, arrival, received.part10, inspection=inspection)
+                    return self.refuse(conflict, arrival, received.part10, inspection=inspection)
             try:
                 blob = self.blobs.put(received.part10, expected_sha256=digest)
             except BlobStoreError as exc:
@@ -325,7 +326,7 @@ class Ingestor:
                     Status.OUT_OF_RESOURCES,
                     "archive storage unavailable, nothing stored; please retry",
                 )
-                return self._refuse(refusal, arrival, received.part10, inspection=inspection)
+                return self.refuse(refusal, arrival, received.part10, inspection=inspection)
             if same is not None:  # identical bytes, whoever sends them: nothing changes
                 return Outcome(Status.SUCCESS, None, blob=blob, duplicate=True, version=same.version, **base)
             number = held[-1].version + 1 if held else 1
@@ -404,7 +405,7 @@ class Ingestor:
             except Exception as exc:
                 log.error("document hook %s failed for %s: %s", hook, outcome.sop_instance_uid, exc)
 
-    def _refuse(
+    def refuse(
         self,
         refusal: Refusal,
         arrival: Arrival,
@@ -413,7 +414,9 @@ class Ingestor:
         sop_instance_uid: str | None = None,
         inspection: Inspection | None = None,
     ) -> Outcome:
-        """Answer the refusal; record it as an event (best effort: the refusal stands regardless)."""
+        """Answer the refusal; record it as an InstanceRejected event (best effort: the refusal
+        stands regardless). Nothing is parsed or stored. Also for refusals a protocol adapter
+        decides before the pipeline runs (a sender rule, a STOW URL naming another study)."""
         attrs = inspection.attributes if inspection else {}
         payload: dict[str, Any] = {
             "reason": refusal.reason,
@@ -458,11 +461,12 @@ class Ingestor:
             event=event,
         )
 
+    # transitional: api/http.py's STOW code (moved by a parallel change) still calls the old name
+    _refuse = refuse
+
 
 def _uid_or_none(value: str | None) -> str | None:
     """Only well-formed UIDs go into events: a hostile value is described, not repeated."""
-    from ingest.dicom import is_uid
-
     return value if value and is_uid(value) else None
 
 

@@ -42,9 +42,8 @@ from pynetdicom.association import Association
 from pynetdicom.transport import RequestHandler, ThreadedAssociationServer
 
 from ingest import netio
+from ingest.ae_titles import ae_title, called_ae_title
 from ingest.handlers import (
-    _ae,
-    called_ae_title,
     handle_echo,
     handle_established,
     handle_rejected,
@@ -344,7 +343,7 @@ def handle_transport(event: Any, senders: Senders, event_log: EventLog) -> None:
     assoc = event.assoc
     if getattr(assoc, "_sent_abort", False):  # handle_established refused it already: one event is enough
         return
-    calling = _ae(assoc.requestor.ae_title)
+    calling = ae_title(assoc.requestor.ae_title)
     allowed, reason = senders.transport_allowed(calling, peer_transport(assoc.dul.socket.socket))
     if not allowed:
         address, port = assoc.requestor.address, assoc.requestor.port

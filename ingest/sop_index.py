@@ -2,6 +2,10 @@
 versioning, storage commitment and the ownership rule (who may send a new version, under which
 patient and study).
 
+It is write-model state, not a read model (read models live in projections/): the pipeline reads
+it synchronously to decide each arrival, and it is folded from the log only so that it survives
+restarts and knows other nodes' arrivals.
+
 A small SQLite file on the ingest node. The node records its own arrivals the moment their
 event is durable; :class:`SopIndexProjection` folds ``InstanceReceived`` events from the log
 into the same tables, so arrivals through other nodes are known too.

@@ -13,56 +13,42 @@ and the payload's SHA-256 equals the one in the envelope. Anything else raises a
 
 from __future__ import annotations
 
-import copy
 import hashlib
 import io
-from collections.abc import Mapping
-from datetime import datetime
-from typing import Any
 
 from fastavro import schemaless_reader, schemaless_writer
-from fastavro.validation import validate
 
 from schemas.events import Envelope, Event
+from schemas.payload import (
+    CodecError,
+    InvalidEvent,
+    MalformedEvent,
+    UnknownSchema,
+    avro_record,
+    check_aware,
+    payload_bytes,
+)
 from schemas.registry import SchemaVersion, registry
+
+# the errors live in schemas.payload (schemas.events raises them too); callers keep importing them from here
+__all__ = [
+    "HEADER_SIZE",
+    "MAGIC",
+    "MAX_EVENT_BYTES",
+    "CodecError",
+    "InvalidEvent",
+    "MalformedEvent",
+    "UnknownSchema",
+    "decode",
+    "encode",
+    "payload_bytes",
+    "writer_schema",
+]
 
 MAGIC = b"\xc3\x01"
 HEADER_SIZE = len(MAGIC) + 8
 #: events are facts, not documents; a report's text fits easily (blobs go to the blob store)
 MAX_EVENT_BYTES = 8 * 1024 * 1024
-
-
-class CodecError(ValueError):
-    """The bytes or the event cannot be (de)serialised."""
-
-
-class MalformedEvent(CodecError):
-    """The bytes are not a complete, intact event (bad header, truncated, trailing, hash mismatch)."""
-
-
-class UnknownSchema(CodecError):
-    """The fingerprint names no schema this archive knows."""
-
-
-class InvalidEvent(CodecError):
-    """An event (or payload) does not fit its schema: missing field, wrong type, unknown type."""
-
-
-def payload_bytes(event_type: str, payload: Mapping[str, Any]) -> tuple[dict[str, Any], bytes]:
-    """Encode a payload with the current schema; returns the normalised payload and its bytes."""
-    try:
-        schema = registry().schema(event_type).current
-    except KeyError as exc:
-        raise InvalidEvent(str(exc)) from None
-    _check_aware(payload, event_type)
-    buffer = io.BytesIO()
-    try:
-        schemaless_writer(buffer, schema.payload, _with_defaults(schema.payload, payload), strict=True)
-    except Exception as exc:
-        raise InvalidEvent(f"{event_type} payload does not fit its schema: {_explain(schema, payload, exc)}") from None
-    raw = buffer.getvalue()
-    normalised = _record(schemaless_reader(io.BytesIO(raw), schema.payload, None))
-    return normalised, raw
 
 
 def encode(event: Event) -> bytes:
@@ -85,7 +71,7 @@ def encode(event: Event) -> bytes:
     buffer.write(MAGIC)
     buffer.write(schema.fingerprint)
     envelope = event.envelope.to_dict()
-    _check_aware(envelope, "envelope")
+    check_aware(envelope, "envelope")
     try:
         schemaless_writer(buffer, schema.envelope, envelope, strict=True)
     except Exception as exc:
@@ -118,9 +104,9 @@ def decode(data: bytes) -> Event:
     body = io.BytesIO(bytes(data[HEADER_SIZE:]))
     size = len(data) - HEADER_SIZE
     try:
-        envelope = _record(schemaless_reader(body, writer.envelope, reader.envelope))
+        envelope = avro_record(schemaless_reader(body, writer.envelope, reader.envelope))
         payload_start = body.tell()
-        payload = _record(schemaless_reader(body, writer.payload, reader.payload))
+        payload = avro_record(schemaless_reader(body, writer.payload, reader.payload))
     except Exception as exc:
         raise MalformedEvent(f"{writer.event_type}: bytes do not decode ({type(exc).__name__}: {exc})") from None
     end = body.tell()
@@ -135,43 +121,3 @@ def decode(data: bytes) -> Event:
         return Event(Envelope.from_dict(envelope), payload)
     except (KeyError, TypeError) as exc:
         raise MalformedEvent(f"{writer.event_type}: incomplete envelope ({exc})") from None
-
-
-def _record(value: object) -> dict[str, Any]:
-    """Our event schemas are records; fastavro's reader is typed for any Avro value."""
-    if not isinstance(value, dict):
-        raise MalformedEvent(f"expected an Avro record, decoded {type(value).__name__}")
-    return value
-
-
-def _with_defaults(record_schema: Mapping[str, Any], values: Mapping[str, Any]) -> dict[str, Any]:
-    """Fill absent fields that have a schema default (so producers may omit optional fields)."""
-    if not isinstance(values, Mapping):
-        return values  # the writer reports the type error with the field's name
-    filled = dict(values)
-    for field in record_schema["fields"]:
-        name = field["name"]
-        if name not in filled and "default" in field:
-            filled[name] = copy.deepcopy(field["default"])
-        elif isinstance(field["type"], dict) and field["type"].get("type") == "record" and name in filled:
-            filled[name] = _with_defaults(field["type"], filled[name])
-    return filled
-
-
-def _check_aware(values: Mapping[str, Any], where: str) -> None:
-    for name, value in values.items():
-        if isinstance(value, datetime) and value.tzinfo is None:
-            raise InvalidEvent(f"{where}.{name}: timestamps must be timezone-aware (UTC)")
-
-
-def _explain(schema: SchemaVersion, payload: Mapping[str, Any], exc: Exception) -> str:
-    """fastavro's writer errors are terse; the validator names the offending field."""
-    known = {f["name"] for f in schema.payload["fields"]}
-    extra = sorted(set(payload) - known)
-    if extra:
-        return f"unknown field(s) {extra}"
-    try:
-        validate(dict(payload), schema.payload, raise_errors=True, strict=True)
-    except Exception as detail:
-        return str(detail)
-    return str(exc)

@@ -14,6 +14,7 @@ from datetime import UTC, datetime
 from types import MappingProxyType
 from typing import Any
 
+from schemas.payload import InvalidEvent, payload_bytes
 from schemas.registry import registry
 
 
@@ -118,9 +119,7 @@ def new_event(
     correlation_id: str | None = None,
 ) -> Event:
     """Build a complete event. The payload is validated and hashed here, so a bad payload fails
-    at the producer (with a clear :class:`schemas.codec.InvalidEvent`) and never reaches the log."""
-    from schemas.codec import InvalidEvent, payload_bytes  # the codec imports this module
-
+    at the producer (with a clear :class:`~schemas.payload.InvalidEvent`) and never reaches the log."""
     normalised, raw = payload_bytes(event_type, payload)  # raises InvalidEvent for unknown types
     schema = registry().schema(event_type)
     if occurred_at is not None and occurred_at.tzinfo is None:

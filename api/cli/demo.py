@@ -1,5 +1,5 @@
 """``cami demo``: the archive on embedded defaults with a synthetic region sending to it, then
-what each backend holds (the engine is :mod:`api.demo`)."""
+what each backend holds (the engine is :mod:`api.demo.run`)."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ from typing import Any
 from api.cli.output import console, out, print_json
 from api.cli.status import archive_state, render_state
 from api.config import Settings
+from api.demo.run import run_demo
 
 
 def register(subparsers: Any) -> None:
@@ -18,8 +19,6 @@ def register(subparsers: Any) -> None:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    from api.demo import run_demo
-
     settings = Settings.from_env()
     summary = run_demo(settings, console=console)
     state = archive_state(settings)

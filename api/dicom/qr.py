@@ -78,12 +78,12 @@ from pynetdicom import build_context, evt
 from api.access import AccessRecorder, Reader, may_read_images, may_read_patient_data
 from api.dicom.find import MODEL_LEVELS, c_find_responses
 from api.dicom.stored import install_stored_encoding, move_contexts, stored_dataset
-from ingest.blobs import BlobStore
 from ingest.scp import ExtraServices
 from ingest.senders import Senders
 from projections.queries import MAX_LIMIT, search_studies, series_instances, study_series
 from projections.warehouse.base import Warehouse
 from schemas.events import Actor
+from streams.blobs import BlobStore
 from streams.log import EventLog
 
 log = logging.getLogger("cami.qr")

@@ -28,8 +28,8 @@ from pynetdicom import build_context
 from pynetdicom.dsutils import encode
 from pynetdicom.presentation import PresentationContext
 
-from ingest.blobs import BlobStore
 from ingest.dicom import Received, split_part10
+from streams.blobs import BlobStore
 
 log = logging.getLogger("cami.qr")
 

@@ -1,7 +1,7 @@
 """Contract of the content-addressed blob store, held against both backends.
 
-``local`` is :class:`~ingest.blobs.local.LocalBlobStore` on a temporary directory; ``s3`` is
-:class:`~ingest.blobs.s3.S3BlobStore` on a real MinIO server (``infra/minio.sh``), never a mock.
+``local`` is :class:`~streams.blobs.local.LocalBlobStore` on a temporary directory; ``s3`` is
+:class:`~streams.blobs.s3.S3BlobStore` on a real MinIO server (``infra/minio.sh``), never a mock.
 Tampering goes behind the store's back (editing the file, overwriting the object with plain boto3);
 crashes are real ``kill -9`` of writer subprocesses and of the MinIO server.
 """
@@ -30,7 +30,7 @@ from urllib.parse import urlencode
 
 import pytest
 
-from ingest.blobs import (
+from streams.blobs import (
     CHUNK_SIZE,
     BlobIntegrityError,
     BlobNotFound,
@@ -39,8 +39,8 @@ from ingest.blobs import (
     InvalidBlobId,
     open_blob_store,
 )
-from ingest.blobs.local import LocalBlobStore
-from ingest.blobs.s3 import S3BlobStore
+from streams.blobs.local import LocalBlobStore
+from streams.blobs.s3 import S3BlobStore
 from tests.support.servers import MinioServer, free_port
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -515,7 +515,7 @@ def test_small_blobs_have_no_manifest(backend: Backend) -> None:
 WRITER = textwrap.dedent(
     """
     import os, sys
-    from ingest.blobs import open_blob_store
+    from streams.blobs import open_blob_store
 
     store = open_blob_store(sys.argv[1])
     mode = sys.argv[2]

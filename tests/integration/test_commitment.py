@@ -20,6 +20,7 @@ from pynetdicom import AE, build_role, evt
 
 from api.bootstrap import Archive, bootstrap
 from api.config import Settings
+from api.demo.synthetic import part10_bytes, region, synthetic_study
 from ingest.commitment import (
     CLASS_INSTANCE_CONFLICT,
     EVENT_ALL_COMMITTED,
@@ -33,7 +34,6 @@ from ingest.commitment import (
 from ingest.pipeline import Arrival
 from ingest.scp import StorageSCP
 from ingest.statuses import Status
-from ingest.synthetic import part10_bytes, region, synthetic_study
 from tests.support.servers import free_port
 
 REQUESTER = "MODALITY_CT1"

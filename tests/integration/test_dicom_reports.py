@@ -14,7 +14,7 @@ from pydicom.sequence import Sequence as DicomSequence
 from pydicom.uid import generate_uid
 
 from api.http import HttpServer, create_app
-from ingest.reports import ENCAPSULATED_PDF, sr_texts
+from ingest.reports.documents import ENCAPSULATED_PDF, sr_texts
 from streams.topics import REPORTS
 from tests.integration.test_stow_rs import (
     ORG,

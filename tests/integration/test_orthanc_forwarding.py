@@ -22,10 +22,10 @@ from pydicom.uid import generate_uid
 
 from api.bootstrap import Archive, bootstrap
 from api.config import Settings
+from api.demo.synthetic import Organisation, region, synthetic_study, write_study
 from ingest.commitment import CLASS_INSTANCE_CONFLICT, NO_SUCH_OBJECT_INSTANCE
 from ingest.dicom import split_part10
 from ingest.scp import StorageSCP
-from ingest.synthetic import Organisation, region, synthetic_study, write_study
 from schemas.codec import decode
 from streams.topics import DICOM
 from tests.support.servers import OrthancServer, free_port

@@ -6,7 +6,8 @@ import threading
 from datetime import UTC, datetime
 from pathlib import Path
 
-from ingest.reports import ReportStore, ReportStoreProjection, ReportStoreSink
+from ingest.reports.fold import ReportStoreProjection, ReportStoreSink
+from ingest.reports.store import ReportStore
 from streams.processing import EmbeddedRunner
 from streams.topics import REPORTS
 from tests.integration.test_stow_rs import RunningArchive, new_study, running  # noqa: F401 (fixture)

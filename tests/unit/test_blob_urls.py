@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from ingest.blobs import BlobStoreSpec, parse_blob_url
+from streams.blobs import BlobStoreSpec, parse_blob_url
 
 NO_ENV: dict[str, str] = {}
 KEYS = {"CAMI_S3_ACCESS_KEY": "cami-user", "CAMI_S3_SECRET_KEY": "cami-secret-key"}
@@ -138,9 +138,9 @@ def test_unknown_scheme_message_hides_password() -> None:
 
 def test_open_blob_store_builds_without_io(tmp_path: Path) -> None:
     """Opening builds the object; s3 does no network I/O until used (no server here)."""
-    from ingest.blobs import open_blob_store
-    from ingest.blobs.local import LocalBlobStore
-    from ingest.blobs.s3 import S3BlobStore
+    from streams.blobs import open_blob_store
+    from streams.blobs.local import LocalBlobStore
+    from streams.blobs.s3 import S3BlobStore
 
     local = open_blob_store(f"file://{tmp_path}/blobs", NO_ENV)
     assert isinstance(local, LocalBlobStore) and local.root == tmp_path / "blobs"

@@ -6,8 +6,9 @@ import zlib
 
 import pytest
 
-from ingest.dicom import MalformedObject, check_encoding, inflate, is_uid
+from ingest.dicom import MalformedObject, check_encoding, inflate
 from ingest.handlers import error_comment
+from schemas.uids import is_uid
 
 EXPLICIT_SQ_UNDEFINED = b"\x08\x00\x32\x10SQ\x00\x00\xff\xff\xff\xff"
 ITEM_UNDEFINED = b"\xfe\xff\x00\xe0\xff\xff\xff\xff"

@@ -18,7 +18,7 @@ from typing import Any
 
 import pytest
 
-from ingest.synthetic import synthetic_region
+from api.demo.synthetic import synthetic_region
 from ingest.validation import inspect
 from projections.analytics import Analytics, age_band, keyed, pseudonym
 from projections.monitoring import Monitoring

@@ -6,7 +6,8 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from ingest.reports import (
+from ingest.reports.fold import fact
+from ingest.reports.rules import (
     Author,
     ReportConflict,
     ReportForbidden,
@@ -18,7 +19,6 @@ from ingest.reports import (
     draft,
     edit,
     evolve,
-    fact,
     sign,
 )
 from schemas.codec import decode, encode

@@ -11,8 +11,7 @@ from pydicom import dcmread
 from pydicom.dataset import Dataset
 from pydicom.uid import ExplicitVRLittleEndian, JPEG2000Lossless, JPEGLSLossless, RLELossless
 
-from ingest.dicom import read_header, split_part10
-from ingest.synthetic import (
+from api.demo.synthetic import (
     CHARSETS,
     INCOMPLETE_ATTRIBUTES,
     SOP_CLASSES,
@@ -24,6 +23,7 @@ from ingest.synthetic import (
     synthetic_study,
     write_study,
 )
+from ingest.dicom import read_header, split_part10
 from ingest.validation import Inspection, inspect
 
 

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, unquote, urlsplit
 
-from ingest.blobs.base import (
+from streams.blobs.base import (
     CHUNK_SIZE,
     BlobIntegrityError,
     BlobNotFound,
@@ -150,9 +150,9 @@ def open_blob_store(url: str, env: Mapping[str, str] | None = None) -> BlobStore
     """Build the blob store a URL names. No network I/O: call ``ensure_bucket()`` on S3 if needed."""
     spec = parse_blob_url(url, env)
     if spec.scheme == "file":
-        from ingest.blobs.local import LocalBlobStore
+        from streams.blobs.local import LocalBlobStore
 
         return LocalBlobStore(**spec.options)
-    from ingest.blobs.s3 import S3BlobStore
+    from streams.blobs.s3 import S3BlobStore
 
     return S3BlobStore(**spec.options)

@@ -24,7 +24,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
-from ingest.blobs.base import (
+from streams.blobs.base import (
     CHUNK_SIZE,
     STREAM_BUFFER,
     BlobHasher,

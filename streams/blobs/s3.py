@@ -32,7 +32,7 @@ import boto3
 from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError, NoCredentialsError
 
-from ingest.blobs.base import (
+from streams.blobs.base import (
     CHUNK_SIZE,
     STREAM_BUFFER,
     BlobHasher,

@@ -3,7 +3,7 @@
 1. A demo senders file ($CAMI_HOME/senders.toml, unless one exists) lists the region's
    organisations: their AE titles and regional codes.
 2. The archive's own Storage SCP (``Archive.storage_scp``) starts in this process on a free port.
-3. Every organisation's studies (``ingest.synthetic``) go over the network with a pynetdicom SCU:
+3. Every organisation's studies (``api.demo.synthetic``) go over the network with a pynetdicom SCU:
    one association per AE title, each instance in its own transfer syntax, as a local PACS would.
    Two deliberate mistakes show the refusals: an object without PatientID and a caller whose AE
    title is not in the senders file.
@@ -42,8 +42,8 @@ from rich.table import Table
 
 from api.bootstrap import Archive, bootstrap
 from api.config import Settings
+from api.demo.synthetic import Organisation, SyntheticStudy, region, synthetic_region
 from ingest.senders import Senders
-from ingest.synthetic import Organisation, SyntheticStudy, region, synthetic_region
 from schemas.events import Actor, Event
 from streams.processing import EmbeddedRunner, Row, Source
 from streams.topics import DICOM
