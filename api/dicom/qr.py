@@ -78,6 +78,7 @@ from pynetdicom import build_context, evt
 from api.access import AccessRecorder, Reader, may_read_images, may_read_patient_data
 from api.dicom.find import MODEL_LEVELS, c_find_responses
 from api.dicom.stored import install_stored_encoding, move_contexts, stored_dataset
+from ingest.ae_titles import ae_title
 from ingest.scp import ExtraServices
 from ingest.senders import Senders
 from projections.queries import MAX_LIMIT, search_studies, series_instances, study_series
@@ -151,14 +152,10 @@ def status(code: QrStatus, comment: str | None = None) -> Dataset:
 
 
 # -- who is asking ------------------------------------------------------------------------------------
-def _ae(value: Any) -> str:
-    return (value.decode("ascii", "replace") if isinstance(value, bytes) else str(value or "")).strip()
-
-
 def reader_for(assoc: Any, senders: Senders) -> Reader | None:
     """The Q/R caller behind an association as the access event records it (None: not one, or
     not from one of its addresses: a sender's addresses never let its AE title query)."""
-    calling = _ae(assoc.requestor.ae_title)
+    calling = ae_title(assoc.requestor.ae_title)
     caller = senders.may_query(calling, assoc.requestor.address)
     if caller is None:
         return None
@@ -167,7 +164,7 @@ def reader_for(assoc: Any, senders: Senders) -> Reader | None:
 
 def _refused_reader(assoc: Any, senders: Senders) -> Reader:
     """Who was refused, as the denied access event records it."""
-    calling = _ae(assoc.requestor.ae_title)
+    calling = ae_title(assoc.requestor.ae_title)
     caller, sender = senders.qr_caller(calling), senders.lookup(calling)
     if caller is not None:  # a Q/R caller from an address not its own
         return Reader(Actor(calling, caller.role), caller.organisation, assoc.requestor.address)
@@ -385,7 +382,7 @@ def handle_move(event: Any, deps: QrDeps) -> Iterator[Any]:
     after it has associated with the destination: a refusal (not authorised, a bad identifier)
     is therefore answered as the one "sub-operation" status, with no object sent."""
     model, service = QR_SOP_CLASSES[str(event.request.AffectedSOPClassUID)]
-    move_destination = _ae(event.move_destination)
+    move_destination = ae_title(event.move_destination)
     extra = {"MoveDestination": move_destination}
     destination = deps.senders.destination(move_destination)
     if destination is None:
@@ -421,7 +418,7 @@ def handle_rejected(event: Any, deps: QrDeps) -> None:
     """An association refused at A-ASSOCIATE (unknown calling AE title) that proposed Q/R: the
     attempt to read is recorded as a denied access (the storage side records the rejection)."""
     assoc = event.assoc
-    if _ae(assoc.requestor.ae_title) in deps.senders.known_ae_titles:
+    if ae_title(assoc.requestor.ae_title) in deps.senders.known_ae_titles:
         return
     proposed = {str(cx.abstract_syntax) for cx in getattr(assoc.requestor, "requested_contexts", []) or []}
     services = {QR_SOP_CLASSES[uid][1] for uid in proposed if uid in QR_SOP_CLASSES}
