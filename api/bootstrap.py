@@ -91,6 +91,8 @@ class Archive:
             extra=[qr_services(lambda: self.warehouse, self.blobs, self.event_log, senders)],
             tls_port=self.settings.dicom_tls_port if tls_port is None else tls_port,
             ssl_context=server_context(tls) if tls.enabled else None,
+            request_timeout=self.settings.dicom_request_timeout,
+            max_associations=self.settings.dicom_max_associations,
         )
 
     @property
@@ -132,7 +134,7 @@ def bootstrap(settings: Settings | None = None, *, create: bool = True) -> Archi
     settings.home.mkdir(parents=True, exist_ok=True)
     event_log = open_event_log(settings.event_log_url)
     try:
-        blobs = open_blob_store(settings.blob_store_url)
+        blobs = open_blob_store(settings.blob_store_url, settings.blob_store_env)
     except Exception:
         event_log.close()
         raise

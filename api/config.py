@@ -45,7 +45,10 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from ingest.importer import ImportLimits
+from ingest.scp import DEFAULT_MAX_ASSOCIATIONS, DEFAULT_REQUEST_TIMEOUT
 from ingest.tls import TlsSettings
+from streams.blobs import ENVIRONMENT as BLOB_STORE_ENVIRONMENT
 
 #: the fallback pseudonym key for demos and development; refused in production mode
 DEVELOPMENT_PSEUDONYM_KEY = b"cami-development-key-change-me"
@@ -75,6 +78,14 @@ class Settings:
     http_tls: bool = False
     #: ``CAMI_ENV=production``: development fallbacks of secrets are refused (see check_production)
     production: bool = False
+    #: seconds a DICOM connection has to begin (and complete) its A-ASSOCIATE-RQ
+    dicom_request_timeout: float = DEFAULT_REQUEST_TIMEOUT
+    #: DICOM associations at once
+    dicom_max_associations: int = DEFAULT_MAX_ASSOCIATIONS
+    #: how far files and zip members of ``cami import`` may inflate
+    import_limits: ImportLimits = field(default_factory=ImportLimits)
+    #: S3 credentials and region that complete the blob store URL (never in the URL itself)
+    blob_store_env: Mapping[str, str] = field(default_factory=dict, repr=False)
 
     @property
     def senders_file(self) -> Path:
@@ -101,6 +112,10 @@ class Settings:
             dicom_tls_port=_port_or_off(env.get("CAMI_DICOM_TLS_PORT", "2762")) if tls.enabled else None,
             http_tls=tls.enabled and env.get("CAMI_HTTP_TLS", "on").strip().lower() != "off",
             production=_environment(env.get("CAMI_ENV", "")) == "production",
+            dicom_request_timeout=float(env.get("CAMI_DICOM_REQUEST_TIMEOUT", DEFAULT_REQUEST_TIMEOUT)),
+            dicom_max_associations=int(env.get("CAMI_DICOM_MAX_ASSOCIATIONS", DEFAULT_MAX_ASSOCIATIONS)),
+            import_limits=_import_limits(env),
+            blob_store_env={name: env[name] for name in BLOB_STORE_ENVIRONMENT if env.get(name)},
         )
 
     def check_production(self) -> None:
@@ -138,6 +153,15 @@ def _tls_settings(env: Mapping[str, str]) -> TlsSettings:
     )
     settings.check()  # a half-configured TLS must not start as plain text
     return settings
+
+
+def _import_limits(env: Mapping[str, str]) -> ImportLimits:
+    default = ImportLimits()
+    return ImportLimits(
+        max_file=int(env.get("CAMI_IMPORT_MAX_FILE", default.max_file)),
+        max_ratio=float(env.get("CAMI_IMPORT_MAX_RATIO", default.max_ratio)),
+        max_zip_total=int(env.get("CAMI_IMPORT_MAX_ZIP_TOTAL", default.max_zip_total)),
+    )
 
 
 def _port_or_off(value: str) -> int | None:

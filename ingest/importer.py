@@ -59,7 +59,7 @@ import time
 import uuid
 import zipfile
 from collections import Counter
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -116,9 +116,10 @@ class Problem:
 class ImportLimits:
     """How far a file or zip member may inflate: past these a zip is refused as a possible bomb.
 
-    From the environment: ``CAMI_IMPORT_MAX_FILE`` (bytes of one file or member, default 2 GiB),
+    Set by ``CAMI_IMPORT_MAX_FILE`` (bytes of one file or member, default 2 GiB),
     ``CAMI_IMPORT_MAX_RATIO`` (inflated / compressed size of a member over 1 MiB, default 100),
-    ``CAMI_IMPORT_MAX_ZIP_TOTAL`` (inflated bytes of all members of one zip, default 64 GiB)."""
+    ``CAMI_IMPORT_MAX_ZIP_TOTAL`` (inflated bytes of all members of one zip, default 64 GiB),
+    read with every other setting by :class:`api.config.Settings`."""
 
     max_file: int = 2 << 30
     max_ratio: float = 100.0
@@ -126,20 +127,10 @@ class ImportLimits:
     #: members up to this size are not held to the ratio (a small blank image compresses well)
     ratio_floor: int = 1 << 20
 
-    @classmethod
-    def from_env(cls, env: Mapping[str, str] | None = None) -> ImportLimits:
-        env = os.environ if env is None else env
-        default = cls()
-        return cls(
-            max_file=int(env.get("CAMI_IMPORT_MAX_FILE", default.max_file)),
-            max_ratio=float(env.get("CAMI_IMPORT_MAX_RATIO", default.max_ratio)),
-            max_zip_total=int(env.get("CAMI_IMPORT_MAX_ZIP_TOTAL", default.max_zip_total)),
-        )
-
 
 def discover(paths: Sequence[Path], limits: ImportLimits | None = None) -> Iterator[Candidate | Problem]:
     """Every candidate under ``paths``, each file once, without reading file contents."""
-    limits = limits or ImportLimits.from_env()
+    limits = limits or ImportLimits()
     seen: set[str] = set()
     for given in paths:
         yield from _discover_path(given, seen, limits)
@@ -665,7 +656,7 @@ class Importer:
         limits: ImportLimits | None = None,
     ) -> None:
         self.ingestor = ingestor
-        self.limits = limits or ImportLimits.from_env()
+        self.limits = limits or ImportLimits()
         self.journal = journal
         self.options = options
         self.run_id = run_id or f"import-{uuid.uuid4()}"

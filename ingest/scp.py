@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import os
 import select
 import socket
 import ssl
@@ -72,14 +71,6 @@ DEFAULT_MAX_ASSOCIATIONS = 32
 MAX_SILENT_CONNECTIONS = 256
 
 
-def request_timeout_from_env() -> float:
-    return float(os.environ.get("CAMI_DICOM_REQUEST_TIMEOUT", str(DEFAULT_REQUEST_TIMEOUT)))
-
-
-def max_associations_from_env() -> int:
-    return int(os.environ.get("CAMI_DICOM_MAX_ASSOCIATIONS", str(DEFAULT_MAX_ASSOCIATIONS)))
-
-
 log = logging.getLogger("cami.scp")
 
 
@@ -109,8 +100,8 @@ class StorageSCP:
         extra: Sequence[ExtraServices] = (),
         tls_port: int | None = None,
         ssl_context: ssl.SSLContext | None = None,
-        request_timeout: float | None = None,
-        max_associations: int | None = None,
+        request_timeout: float = DEFAULT_REQUEST_TIMEOUT,
+        max_associations: int = DEFAULT_MAX_ASSOCIATIONS,
     ) -> None:
         self.host = host
         self.plain = port is not None  # False: TLS only
@@ -119,7 +110,7 @@ class StorageSCP:
         self.tls_port = tls_port if ssl_context is not None else None
         self.ssl_context = ssl_context
         self.event_log = event_log
-        self.request_timeout = request_timeout_from_env() if request_timeout is None else request_timeout
+        self.request_timeout = request_timeout
         self.ae = AE(ae_title=senders.ae_title)
         self.ae.maximum_pdu_size = MAX_PDU
         self.ae.require_called_aet = False  # checked in handle_established (the emergency AE title too)
@@ -128,7 +119,7 @@ class StorageSCP:
         # counts associations only: a connection that has not spoken yet holds no slot (see
         # _NoDelayServer.process_request_thread), and an unknown AE title is rejected at once, so
         # the slots go to known callers without reserving any for them by name
-        self.ae.maximum_associations = max_associations_from_env() if max_associations is None else max_associations
+        self.ae.maximum_associations = max_associations
         self.ae.add_supported_context(VERIFICATION, ALL_TRANSFER_SYNTAXES)
         syntaxes, roles = list(ALL_TRANSFER_SYNTAXES), {}
         if any(e.storage_roles for e in extra):

@@ -136,7 +136,9 @@ def cmd_import(args: argparse.Namespace) -> int:
     try:
         with console.status("scanning…", spinner="dots") if show_progress else _Nothing() as status:
             candidates, problems = prepare(
-                paths, (lambda n: status.update(f"scanning… {n} files found")) if show_progress else None
+                paths,
+                (lambda n: status.update(f"scanning… {n} files found")) if show_progress else None,
+                limits=settings.import_limits,
             )
         importer = Importer(
             archive.ingestor,
@@ -144,6 +146,7 @@ def cmd_import(args: argparse.Namespace) -> int:
             options,
             actor=Actor(_os_user(), "administrator"),
             source_node=f"import:{socket.gethostname() or 'localhost'}",
+            limits=settings.import_limits,
         )
         summary = new_summary(importer.run_id, paths, options, candidates, problems, journal)
         todo = importer.plan(candidates)

@@ -12,7 +12,6 @@ S3 credentials come from the environment, never from the URL: ``CAMI_S3_ACCESS_K
 
 from __future__ import annotations
 
-import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -32,8 +31,12 @@ from streams.blobs.base import (
     sha256_hex,
 )
 
+#: the environment variables a blob store URL is completed with (read by the archive's settings)
+ENVIRONMENT = ("CAMI_S3_ACCESS_KEY", "CAMI_S3_SECRET_KEY", "AWS_REGION", "AWS_DEFAULT_REGION")
+
 __all__ = [
     "CHUNK_SIZE",
+    "ENVIRONMENT",
     "BlobIntegrityError",
     "BlobNotFound",
     "BlobRef",
@@ -134,19 +137,20 @@ def _parse_s3(url: str, env: Mapping[str, str]) -> BlobStoreSpec:
     return BlobStoreSpec("s3", options)
 
 
-def parse_blob_url(url: str, env: Mapping[str, str] | None = None) -> BlobStoreSpec:
-    """Parse a blob store URL (pure: reads only ``env``, default ``os.environ``). ValueError if bad."""
+def parse_blob_url(url: str, env: Mapping[str, str]) -> BlobStoreSpec:
+    """Parse a blob store URL (pure: reads only ``env``, the variables the settings read -- see
+    :data:`ENVIRONMENT`). ValueError if bad."""
     if not isinstance(url, str) or not url:
         raise ValueError("blob store URL is empty")
     scheme = urlsplit(url).scheme.lower()
     if scheme == "file":
         return _parse_file(url)
     if scheme == "s3":
-        return _parse_s3(url, os.environ if env is None else env)
+        return _parse_s3(url, env)
     raise ValueError(f"unknown blob store URL scheme {scheme!r} in {_redact(url)!r} (use file:// or s3://)")
 
 
-def open_blob_store(url: str, env: Mapping[str, str] | None = None) -> BlobStore:
+def open_blob_store(url: str, env: Mapping[str, str]) -> BlobStore:
     """Build the blob store a URL names. No network I/O: call ``ensure_bucket()`` on S3 if needed."""
     spec = parse_blob_url(url, env)
     if spec.scheme == "file":

@@ -517,7 +517,7 @@ WRITER = textwrap.dedent(
     import os, sys
     from streams.blobs import open_blob_store
 
-    store = open_blob_store(sys.argv[1])
+    store = open_blob_store(sys.argv[1], os.environ)
     mode = sys.argv[2]
     if mode == "one":
         data = os.urandom(int(sys.argv[3]))
