@@ -2,7 +2,7 @@
 
 :func:`c_find_responses` is what the EVT_C_FIND handler of :mod:`api.qr_scp` runs once it has
 checked the calling AE title: the identifier in, ``(status, identifier)`` pairs out. Matching is
-:mod:`projections.matching` through :func:`projections.queries.find`, the same rules as QIDO-RS
+:mod:`projections.archive_index.matching` through :func:`projections.archive_index.find.find`, the same rules as QIDO-RS
 (so ``findscu`` and a DICOMweb viewer see the same studies).
 
 Levels: PATIENT (Patient Root only), STUDY, SERIES, IMAGE. The query is answered relationally:
@@ -42,8 +42,9 @@ from pydicom.multival import MultiValue
 
 from api.access import AccessRecorder, Reader
 from api.bootstrap import Archive
-from projections.matching import ATTRIBUTES, Condition, MatchingError, Text, Uids, parse_condition
-from projections.queries import LEVEL_ATTRIBUTES, MAX_LIMIT, find
+from projections.archive_index.find import LEVEL_ATTRIBUTES, find
+from projections.archive_index.matching import ATTRIBUTES, Condition, MatchingError, Text, Uids, parse_condition
+from projections.archive_index.views import MAX_LIMIT
 
 PENDING = 0xFF00
 IDENTIFIER_DOES_NOT_MATCH_SOP_CLASS = 0xA900

@@ -87,7 +87,8 @@ from ingest.blobs import BlobStore
 from ingest.dicom import Received, split_part10
 from ingest.scp import ExtraServices
 from ingest.senders import Senders
-from projections.queries import MAX_LIMIT, search_studies, series_instances, study_series
+from projections.archive_index.find import search_studies
+from projections.archive_index.views import MAX_LIMIT, series_instances, study_series
 from projections.warehouse.base import Warehouse
 from schemas.events import Actor
 

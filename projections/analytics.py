@@ -31,7 +31,7 @@ from collections.abc import Sequence
 from datetime import UTC, date, datetime
 from typing import Any
 
-from projections.archive_index import column_date, dicom_date
+from projections.archive_index.fold import column_date, dicom_date
 from schemas.events import Event
 from streams.processing import Row, Source
 from streams.topics import DICOM, PATIENTS, REPORTS, TRANSFERS

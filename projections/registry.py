@@ -11,7 +11,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from projections.analytics import Analytics
-from projections.archive_index import ArchiveIndex
+from projections.archive_index.fold import ArchiveIndex
 from projections.audit import AuditTrail
 from projections.catalogue import EventCatalogue
 from projections.monitoring import Monitoring

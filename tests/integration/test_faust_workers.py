@@ -26,7 +26,7 @@ import pytest
 from confluent_kafka.admin import AdminClient
 
 from api.replay_command import rebuild
-from projections.archive_index import ArchiveIndex
+from projections.archive_index.fold import ArchiveIndex
 from projections.audit import AuditTrail, verify_against_log
 from projections.status import FAUST_GROUP, projection_lag
 from projections.warehouse import Warehouse, open_warehouse

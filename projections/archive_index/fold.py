@@ -45,7 +45,7 @@ InstanceRejected events are not indexed (nothing was stored); other event types 
 yield no rows.
 
 Study and series views (counts, modalities in study, size, sending organisations, completeness)
-are *not* stored: the query layer (:mod:`projections.queries`) computes them with a GROUP BY over
+are *not* stored: the read side (:mod:`projections.archive_index.views`) computes them with a GROUP BY over
 ``FINAL`` of the newest instance versions. A stored study row would need the previous state (a
 count, a union of modalities) that a pure one-event fold does not have, and a summing
 materialised view double-counts redelivered rows before the merge deduplicates them. The
