@@ -328,8 +328,8 @@ def _read_side(archive: Archive) -> dict[str, Any]:
     """What the read models now answer: the newest studies of the archive index, the audit
     trail's chain check and today's monitoring per organisation."""
     from projections.archive_index.find import search_studies
-    from projections.audit import verify_chain
-    from projections.monitoring import organisation_summary
+    from projections.audit.verify import verify_chain
+    from projections.monitoring.queries import organisation_summary
 
     warehouse = archive.warehouse
     studies = search_studies(warehouse, limit=10_000)

@@ -12,9 +12,9 @@ from dataclasses import dataclass
 
 from projections.analytics import Analytics
 from projections.archive_index.fold import ArchiveIndex
-from projections.audit import AuditTrail
+from projections.audit.fold import AuditTrail
 from projections.catalogue import EventCatalogue
-from projections.monitoring import Monitoring
+from projections.monitoring.fold import Monitoring
 from streams.processing import Processor
 
 

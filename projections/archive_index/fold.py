@@ -238,10 +238,6 @@ def column_date(value: str | None) -> date | None:
     return parsed
 
 
-def _position(source: Source) -> dict[str, Any]:
-    return {"topic": source.topic, "partition": source.partition}
-
-
 def _instance(event: Event, source: Source) -> list[Row]:
     p = event.payload
     env = event.envelope
@@ -291,7 +287,7 @@ def _instance(event: Event, source: Source) -> list[Row]:
         "missing": sorted(set(p.get("missing") or ())),
         "received_at": env.recorded_at,
         "event_id": env.event_id,
-        **_position(source),
+        **source.columns(offset=False),
         "log_version": source.offset,
     }
     return [Row(INSTANCES, values)]
@@ -327,7 +323,7 @@ def _report(
             "event_type": env.event_type,
             "event_id": env.event_id,
             "recorded_at": env.recorded_at,
-            **_position(source),
+            **source.columns(offset=False),
             "log_version": source.offset,
         }
         return [Row(REPORTS_TABLE, values)]
@@ -348,7 +344,7 @@ def _patient_updated(event: Event, source: Source) -> list[Row]:
                 "source": p.get("source") or "",
                 "updated_at": env.recorded_at,
                 "event_id": env.event_id,
-                **_position(source),
+                **source.columns(offset=False),
                 "log_version": source.offset,
             },
         )
@@ -373,8 +369,7 @@ def _patients_merged(event: Event, source: Source) -> list[Row]:
                 "source": p.get("source") or "",
                 "merged_at": env.recorded_at,
                 "event_id": env.event_id,
-                **_position(source),
-                "offset": source.offset,
+                **source.columns(),
                 "log_version": _micros(env.recorded_at),
             },
         )
