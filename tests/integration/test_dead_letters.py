@@ -31,10 +31,10 @@ from pynetdicom import AE
 
 from api.bootstrap import Archive, bootstrap
 from api.config import Settings
-from api.replay_command import rebuild
 from projections import dead_letters
 from projections.archive_index.find import search_studies
 from projections.catalogue import EventCatalogue
+from projections.replay import rebuild
 from projections.sinks import WarehouseSink
 from projections.warehouse import Warehouse, open_warehouse
 from schemas.events import Event
