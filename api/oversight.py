@@ -24,7 +24,10 @@ from api.access import AUDIT_ROLES, MONITORING_ROLES, AccessRecorder, Reader
 from api.auth import User
 from api.bootstrap import Archive
 from api.http import ApiError, require
-from projections import audit, dead_letters, monitoring
+from projections import dead_letters
+from projections.audit import queries as audit_queries
+from projections.audit.verify import verify_chain
+from projections.monitoring import queries as monitoring
 
 #: the longest window a dashboard may ask for at once (the tables hold everything; this bounds a scan)
 MAX_WINDOW = timedelta(days=366)
@@ -87,7 +90,7 @@ def install(app: FastAPI, archive: Archive, recorder: AccessRecorder) -> None:
     async def history(record: str, request: Request, user: User = auditor) -> JSONResponse:
         if not record or len(record) > 128 or any(ord(ch) < 0x20 for ch in record):
             raise ApiError(400, "invalid-parameter", {"parameter": "record", "problem": "not a record id"})
-        entries = await run_in_threadpool(audit.history, archive.warehouse, record)
+        entries = await run_in_threadpool(audit_queries.history, archive.warehouse, record)
         if not entries:
             raise ApiError(404, "not-found", "no audit entries for this record")
         reader = Reader(user.actor, user.organisation, request.client.host if request.client else None)
@@ -108,5 +111,5 @@ def install(app: FastAPI, archive: Archive, recorder: AccessRecorder) -> None:
 
     @app.get("/api/audit/verify", tags=["audit"], summary="recompute the hash chains from the stored entries")
     async def verify(record: str | None = None, user: User = auditor) -> JSONResponse:
-        report = await run_in_threadpool(audit.verify_chain, archive.warehouse, record)
+        report = await run_in_threadpool(verify_chain, archive.warehouse, record)
         return _json(report.to_dict())

@@ -7,7 +7,7 @@ Routes (GET, ``application/dicom+json``)::
     /dicomweb/instances   /dicomweb/studies/{study}/instances   /dicomweb/studies/{study}/series/{series}/instances
 
 Query parameters: any attribute the level (or a level above it) has, by keyword or tag
-(``PatientName=Иван*``, ``00100010=Иван*``), matched by :mod:`projections.matching` rules (exact,
+(``PatientName=Иван*``, ``00100010=Иван*``), matched by :mod:`projections.archive_index.matching` rules (exact,
 ``*``/``?`` wildcards, date and time ranges, lists of UIDs or codes separated by ``,`` or given
 as repeated parameters); ``includefield`` (keywords or tags, repeated or comma-separated, or
 ``all``); ``limit`` (1..10000, default 1000) and ``offset``; ``fuzzymatching`` (``true`` is
@@ -50,7 +50,8 @@ from api.auth import ROLES, User
 from api.base_url import base_url as public_base_url
 from api.bootstrap import Archive
 from api.http import DICOM_JSON, ApiError, require
-from projections.matching import (
+from projections.archive_index.find import LEVEL_ATTRIBUTES, find
+from projections.archive_index.matching import (
     ATTRIBUTES,
     Attribute,
     Condition,
@@ -60,7 +61,7 @@ from projections.matching import (
     parse_condition,
     resolve_attribute,
 )
-from projections.queries import LEVEL_ATTRIBUTES, MAX_LIMIT, find
+from projections.archive_index.views import MAX_LIMIT
 
 DEFAULT_LIMIT = 1000
 CONTROL_PARAMETERS = ("includefield", "limit", "offset", "fuzzymatching")

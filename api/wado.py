@@ -64,9 +64,7 @@ from api.base_url import base_url
 from api.bootstrap import Archive
 from api.http import ApiError, require
 from ingest.dicom import is_uid
-from projections.archive_index import INSTANCES
-from projections.queries import resolve_patients
-from projections.warehouse.base import Warehouse
+from projections.archive_index.views import Stored, resolve_patients, stored_instances
 from streams.blobs import BlobStoreError
 
 log = logging.getLogger("cami.wado")
@@ -95,70 +93,6 @@ EXPLICIT_LE = "1.2.840.10008.1.2.1"
 #: native syntaxes whose pixel data pydicom holds as little-endian bytes (deflate is inflated on read)
 _LITTLE_ENDIAN_NATIVE = frozenset({EXPLICIT_LE, "1.2.840.10008.1.2", "1.2.840.10008.1.2.1.99"})
 MAX_FRAMES_PER_REQUEST = 10_000
-
-
-# -- locating instances -----------------------------------------------------------------------------
-@dataclass(frozen=True)
-class Stored:
-    """The newest version of one instance as the archive index knows it."""
-
-    study_uid: str
-    series_uid: str
-    sop_uid: str
-    version: int
-    patient_id: str
-    sop_class_uid: str
-    transfer_syntax: str
-    frames: int | None
-    sha256: str
-    size: int
-
-
-# newest version per SOP instance (any study/series the instance is now filed under), then the
-# level asked for: an instance whose newest version moved elsewhere is not served from the old place
-_INSTANCES_SQL = f"""
-SELECT study_uid, series_uid, sop_uid, version, patient_id, sop_class_uid, transfer_syntax_uid, frames,
-       blob_sha256, blob_size
-FROM (
-    SELECT * FROM {INSTANCES} FINAL
-    WHERE sop_uid IN (SELECT sop_uid FROM {INSTANCES} WHERE {{where}})
-    ORDER BY sop_uid, version DESC, log_version DESC
-    LIMIT 1 BY sop_uid
-)
-WHERE {{where}}
-ORDER BY series_number NULLS LAST, series_uid, instance_number NULLS LAST, sop_uid
-"""
-
-
-def stored_instances(
-    warehouse: Warehouse, study_uid: str, series_uid: str | None = None, sop_uid: str | None = None
-) -> list[Stored]:
-    """The newest version of each instance of a study, series or one instance (ordered by series
-    and instance number); empty when the archive holds none."""
-    where = ["study_uid = {study:String}"]
-    params: dict[str, Any] = {"study": study_uid}
-    if series_uid is not None:
-        where.append("series_uid = {series:String}")
-        params["series"] = series_uid
-    if sop_uid is not None:
-        where.append("sop_uid = {sop:String}")
-        params["sop"] = sop_uid
-    rows = warehouse.query(_INSTANCES_SQL.format(where=" AND ".join(where)), params).dicts()
-    return [
-        Stored(
-            study_uid=str(r["study_uid"]),
-            series_uid=str(r["series_uid"]),
-            sop_uid=str(r["sop_uid"]),
-            version=int(r["version"]),
-            patient_id=str(r["patient_id"]),
-            sop_class_uid=str(r["sop_class_uid"]),
-            transfer_syntax=str(r["transfer_syntax_uid"]),
-            frames=None if r["frames"] is None else int(r["frames"]),
-            sha256=str(r["blob_sha256"]),
-            size=int(r["blob_size"]),
-        )
-        for r in rows
-    ]
 
 
 # -- content negotiation ---------------------------------------------------------------------------

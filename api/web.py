@@ -59,7 +59,8 @@ from api.bootstrap import Archive
 from api.http import ApiError, _authenticate
 from api.pages import render
 from ingest.dicom import is_uid
-from projections.queries import patient_timeline, search_studies, series_instances, study_report, study_series
+from projections.archive_index.find import patient_timeline, search_studies
+from projections.archive_index.views import series_instances, study_report, study_series
 
 log = logging.getLogger("cami.web")
 

@@ -4,7 +4,7 @@
 
 Instances of a synthetic CT study are sent one at a time by dcmtk's ``/usr/bin/storescu``
 (``TCP_NODELAY=1``); the clock starts when storescu exits successfully (the "stored" answer came
-back) and stops when a study search of the archive index (``projections.queries``, as the
+back) and stops when a study search of the archive index (``projections.archive_index.find``, as the
 API will run it) counts the instance. p50/p95 printed.
 
 Where it is measured, and why not through ``cami serve``: chdb locks its data directory to one
@@ -44,7 +44,7 @@ from rich.table import Table  # noqa: E402
 from api.bootstrap import bootstrap  # noqa: E402
 from api.config import Settings  # noqa: E402
 from api.demo.synthetic import region, synthetic_study, write_study  # noqa: E402
-from projections.queries import search_studies  # noqa: E402
+from projections.archive_index.find import search_studies  # noqa: E402
 from projections.warehouse import Warehouse  # noqa: E402
 from streams.processing import EmbeddedRunner  # noqa: E402
 from tests.support.servers import free_port  # noqa: E402

@@ -59,7 +59,7 @@ from api.bootstrap import Archive, bootstrap  # noqa: E402
 from api.config import Settings  # noqa: E402
 from api.http import HttpServer, serve_http  # noqa: E402
 from ingest.scp import StorageSCP  # noqa: E402
-from projections.archive_index import INSTANCES, ArchiveIndex  # noqa: E402
+from projections.archive_index.fold import INSTANCES, ArchiveIndex  # noqa: E402
 from streams.processing import EmbeddedRunner  # noqa: E402
 from tests.support.servers import OrthancServer, free_port  # noqa: E402
 

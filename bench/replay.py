@@ -39,8 +39,8 @@ sys.path.insert(0, str(ROOT))
 from rich.console import Console  # noqa: E402
 from rich.table import Table  # noqa: E402
 
-from api.cli.replay import rebuild  # noqa: E402
 from projections.registry import build  # noqa: E402
+from projections.replay import rebuild  # noqa: E402
 from projections.warehouse import open_warehouse  # noqa: E402
 from schemas.codec import decode, encode  # noqa: E402
 from schemas.events import Actor, new_event  # noqa: E402

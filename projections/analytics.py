@@ -31,7 +31,7 @@ from collections.abc import Sequence
 from datetime import UTC, date, datetime
 from typing import Any
 
-from projections.archive_index import column_date, dicom_date
+from projections.archive_index.fold import column_date, dicom_date
 from schemas.events import Event
 from streams.processing import Row, Source
 from streams.topics import DICOM, PATIENTS, REPORTS, TRANSFERS
@@ -209,10 +209,6 @@ def age_band(birth_date: str | None, on: date) -> str:
     return f"{low:02d}-{low + AGE_BAND_YEARS - 1:02d}"
 
 
-def _position(source: Source) -> dict[str, Any]:
-    return {"topic": source.topic, "partition": source.partition, "offset": source.offset}
-
-
 class Analytics:
     name = "analytics"
     topics: Sequence[str] = (DICOM, REPORTS, TRANSFERS, PATIENTS)
@@ -241,7 +237,7 @@ class Analytics:
                 Row(
                     PATIENT_MERGES,
                     {
-                        **_position(source),
+                        **source.columns(),
                         "at": event.envelope.occurred_at,
                         "prior_pseudonym": pseudonym(self._key, p["PriorPatientID"]),
                         "pseudonym": pseudonym(self._key, p["PatientID"]),
@@ -259,7 +255,7 @@ class Analytics:
         return Row(
             INSTANCES,
             {
-                **_position(source),
+                **source.columns(),
                 "organisation": env.organisation or "",
                 "received_at": received,
                 "study_key": keyed(self._key, "study", p["StudyInstanceUID"]),
@@ -304,7 +300,7 @@ class Analytics:
         return Row(
             REPORTS_TABLE,
             {
-                **_position(source),
+                **source.columns(),
                 "organisation": env.organisation or "",
                 "at": at,
                 "study_key": keyed(self._key, "study", p["StudyInstanceUID"]),
@@ -325,7 +321,7 @@ class Analytics:
         return Row(
             TRANSFERS_TABLE,
             {
-                **_position(source),
+                **source.columns(),
                 "organisation": env.organisation or "",
                 "at": env.occurred_at,
                 "transfer_key": keyed(self._key, "transfer", p["transfer_id"]),
@@ -350,7 +346,7 @@ class Analytics:
         return Row(
             REJECTIONS,
             {
-                **_position(source),
+                **source.columns(),
                 "organisation": env.organisation or "",
                 "at": env.occurred_at,
                 "kind": "instance" if instance else "association",

@@ -11,10 +11,10 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from projections.analytics import Analytics
-from projections.archive_index import ArchiveIndex
-from projections.audit import AuditTrail
+from projections.archive_index.fold import ArchiveIndex
+from projections.audit.fold import AuditTrail
 from projections.catalogue import EventCatalogue
-from projections.monitoring import Monitoring
+from projections.monitoring.fold import Monitoring
 from streams.processing import Processor
 
 

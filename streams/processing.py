@@ -37,6 +37,14 @@ class Source:
     offset: int
     raw: bytes = field(default=b"", compare=False, repr=False)
 
+    def columns(self, *, offset: bool = True) -> dict[str, Any]:
+        """The row columns that say where the event came from: topic, partition and, for tables
+        keyed by the log position, the offset (a table with its own version column leaves it out)."""
+        found: dict[str, Any] = {"topic": self.topic, "partition": self.partition}
+        if offset:
+            found["offset"] = self.offset
+        return found
+
 
 @dataclass(frozen=True, slots=True)
 class Row:
@@ -112,17 +120,27 @@ class BatchResult:
     dead_letters: list[DeadLetter] = field(default_factory=list)
 
 
-def process_batch(processor: Processor, records: Sequence[tuple[Source, bytes]]) -> BatchResult:
-    result = BatchResult()
+def decode_records(
+    records: Sequence[tuple[Source, bytes]],
+) -> tuple[list[tuple[Event, Source]], list[tuple[Source, str]]]:
+    """The batch's events, and apart the records that could not be decoded, with the error. The
+    log is the source of truth and written only by our codec; an undecodable record is an
+    operational alarm (logged with its position), but one bad record must not stop the archive."""
     decoded: list[tuple[Event, Source]] = []
+    undecodable: list[tuple[Source, str]] = []
     for source, value in records:
         try:
             decoded.append((decode(value), source))
         except CodecError as exc:
-            # the log is the source of truth and written only by our codec; an undecodable
-            # record is an operational alarm, but one bad record must not stop the archive
-            log.error("skipping undecodable record %s/%s@%s: %s", source.topic, source.partition, source.offset, exc)
-            result.undecodable.append(source)
+            log.error("undecodable record %s/%s@%s: %s", source.topic, source.partition, source.offset, exc)
+            undecodable.append((source, str(exc)))
+    return decoded, undecodable
+
+
+def process_batch(processor: Processor, records: Sequence[tuple[Source, bytes]]) -> BatchResult:
+    result = BatchResult()
+    decoded, undecodable = decode_records(records)
+    result.undecodable.extend(source for source, _ in undecodable)
     prepare = getattr(processor, "prepare", None)
     if prepare is not None and decoded:
         prepare(decoded)
@@ -162,14 +180,7 @@ def deliver(
       event is retried, never skipped. Undecodable records are set aside the same way, or, for
       a sink without dead letters, logged and skipped as before (they carry no event to apply).
     """
-    decoded: list[tuple[Event, Source]] = []
-    undecodable: list[tuple[Source, str]] = []
-    for source, value in records:
-        try:
-            decoded.append((decode(value), source))
-        except CodecError as exc:
-            log.error("undecodable record %s/%s@%s: %s", source.topic, source.partition, source.offset, exc)
-            undecodable.append((source, str(exc)))
+    decoded, undecodable = decode_records(records)
     return deliver_decoded(processor, sink, decoded, undecodable, settle=settle, prepare=prepare)
 
 

@@ -20,7 +20,9 @@ import sys
 from typing import Any
 
 from api.cli.output import print_json
-from projections.audit import AuditTrail, history, verify_against_log, verify_chain
+from projections.audit.fold import AuditTrail
+from projections.audit.queries import history
+from projections.audit.verify import verify_against_log, verify_chain
 from streams.log import EventLog
 from streams.processing import group_id
 

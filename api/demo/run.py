@@ -327,9 +327,9 @@ def _study_links(settings: Settings, studies: Sequence[dict[str, Any]]) -> dict[
 def _read_side(archive: Archive) -> dict[str, Any]:
     """What the read models now answer: the newest studies of the archive index, the audit
     trail's chain check and today's monitoring per organisation."""
-    from projections.audit import verify_chain
-    from projections.monitoring import organisation_summary
-    from projections.queries import search_studies
+    from projections.archive_index.find import search_studies
+    from projections.audit.verify import verify_chain
+    from projections.monitoring.queries import organisation_summary
 
     warehouse = archive.warehouse
     studies = search_studies(warehouse, limit=10_000)

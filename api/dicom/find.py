@@ -2,7 +2,7 @@
 
 :func:`c_find_responses` is what the EVT_C_FIND handler of :mod:`api.dicom.qr` runs once it has
 checked the calling AE title: the identifier in, ``(status, identifier)`` pairs out. Matching is
-:mod:`projections.matching` through :func:`projections.queries.find`, the same rules as QIDO-RS
+:mod:`projections.archive_index.matching` through :func:`projections.archive_index.find.find`, the same rules as QIDO-RS
 (so ``findscu`` and a DICOMweb viewer see the same studies).
 
 Levels: PATIENT (Patient Root only), STUDY, SERIES, IMAGE. The query is answered relationally:
@@ -41,8 +41,9 @@ from pydicom.dataelem import DataElement
 from pydicom.multival import MultiValue
 
 from api.access import AccessRecorder, Reader
-from projections.matching import ATTRIBUTES, Condition, MatchingError, Text, Uids, parse_condition
-from projections.queries import LEVEL_ATTRIBUTES, MAX_LIMIT, find
+from projections.archive_index.find import LEVEL_ATTRIBUTES, find
+from projections.archive_index.matching import ATTRIBUTES, Condition, MatchingError, Text, Uids, parse_condition
+from projections.archive_index.views import MAX_LIMIT
 from projections.warehouse.base import Warehouse
 
 PENDING = 0xFF00

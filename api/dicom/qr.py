@@ -81,7 +81,8 @@ from api.dicom.stored import install_stored_encoding, move_contexts, stored_data
 from ingest.ae_titles import ae_title
 from ingest.scp import ExtraServices
 from ingest.senders import Senders
-from projections.queries import MAX_LIMIT, search_studies, series_instances, study_series
+from projections.archive_index.find import search_studies
+from projections.archive_index.views import MAX_LIMIT, series_instances, study_series
 from projections.warehouse.base import Warehouse
 from schemas.events import Actor
 from streams.blobs import BlobStore

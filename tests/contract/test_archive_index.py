@@ -12,13 +12,11 @@ from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from projections.archive_index import ArchiveIndex
-from projections.queries import (
-    incomplete_packages,
+from projections.archive_index.find import incomplete_packages, patient_timeline, search_studies
+from projections.archive_index.fold import ArchiveIndex
+from projections.archive_index.views import (
     instance_location,
     patient_record,
-    patient_timeline,
-    search_studies,
     series_instances,
     study_report,
     study_series,

@@ -16,7 +16,9 @@ from typing import Any
 
 import pytest
 
-from projections.audit import TABLE, AuditTrail, ChainReport, history, verify_against_log, verify_chain
+from projections.audit.fold import TABLE, AuditTrail
+from projections.audit.queries import history
+from projections.audit.verify import ChainReport, verify_against_log, verify_chain
 from projections.sinks import WarehouseSink
 from projections.warehouse import Warehouse
 from schemas.codec import encode

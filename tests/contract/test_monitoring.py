@@ -16,7 +16,8 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from projections.monitoring import Monitoring, organisation_summary, per_minute, stalled_senders, transfer_states
+from projections.monitoring.fold import Monitoring
+from projections.monitoring.queries import organisation_summary, per_minute, stalled_senders, transfer_states
 from projections.sinks import WarehouseSink
 from projections.warehouse import Warehouse
 from schemas.events import Event

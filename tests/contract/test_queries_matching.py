@@ -13,8 +13,8 @@ from typing import Any
 
 import pytest
 
-from projections.matching import ATTRIBUTES, Condition, MatchingError, parse_condition
-from projections.queries import find, search_studies
+from projections.archive_index.find import find, search_studies
+from projections.archive_index.matching import ATTRIBUTES, Condition, MatchingError, parse_condition
 from projections.warehouse import Warehouse
 from tests.contract.test_archive_index import (
     DECOY_NAME,

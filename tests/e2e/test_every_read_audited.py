@@ -21,7 +21,8 @@ from dicomweb_client.api import DICOMwebClient
 from pydicom import dcmread
 from pydicom.uid import generate_uid
 
-from projections.audit import history, verify_against_log
+from projections.audit.queries import history
+from projections.audit.verify import verify_against_log
 from schemas.events import Event
 from tests.support.readside import ORG, ROOT_UID, ReadSide
 from tests.support.studies import DCMTK_ENV

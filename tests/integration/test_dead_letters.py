@@ -30,11 +30,11 @@ from pydicom.uid import generate_uid
 from pynetdicom import AE
 
 from api.bootstrap import Archive, bootstrap
-from api.cli.replay import rebuild
 from api.config import Settings
 from projections import dead_letters
+from projections.archive_index.find import search_studies
 from projections.catalogue import EventCatalogue
-from projections.queries import search_studies
+from projections.replay import rebuild
 from projections.sinks import WarehouseSink
 from projections.warehouse import Warehouse, open_warehouse
 from schemas.events import Event
@@ -206,9 +206,7 @@ class Tally:
 
 
 def _caught_up(event_log: EventLog, group: str, topics: Sequence[str], ends: dict[str, dict[int, int]]) -> bool:
-    return all(
-        event_log.committed(group, t).get(p, 0) >= end for t in topics for p, end in ends[t].items() if end > 0
-    )
+    return all(event_log.committed(group, t).get(p, 0) >= end for t in topics for p, end in ends[t].items() if end > 0)
 
 
 def test_an_unprocessable_event_is_dead_lettered_committed_past_listed_and_retried(

@@ -25,9 +25,10 @@ from typing import Any
 import pytest
 from confluent_kafka.admin import AdminClient
 
-from api.cli.replay import rebuild
-from projections.archive_index import ArchiveIndex
-from projections.audit import AuditTrail, verify_against_log
+from projections.archive_index.fold import ArchiveIndex
+from projections.audit.fold import AuditTrail
+from projections.audit.verify import verify_against_log
+from projections.replay import rebuild
 from projections.status import FAUST_GROUP, projection_lag
 from projections.warehouse import Warehouse, open_warehouse
 from schemas.events import Event

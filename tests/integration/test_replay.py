@@ -21,8 +21,8 @@ from typing import Any
 
 import pytest
 
-from api.cli.replay import rebuild
 from projections.registry import PROJECTIONS, build
+from projections.replay import rebuild
 from projections.sinks import WarehouseSink
 from projections.status import FAUST_GROUP, projection_lag
 from projections.warehouse import Warehouse, open_warehouse

@@ -18,7 +18,7 @@ from api.auth import add_user
 from api.bootstrap import Archive, bootstrap
 from api.config import Settings
 from api.http import HttpServer, create_app
-from projections.audit import history
+from projections.audit.queries import history
 from schemas.codec import decode
 from schemas.events import Event
 from streams.processing import EmbeddedRunner

@@ -28,7 +28,7 @@ from api.auth import (
     session_key,
     session_user,
 )
-from projections.queries import study_report
+from projections.archive_index.views import study_report
 from tests.support import studies
 from tests.support.readside import ORG, ORG_B, ROOT_UID, SENDER_AE, ReadSide
 

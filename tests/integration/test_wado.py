@@ -40,7 +40,7 @@ from pydicom import dcmread
 from pydicom.encaps import get_frame
 from pydicom.uid import generate_uid
 
-from projections.queries import instance_location
+from projections.archive_index.views import instance_location
 from schemas.events import Event
 from tests.support import studies
 from tests.support.readside import ROOT_UID, SENDER_AE, ReadSide

@@ -28,7 +28,7 @@ from api.bootstrap import Archive, bootstrap
 from api.config import Settings
 from api.http import HttpServer, serve_http
 from ingest.scp import StorageSCP
-from projections.queries import search_studies
+from projections.archive_index.find import search_studies
 from schemas.codec import decode
 from schemas.events import Event
 from streams.processing import EmbeddedRunner

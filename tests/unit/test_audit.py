@@ -6,20 +6,8 @@ from __future__ import annotations
 import hashlib
 from datetime import UTC, datetime
 
-from projections.audit import (
-    COLUMNS,
-    GENESIS,
-    TABLE,
-    AuditState,
-    AuditTrail,
-    Broken,
-    ChainReport,
-    Link,
-    apply,
-    chain_hash,
-    check_links,
-    next_link,
-)
+from projections.audit.fold import COLUMNS, GENESIS, TABLE, AuditState, AuditTrail, Link, apply, chain_hash, next_link
+from projections.audit.verify import Broken, ChainReport, check_links
 from schemas.codec import encode
 from schemas.events import Actor, Event, new_event
 from streams.processing import Row, Source

@@ -1,4 +1,4 @@
-"""Parsing of DICOM matching values (projections.matching): pure, no warehouse."""
+"""Parsing of DICOM matching values (projections.archive_index.matching): pure, no warehouse."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ from datetime import date
 
 import pytest
 
-from projections.matching import (
+from projections.archive_index.matching import (
     ATTRIBUTES,
     DateRange,
     Integers,

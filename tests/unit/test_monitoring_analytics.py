@@ -21,7 +21,7 @@ import pytest
 from api.demo.synthetic import synthetic_region
 from ingest.validation import inspect
 from projections.analytics import Analytics, age_band, keyed, pseudonym
-from projections.monitoring import Monitoring
+from projections.monitoring.fold import Monitoring
 from projections.registry import PROJECTIONS, ProjectionConfig, build
 from schemas.events import Actor, Event, new_event
 from streams.processing import Row, Source

@@ -33,26 +33,25 @@ new link: the state remembers the links by position. A position at or before the
 the state no longer holds (older than the retained window, or written before a restart) yields no
 row: its row is already in the table (state is only ever loaded from rows in the table).
 
-Checking
---------
-:func:`verify_chain` recomputes every chain from the stored rows; :func:`verify_against_log`
-additionally re-reads the log, re-hashes each event and re-derives each row with the same fold, so a
-changed stored row (any column), a changed event in the log, a missing or an invented row is
-reported. Both return the FIRST broken entry in ``(aggregate_id, topic, partition, offset)`` order.
+Checking (:mod:`projections.audit.verify`)
+------------------------------------------
+:func:`~projections.audit.verify.verify_chain` recomputes every chain from the stored rows;
+:func:`~projections.audit.verify.verify_against_log` additionally re-reads the log, re-hashes each
+event and re-derives each row with the same fold, so a changed stored row (any column), a changed
+event in the log, a missing or an invented row is reported. Both return the FIRST broken entry in
+``(aggregate_id, topic, partition, offset)`` order.
 """
 
 from __future__ import annotations
 
 import hashlib
 import logging
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from projections.warehouse import Warehouse
-from schemas.codec import CodecError, decode
 from schemas.events import Event
-from streams.log import EventLog
 from streams.processing import Row, Source
 from streams.topics import SOURCE_OF_TRUTH
 
@@ -367,7 +366,7 @@ class AuditTrail:
         for topic, records in wanted.items():
             result = self._warehouse.query(_HEADS, {"topic": topic, "records": sorted(records)})
             for row in result.rows:
-                link = _link(row)
+                link = link_from_row(row)
                 self._heads[link.chain] = link
 
     def _forget(self, slots: set[tuple[str, int]]) -> None:
@@ -396,252 +395,10 @@ class AuditTrail:
             del self._links[next(iter(self._links))]
 
 
-def _link(row: Sequence[Any]) -> Link:
+def link_from_row(row: Sequence[Any]) -> Link:
     aggregate, topic, partition, offset, sha, prev, entry = row
-    return Link(str(aggregate), str(topic), int(partition), int(offset), _text(sha), _text(prev), _text(entry))
+    return Link(str(aggregate), str(topic), int(partition), int(offset), as_hex(sha), as_hex(prev), as_hex(entry))
 
 
-def _text(value: Any) -> str:
+def as_hex(value: Any) -> str:
     return value.decode() if isinstance(value, bytes | bytearray) else str(value)
-
-
-# -- checking --------------------------------------------------------------------------------------
-@dataclass(frozen=True)
-class Broken:
-    """The first entry where history does not add up."""
-
-    record: str
-    topic: str
-    partition: int
-    offset: int
-    #: what is wrong: "entry_hash", "prev_hash", "event_sha256" (log bytes differ), "missing row",
-    #: "no such event", a column name (the stored value differs from the one the log gives)
-    problem: str
-    expected: str | None
-    stored: str | None
-
-    @property
-    def sort_key(self) -> tuple[str, str, int, int]:
-        return (self.record, self.topic, self.partition, self.offset)
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "record": self.record,
-            "topic": self.topic,
-            "partition": self.partition,
-            "offset": self.offset,
-            "problem": self.problem,
-            "expected": self.expected,
-            "stored": self.stored,
-        }
-
-    def describe(self) -> str:
-        return (
-            f"record {self.record} ({self.topic}/{self.partition}@{self.offset}): {self.problem}: "
-            f"expected {self.expected}, stored {self.stored}"
-        )
-
-
-@dataclass
-class ChainReport:
-    entries: int = 0
-    chains: int = 0
-    #: entries that do not add up (the first one is in ``first_broken``)
-    broken: int = 0
-    first_broken: Broken | None = None
-    #: verify_against_log only: events of the log checked, and events past the audited offsets
-    log_events: int = 0
-    unaudited: int = 0
-    record: str | None = None
-    #: positions already noted: an entry found broken by two checks is one broken entry
-    _noted: set[tuple[str, str, int, int]] = field(default_factory=set, init=False, repr=False, compare=False)
-
-    @property
-    def ok(self) -> bool:
-        return self.broken == 0
-
-    def note(self, broken: Broken, *, precise: bool = False) -> None:
-        """Count ``broken`` once per entry. ``precise``: this finding says better what is wrong with
-        an entry already noted (the log knows which column changed; the chain alone only sees that
-        the hashes do not add up), so it replaces the earlier one as the first broken entry."""
-        key = broken.sort_key
-        if key in self._noted:
-            if precise and self.first_broken is not None and self.first_broken.sort_key == key:
-                self.first_broken = broken
-            return
-        self._noted.add(key)
-        self.broken += 1
-        if self.first_broken is None or key < self.first_broken.sort_key:
-            self.first_broken = broken
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "ok": self.ok,
-            "record": self.record,
-            "entries": self.entries,
-            "chains": self.chains,
-            "broken": self.broken,
-            "first_broken": self.first_broken.to_dict() if self.first_broken else None,
-            "log_events": self.log_events,
-            "unaudited": self.unaudited,
-        }
-
-
-_STORED = f"SELECT aggregate_id, topic, partition, offset, event_sha256, prev_hash, entry_hash FROM {TABLE} FINAL"
-
-
-def stored_links(warehouse: Warehouse, record: str | None = None) -> list[Link]:
-    """The stored entries in chain order (one record's, or all)."""
-    warehouse.command(DDL)
-    order = " ORDER BY aggregate_id, topic, partition, offset"
-    if record is None:
-        result = warehouse.query(_STORED + order)
-    else:
-        result = warehouse.query(_STORED + " WHERE aggregate_id = {r:String}" + order, {"r": record})
-    return [_link(row) for row in result.rows]
-
-
-def check_links(links: Iterable[Link], report: ChainReport) -> None:
-    """Recompute each chain (``links`` in chain order) and note every entry that does not add up."""
-    previous: Link | None = None
-    for link in links:
-        report.entries += 1
-        if previous is None or previous.chain != link.chain:
-            report.chains += 1
-            expected_prev = GENESIS
-        else:
-            expected_prev = previous.entry_hash
-        where = (link.aggregate_id, link.topic, link.partition, link.offset)
-        if link.prev_hash != expected_prev:
-            report.note(Broken(*where, "prev_hash", expected_prev, link.prev_hash))
-        else:
-            expected = chain_hash(expected_prev, link.event_sha256, link.topic, link.partition, link.offset)
-            if expected != link.entry_hash:
-                report.note(Broken(*where, "entry_hash", expected, link.entry_hash))
-        previous = link
-
-
-def verify_chain(warehouse: Warehouse, record: str | None = None) -> ChainReport:
-    """Recompute every chain (of ``record``, or all) from the stored rows; the first broken entry."""
-    report = ChainReport(record=record)
-    check_links(stored_links(warehouse, record), report)
-    return report
-
-
-def verify_against_log(
-    warehouse: Warehouse,
-    event_log: EventLog,
-    record: str | None = None,
-    audited: Mapping[str, Mapping[int, int]] | None = None,
-    topics: Sequence[str] = SOURCE_OF_TRUTH,
-) -> ChainReport:
-    """:func:`verify_chain`, plus: re-read the log, re-hash each event, re-derive its row with the
-    same fold and compare every column with the stored row.
-
-    ``audited``: per topic and partition, the offset up to which the audit projection has
-    processed the log (its committed offsets); events at or past it are counted as ``unaudited``,
-    not as missing. Without it the whole log is expected to be in the table."""
-    report = verify_chain(warehouse, record)
-    stored = _stored_rows(warehouse, record)
-    wanted_key = record.encode() if record is not None else None
-    ends = {t: event_log.end_offsets(t) for t in topics}
-    heads: dict[ChainId, Link] = {}
-    for batch in event_log.scan(ends):
-        for rec in batch:
-            if wanted_key is not None and rec.key != wanted_key:
-                continue
-            position = (rec.topic, rec.partition, rec.offset)
-            row = stored.pop(position, None)
-            limit = audited.get(rec.topic, {}).get(rec.partition, 0) if audited is not None else None
-            if row is None and limit is not None and rec.offset >= limit:
-                # not processed yet; a row written before its offsets were committed (a running
-                # worker's current batch, a crash between write and commit) is checked like any
-                report.unaudited += 1
-                continue
-            report.log_events += 1
-            actual = event_hash(rec.value)
-            try:
-                event = decode(rec.value)
-            except CodecError:
-                event = None
-            if row is not None:  # the record the entry was chained under, whatever the log says now
-                aggregate = str(row["aggregate_id"])
-            else:
-                aggregate = event.envelope.aggregate_id if event else rec.key.decode(errors="replace")
-            where = (aggregate, rec.topic, rec.partition, rec.offset)
-            source = Source(rec.topic, rec.partition, rec.offset, rec.value)
-            if row is None:
-                if event is not None or record is None:
-                    report.note(Broken(*where, "missing row", actual, None), precise=True)
-                if event is not None:
-                    # chain on with the entry the row should have been: the entries after it are
-                    # judged on their own, not all reported because one row is gone
-                    should_be, _ = next_link(AuditState(heads), event, source)
-                    if should_be is not None:
-                        heads[should_be.chain] = should_be
-                continue
-            if _text(row["event_sha256"]) != actual:
-                report.note(Broken(*where, "event_sha256", _text(row["event_sha256"]), actual), precise=True)
-                # keep chaining from what is stored, so later entries are judged on their own
-                link = Link(*where, _text(row["event_sha256"]), _text(row["prev_hash"]), _text(row["entry_hash"]))
-                heads[link.chain] = link
-                continue
-            if event is None:  # same bytes as audited but undecodable: cannot re-derive the row
-                continue
-            derived, _ = next_link(AuditState(heads), event, source)
-            if derived is None:  # cannot happen in a log read once in order; nothing to compare
-                continue
-            heads[derived.chain] = derived
-            expected = entry_row(event, source, derived).values
-            for column in COLUMNS:
-                if _comparable(expected[column]) != _comparable(row[column]):
-                    report.note(Broken(*where, column, _show(expected[column]), _show(row[column])), precise=True)
-                    break
-    for (topic, partition, offset), row in stored.items():
-        report.note(
-            Broken(str(row["aggregate_id"]), topic, partition, offset, "no such event", None, "stored row"),
-            precise=True,
-        )
-    return report
-
-
-def _stored_rows(warehouse: Warehouse, record: str | None) -> dict[Position, dict[str, Any]]:
-    columns = ", ".join(COLUMNS)
-    if record is None:
-        result = warehouse.query(f"SELECT {columns} FROM {TABLE} FINAL")
-    else:
-        result = warehouse.query(
-            f"SELECT {columns} FROM {TABLE} FINAL WHERE aggregate_id = {{r:String}}", {"r": record}
-        )
-    rows: dict[Position, dict[str, Any]] = {}
-    for row in result.dicts():
-        rows[(str(row["topic"]), int(row["partition"]), int(row["offset"]))] = row
-    return rows
-
-
-def _comparable(value: Any) -> Any:
-    if isinstance(value, bytes | bytearray):
-        return value.decode()
-    if value is None or isinstance(value, int | float | bool):
-        return value
-    return str(value)
-
-
-def _show(value: Any) -> str | None:
-    return None if value is None else str(_comparable(value))
-
-
-def history(warehouse: Warehouse, record: str) -> list[dict[str, Any]]:
-    """The record's entries, every column, in the order things happened (occurred_at; ties by
-    recorded_at and log position; within one topic that is the chain order)."""
-    warehouse.command(DDL)
-    result = warehouse.query(
-        f"SELECT {', '.join(COLUMNS)} FROM {TABLE} FINAL WHERE aggregate_id = {{r:String}}"
-        " ORDER BY occurred_at, recorded_at, topic, partition, offset",
-        {"r": record},
-    )
-    entries = result.dicts()
-    for entry in entries:  # FixedString columns arrive as bytes; the hashes are hex text
-        for column in ("event_sha256", "prev_hash", "entry_hash"):
-            entry[column] = _text(entry[column])
-    return entries

@@ -45,7 +45,7 @@ InstanceRejected events are not indexed (nothing was stored); other event types 
 yield no rows.
 
 Study and series views (counts, modalities in study, size, sending organisations, completeness)
-are *not* stored: the query layer (:mod:`projections.queries`) computes them with a GROUP BY over
+are *not* stored: the read side (:mod:`projections.archive_index.views`) computes them with a GROUP BY over
 ``FINAL`` of the newest instance versions. A stored study row would need the previous state (a
 count, a union of modalities) that a pure one-event fold does not have, and a summing
 materialised view double-counts redelivered rows before the merge deduplicates them. The
@@ -238,10 +238,6 @@ def column_date(value: str | None) -> date | None:
     return parsed
 
 
-def _position(source: Source) -> dict[str, Any]:
-    return {"topic": source.topic, "partition": source.partition}
-
-
 def _instance(event: Event, source: Source) -> list[Row]:
     p = event.payload
     env = event.envelope
@@ -291,7 +287,7 @@ def _instance(event: Event, source: Source) -> list[Row]:
         "missing": sorted(set(p.get("missing") or ())),
         "received_at": env.recorded_at,
         "event_id": env.event_id,
-        **_position(source),
+        **source.columns(offset=False),
         "log_version": source.offset,
     }
     return [Row(INSTANCES, values)]
@@ -327,7 +323,7 @@ def _report(
             "event_type": env.event_type,
             "event_id": env.event_id,
             "recorded_at": env.recorded_at,
-            **_position(source),
+            **source.columns(offset=False),
             "log_version": source.offset,
         }
         return [Row(REPORTS_TABLE, values)]
@@ -348,7 +344,7 @@ def _patient_updated(event: Event, source: Source) -> list[Row]:
                 "source": p.get("source") or "",
                 "updated_at": env.recorded_at,
                 "event_id": env.event_id,
-                **_position(source),
+                **source.columns(offset=False),
                 "log_version": source.offset,
             },
         )
@@ -373,8 +369,7 @@ def _patients_merged(event: Event, source: Source) -> list[Row]:
                 "source": p.get("source") or "",
                 "merged_at": env.recorded_at,
                 "event_id": env.event_id,
-                **_position(source),
-                "offset": source.offset,
+                **source.columns(),
                 "log_version": _micros(env.recorded_at),
             },
         )

@@ -1,0 +1,237 @@
+"""The rebuild engine of ``cami replay`` (and of the benchmarks): drop a projection's tables and
+rebuild them from offset 0 of the log.
+
+Read models are disposable: the log is the source of truth, and a projection is a pure function
+of it. A rebuild therefore
+
+1. drops the projection's tables (each projection class declares ``tables``) and recreates them
+   from its ``ddl``;
+2. *then* takes the end offsets of its topics (the rebuild's target ``E``);
+3. reads every partition from offset 0 up to ``E`` with :meth:`EventLog.scan` (no consumer group:
+   the live processors' committed offsets are not touched while it runs), decodes each event
+   once and applies every projection being rebuilt to it, writing the rows through the same
+   :class:`projections.sinks.WarehouseSink` the live processors use.
+
+Dead letters. The projection's open dead letters (:mod:`projections.dead_letters`) are marked
+resolved when its tables are recreated, since every event is applied again; an event that still
+cannot be applied is recorded again as a dead letter (the same rule as the live runners), so the
+rebuild completes and the letter stays visible.
+
+Offsets and a live processor. Rows are keyed by the event's log position and the tables
+deduplicate (ReplacingMergeTree), so applying an event twice leaves the same table. Taking ``E``
+*after* the tables were recreated makes a live processor that keeps running harmless: whatever it
+wrote before the drop has a position below ``E`` and is rebuilt; whatever it writes afterwards
+lands in the new tables (a batch that hit the table while it was missing fails, is not committed,
+and is redelivered). After the rebuild the live group is *aligned*:
+
+* embedded log: each projection has its own group (``cami.<name>``); where its committed offset
+  is below ``E`` it is moved forward to ``E``, so the live runner does not apply ``[C, E)`` a
+  second time. An offset already beyond ``E`` is left alone (those events came after the
+  rebuild's snapshot and are the live runner's to apply).
+* Kafka: the Faust workers share one group (the app id) across *all* projections, so it cannot be
+  moved for one projection without making the others skip events. It is left as it is; the
+  workers re-apply ``[C, E)`` after the rebuild, which the tables absorb (same keys). Stopping the
+  workers during a rebuild is not required, only cheaper.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from projections import dead_letters
+from projections.sinks import WarehouseSink
+from projections.warehouse import Warehouse, WarehouseError
+from streams.log import EventLog, Record
+from streams.processing import (
+    SETTLE_AFTER,
+    Processor,
+    Source,
+    backoff,
+    decode_records,
+    deliver_decoded,
+    group_id,
+)
+
+log = logging.getLogger("cami.replay")
+
+#: events read, decoded and written per step (one insert per table per step)
+DEFAULT_BATCH = 5_000
+
+
+@dataclass
+class RebuildResult:
+    projections: list[str]
+    #: events read from the log (up to the end offsets taken after the tables were recreated)
+    events: int = 0
+    #: rows written, per table (before deduplication)
+    rows_written: dict[str, int] = field(default_factory=dict)
+    #: rows in each table after the rebuild (deduplicated: ``count() ... FINAL``)
+    table_rows: dict[str, int] = field(default_factory=dict)
+    undecodable: int = 0
+    #: per projection, events that still cannot be applied (recorded again as dead letters)
+    dead_letters: dict[str, int] = field(default_factory=dict)
+    #: per projection, dead letters open before the rebuild (all retried by it)
+    retried_dead_letters: dict[str, int] = field(default_factory=dict)
+    seconds: float = 0.0
+    #: the rebuild's target: per topic, per partition, the end offset read up to
+    ends: dict[str, dict[int, int]] = field(default_factory=dict)
+    #: consumer groups whose committed offsets were moved forward to the target
+    aligned_groups: dict[str, dict[str, dict[int, int]]] = field(default_factory=dict)
+
+    @property
+    def events_per_second(self) -> float:
+        return self.events / self.seconds if self.seconds > 0 else 0.0
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "projections": self.projections,
+            "events": self.events,
+            "rows_written": self.rows_written,
+            "table_rows": self.table_rows,
+            "undecodable": self.undecodable,
+            "dead_letters": self.dead_letters,
+            "retried_dead_letters": self.retried_dead_letters,
+            "seconds": round(self.seconds, 3),
+            "events_per_second": round(self.events_per_second, 1),
+            "ends": {t: {str(p): o for p, o in e.items()} for t, e in self.ends.items()},
+            "aligned_groups": {
+                g: {t: {str(p): o for p, o in e.items()} for t, e in topics.items()}
+                for g, topics in self.aligned_groups.items()
+            },
+        }
+
+
+def _declared(processor: Processor, attribute: str) -> tuple[str, ...]:
+    value = getattr(processor, attribute, None)
+    if not value:
+        raise ValueError(f"projection {processor.name!r} declares no {attribute}; it cannot be rebuilt")
+    return tuple(value)
+
+
+def rebuild(
+    event_log: EventLog,
+    warehouse: Warehouse,
+    processors: Sequence[Processor],
+    *,
+    batch_size: int = DEFAULT_BATCH,
+    align: bool = True,
+    on_start: Callable[[int], None] | None = None,
+    on_progress: Callable[[int], None] | None = None,
+) -> RebuildResult:
+    """Drop, recreate and refill the tables of ``processors`` from offset 0 (see module doc).
+
+    ``on_start(total_events)`` is called once the target is known, ``on_progress(n)`` after each
+    batch of ``n`` events is written."""
+    started = time.perf_counter()
+    result = RebuildResult([p.name for p in processors])
+    tables = {p.name: _declared(p, "tables") for p in processors}
+    ddl = {p.name: _declared(p, "ddl") for p in processors}
+    sinks: dict[str, WarehouseSink] = {}
+    for processor in processors:
+        for table in tables[processor.name]:
+            warehouse.command(f"DROP TABLE IF EXISTS {table}")
+        sinks[processor.name] = WarehouseSink(warehouse, ddl[processor.name])  # recreates them
+        # every event is applied again from offset 0: the old dead letters are retried with them
+        # (resolved now; those that still fail are recorded again, newer than this resolution)
+        retried = dead_letters.resolve(warehouse, processor.name)
+        if retried:
+            result.retried_dead_letters[processor.name] = retried
+
+    topics = list(dict.fromkeys(t for p in processors for t in p.topics))
+    result.ends = {t: event_log.end_offsets(t) for t in topics}
+    if on_start is not None:
+        on_start(sum(sum(e.values()) for e in result.ends.values()))
+    readers = {t: [p for p in processors if t in p.topics] for t in topics}
+
+    for records in event_log.scan(result.ends, batch_size):
+        by_topic: dict[str, list[Record]] = {}
+        for record in records:
+            by_topic.setdefault(record.topic, []).append(record)
+        for topic, topic_records in by_topic.items():
+            _apply(topic_records, readers[topic], sinks, result)
+        result.events += len(records)
+        if on_progress is not None:
+            on_progress(len(records))
+
+    for processor in processors:
+        for table in tables[processor.name]:
+            result.table_rows[table] = _count(warehouse, table)
+    if align:
+        result.aligned_groups = align_embedded_groups(event_log, processors, result.ends)
+    result.seconds = time.perf_counter() - started
+    return result
+
+
+def _apply(
+    records: Sequence[Record],
+    processors: Sequence[Processor],
+    sinks: dict[str, WarehouseSink],
+    result: RebuildResult,
+) -> None:
+    """Decode each record once and give it to every projection reading its topic, through the
+    same :func:`streams.processing.deliver_decoded` the live runners use: an event a projection
+    cannot apply becomes a dead letter again, a warehouse outage is retried a few times with
+    backoff and then fails the rebuild (nothing is skipped)."""
+    decoded, undecodable = decode_records([(Source(r.topic, r.partition, r.offset, r.value), r.value) for r in records])
+    result.undecodable += len(undecodable)
+    for processor in processors:
+        failures = 0
+        while True:
+            try:
+                # no prepare: the rebuilt tables start empty, the processor's state with them
+                done = deliver_decoded(
+                    processor,
+                    sinks[processor.name],
+                    decoded,
+                    undecodable,
+                    settle=failures >= SETTLE_AFTER,
+                    prepare=False,
+                )
+                break
+            except Exception as exc:
+                failures += 1
+                if failures > SETTLE_AFTER:
+                    raise
+                log.warning("replay %s: batch not applied (%s); retrying", processor.name, exc)
+                time.sleep(backoff(failures))
+        for row in done.rows:
+            result.rows_written[row.table] = result.rows_written.get(row.table, 0) + 1
+        if done.dead_letters:
+            result.dead_letters[processor.name] = result.dead_letters.get(processor.name, 0) + len(done.dead_letters)
+
+
+def _count(warehouse: Warehouse, table: str) -> int:
+    try:
+        return int(warehouse.query(f"SELECT count() FROM {table} FINAL").scalar())
+    except WarehouseError:  # an engine without FINAL (plain MergeTree) has nothing to collapse
+        return int(warehouse.query(f"SELECT count() FROM {table}").scalar())
+
+
+def align_embedded_groups(
+    event_log: EventLog, processors: Sequence[Processor], ends: dict[str, dict[int, int]]
+) -> dict[str, dict[str, dict[int, int]]]:
+    """Move each projection's own group (``cami.<name>``) forward to the rebuild's target where it
+    is behind, so the live runner does not apply again what the rebuild already wrote.
+
+    Only on the embedded log, where the group belongs to this one projection; the Faust group on
+    Kafka is shared by every projection and is left alone (see the module doc)."""
+    if event_log.backend != "embedded":
+        return {}
+    aligned: dict[str, dict[str, dict[int, int]]] = {}
+    for processor in processors:
+        group = group_id(processor)
+        marks: list[Record] = []
+        for topic in processor.topics:
+            committed = event_log.committed(group, topic)
+            for partition, end in ends.get(topic, {}).items():
+                if end > 0 and committed.get(partition, 0) < end:
+                    marks.append(Record(topic, partition, end - 1, b"", b"", 0))
+                    aligned.setdefault(group, {}).setdefault(topic, {})[partition] = end
+        if marks:
+            with event_log.consumer(group, processor.topics) as consumer:
+                consumer.commit(marks)  # commits the offset after each mark: the target itself
+    return aligned
