@@ -57,6 +57,7 @@ class Archive:
                 store_name=self.blob_store_name,
                 refresh_index=self.refresh_sop_index,
                 document_hooks=[DocumentReportHook(self.blob_store_name)],  # SR / PDF -> report events
+                max_inflated_bytes=self.settings.max_inflated_bytes,
             )
         return self._ingestor
 

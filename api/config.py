@@ -45,6 +45,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from ingest.dicom import DEFAULT_MAX_INFLATED_BYTES
 from ingest.importer import ImportLimits
 from ingest.scp import DEFAULT_MAX_ASSOCIATIONS, DEFAULT_REQUEST_TIMEOUT
 from ingest.tls import TlsSettings
@@ -82,6 +83,8 @@ class Settings:
     dicom_request_timeout: float = DEFAULT_REQUEST_TIMEOUT
     #: DICOM associations at once
     dicom_max_associations: int = DEFAULT_MAX_ASSOCIATIONS
+    #: how far a deflated data set may inflate before it is refused as a deflate bomb
+    max_inflated_bytes: int = DEFAULT_MAX_INFLATED_BYTES
     #: how far files and zip members of ``cami import`` may inflate
     import_limits: ImportLimits = field(default_factory=ImportLimits)
     #: S3 credentials and region that complete the blob store URL (never in the URL itself)
@@ -114,6 +117,7 @@ class Settings:
             production=_environment(env.get("CAMI_ENV", "")) == "production",
             dicom_request_timeout=float(env.get("CAMI_DICOM_REQUEST_TIMEOUT", DEFAULT_REQUEST_TIMEOUT)),
             dicom_max_associations=int(env.get("CAMI_DICOM_MAX_ASSOCIATIONS", DEFAULT_MAX_ASSOCIATIONS)),
+            max_inflated_bytes=int(env.get("CAMI_MAX_INFLATED_BYTES", DEFAULT_MAX_INFLATED_BYTES)),
             import_limits=_import_limits(env),
             blob_store_env={name: env[name] for name in BLOB_STORE_ENVIRONMENT if env.get(name)},
         )

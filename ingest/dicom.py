@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import functools
 import io
-import os
 import struct
 import zlib
 from collections.abc import Iterator
@@ -207,13 +206,8 @@ def _raw_elements(
     yield from data_element_generator(stream, implicit, little, defer_size=None, stop_when=stop_when)
 
 
-def max_inflated_bytes() -> int:
-    return int(os.environ.get("CAMI_MAX_INFLATED_BYTES", str(DEFAULT_MAX_INFLATED_BYTES)))
-
-
-def inflate(deflated: bytes, limit: int | None = None) -> bytes:
+def inflate(deflated: bytes, limit: int = DEFAULT_MAX_INFLATED_BYTES) -> bytes:
     """Inflate a deflated data set (PS3.5 A.5) in bounded steps, refusing past ``limit`` bytes."""
-    limit = max_inflated_bytes() if limit is None else limit
     inflater = zlib.decompressobj(-zlib.MAX_WBITS)
     out = bytearray()
     pending = deflated
@@ -370,7 +364,7 @@ def _past_meta(tag: Any, vr: Any, length: Any) -> bool:
     return int(tag) >> 16 != 0x0002
 
 
-def parse(dataset: bytes, transfer_syntax: str) -> Dataset:
+def parse(dataset: bytes, transfer_syntax: str, max_inflated: int = DEFAULT_MAX_INFLATED_BYTES) -> Dataset:
     """Check the structure and return the header (everything before the pixel data) in one pass.
 
     Every top-level element's declared length must fit the bytes that arrived: pydicom alone
@@ -379,7 +373,7 @@ def parse(dataset: bytes, transfer_syntax: str) -> Dataset:
     if transfer_syntax not in KNOWN_TRANSFER_SYNTAXES:
         raise MalformedObject(f"unknown transfer syntax: {transfer_syntax[:64]!r} is not one the archive can read")
     if transfer_syntax == DEFLATED:
-        return parse(inflate(dataset), "1.2.840.10008.1.2.1")
+        return parse(inflate(dataset, max_inflated), "1.2.840.10008.1.2.1")
     implicit, little = _encoding(transfer_syntax)
     stream = io.BytesIO(dataset)
     header: dict[BaseTag, DataElement | RawDataElement] = {}
@@ -419,9 +413,9 @@ def check_structure(dataset: bytes, transfer_syntax: str) -> None:
     parse(dataset, transfer_syntax)
 
 
-def read_header(dataset: bytes, transfer_syntax: str) -> Dataset:
+def read_header(dataset: bytes, transfer_syntax: str, max_inflated: int = DEFAULT_MAX_INFLATED_BYTES) -> Dataset:
     """The checked header of a data set (see :func:`parse`)."""
-    return parse(dataset, transfer_syntax)
+    return parse(dataset, transfer_syntax, max_inflated)
 
 
 def text(ds: Dataset, keyword: str) -> str | None:

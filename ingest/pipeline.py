@@ -22,7 +22,7 @@ from typing import Any
 
 from pydicom.dataset import Dataset
 
-from ingest.dicom import MalformedObject, Received, parse, part10, split_part10
+from ingest.dicom import DEFAULT_MAX_INFLATED_BYTES, MalformedObject, Received, parse, part10, split_part10
 from ingest.sop_index import HeldInstance, SopIndex
 from ingest.statuses import Status
 from ingest.validation import Inspection, Refusal, inspect
@@ -151,10 +151,11 @@ def examine_dataset(
     sop_class_uid: str | None = None,
     sop_instance_uid: str | None = None,
     store_name: str = "",
+    max_inflated: int = DEFAULT_MAX_INFLATED_BYTES,
 ) -> Examined:
     """Every check a data set received by C-STORE must pass; raises :class:`Refused`."""
     try:
-        header = parse(dataset, transfer_syntax)
+        header = parse(dataset, transfer_syntax, max_inflated)
     except MalformedObject as exc:
         raise _malformed(exc) from None
     inspection = _inspect(header, sop_class_uid, sop_instance_uid)
@@ -171,7 +172,14 @@ def examine_dataset(
     return Examined(received, header, inspection)
 
 
-def examine_file(data: bytes, arrival: Arrival, *, store_name: str = "", meta_must_match: bool = True) -> Examined:
+def examine_file(
+    data: bytes,
+    arrival: Arrival,
+    *,
+    store_name: str = "",
+    meta_must_match: bool = True,
+    max_inflated: int = DEFAULT_MAX_INFLATED_BYTES,
+) -> Examined:
     """Every check a Part-10 file (import, STOW-RS) must pass; raises :class:`Refused`.
 
     ``meta_must_match=False`` (import of media): a file meta naming another SOP instance or class
@@ -181,7 +189,7 @@ def examine_file(data: bytes, arrival: Arrival, *, store_name: str = "", meta_mu
     building a STOW-RS request now has no such excuse: there the meta must match."""
     try:
         received = split_part10(data)
-        header = parse(data[received.dataset_offset :], received.transfer_syntax)
+        header = parse(data[received.dataset_offset :], received.transfer_syntax, max_inflated)
     except MalformedObject as exc:
         raise _malformed(exc) from None
     inspection = _inspect(header, None, None)
@@ -214,6 +222,7 @@ class Ingestor:
         store_name: str | None = None,
         refresh_index: Callable[[], None] | None = None,
         document_hooks: Sequence[Callable[[Dataset, Outcome, Arrival], list[Event]]] = (),
+        max_inflated_bytes: int = DEFAULT_MAX_INFLATED_BYTES,
     ):
         self.blobs = blobs
         self.event_log = event_log
@@ -223,6 +232,8 @@ class Ingestor:
         self.refresh_index = refresh_index
         #: called after a new (non-duplicate) store; their events are published (e.g. SR -> report)
         self.document_hooks = tuple(document_hooks)
+        #: how far a deflated data set may inflate before it is refused (a deflate bomb)
+        self.max_inflated_bytes = max_inflated_bytes
         #: SOPInstanceUIDs whose event append failed ambiguously (the log may hold it anyway)
         self._uncertain: set[str] = set()
         #: outcomes since start, by kind ("stored", "duplicate", or the refusal reason)
@@ -253,6 +264,7 @@ class Ingestor:
                 sop_class_uid=sop_class_uid,
                 sop_instance_uid=sop_instance_uid,
                 store_name=self.store_name,
+                max_inflated=self.max_inflated_bytes,
             )
         except Refused as refused:
             return self._counted(
@@ -263,7 +275,13 @@ class Ingestor:
     def store_file(self, data: bytes, arrival: Arrival, *, meta_must_match: bool = True) -> Outcome:
         """A Part-10 file (import, STOW-RS), kept exactly as received (see :func:`examine_file`)."""
         try:
-            checked = examine_file(data, arrival, store_name=self.store_name, meta_must_match=meta_must_match)
+            checked = examine_file(
+                data,
+                arrival,
+                store_name=self.store_name,
+                meta_must_match=meta_must_match,
+                max_inflated=self.max_inflated_bytes,
+            )
         except Refused as refused:
             return self._counted(self.refuse(refused.refusal, arrival, data, None, None, refused.inspection))
         return self._counted(self._store(checked.received, checked.inspection, arrival, checked.header))

@@ -339,10 +339,8 @@ def test_sequences_up_to_the_nesting_limit_are_stored(running: Running, tmp_path
         assert response.Status == 0xC000 and "nested deeper" in response.ErrorComment
 
 
-def test_deflated_data_set_past_the_inflation_limit_is_refused(
-    running: Running, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    monkeypatch.setenv("CAMI_MAX_INFLATED_BYTES", str(4 * 1024 * 1024))
+def test_deflated_data_set_past_the_inflation_limit_is_refused(running: Running, tmp_path: Path) -> None:
+    running.archive.ingestor.max_inflated_bytes = 4 * 1024 * 1024  # as CAMI_MAX_INFLATED_BYTES would set it
     small, bomb = deflated_bomb(1024 * 1024), deflated_bomb(16 * 1024 * 1024)
     assert len(bomb) < 100_000  # a small object on the wire
     for name, data in (("small", small), ("bomb", bomb)):

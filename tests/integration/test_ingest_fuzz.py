@@ -26,7 +26,6 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pydicom.data
-import pytest
 from pydicom.dataset import Dataset
 from pydicom.filereader import read_file_meta_info
 from pydicom.sequence import Sequence
@@ -164,10 +163,8 @@ def cases(count: int, seed: int) -> Iterator[tuple[int, str, bytes]]:
         yield number, kind, data
 
 
-def test_mutated_objects_are_refused_or_stored_never_an_internal_error(
-    running: Running, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    monkeypatch.setenv("CAMI_MAX_INFLATED_BYTES", str(32 * 1024 * 1024))
+def test_mutated_objects_are_refused_or_stored_never_an_internal_error(running: Running, tmp_path: Path) -> None:
+    running.archive.ingestor.max_inflated_bytes = 32 * 1024 * 1024  # as CAMI_MAX_INFLATED_BYTES would set it
     ingestor = running.archive.ingestor
     arrival = Arrival(channel="stow-rs", source_node="fuzz", organisation="1.2.643.5.1.13.13.12.2.50.1001")
     rss_before = peak_rss()
