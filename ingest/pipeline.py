@@ -404,6 +404,11 @@ class Ingestor:
             except Exception as exc:
                 log.error("document hook %s failed for %s: %s", hook, outcome.sop_instance_uid, exc)
 
+    def refuse(self, refusal: Refusal, arrival: Arrival, data: bytes, inspection: Inspection | None = None) -> Outcome:
+        """Refuse ``data`` for a rule of the channel it came by (STOW-RS: the study in the URL) as
+        the pipeline refuses for its own rules: the same status and InstanceRejected event."""
+        return self._refuse(refusal, arrival, data, None, None, inspection)
+
     def _refuse(
         self,
         refusal: Refusal,

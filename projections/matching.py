@@ -2,7 +2,7 @@
 
 Pure: text in, a :data:`Condition` out, or :class:`MatchingError` naming the attribute. The query
 layer (:mod:`projections.queries`) turns conditions into ClickHouse ``{name:Type}`` parameters;
-QIDO-RS (:mod:`api.qido`) and C-FIND (:mod:`api.qr_find`) both parse through here, so the two
+QIDO-RS (:mod:`api.http.qido`) and C-FIND (:mod:`api.qr_find`) both parse through here, so the two
 channels match the same way.
 
 =================  ===================================================================================

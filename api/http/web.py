@@ -1,6 +1,6 @@
 """The browser side: sign-in, the study page the MIS links to, patient search, the viewer (issue 5).
 
-Installed into the HTTP app by :func:`api.http.create_app`; every read goes through
+Mounted into the HTTP app by :func:`api.http.app.create_app`; every read goes through
 :mod:`api.access` (role policy and the record-accessed event).
 
 Pages (server-side HTML shells; the script ``/static/cami.js`` renders the data embedded in the
@@ -40,7 +40,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import quote, urlencode, urlsplit
 
-from fastapi import FastAPI, Request
+from fastapi import APIRouter, FastAPI, Request
 from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
 from fastapi.staticfiles import StaticFiles
 
@@ -57,14 +57,15 @@ from api.auth import (
     session_claims,
     session_key,
 )
-from api.bootstrap import Archive
-from api.http import ApiError, _authenticate
+from api.http.deps import authenticate as _authenticate
+from api.http.errors import ApiError
 from ingest.dicom import is_uid
 from projections.queries import patient_timeline, search_studies, series_instances, study_report, study_series
+from projections.warehouse.base import Warehouse
 
 log = logging.getLogger("cami.web")
 
-STATIC = Path(__file__).parent / "static"
+STATIC = Path(__file__).parent.parent / "static"
 #: roles that may open a study page (it shows images) and search patients' studies
 STUDY_PAGE_ROLES = IMAGE_ROLES
 SEARCH_ROLES = PATIENT_DATA_ROLES
@@ -310,27 +311,32 @@ def _too_many_attempts(request: Request, next_url: str, wait: int) -> Response:
 
 
 # -- routes ------------------------------------------------------------------------------------
-def install(app: FastAPI, archive: Archive, recorder: AccessRecorder) -> None:
-    """Add the browser pages and their JSON/static routes to ``app``."""
-    app.state.session_key = session_key(archive.settings.home)
-    app.state.revoked_sessions = RevokedSessions(archive.settings.home / "sessions.db")
+def install_sessions(app: FastAPI, home: Path) -> None:
+    """What the pages need of the app itself: the session key and revocations under ``home``, the
+    sign-in limiter, the static assets and the redirect to the sign-in page."""
+    app.state.session_key = session_key(home)
+    app.state.revoked_sessions = RevokedSessions(home / "sessions.db")
     app.state.signin_limiter = SignInLimiter()
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
-    warehouse = archive.warehouse
 
     @app.exception_handler(_Redirect)
     async def redirect(request: Request, exc: _Redirect) -> Response:
         return exc.response
 
-    @app.get("/", include_in_schema=False)
+
+def router(warehouse: Warehouse, recorder: AccessRecorder) -> APIRouter:
+    """The browser pages and their JSON routes, reading ``warehouse``; reads recorded through ``recorder``."""
+    routes = APIRouter()
+
+    @routes.get("/", include_in_schema=False)
     def home() -> RedirectResponse:
         return RedirectResponse("/search", status_code=303)
 
-    @app.get("/signin", tags=["browser"], summary="the sign-in page", response_class=HTMLResponse)
+    @routes.get("/signin", tags=["browser"], summary="the sign-in page", response_class=HTMLResponse)
     def signin_form(request: Request, next: str | None = None) -> HTMLResponse:
         return _signin_page(_safe_next(next), "expired" if next else None)
 
-    @app.post("/signin", tags=["browser"], summary="sign in (form post): user name and token -> session cookie")
+    @routes.post("/signin", tags=["browser"], summary="sign in (form post): user name and token -> session cookie")
     async def signin(request: Request) -> Response:
         if not _same_origin(request):
             return _message_page(403, "error.cross-site", "Вход возможен только со страницы архива.", None)
@@ -372,7 +378,7 @@ def install(app: FastAPI, archive: Archive, recorder: AccessRecorder) -> None:
         )
         return response
 
-    @app.post("/signout", tags=["browser"], summary="end the browser session")
+    @routes.post("/signout", tags=["browser"], summary="end the browser session")
     def signout(request: Request) -> Response:
         if not _same_origin(request):
             return _message_page(403, "error.cross-site", "Вход возможен только со страницы архива.", None)
@@ -384,7 +390,7 @@ def install(app: FastAPI, archive: Archive, recorder: AccessRecorder) -> None:
         response.delete_cookie(SESSION_COOKIE, path="/", httponly=True, samesite="strict")
         return response
 
-    @app.get("/api/session", tags=["browser"], summary="who the caller is signed in as (no patient data)")
+    @routes.get("/api/session", tags=["browser"], summary="who the caller is signed in as (no patient data)")
     def whoami(request: Request) -> JSONResponse:
         user = _authenticate(request)
         return JSONResponse(
@@ -392,7 +398,7 @@ def install(app: FastAPI, archive: Archive, recorder: AccessRecorder) -> None:
             headers={"Cache-Control": "no-store"},
         )
 
-    @app.get("/study", tags=["browser"], summary="the study page the MIS links to", response_class=HTMLResponse)
+    @routes.get("/study", tags=["browser"], summary="the study page the MIS links to", response_class=HTMLResponse)
     def study_page(request: Request, patient: str | None = None, study: str | None = None) -> HTMLResponse:
         user = _page_user(request)
         if patient is None or not _valid_patient_id(patient) or study is None or not is_uid(study):
@@ -454,7 +460,7 @@ def install(app: FastAPI, archive: Archive, recorder: AccessRecorder) -> None:
 </main>"""
         return _page("study", "Исследование", body, data)
 
-    @app.get(
+    @routes.get(
         "/search", tags=["browser"], summary="a patient's studies across organisations", response_class=HTMLResponse
     )
     def search_page(request: Request, patient: str | None = None, name: str | None = None) -> HTMLResponse:
@@ -500,3 +506,5 @@ def install(app: FastAPI, archive: Archive, recorder: AccessRecorder) -> None:
 <div id="search-results"></div>
 </main>"""
         return _page("search", "Поиск", body, data, status)
+
+    return routes

@@ -39,7 +39,7 @@ from datetime import date
 from enum import Enum
 from typing import Any
 
-from fastapi import Depends, FastAPI, Request
+from fastapi import APIRouter, Depends, Request
 from fastapi.responses import JSONResponse
 from pydicom.datadict import dictionary_has_tag
 from pydicom.datadict import tag_for_keyword as keyword_tag
@@ -47,9 +47,9 @@ from pydicom.valuerep import PersonName
 
 from api.access import PATIENT_DATA_ROLES, AccessRecorder, Reader
 from api.auth import ROLES, User
-from api.base_url import base_url as public_base_url
-from api.bootstrap import Archive
-from api.http import DICOM_JSON, ApiError, require
+from api.http.base_url import base_url as public_base_url
+from api.http.deps import require
+from api.http.errors import ApiError
 from projections.matching import (
     ATTRIBUTES,
     Attribute,
@@ -61,7 +61,9 @@ from projections.matching import (
     resolve_attribute,
 )
 from projections.queries import LEVEL_ATTRIBUTES, MAX_LIMIT, find
+from projections.warehouse.base import Warehouse
 
+DICOM_JSON = "application/dicom+json"
 DEFAULT_LIMIT = 1000
 CONTROL_PARAMETERS = ("includefield", "limit", "offset", "fuzzymatching")
 
@@ -272,8 +274,9 @@ def _named_uid(keys: Mapping[str, Condition], keyword: str) -> str | None:
     return values[0] if len(values) == 1 else None
 
 
-def install(app: FastAPI, archive: Archive, recorder: AccessRecorder) -> None:
-    """Add the QIDO-RS routes to ``app``."""
+def router(warehouse: Warehouse, recorder: AccessRecorder) -> APIRouter:
+    """The QIDO-RS routes, searching ``warehouse``; each search recorded through ``recorder``."""
+    routes = APIRouter()
     signed_in = Depends(require(frozenset(ROLES)))
 
     def search(request: Request, user: User, level: str, path: dict[str, str]) -> JSONResponse:
@@ -298,7 +301,7 @@ def install(app: FastAPI, archive: Archive, recorder: AccessRecorder) -> None:
         try:
             # one more row than the page tells whether to warn that more can be asked for
             fetch = parsed.limit if parsed.limit_given else parsed.limit + 1
-            rows = find(archive.warehouse, level, parsed.keys, limit=fetch, offset=parsed.offset, returned=keywords)
+            rows = find(warehouse, level, parsed.keys, limit=fetch, offset=parsed.offset, returned=keywords)
         except MatchingError as exc:
             raise _bad(exc.attribute, exc.message) from None
         more = len(rows) > parsed.limit
@@ -323,30 +326,32 @@ def install(app: FastAPI, archive: Archive, recorder: AccessRecorder) -> None:
 
     tags: list[str | Enum] = ["DICOMweb"]
 
-    @app.get("/dicomweb/studies", tags=tags, summary="QIDO-RS: search for studies")
+    @routes.get("/dicomweb/studies", tags=tags, summary="QIDO-RS: search for studies")
     def search_studies(request: Request, user: User = signed_in) -> JSONResponse:
         return search(request, user, "STUDY", {})
 
-    @app.get("/dicomweb/series", tags=tags, summary="QIDO-RS: search for series")
+    @routes.get("/dicomweb/series", tags=tags, summary="QIDO-RS: search for series")
     def search_series(request: Request, user: User = signed_in) -> JSONResponse:
         return search(request, user, "SERIES", {})
 
-    @app.get("/dicomweb/studies/{study}/series", tags=tags, summary="QIDO-RS: search for series of a study")
+    @routes.get("/dicomweb/studies/{study}/series", tags=tags, summary="QIDO-RS: search for series of a study")
     def search_study_series(request: Request, study: str, user: User = signed_in) -> JSONResponse:
         return search(request, user, "SERIES", {"StudyInstanceUID": study})
 
-    @app.get("/dicomweb/instances", tags=tags, summary="QIDO-RS: search for instances")
+    @routes.get("/dicomweb/instances", tags=tags, summary="QIDO-RS: search for instances")
     def search_instances(request: Request, user: User = signed_in) -> JSONResponse:
         return search(request, user, "IMAGE", {})
 
-    @app.get("/dicomweb/studies/{study}/instances", tags=tags, summary="QIDO-RS: search for instances of a study")
+    @routes.get("/dicomweb/studies/{study}/instances", tags=tags, summary="QIDO-RS: search for instances of a study")
     def search_study_instances(request: Request, study: str, user: User = signed_in) -> JSONResponse:
         return search(request, user, "IMAGE", {"StudyInstanceUID": study})
 
-    @app.get(
+    @routes.get(
         "/dicomweb/studies/{study}/series/{series}/instances",
         tags=tags,
         summary="QIDO-RS: search for instances of a series",
     )
     def search_series_instances(request: Request, study: str, series: str, user: User = signed_in) -> JSONResponse:
         return search(request, user, "IMAGE", {"StudyInstanceUID": study, "SeriesInstanceUID": series})
+
+    return routes

@@ -47,9 +47,9 @@ import uuid
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from email.message import Message
-from typing import Any
+from typing import Any, Protocol
 
-from fastapi import Depends, FastAPI, Request
+from fastapi import APIRouter, Depends, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from pydicom import dcmread
 from pydicom.dataset import Dataset
@@ -57,19 +57,30 @@ from pydicom.encaps import get_frame
 from pydicom.pixels.utils import pixel_array
 from pydicom.uid import UID
 
-from api import rendering
 from api.access import IMAGE_ROLES, PATIENT_DATA_ROLES, AccessRecorder, Reader
 from api.auth import ROLES, User
-from api.base_url import base_url
-from api.bootstrap import Archive
-from api.http import ApiError, require
-from ingest.blobs import BlobStoreError
+from api.http import rendering
+from api.http.base_url import base_url
+from api.http.deps import require
+from api.http.errors import ApiError
+from ingest.blobs import BlobStore, BlobStoreError
 from ingest.dicom import is_uid
 from projections.archive_index import INSTANCES
 from projections.queries import resolve_patients
 from projections.warehouse.base import Warehouse
 
 log = logging.getLogger("cami.wado")
+
+
+class Archive(Protocol):
+    """What the WADO routes read: the archive index and the blob store."""
+
+    @property
+    def warehouse(self) -> Warehouse: ...
+
+    @property
+    def blobs(self) -> BlobStore: ...
+
 
 DICOM = "application/dicom"
 DICOM_JSON = "application/dicom+json"
@@ -709,20 +720,22 @@ def _plain_segment(segment: str) -> bool:
     return is_uid(segment) or segment in _KEYWORDS or all(p.isdigit() for p in segment.split(","))
 
 
-def install(app: FastAPI, archive: Archive, recorder: AccessRecorder) -> None:
-    """Add the WADO-RS and WADO-URI routes to ``app``."""
+def router(archive: Archive, recorder: AccessRecorder) -> APIRouter:
+    """The WADO-RS and WADO-URI routes, reading ``archive``'s index and blobs; each read recorded
+    through ``recorder``."""
+    routes = APIRouter()
     wado = Wado(archive, recorder)
     signed_in = Depends(require(frozenset(ROLES)))  # the role is checked per route (and a refusal recorded)
 
-    @app.get("/dicomweb/studies/{study}", tags=["DICOMweb"], summary="WADO-RS: the study's objects as stored")
+    @routes.get("/dicomweb/studies/{study}", tags=["DICOMweb"], summary="WADO-RS: the study's objects as stored")
     def retrieve_study(request: Request, study: str, user: User = signed_in) -> Response:
         return wado.retrieve(request, _reader(request, user), study, None, None)
 
-    @app.get("/dicomweb/studies/{study}/series/{series}", tags=["DICOMweb"], summary="WADO-RS: the series' objects")
+    @routes.get("/dicomweb/studies/{study}/series/{series}", tags=["DICOMweb"], summary="WADO-RS: the series' objects")
     def retrieve_series(request: Request, study: str, series: str, user: User = signed_in) -> Response:
         return wado.retrieve(request, _reader(request, user), study, series, None)
 
-    @app.get(
+    @routes.get(
         "/dicomweb/studies/{study}/series/{series}/instances/{instance}",
         tags=["DICOMweb"],
         summary="WADO-RS: an object",
@@ -730,19 +743,19 @@ def install(app: FastAPI, archive: Archive, recorder: AccessRecorder) -> None:
     def retrieve_instance(request: Request, study: str, series: str, instance: str, user: User = signed_in) -> Response:
         return wado.retrieve(request, _reader(request, user), study, series, instance)
 
-    @app.get(
+    @routes.get(
         "/dicomweb/studies/{study}/metadata", tags=["DICOMweb"], summary="WADO-RS: the study's metadata (DICOM JSON)"
     )
     def study_metadata(request: Request, study: str, user: User = signed_in) -> Response:
         return wado.metadata(request, _reader(request, user), study, None, None)
 
-    @app.get(
+    @routes.get(
         "/dicomweb/studies/{study}/series/{series}/metadata", tags=["DICOMweb"], summary="WADO-RS: series metadata"
     )
     def series_metadata(request: Request, study: str, series: str, user: User = signed_in) -> Response:
         return wado.metadata(request, _reader(request, user), study, series, None)
 
-    @app.get(
+    @routes.get(
         "/dicomweb/studies/{study}/series/{series}/instances/{instance}/metadata",
         tags=["DICOMweb"],
         summary="WADO-RS: instance metadata",
@@ -750,7 +763,7 @@ def install(app: FastAPI, archive: Archive, recorder: AccessRecorder) -> None:
     def instance_metadata(request: Request, study: str, series: str, instance: str, user: User = signed_in) -> Response:
         return wado.metadata(request, _reader(request, user), study, series, instance)
 
-    @app.get(
+    @routes.get(
         "/dicomweb/studies/{study}/series/{series}/instances/{instance}/rendered",
         tags=["DICOMweb"],
         summary="WADO-RS: the first frame rendered (image/jpeg or image/png; window, viewport, quality)",
@@ -758,7 +771,7 @@ def install(app: FastAPI, archive: Archive, recorder: AccessRecorder) -> None:
     def instance_rendered(request: Request, study: str, series: str, instance: str, user: User = signed_in) -> Response:
         return wado.rendered(request, _reader(request, user), study, series, instance, None)
 
-    @app.get(
+    @routes.get(
         "/dicomweb/studies/{study}/series/{series}/instances/{instance}/frames/{frames}/rendered",
         tags=["DICOMweb"],
         summary="WADO-RS: one frame rendered (image/jpeg or image/png; window, viewport, quality)",
@@ -768,7 +781,7 @@ def install(app: FastAPI, archive: Archive, recorder: AccessRecorder) -> None:
     ) -> Response:
         return wado.rendered(request, _reader(request, user), study, series, instance, frames)
 
-    @app.get(
+    @routes.get(
         "/dicomweb/studies/{study}/series/{series}/instances/{instance}/frames/{frames}",
         tags=["DICOMweb"],
         summary="WADO-RS: pixel data of frames (multipart/related)",
@@ -778,13 +791,15 @@ def install(app: FastAPI, archive: Archive, recorder: AccessRecorder) -> None:
     ) -> Response:
         return wado.frames(request, _reader(request, user), study, series, instance, frames)
 
-    @app.get("/wado", tags=["WADO-URI"], summary="WADO-URI: an object or a rendered frame")
+    @routes.get("/wado", tags=["WADO-URI"], summary="WADO-URI: an object or a rendered frame")
     def wado_uri(request: Request, user: User = signed_in) -> Response:
         return wado.wado_uri(request, _reader(request, user))
 
-    @app.get("/dicomweb/studies/{rest:path}", include_in_schema=False)
+    @routes.get("/dicomweb/studies/{rest:path}", include_in_schema=False)
     def no_such_resource(rest: str) -> Response:
         # reached only when no route matched, e.g. an identifier holding a slash, a dot segment or NUL
         if not all(_plain_segment(s) for s in rest.split("/")):
             raise ApiError(400, "invalid-path", "identifiers in the path must be DICOM UIDs")
         raise ApiError(404, "not-found", "no such DICOMweb resource")
+
+    return routes
