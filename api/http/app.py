@@ -17,10 +17,8 @@ from __future__ import annotations
 import socket
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from typing import Any
 
 from fastapi import FastAPI
-from fastapi.openapi.utils import get_openapi
 from starlette.datastructures import MutableHeaders
 from starlette.types import ASGIApp, Receive, Scope, Send
 from starlette.types import Message as AsgiMessage
@@ -28,7 +26,7 @@ from starlette.types import Message as AsgiMessage
 from api.access import AccessRecorder
 from api.auth import UserDirectory, users_path
 from api.bootstrap import Archive
-from api.http import errors, oversight, qido, stow, wado, web
+from api.http import errors, openapi, oversight, qido, stow, wado, web
 from api.http import reports as report_routes
 from ingest.reports import ReportService, ReportStore
 
@@ -106,25 +104,8 @@ def create_app(
     app.include_router(wado.router(archive, recorder))
     app.include_router(web.router(archive.warehouse, recorder))
     app.include_router(oversight.router(archive.warehouse, recorder))
-    app.openapi = lambda: _openapi(app)  # type: ignore[method-assign]
+    app.openapi = lambda: openapi.document(app)  # type: ignore[method-assign]
     return app
-
-
-def _openapi(app: FastAPI) -> dict[str, Any]:
-    """FastAPI's document, less the 422 answers it adds to every operation with parameters: the
-    archive answers a request it cannot validate with 400 and the one error body."""
-    if app.openapi_schema is None:
-        document = get_openapi(
-            title=app.title, version=app.version, summary=app.summary, routes=app.routes, openapi_version="3.1.0"
-        )
-        for path in document.get("paths", {}).values():
-            for operation in path.values():
-                operation.get("responses", {}).pop("422", None)
-        schemas = document.get("components", {}).get("schemas", {})
-        for unused in ("HTTPValidationError", "ValidationError"):
-            schemas.pop(unused, None)
-        app.openapi_schema = document
-    return app.openapi_schema
 
 
 def _node() -> str:

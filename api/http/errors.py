@@ -16,6 +16,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.routing import Match
 
 from ingest.reports import ReportError
 from streams import EventLogError
@@ -66,6 +67,7 @@ _MEANINGS = {
     409: "the request conflicts with the resource's state",
     413: "the body exceeds the archive's limit",
     415: "the body's media type is not one this operation takes",
+    422: "the report service refuses the content (too long, NUL characters, not a UID)",
     429: "too many attempts; try again after Retry-After seconds",
     500: "the archive could not complete the request",
     503: "a part of the archive (event log, blob store, users file) is unavailable; nothing was recorded",
@@ -87,6 +89,21 @@ def responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
     return out
 
 
+_METHODS = ("GET", "HEAD", "POST", "PUT", "DELETE", "PATCH")
+
+
+def allowed_methods(request: Request) -> str:
+    """Every method some route takes on the request's path (Starlette's own 405 names those of
+    the first route that matched the path only, e.g. GET alone where POST is taken too)."""
+    routes = request.app.router.routes
+    allowed = [
+        method
+        for method in _METHODS
+        if any(route.matches({**request.scope, "method": method})[0] == Match.FULL for route in routes)
+    ]
+    return ", ".join(allowed)
+
+
 def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(ApiError)
     async def api_error(request: Request, exc: ApiError) -> JSONResponse:
@@ -104,9 +121,12 @@ def install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
-        # the exception's headers stay: a 405 says in Allow which methods the path takes
+        headers = dict(exc.headers or {}) or None
+        if exc.status_code == 405:
+            allowed = allowed_methods(request)
+            headers = {"Allow": allowed} if allowed else headers  # a mount (static files) says its own
         code = _HTTP_ERRORS.get(exc.status_code, "http-error")
-        return error_response(exc.status_code, code, str(exc.detail), dict(exc.headers or {}) or None)
+        return error_response(exc.status_code, code, str(exc.detail), headers)
 
     @app.exception_handler(EventLogError)
     async def log_down(request: Request, exc: EventLogError) -> JSONResponse:

@@ -82,6 +82,8 @@ def json_body(model: type[Body], caller: Callable[..., User]) -> Callable[..., A
 
 def _documented_body(model: type[BaseModel]) -> dict[str, Any]:
     schema = model.model_json_schema()
+    if "study_instance_uid" in schema["properties"]:  # the service refuses (422) what is not a UID
+        schema["properties"]["study_instance_uid"]["pattern"] = r"^(0|[1-9][0-9]*)(\.(0|[1-9][0-9]*))+$"
     return {"requestBody": {"required": True, "content": {"application/json": {"schema": schema}}}}
 
 
