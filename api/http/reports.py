@@ -25,6 +25,7 @@ from ingest.dicom import is_uid
 from ingest.reports import (
     AMENDING_ROLES,
     AUTHOR_ROLES,
+    MAX_TEXT,
     READER_ROLES,
     Author,
     ReportNotFound,
@@ -82,8 +83,15 @@ def json_body(model: type[Body], caller: Callable[..., User]) -> Callable[..., A
 
 def _documented_body(model: type[BaseModel]) -> dict[str, Any]:
     schema = model.model_json_schema()
-    if "study_instance_uid" in schema["properties"]:  # the service refuses (422) what is not a UID
-        schema["properties"]["study_instance_uid"]["pattern"] = r"^(0|[1-9][0-9]*)(\.(0|[1-9][0-9]*))+$"
+    # what the report service refuses with 422, said in the schema: a study that is not a UID,
+    # texts with NUL characters or longer than MAX_TEXT
+    for name, field in schema["properties"].items():
+        if name == "study_instance_uid":
+            field["pattern"] = r"^(0|[1-9][0-9]*)(\.(0|[1-9][0-9]*))+$"
+        elif name.endswith("_text"):
+            for option in field.get("anyOf", [field]):
+                if option.get("type") == "string":
+                    option.update(pattern="^[^\x00]*$", maxLength=MAX_TEXT)
     return {"requestBody": {"required": True, "content": {"application/json": {"schema": schema}}}}
 
 
