@@ -206,7 +206,9 @@ class Tally:
 
 
 def _caught_up(event_log: EventLog, group: str, topics: Sequence[str], ends: dict[str, dict[int, int]]) -> bool:
-    return all(event_log.committed(group, t).get(p, 0) >= end for t in topics for p, end in ends[t].items() if end > 0)
+    return all(
+        event_log.committed(group, t).get(p, 0) >= end for t in topics for p, end in ends[t].items() if end > 0
+    )
 
 
 def test_an_unprocessable_event_is_dead_lettered_committed_past_listed_and_retried(

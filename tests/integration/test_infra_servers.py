@@ -60,7 +60,9 @@ def _produce(bootstrap: str, topic: str, key: bytes, value: bytes) -> tuple[int,
     return partition, offset
 
 
-def _consume_all(bootstrap: str, topic: str, expected: int, timeout_s: float = 60.0) -> list[tuple[bytes, bytes]]:
+def _consume_all(
+    bootstrap: str, topic: str, expected: int, timeout_s: float = 60.0
+) -> list[tuple[bytes, bytes]]:
     """Read the topic from the beginning with a fresh group until ``expected`` records arrived."""
     consumer = Consumer(
         {

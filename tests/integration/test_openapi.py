@@ -146,7 +146,8 @@ def test_schemathesis_finds_no_failure(side: ReadSide, user: str | None, tmp_pat
     if user is not None:
         command += ["--header", f"Authorization: Bearer {side.tokens[user]}"]
     env = {**os.environ, "SCHEMATHESIS_HOOKS": "tests.support.openapi_hooks", "PYTHONPATH": str(ROOT)}
-    done = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
+    # run from the temporary folder: schemathesis keeps a cache in the working directory
+    done = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=900)
     output = done.stdout + done.stderr
     summary = [line for line in output.splitlines() if line.startswith("=") and " in " in line]
     print(summary[-1] if summary else output[-3000:])

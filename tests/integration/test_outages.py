@@ -25,21 +25,9 @@ COUNT = 240
 def _storescu_in_background(port: int, files: list[Path], log: Path) -> subprocess.Popen[bytes]:
     with log.open("wb") as out:
         return subprocess.Popen(
-            [
-                "/usr/bin/storescu",
-                "-v",
-                "-nh",
-                "-aet",
-                "OKB_CT1",
-                "-aec",
-                "CAMI",
-                "127.0.0.1",
-                str(port),
-                *map(str, files),
-            ],
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            env=DCMTK_ENV,
+            ["/usr/bin/storescu", "-v", "-nh", "-aet", "OKB_CT1", "-aec", "CAMI", "127.0.0.1", str(port),
+             *map(str, files)],
+            stdout=out, stderr=subprocess.STDOUT, env=DCMTK_ENV,
         )
 
 
