@@ -126,23 +126,14 @@ def _answers(description: str, content: dict[str, Any], *errors: int) -> dict[st
 
 
 _DATASETS = {"type": "array", "items": {"type": "object"}}
+#: what a read of stored objects may answer besides 200
+_READ_ERRORS = (400, 401, 403, 404, 406, 503)
 _RETRIEVE = _answers(
-    'the objects as stored (multipart/related; type="application/dicom")',
-    _content("multipart/related"),
-    400,
-    401,
-    403,
-    404,
-    406,
-    503,
+    'the objects as stored (multipart/related; type="application/dicom")', _content("multipart/related"), *_READ_ERRORS
 )
-_METADATA = _answers(
-    "DICOM JSON (PS3.18 F.2)", _content(DICOM_JSON, schema=_DATASETS), 400, 401, 403, 404, 406, 500, 503
-)
-_RENDERED = _answers("the frame rendered", _content("image/jpeg", "image/png"), 400, 401, 403, 404, 406, 503)
-_FRAMES = _answers(
-    "pixel data of the frames (multipart/related)", _content("multipart/related"), 400, 401, 403, 404, 406, 500, 503
-)
+_METADATA = _answers("DICOM JSON (PS3.18 F.2)", _content(DICOM_JSON, schema=_DATASETS), *_READ_ERRORS, 500)
+_RENDERED = _answers("the frame rendered", _content("image/jpeg", "image/png"), *_READ_ERRORS)
+_FRAMES = _answers("pixel data of the frames (multipart/related)", _content("multipart/related"), *_READ_ERRORS, 500)
 _QIDO = _answers(
     "matching data sets (DICOM JSON), [] when none match", _content(DICOM_JSON, schema=_DATASETS), 400, 401, 403, 503
 )
@@ -188,16 +179,8 @@ def _complete(path: str, method: str, operation: dict[str, Any]) -> None:
         operation["responses"] = _RETRIEVE
     elif path == "/wado":
         operation["parameters"] = _WADO_URI
-        operation["responses"] = _answers(
-            "the object (application/dicom) or a rendered frame",
-            _content("application/dicom", "image/jpeg", "image/png"),
-            400,
-            401,
-            403,
-            404,
-            406,
-            503,
-        )
+        media = _content("application/dicom", "image/jpeg", "image/png")
+        operation["responses"] = _answers("the object (application/dicom) or a rendered frame", media, *_READ_ERRORS)
     elif path.startswith("/api/monitoring/") or path.startswith("/api/audit/"):
         errors = (400, 401, 403, 404, 503) if path.startswith("/api/audit/records") else (400, 401, 403, 503)
         operation["responses"] = {
