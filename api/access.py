@@ -39,19 +39,9 @@ from dataclasses import dataclass
 from typing import Any
 
 from schemas.events import Actor, new_event
+from schemas.policy import Action, may
 from streams.log import EventLog
 from streams.publisher import publish
-
-#: roles that may see who the patient is (names, IDs, birth dates) and the study's metadata
-PATIENT_DATA_ROLES = frozenset({"radiologist", "referring-doctor", "administrator", "auditor"})
-#: roles that may retrieve pixel data and the original objects
-IMAGE_ROLES = frozenset({"radiologist", "referring-doctor", "administrator"})
-#: roles that see the monitoring dashboards
-MONITORING_ROLES = frozenset({"regional-it", "administrator"})
-#: roles that see the audit trail
-AUDIT_ROLES = frozenset({"auditor", "administrator"})
-#: roles that read the texts of draft reports (besides each draft's author)
-DRAFT_TEXT_ROLES = frozenset({"radiologist"})
 
 #: what ``action`` and ``channel`` say in a RecordAccessed event
 ACTIONS = ("query", "view", "retrieve", "download", "move", "get")
@@ -62,17 +52,9 @@ class AccessDenied(Exception):
     """The caller's role may not read this kind of data (HTTP 403, DICOM refused)."""
 
 
-def may_read_patient_data(role: str) -> bool:
-    return role in PATIENT_DATA_ROLES
-
-
-def may_read_images(role: str) -> bool:
-    return role in IMAGE_ROLES
-
-
 def may_read_draft_text(role: str, is_author: bool) -> bool:
     """Whether a reader sees a draft report's texts (everyone with patient data sees it exists)."""
-    return is_author or role in DRAFT_TEXT_ROLES
+    return is_author or may(role, Action.READ_DRAFTS)
 
 
 @dataclass(frozen=True)

@@ -33,7 +33,7 @@ from typing import Any
 from itsdangerous import BadData, URLSafeSerializer
 
 from schemas.events import Actor
-from schemas.policy import ROLES as ROLES  # re-exported until the callers import schemas.policy
+from schemas.policy import ROLES
 
 _HEX64 = frozenset("0123456789abcdef")
 
@@ -61,14 +61,6 @@ class User:
 
 def token_hash(token: str) -> str:
     return hashlib.sha256(token.encode("utf-8")).hexdigest()
-
-
-def users_path(env: Mapping[str, str] | None = None, home: Path | None = None) -> Path:
-    env = os.environ if env is None else env
-    if env.get("CAMI_USERS"):
-        return Path(env["CAMI_USERS"]).expanduser().resolve()
-    base = home if home is not None else Path(env.get("CAMI_HOME", "cami-data")).expanduser().resolve()
-    return base / "users.toml"
 
 
 def _clean(value: Any, what: str, index: int, required: bool = False) -> str | None:
@@ -228,11 +220,9 @@ SESSION_TTL_SECONDS = 12 * 3600
 SESSION_KEY_FILE = "session.key"
 
 
-def session_key(home: Path, env: Mapping[str, str] | None = None) -> bytes:
-    """The session signing key: ``$CAMI_SESSION_KEY`` (at least 32 characters), else the key file
-    in ``home``, created with 32 random bytes and mode 0600 the first time."""
-    env = os.environ if env is None else env
-    configured = env.get("CAMI_SESSION_KEY", "")
+def session_key(home: Path, configured: str = "") -> bytes:
+    """The session signing key: ``configured`` (``CAMI_SESSION_KEY``, at least 32 characters),
+    else the key file in ``home``, created with 32 random bytes and mode 0600 the first time."""
     if configured:
         if len(configured) < 32:
             raise UsersFileError("CAMI_SESSION_KEY must be at least 32 characters")
@@ -245,7 +235,7 @@ def session_key(home: Path, env: Mapping[str, str] | None = None) -> bytes:
         try:
             fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         except FileExistsError:  # another process made it first: use theirs
-            return session_key(home, env)
+            return session_key(home, configured)
         with os.fdopen(fd, "w", encoding="ascii") as handle:
             handle.write(secrets.token_hex(32) + "\n")
             handle.flush()

@@ -54,6 +54,8 @@ from streams.blobs import ENVIRONMENT as BLOB_STORE_ENVIRONMENT
 #: the fallback pseudonym key for demos and development; refused in production mode
 DEVELOPMENT_PSEUDONYM_KEY = b"cami-development-key-change-me"
 MIN_PSEUDONYM_KEY_LENGTH = 32
+#: the largest HTTP request body by default (1 GiB: a CT study in one STOW-RS request)
+DEFAULT_MAX_HTTP_BODY = 1 << 30
 ENVIRONMENTS = ("development", "production")
 
 
@@ -87,12 +89,22 @@ class Settings:
     max_inflated_bytes: int = DEFAULT_MAX_INFLATED_BYTES
     #: how far files and zip members of ``cami import`` may inflate
     import_limits: ImportLimits = field(default_factory=ImportLimits)
+    #: the users file (``CAMI_USERS``; default ``$CAMI_HOME/users.toml``)
+    users_path: Path | None = None
+    #: the browser session signing key (``CAMI_SESSION_KEY``; default a key file in ``home``)
+    session_key: str = field(default="", repr=False)
+    #: the largest HTTP request body (STOW-RS) in bytes; larger ones get 413
+    http_max_body: int = DEFAULT_MAX_HTTP_BODY
     #: S3 credentials and region that complete the blob store URL (never in the URL itself)
     blob_store_env: Mapping[str, str] = field(default_factory=dict, repr=False)
 
     @property
     def senders_file(self) -> Path:
         return self.senders_path or self.home / "senders.toml"
+
+    @property
+    def users_file(self) -> Path:
+        return self.users_path or self.home / "users.toml"
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -119,6 +131,9 @@ class Settings:
             dicom_max_associations=int(env.get("CAMI_DICOM_MAX_ASSOCIATIONS", DEFAULT_MAX_ASSOCIATIONS)),
             max_inflated_bytes=int(env.get("CAMI_MAX_INFLATED_BYTES", DEFAULT_MAX_INFLATED_BYTES)),
             import_limits=_import_limits(env),
+            users_path=_path(env, "CAMI_USERS"),
+            session_key=env.get("CAMI_SESSION_KEY", ""),
+            http_max_body=int(env.get("CAMI_HTTP_MAX_BODY", DEFAULT_MAX_HTTP_BODY)),
             blob_store_env={name: env[name] for name in BLOB_STORE_ENVIRONMENT if env.get(name)},
         )
 

@@ -24,8 +24,6 @@ from pydicom.filereader import data_element_generator, read_preamble
 from pydicom.tag import BaseTag, Tag
 from pydicom.uid import AllTransferSyntaxes, ExplicitVRBigEndian, ImplicitVRLittleEndian
 
-from schemas.uids import is_uid as is_uid  # re-exported until every caller imports schemas.uids
-
 #: identifies the archive as the writer of Part-10 headers (PS3.10 7.1); under a test root
 IMPLEMENTATION_CLASS_UID = "1.2.826.0.1.3680043.8.498.1.2026.1"
 IMPLEMENTATION_VERSION_NAME = "CAMI_1"

@@ -479,9 +479,6 @@ class Ingestor:
             event=event,
         )
 
-    # transitional: api/http.py's STOW code (moved by a parallel change) still calls the old name
-    _refuse = refuse
-
 
 def _uid_or_none(value: str | None) -> str | None:
     """Only well-formed UIDs go into events: a hostile value is described, not repeated."""

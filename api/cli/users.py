@@ -7,12 +7,13 @@ import json
 import sys
 from typing import Any
 
-from api.auth import UserDirectory, UsersFileError, add_user, users_path
+from api.auth import UserDirectory, UsersFileError, add_user
+from api.config import Settings
 from schemas.policy import ROLES
 
 
 def cmd_users_add(args: argparse.Namespace) -> int:
-    path = users_path()
+    path = Settings.from_env().users_file
     try:
         user, token = add_user(
             path,
@@ -34,7 +35,7 @@ def cmd_users_add(args: argparse.Namespace) -> int:
 
 
 def cmd_users_list(args: argparse.Namespace) -> int:
-    users = UserDirectory(users_path()).users()
+    users = UserDirectory(Settings.from_env().users_file).users()
     rows: list[dict[str, Any]] = [
         {
             "name": u.name,

@@ -306,9 +306,9 @@ def _study_links(settings: Settings, studies: Sequence[dict[str, Any]]) -> dict[
     its token is shown once here, like ``cami users add`` does."""
     from urllib.parse import urlencode
 
-    from api.auth import UserDirectory, add_user, users_path
+    from api.auth import UserDirectory, add_user
 
-    users_file = users_path(home=settings.home)
+    users_file = settings.users_file
     token = None
     if not UserDirectory(users_file).users():
         _, token = add_user(

@@ -75,7 +75,7 @@ from pydicom.uid import (
 )
 from pynetdicom import build_context, evt
 
-from api.access import AccessRecorder, Reader, may_read_images, may_read_patient_data
+from api.access import AccessRecorder, Reader
 from api.dicom.find import MODEL_LEVELS, c_find_responses
 from api.dicom.stored import install_stored_encoding, move_contexts, stored_dataset
 from ingest.ae_titles import ae_title
@@ -85,6 +85,7 @@ from projections.archive_index.find import search_studies
 from projections.archive_index.views import MAX_LIMIT, series_instances, study_series
 from projections.warehouse.base import Warehouse
 from schemas.events import Actor
+from schemas.policy import Action, may
 from streams.blobs import BlobStore
 from streams.log import EventLog
 
@@ -174,7 +175,7 @@ def _refused_reader(assoc: Any, senders: Senders) -> Reader:
 
 
 def _permitted(reader: Reader, service: str) -> bool:
-    return may_read_patient_data(reader.role) if service == "find" else may_read_images(reader.role)
+    return may(reader.role, Action.READ_PATIENT_DATA if service == "find" else Action.READ_IMAGES)
 
 
 # -- resolving a retrieve identifier --------------------------------------------------------------------

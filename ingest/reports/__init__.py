@@ -15,9 +15,6 @@ is folded from the log only so that it survives restarts and sees other nodes' r
 
 from ingest.reports.documents import DocumentReportHook
 from ingest.reports.rules import (
-    AMENDING_ROLES,
-    AUTHOR_ROLES,
-    READER_ROLES,
     Author,
     ReportError,
     ReportNotFound,
@@ -27,9 +24,6 @@ from ingest.reports.service import ReportService
 from ingest.reports.store import ReportStore
 
 __all__ = [
-    "AMENDING_ROLES",
-    "AUTHOR_ROLES",
-    "READER_ROLES",
     "Author",
     "DocumentReportHook",
     "ReportError",

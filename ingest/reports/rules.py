@@ -28,6 +28,7 @@ from datetime import datetime
 from typing import Any
 
 from schemas.events import Actor, Event, new_event
+from schemas.policy import Action, may, roles_that
 from schemas.uids import is_uid
 
 log = logging.getLogger("cami.reports")
@@ -35,12 +36,6 @@ log = logging.getLogger("cami.reports")
 DRAFT = "draft"
 SIGNED = "signed"
 
-#: who may create, edit and sign reports
-AUTHOR_ROLES = frozenset({"radiologist"})
-#: who may amend a signed report (an authorised person: the regional rule for signed reports)
-AMENDING_ROLES = frozenset({"radiologist", "administrator"})
-#: who may read reports (they carry patient data)
-READER_ROLES = frozenset({"radiologist", "referring-doctor", "administrator", "auditor"})
 
 MAX_TEXT = 200_000
 
@@ -157,9 +152,10 @@ def _check_texts(protocol_text: str, conclusion_text: str) -> None:
             raise ReportInvalid(f"{what} contains a NUL character")
 
 
-def _require_role(author: Author, roles: frozenset[str], what: str) -> None:
-    if author.actor.role not in roles:
-        raise ReportForbidden(f"role {author.actor.role} may not {what} (allowed: {', '.join(sorted(roles))})")
+def _require_role(author: Author, action: Action, what: str) -> None:
+    if not may(author.actor.role, action):
+        allowed = ", ".join(sorted(roles_that(action)))
+        raise ReportForbidden(f"role {author.actor.role} may not {what} (allowed: {allowed})")
 
 
 def _require_draft_author(state: ReportState, author: Author, what: str) -> None:
@@ -178,7 +174,7 @@ def draft(
     accession_number: str | None = None,
     source_node: str = "http",
 ) -> Event:
-    _require_role(author, AUTHOR_ROLES, "create reports")
+    _require_role(author, Action.WRITE_REPORTS, "create reports")
     if not is_uid(study_instance_uid):
         raise ReportInvalid("study_instance_uid is not a valid DICOM UID")
     _check_texts(protocol_text, conclusion_text)
@@ -210,7 +206,7 @@ def edit(
     expected_revision: int | None = None,
     source_node: str = "http",
 ) -> Event:
-    _require_role(author, AUTHOR_ROLES, "edit reports")
+    _require_role(author, Action.WRITE_REPORTS, "edit reports")
     state = existing(state)
     if state.signed:
         raise ReportConflict("the report is signed and immutable; a correction is an amendment")
@@ -243,7 +239,7 @@ def sign(
     source_node: str = "http",
 ) -> Event:
     """``now`` is the archive's clock: the signing time never comes from the client."""
-    _require_role(author, AUTHOR_ROLES, "sign reports")
+    _require_role(author, Action.WRITE_REPORTS, "sign reports")
     state = existing(state)
     if state.signed:
         raise ReportConflict("the report is already signed")
@@ -284,7 +280,7 @@ def amend(
     *,
     source_node: str = "http",
 ) -> Event:
-    _require_role(author, AMENDING_ROLES, "amend signed reports")
+    _require_role(author, Action.AMEND_REPORTS, "amend signed reports")
     state = existing(state)
     if not state.signed:
         raise ReportConflict("only a signed report is amended; edit the draft instead")
@@ -338,7 +334,7 @@ def _drafting_user(f: Mapping[str, Any]) -> str | None:
     """The archive user behind a ReportDrafted: its actor when that is a report author (a DICOM
     document's actor is the sending modality, no user of the archive)."""
     actor = f.get("actor") or {}
-    return str(actor["user"]) if actor.get("role") in AUTHOR_ROLES and actor.get("user") else None
+    return str(actor["user"]) if may(str(actor.get("role")), Action.WRITE_REPORTS) and actor.get("user") else None
 
 
 def evolve(state: ReportState | None, f: Mapping[str, Any]) -> ReportState | None:

@@ -2,7 +2,7 @@
 
 Pure: text in, a :data:`Condition` out, or :class:`MatchingError` naming the attribute. The query
 layer (:mod:`projections.archive_index.find`) turns conditions into ClickHouse ``{name:Type}`` parameters;
-QIDO-RS (:mod:`api.qido`) and C-FIND (:mod:`api.dicom.find`) both parse through here, so the two
+QIDO-RS (:mod:`api.http.qido`) and C-FIND (:mod:`api.dicom.find`) both parse through here, so the two
 channels match the same way.
 
 =================  ===================================================================================
@@ -28,6 +28,8 @@ import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import date
+
+from schemas.uids import is_uid
 
 #: at most this many values in one list (a guard; real lists are a few UIDs or modalities)
 MAX_LIST = 1000
@@ -157,18 +159,12 @@ Condition = Universal | Text | Uids | Integers | DateRange | TimeRange
 
 
 # -- parsing -------------------------------------------------------------------------------------
-_UID = re.compile(r"^(0|[1-9][0-9]*)(\.(0|[1-9][0-9]*))+$")
 _DATE = re.compile(r"^\d{8}$")
 _TIME = re.compile(r"^(\d{2})(\d{2})?(\d{2})?(\.\d{1,6})?$")
 
 
 def has_wildcard(value: str) -> bool:
     return "*" in value or "?" in value
-
-
-def is_uid(value: str) -> bool:
-    """PS3.5 9.1: numeric components separated by dots, no leading zeros, at most 64 characters."""
-    return len(value) <= 64 and bool(_UID.match(value))
 
 
 def wildcard_to_like(pattern: str) -> str:

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import httpx
 
-from api.http import SCAN_CHUNK
+from ingest.multipart import SCAN_CHUNK
 from streams.topics import DICOM
 from tests.integration.test_stow_rs import (
     FAILED,

@@ -448,14 +448,14 @@ def test_a_session_ends_on_expiry_and_when_the_user_leaves_the_users_file(tmp_pa
     users = tmp_path / "users.toml"
     user, token = add_user(users, "ref.sidorova", "referring-doctor")
     directory = UserDirectory(users)
-    key = session_key(tmp_path, env={})
+    key = session_key(tmp_path)
     assert (tmp_path / "session.key").stat().st_mode & 0o777 == 0o600
-    assert session_key(tmp_path, env={}) == key  # the same key on the next start
+    assert session_key(tmp_path) == key  # the same key on the next start
     now = time.time()
     cookie = issue_session(key, user, now)
     assert session_user(directory, key, cookie, now) == user
     assert session_user(directory, key, cookie, now + SESSION_TTL_SECONDS + 1) is None  # expired
-    assert session_user(directory, session_key(tmp_path, env={"CAMI_SESSION_KEY": "k" * 32}), cookie, now) is None
+    assert session_user(directory, session_key(tmp_path, "k" * 32), cookie, now) is None
     users.write_text(users.read_text(encoding="utf-8").replace("referring-doctor", "analyst"), encoding="utf-8")
     assert session_user(directory, key, cookie, now) is None  # the role changed: sign in again
     assert token not in cookie

@@ -1,11 +1,11 @@
-"""The base of the URLs the archive hands out (api.base_url), from the request as it arrived."""
+"""The base of the URLs the archive hands out (api.http.base_url), from the request as it arrived."""
 
 from __future__ import annotations
 
 import pytest
 from starlette.requests import Request
 
-from api.base_url import base_url
+from api.http.base_url import base_url
 
 
 def _request(host: str | None, server: tuple[str, int], scheme: str = "http", root_path: str = "") -> Request:

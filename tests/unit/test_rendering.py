@@ -1,4 +1,4 @@
-"""api.rendering: one frame of a stored object -> PNG/JPEG, on objects as modalities send them.
+"""api.http.rendering: one frame of a stored object -> PNG/JPEG, on objects as modalities send them.
 
 The CT files are written by :mod:`tests.support.studies` (pydicom, then dcmtk's own converters for
 each transfer syntax); JPEG 2000, multi-frame, MONOCHROME1, RGB and colour JPEG objects are made
@@ -19,7 +19,7 @@ from pydicom import dcmread
 from pydicom.dataset import Dataset
 from pydicom.uid import ExplicitVRLittleEndian, JPEG2000Lossless, RLELossless, generate_uid
 
-from api.rendering import (
+from api.http.rendering import (
     JPEG,
     PNG,
     RenderError,

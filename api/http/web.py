@@ -1,6 +1,6 @@
 """The browser side: sign-in, the study page the MIS links to, patient search, the viewer (issue 5).
 
-Installed into the HTTP app by :func:`api.http.create_app`; every read goes through
+Mounted into the HTTP app by :func:`api.http.app.create_app`; every read goes through
 :mod:`api.access` (role policy and the record-accessed event).
 
 Pages (server-side HTML shells; the script ``/static/cami.js`` renders the data embedded in the
@@ -38,11 +38,11 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import quote, urlencode, urlsplit
 
-from fastapi import FastAPI, Request
+from fastapi import APIRouter, FastAPI, Request
 from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
 from fastapi.staticfiles import StaticFiles
 
-from api.access import DRAFT_TEXT_ROLES, IMAGE_ROLES, PATIENT_DATA_ROLES, AccessRecorder, Reader
+from api.access import AccessRecorder, Reader
 from api.auth import (
     SESSION_COOKIE,
     SESSION_TTL_SECONDS,
@@ -55,21 +55,19 @@ from api.auth import (
     session_claims,
     session_key,
 )
-from api.bootstrap import Archive
-from api.http import ApiError, _authenticate
+from api.http.deps import authenticate as _authenticate
+from api.http.errors import ApiError
 from api.pages import render
-from ingest.dicom import is_uid
 from projections.archive_index.find import patient_timeline, search_studies
 from projections.archive_index.views import series_instances, study_report, study_series
+from projections.warehouse.base import Warehouse
+from schemas.policy import Action, may
+from schemas.uids import is_uid
 
 log = logging.getLogger("cami.web")
 
-STATIC = Path(__file__).parent / "static"
+STATIC = Path(__file__).parent.parent / "static"
 #: roles that may open a study page (it shows images) and search patients' studies
-STUDY_PAGE_ROLES = IMAGE_ROLES
-SEARCH_ROLES = PATIENT_DATA_ROLES
-#: roles that see draft report texts (others see only that a draft exists): the reports API's rule
-DRAFT_READERS = DRAFT_TEXT_ROLES
 MAX_PATIENT_ID = 64
 MAX_NAME = 64
 SEARCH_LIMIT = 200
@@ -206,12 +204,12 @@ def _report_view(report: Mapping[str, Any], user: User) -> dict[str, Any]:
     shown: list[dict[str, Any]] = []
     for item in report["reports"]:
         entry = dict(item)
-        if entry["status"] == "draft" and user.role not in DRAFT_READERS:
+        if entry["status"] == "draft" and not may(user.role, Action.READ_DRAFTS):
             entry["protocol_text"] = entry["conclusion_text"] = None
         shown.append(entry)
     order = {"amended": 0, "signed": 1, "draft": 2}
     shown.sort(key=lambda r: (order.get(r["status"], 3), str(r.get("signed_at") or "")))
-    return {"status": report["status"], "reports": shown, "drafts_hidden": user.role not in DRAFT_READERS}
+    return {"status": report["status"], "reports": shown, "drafts_hidden": not may(user.role, Action.READ_DRAFTS)}
 
 
 def _series_view(warehouse: Any, study_uid: str) -> list[dict[str, Any]]:
@@ -256,27 +254,33 @@ def _too_many_attempts(request: Request, next_url: str, wait: int) -> Response:
 
 
 # -- routes ------------------------------------------------------------------------------------
-def install(app: FastAPI, archive: Archive, recorder: AccessRecorder) -> None:
-    """Add the browser pages and their JSON/static routes to ``app``."""
-    app.state.session_key = session_key(archive.settings.home)
-    app.state.revoked_sessions = RevokedSessions(archive.settings.home / "sessions.db")
+def install_sessions(app: FastAPI, home: Path, configured_key: str = "") -> None:
+    """What the pages need of the app itself: the session key (``configured_key``, else a key
+    file) and revocations under ``home``, the sign-in limiter, the static assets and the redirect
+    to the sign-in page."""
+    app.state.session_key = session_key(home, configured_key)
+    app.state.revoked_sessions = RevokedSessions(home / "sessions.db")
     app.state.signin_limiter = SignInLimiter()
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
-    warehouse = archive.warehouse
 
     @app.exception_handler(_Redirect)
     async def redirect(request: Request, exc: _Redirect) -> Response:
         return exc.response
 
-    @app.get("/", include_in_schema=False)
+
+def router(warehouse: Warehouse, recorder: AccessRecorder) -> APIRouter:
+    """The browser pages and their JSON routes, reading ``warehouse``; reads recorded through ``recorder``."""
+    routes = APIRouter()
+
+    @routes.get("/", include_in_schema=False)
     def home() -> RedirectResponse:
         return RedirectResponse("/search", status_code=303)
 
-    @app.get("/signin", tags=["browser"], summary="the sign-in page", response_class=HTMLResponse)
+    @routes.get("/signin", tags=["browser"], summary="the sign-in page", response_class=HTMLResponse)
     def signin_form(request: Request, next: str | None = None) -> HTMLResponse:
         return _signin_page(_safe_next(next), "expired" if next else None)
 
-    @app.post("/signin", tags=["browser"], summary="sign in (form post): user name and token -> session cookie")
+    @routes.post("/signin", tags=["browser"], summary="sign in (form post): user name and token -> session cookie")
     async def signin(request: Request) -> Response:
         if not _same_origin(request):
             return _message_page(403, "error.cross-site", "Вход возможен только со страницы архива.", None)
@@ -318,7 +322,7 @@ def install(app: FastAPI, archive: Archive, recorder: AccessRecorder) -> None:
         )
         return response
 
-    @app.post("/signout", tags=["browser"], summary="end the browser session")
+    @routes.post("/signout", tags=["browser"], summary="end the browser session")
     def signout(request: Request) -> Response:
         if not _same_origin(request):
             return _message_page(403, "error.cross-site", "Вход возможен только со страницы архива.", None)
@@ -330,7 +334,7 @@ def install(app: FastAPI, archive: Archive, recorder: AccessRecorder) -> None:
         response.delete_cookie(SESSION_COOKIE, path="/", httponly=True, samesite="strict")
         return response
 
-    @app.get("/api/session", tags=["browser"], summary="who the caller is signed in as (no patient data)")
+    @routes.get("/api/session", tags=["browser"], summary="who the caller is signed in as (no patient data)")
     def whoami(request: Request) -> JSONResponse:
         user = _authenticate(request)
         return JSONResponse(
@@ -338,7 +342,7 @@ def install(app: FastAPI, archive: Archive, recorder: AccessRecorder) -> None:
             headers={"Cache-Control": "no-store"},
         )
 
-    @app.get("/study", tags=["browser"], summary="the study page the MIS links to", response_class=HTMLResponse)
+    @routes.get("/study", tags=["browser"], summary="the study page the MIS links to", response_class=HTMLResponse)
     def study_page(request: Request, patient: str | None = None, study: str | None = None) -> HTMLResponse:
         user = _page_user(request)
         if patient is None or not _valid_patient_id(patient) or study is None or not is_uid(study):
@@ -349,7 +353,7 @@ def install(app: FastAPI, archive: Archive, recorder: AccessRecorder) -> None:
                 user,
             )
         reader = _reader(request, user)
-        if user.role not in STUDY_PAGE_ROLES:
+        if not may(user.role, Action.READ_IMAGES):
             recorder.record(
                 reader, action="view", channel="study-page", study_uid=study, patient_id=patient, outcome="denied"
             )
@@ -396,7 +400,7 @@ def install(app: FastAPI, archive: Archive, recorder: AccessRecorder) -> None:
         )
         return _study_page(user, data)
 
-    @app.get(
+    @routes.get(
         "/search", tags=["browser"], summary="a patient's studies across organisations", response_class=HTMLResponse
     )
     def search_page(request: Request, patient: str | None = None, name: str | None = None) -> HTMLResponse:
@@ -405,7 +409,7 @@ def install(app: FastAPI, archive: Archive, recorder: AccessRecorder) -> None:
         name = (name or "").strip() or None
         asked = {k: v for k, v in (("patient", patient), ("name", name)) if v is not None}
         reader = _reader(request, user)
-        if user.role not in SEARCH_ROLES:
+        if not may(user.role, Action.READ_PATIENT_DATA):
             recorder.record(
                 reader, action="query", channel="study-page", patient_id=patient, query=asked, outcome="denied"
             )
@@ -430,3 +434,5 @@ def install(app: FastAPI, archive: Archive, recorder: AccessRecorder) -> None:
                 reader, action="query", channel="study-page", patient_id=patient, query=asked, results=len(studies)
             )
         return _search_page(user, data, patient, name, status)
+
+    return routes

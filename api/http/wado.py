@@ -23,8 +23,8 @@ naming the syntaxes it would have to accept. Frames are the exception a client c
 pixel data of a frame may be sent decoded (``application/octet-stream``, native little endian)
 when the client does not accept the compressed form.
 
-**Access.** Objects, frames and rendered images need one of :data:`api.access.IMAGE_ROLES`;
-metadata needs :data:`api.access.PATIENT_DATA_ROLES`. A refused request is recorded with
+**Access.** Objects, frames and rendered images need ``Action.READ_IMAGES`` (:mod:`schemas.policy`);
+metadata needs ``Action.READ_PATIENT_DATA``. A refused request is recorded with
 ``outcome="denied"`` and answered 403. Every successful request leaves exactly one RecordAccessed
 event, appended before the first byte is sent: ``retrieve`` (objects, metadata, frames) or
 ``view`` (rendered) on channel ``wado-rs``, or on ``wado-uri``, with the UIDs asked for, the
@@ -47,9 +47,9 @@ import uuid
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from email.message import Message
-from typing import Any
+from typing import Any, Protocol
 
-from fastapi import Depends, FastAPI, Request
+from fastapi import APIRouter, Depends, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from pydicom import dcmread
 from pydicom.dataset import Dataset
@@ -57,17 +57,30 @@ from pydicom.encaps import get_frame
 from pydicom.pixels.utils import pixel_array
 from pydicom.uid import UID
 
-from api import rendering
-from api.access import IMAGE_ROLES, PATIENT_DATA_ROLES, AccessRecorder, Reader
-from api.auth import ROLES, User
-from api.base_url import base_url
-from api.bootstrap import Archive
-from api.http import ApiError, require
-from ingest.dicom import is_uid
+from api.access import AccessRecorder, Reader
+from api.auth import User
+from api.http import rendering
+from api.http.base_url import base_url
+from api.http.deps import require
+from api.http.errors import ApiError
 from projections.archive_index.views import Stored, resolve_patients, stored_instances
-from streams.blobs import BlobStoreError
+from projections.warehouse.base import Warehouse
+from schemas.policy import Action, may, roles_that
+from schemas.uids import is_uid
+from streams.blobs import BlobStore, BlobStoreError
 
 log = logging.getLogger("cami.wado")
+
+
+class Archive(Protocol):
+    """What the WADO routes read: the archive index and the blob store."""
+
+    @property
+    def warehouse(self) -> Warehouse: ...
+
+    @property
+    def blobs(self) -> BlobStore: ...
+
 
 DICOM = "application/dicom"
 DICOM_JSON = "application/dicom+json"
@@ -376,7 +389,7 @@ class Wado:
     def allow(
         self,
         reader: Reader,
-        roles: frozenset[str],
+        needed: Action,
         *,
         action: str,
         channel: str,
@@ -384,7 +397,7 @@ class Wado:
         series: str | None = None,
         sop: str | None = None,
     ) -> None:
-        if reader.role in roles:
+        if may(reader.role, needed):
             return
         self.recorder.record(
             reader,
@@ -395,7 +408,8 @@ class Wado:
             sop_uid=_safe(sop),
             outcome="denied",
         )
-        raise ApiError(403, "forbidden", f"role {reader.role} may not do this (allowed: {', '.join(sorted(roles))})")
+        allowed = ", ".join(sorted(roles_that(needed)))
+        raise ApiError(403, "forbidden", f"role {reader.role} may not do this (allowed: {allowed})")
 
     def locate(self, study: str, series: str | None = None, sop: str | None = None) -> list[Stored]:
         found = stored_instances(self.archive.warehouse, study, series, sop)
@@ -436,7 +450,9 @@ class Wado:
 
     # -- WADO-RS -------------------------------------------------------------------------------
     def retrieve(self, request: Request, reader: Reader, study: str, series: str | None, sop: str | None) -> Response:
-        self.allow(reader, IMAGE_ROLES, action="retrieve", channel="wado-rs", study=study, series=series, sop=sop)
+        self.allow(
+            reader, Action.READ_IMAGES, action="retrieve", channel="wado-rs", study=study, series=series, sop=sop
+        )
         study = _uid(study, "study")
         series = None if series is None else _uid(series, "series")
         sop = None if sop is None else _uid(sop, "instance")
@@ -454,7 +470,7 @@ class Wado:
 
     def metadata(self, request: Request, reader: Reader, study: str, series: str | None, sop: str | None) -> Response:
         self.allow(
-            reader, PATIENT_DATA_ROLES, action="retrieve", channel="wado-rs", study=study, series=series, sop=sop
+            reader, Action.READ_PATIENT_DATA, action="retrieve", channel="wado-rs", study=study, series=series, sop=sop
         )
         study = _uid(study, "study")
         series = None if series is None else _uid(series, "series")
@@ -476,7 +492,9 @@ class Wado:
         return JSONResponse(body, media_type=DICOM_JSON)
 
     def frames(self, request: Request, reader: Reader, study: str, series: str, sop: str, frames: str) -> Response:
-        self.allow(reader, IMAGE_ROLES, action="retrieve", channel="wado-rs", study=study, series=series, sop=sop)
+        self.allow(
+            reader, Action.READ_IMAGES, action="retrieve", channel="wado-rs", study=study, series=series, sop=sop
+        )
         study, series, sop = _uid(study, "study"), _uid(series, "series"), _uid(sop, "instance")
         numbers = parse_frames(frames)
         instances = self.locate(study, series, sop)
@@ -506,7 +524,7 @@ class Wado:
     def rendered(
         self, request: Request, reader: Reader, study: str, series: str, sop: str, frames: str | None
     ) -> Response:
-        self.allow(reader, IMAGE_ROLES, action="view", channel="wado-rs", study=study, series=series, sop=sop)
+        self.allow(reader, Action.READ_IMAGES, action="view", channel="wado-rs", study=study, series=series, sop=sop)
         study, series, sop = _uid(study, "study"), _uid(series, "series"), _uid(sop, "instance")
         frame = 1
         if frames is not None:
@@ -555,7 +573,7 @@ class Wado:
         content_type = _uri_content_type(q.get("contentType"))
         action = "retrieve" if content_type == DICOM else "view"
         study, series, sop = q.get("studyUID"), q.get("seriesUID"), q.get("objectUID")
-        self.allow(reader, IMAGE_ROLES, action=action, channel="wado-uri", study=study, series=series, sop=sop)
+        self.allow(reader, Action.READ_IMAGES, action=action, channel="wado-uri", study=study, series=series, sop=sop)
         if q.get("requestType") != "WADO":
             raise ApiError(400, "invalid-requestType", "requestType must be WADO")
         study, series, sop = _uid(study, "studyUID"), _uid(series, "seriesUID"), _uid(sop, "objectUID")
@@ -643,20 +661,22 @@ def _plain_segment(segment: str) -> bool:
     return is_uid(segment) or segment in _KEYWORDS or all(p.isdigit() for p in segment.split(","))
 
 
-def install(app: FastAPI, archive: Archive, recorder: AccessRecorder) -> None:
-    """Add the WADO-RS and WADO-URI routes to ``app``."""
+def router(archive: Archive, recorder: AccessRecorder) -> APIRouter:
+    """The WADO-RS and WADO-URI routes, reading ``archive``'s index and blobs; each read recorded
+    through ``recorder``."""
+    routes = APIRouter()
     wado = Wado(archive, recorder)
-    signed_in = Depends(require(frozenset(ROLES)))  # the role is checked per route (and a refusal recorded)
+    signed_in = Depends(require())  # the role is checked per route (and a refusal recorded)
 
-    @app.get("/dicomweb/studies/{study}", tags=["DICOMweb"], summary="WADO-RS: the study's objects as stored")
+    @routes.get("/dicomweb/studies/{study}", tags=["DICOMweb"], summary="WADO-RS: the study's objects as stored")
     def retrieve_study(request: Request, study: str, user: User = signed_in) -> Response:
         return wado.retrieve(request, _reader(request, user), study, None, None)
 
-    @app.get("/dicomweb/studies/{study}/series/{series}", tags=["DICOMweb"], summary="WADO-RS: the series' objects")
+    @routes.get("/dicomweb/studies/{study}/series/{series}", tags=["DICOMweb"], summary="WADO-RS: the series' objects")
     def retrieve_series(request: Request, study: str, series: str, user: User = signed_in) -> Response:
         return wado.retrieve(request, _reader(request, user), study, series, None)
 
-    @app.get(
+    @routes.get(
         "/dicomweb/studies/{study}/series/{series}/instances/{instance}",
         tags=["DICOMweb"],
         summary="WADO-RS: an object",
@@ -664,19 +684,19 @@ def install(app: FastAPI, archive: Archive, recorder: AccessRecorder) -> None:
     def retrieve_instance(request: Request, study: str, series: str, instance: str, user: User = signed_in) -> Response:
         return wado.retrieve(request, _reader(request, user), study, series, instance)
 
-    @app.get(
+    @routes.get(
         "/dicomweb/studies/{study}/metadata", tags=["DICOMweb"], summary="WADO-RS: the study's metadata (DICOM JSON)"
     )
     def study_metadata(request: Request, study: str, user: User = signed_in) -> Response:
         return wado.metadata(request, _reader(request, user), study, None, None)
 
-    @app.get(
+    @routes.get(
         "/dicomweb/studies/{study}/series/{series}/metadata", tags=["DICOMweb"], summary="WADO-RS: series metadata"
     )
     def series_metadata(request: Request, study: str, series: str, user: User = signed_in) -> Response:
         return wado.metadata(request, _reader(request, user), study, series, None)
 
-    @app.get(
+    @routes.get(
         "/dicomweb/studies/{study}/series/{series}/instances/{instance}/metadata",
         tags=["DICOMweb"],
         summary="WADO-RS: instance metadata",
@@ -684,7 +704,7 @@ def install(app: FastAPI, archive: Archive, recorder: AccessRecorder) -> None:
     def instance_metadata(request: Request, study: str, series: str, instance: str, user: User = signed_in) -> Response:
         return wado.metadata(request, _reader(request, user), study, series, instance)
 
-    @app.get(
+    @routes.get(
         "/dicomweb/studies/{study}/series/{series}/instances/{instance}/rendered",
         tags=["DICOMweb"],
         summary="WADO-RS: the first frame rendered (image/jpeg or image/png; window, viewport, quality)",
@@ -692,7 +712,7 @@ def install(app: FastAPI, archive: Archive, recorder: AccessRecorder) -> None:
     def instance_rendered(request: Request, study: str, series: str, instance: str, user: User = signed_in) -> Response:
         return wado.rendered(request, _reader(request, user), study, series, instance, None)
 
-    @app.get(
+    @routes.get(
         "/dicomweb/studies/{study}/series/{series}/instances/{instance}/frames/{frames}/rendered",
         tags=["DICOMweb"],
         summary="WADO-RS: one frame rendered (image/jpeg or image/png; window, viewport, quality)",
@@ -702,7 +722,7 @@ def install(app: FastAPI, archive: Archive, recorder: AccessRecorder) -> None:
     ) -> Response:
         return wado.rendered(request, _reader(request, user), study, series, instance, frames)
 
-    @app.get(
+    @routes.get(
         "/dicomweb/studies/{study}/series/{series}/instances/{instance}/frames/{frames}",
         tags=["DICOMweb"],
         summary="WADO-RS: pixel data of frames (multipart/related)",
@@ -712,13 +732,15 @@ def install(app: FastAPI, archive: Archive, recorder: AccessRecorder) -> None:
     ) -> Response:
         return wado.frames(request, _reader(request, user), study, series, instance, frames)
 
-    @app.get("/wado", tags=["WADO-URI"], summary="WADO-URI: an object or a rendered frame")
+    @routes.get("/wado", tags=["WADO-URI"], summary="WADO-URI: an object or a rendered frame")
     def wado_uri(request: Request, user: User = signed_in) -> Response:
         return wado.wado_uri(request, _reader(request, user))
 
-    @app.get("/dicomweb/studies/{rest:path}", include_in_schema=False)
+    @routes.get("/dicomweb/studies/{rest:path}", include_in_schema=False)
     def no_such_resource(rest: str) -> Response:
         # reached only when no route matched, e.g. an identifier holding a slash, a dot segment or NUL
         if not all(_plain_segment(s) for s in rest.split("/")):
             raise ApiError(400, "invalid-path", "identifiers in the path must be DICOM UIDs")
         raise ApiError(404, "not-found", "no such DICOMweb resource")
+
+    return routes

@@ -24,7 +24,7 @@ Answers:
 * 400 ``invalid-parameter`` with ``detail = {"parameter": ..., "problem": ...}`` naming the bad
   parameter (unknown attribute, malformed date or time range, bad UID, bad limit/offset), never
   echoing its value; 401 without credentials; 403 for a role outside
-  :data:`api.access.PATIENT_DATA_ROLES` (recorded as a denied access).
+  ``Action.READ_PATIENT_DATA`` (:mod:`schemas.policy`) (recorded as a denied access).
 
 Each successful search leaves exactly one RecordAccessed event (action ``query``, channel
 ``qido-rs``, the parameters as asked, the number of results, the study when the search names
@@ -39,17 +39,17 @@ from datetime import date
 from enum import Enum
 from typing import Any
 
-from fastapi import Depends, FastAPI, Request
+from fastapi import APIRouter, Depends, Request
 from fastapi.responses import JSONResponse
 from pydicom.datadict import dictionary_has_tag
 from pydicom.datadict import tag_for_keyword as keyword_tag
 from pydicom.valuerep import PersonName
 
-from api.access import PATIENT_DATA_ROLES, AccessRecorder, Reader
-from api.auth import ROLES, User
-from api.base_url import base_url as public_base_url
-from api.bootstrap import Archive
-from api.http import DICOM_JSON, ApiError, require
+from api.access import AccessRecorder, Reader
+from api.auth import User
+from api.http.base_url import base_url as public_base_url
+from api.http.deps import require
+from api.http.errors import ApiError
 from projections.archive_index.find import LEVEL_ATTRIBUTES, find
 from projections.archive_index.matching import (
     ATTRIBUTES,
@@ -57,12 +57,15 @@ from projections.archive_index.matching import (
     Condition,
     MatchingError,
     Uids,
-    is_uid,
     parse_condition,
     resolve_attribute,
 )
 from projections.archive_index.views import MAX_LIMIT
+from projections.warehouse.base import Warehouse
+from schemas.policy import Action, may
+from schemas.uids import is_uid
 
+DICOM_JSON = "application/dicom+json"
 DEFAULT_LIMIT = 1000
 CONTROL_PARAMETERS = ("includefield", "limit", "offset", "fuzzymatching")
 
@@ -273,9 +276,10 @@ def _named_uid(keys: Mapping[str, Condition], keyword: str) -> str | None:
     return values[0] if len(values) == 1 else None
 
 
-def install(app: FastAPI, archive: Archive, recorder: AccessRecorder) -> None:
-    """Add the QIDO-RS routes to ``app``."""
-    signed_in = Depends(require(frozenset(ROLES)))
+def router(warehouse: Warehouse, recorder: AccessRecorder) -> APIRouter:
+    """The QIDO-RS routes, searching ``warehouse``; each search recorded through ``recorder``."""
+    routes = APIRouter()
+    signed_in = Depends(require())
 
     def search(request: Request, user: User, level: str, path: dict[str, str]) -> JSONResponse:
         items = list(request.query_params.multi_items())
@@ -284,7 +288,7 @@ def install(app: FastAPI, archive: Archive, recorder: AccessRecorder) -> None:
             asked.setdefault(name, []).append(value)
         query = {k: v[0] if len(v) == 1 else v for k, v in asked.items()} | path
         reader = Reader(user.actor, user.organisation, request.client.host if request.client else None)
-        if user.role not in PATIENT_DATA_ROLES:
+        if not may(user.role, Action.READ_PATIENT_DATA):
             recorder.record(
                 reader,
                 action="query",
@@ -299,7 +303,7 @@ def install(app: FastAPI, archive: Archive, recorder: AccessRecorder) -> None:
         try:
             # one more row than the page tells whether to warn that more can be asked for
             fetch = parsed.limit if parsed.limit_given else parsed.limit + 1
-            rows = find(archive.warehouse, level, parsed.keys, limit=fetch, offset=parsed.offset, returned=keywords)
+            rows = find(warehouse, level, parsed.keys, limit=fetch, offset=parsed.offset, returned=keywords)
         except MatchingError as exc:
             raise _bad(exc.attribute, exc.message) from None
         more = len(rows) > parsed.limit
@@ -324,30 +328,32 @@ def install(app: FastAPI, archive: Archive, recorder: AccessRecorder) -> None:
 
     tags: list[str | Enum] = ["DICOMweb"]
 
-    @app.get("/dicomweb/studies", tags=tags, summary="QIDO-RS: search for studies")
+    @routes.get("/dicomweb/studies", tags=tags, summary="QIDO-RS: search for studies")
     def search_studies(request: Request, user: User = signed_in) -> JSONResponse:
         return search(request, user, "STUDY", {})
 
-    @app.get("/dicomweb/series", tags=tags, summary="QIDO-RS: search for series")
+    @routes.get("/dicomweb/series", tags=tags, summary="QIDO-RS: search for series")
     def search_series(request: Request, user: User = signed_in) -> JSONResponse:
         return search(request, user, "SERIES", {})
 
-    @app.get("/dicomweb/studies/{study}/series", tags=tags, summary="QIDO-RS: search for series of a study")
+    @routes.get("/dicomweb/studies/{study}/series", tags=tags, summary="QIDO-RS: search for series of a study")
     def search_study_series(request: Request, study: str, user: User = signed_in) -> JSONResponse:
         return search(request, user, "SERIES", {"StudyInstanceUID": study})
 
-    @app.get("/dicomweb/instances", tags=tags, summary="QIDO-RS: search for instances")
+    @routes.get("/dicomweb/instances", tags=tags, summary="QIDO-RS: search for instances")
     def search_instances(request: Request, user: User = signed_in) -> JSONResponse:
         return search(request, user, "IMAGE", {})
 
-    @app.get("/dicomweb/studies/{study}/instances", tags=tags, summary="QIDO-RS: search for instances of a study")
+    @routes.get("/dicomweb/studies/{study}/instances", tags=tags, summary="QIDO-RS: search for instances of a study")
     def search_study_instances(request: Request, study: str, user: User = signed_in) -> JSONResponse:
         return search(request, user, "IMAGE", {"StudyInstanceUID": study})
 
-    @app.get(
+    @routes.get(
         "/dicomweb/studies/{study}/series/{series}/instances",
         tags=tags,
         summary="QIDO-RS: search for instances of a series",
     )
     def search_series_instances(request: Request, study: str, series: str, user: User = signed_in) -> JSONResponse:
         return search(request, user, "IMAGE", {"StudyInstanceUID": study, "SeriesInstanceUID": series})
+
+    return routes

@@ -1,11 +1,11 @@
 """What regional IT and auditors read over HTTP: the monitoring dashboards' figures and the audit trail.
 
-``/api/monitoring/...`` (MONITORING_ROLES: regional IT, administrators) answers from the monitoring
+``/api/monitoring/...`` (``Action.MONITOR``: regional IT, administrators) answers from the monitoring
 projection: per organisation, per minute, silent senders, transfer states, and the dead letters
 of every projection (events it could not apply; see ``projections.dead_letters``). It holds no patient
 data (organisations, AE titles, counts), so reading it is not a record access.
 
-``/api/audit/...`` (AUDIT_ROLES: auditors, administrators) answers from the audit trail: the
+``/api/audit/...`` (``Action.AUDIT``: auditors, administrators) answers from the audit trail: the
 history of one record and the hash-chain check. An entry names patient IDs and study UIDs, so
 each history read is itself recorded (``view`` via ``api``), like every other read of patient data.
 """
@@ -15,19 +15,21 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from fastapi import Depends, FastAPI, Query, Request
+from fastapi import APIRouter, Depends, Query, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.encoders import jsonable_encoder
 from fastapi.responses import JSONResponse
 
-from api.access import AUDIT_ROLES, MONITORING_ROLES, AccessRecorder, Reader
+from api.access import AccessRecorder, Reader
 from api.auth import User
-from api.bootstrap import Archive
-from api.http import ApiError, require
+from api.http.deps import require
+from api.http.errors import ApiError
 from projections import dead_letters
 from projections.audit import queries as audit_queries
 from projections.audit.verify import verify_chain
 from projections.monitoring import queries as monitoring
+from projections.warehouse.base import Warehouse
+from schemas.policy import Action
 
 #: the longest window a dashboard may ask for at once (the tables hold everything; this bounds a scan)
 MAX_WINDOW = timedelta(days=366)
@@ -41,17 +43,19 @@ def _json(data: Any) -> JSONResponse:
     return JSONResponse(jsonable_encoder(data))
 
 
-def install(app: FastAPI, archive: Archive, recorder: AccessRecorder) -> None:
-    it_user = Depends(require(MONITORING_ROLES))
-    auditor = Depends(require(AUDIT_ROLES))
+def router(warehouse: Warehouse, recorder: AccessRecorder) -> APIRouter:
+    """The monitoring and audit routes over ``warehouse``; audit reads recorded through ``recorder``."""
+    routes = APIRouter()
+    it_user = Depends(require(Action.MONITOR))
+    auditor = Depends(require(Action.AUDIT))
     window = Query(60, ge=1, le=int(MAX_WINDOW.total_seconds() // 60), description="minutes back from now")
 
-    @app.get("/api/monitoring/organisations", tags=["monitoring"], summary="per organisation, over a window")
+    @routes.get("/api/monitoring/organisations", tags=["monitoring"], summary="per organisation, over a window")
     def organisations(minutes: int = window, user: User = it_user) -> JSONResponse:
         since = _since(minutes)
-        return _json({"since": since, "organisations": monitoring.organisation_summary(archive.warehouse, since)})
+        return _json({"since": since, "organisations": monitoring.organisation_summary(warehouse, since)})
 
-    @app.get(
+    @routes.get(
         "/api/monitoring/organisations/{organisation}/minutes",
         tags=["monitoring"],
         summary="one organisation, minute by minute",
@@ -59,16 +63,16 @@ def install(app: FastAPI, archive: Archive, recorder: AccessRecorder) -> None:
     def minutes_of(organisation: str, minutes: int = window, user: User = it_user) -> JSONResponse:
         if not organisation or len(organisation) > 64 or not organisation.replace(".", "").isdigit():
             raise ApiError(400, "invalid-parameter", {"parameter": "organisation", "problem": "not an OID"})
-        rows = monitoring.per_minute(archive.warehouse, organisation, _since(minutes))
+        rows = monitoring.per_minute(warehouse, organisation, _since(minutes))
         return _json({"organisation": organisation, "minutes": rows})
 
-    @app.get("/api/monitoring/silent-senders", tags=["monitoring"], summary="AE titles silent for a while")
+    @routes.get("/api/monitoring/silent-senders", tags=["monitoring"], summary="AE titles silent for a while")
     def silent(
         minutes: int = Query(60, ge=1, le=int(MAX_WINDOW.total_seconds() // 60)), user: User = it_user
     ) -> JSONResponse:
-        return _json({"senders": monitoring.stalled_senders(archive.warehouse, timedelta(minutes=minutes))})
+        return _json({"senders": monitoring.stalled_senders(warehouse, timedelta(minutes=minutes))})
 
-    @app.get(
+    @routes.get(
         "/api/monitoring/dead-letters",
         tags=["monitoring"],
         summary="events a projection could not apply, per projection",
@@ -78,19 +82,19 @@ def install(app: FastAPI, archive: Archive, recorder: AccessRecorder) -> None:
         # only; the whole text is in `cami status --json` on the archive's own machine
         letters = [
             {**{k: v for k, v in d.items() if k != "error"}, "error_kind": str(d["error"]).split(":", 1)[0]}
-            for d in dead_letters.open_letters(archive.warehouse)
+            for d in dead_letters.open_letters(warehouse)
         ]
-        return _json({"projections": dead_letters.counts(archive.warehouse), "letters": letters})
+        return _json({"projections": dead_letters.counts(warehouse), "letters": letters})
 
-    @app.get("/api/monitoring/transfers", tags=["monitoring"], summary="transfer states and agents")
+    @routes.get("/api/monitoring/transfers", tags=["monitoring"], summary="transfer states and agents")
     def transfers(user: User = it_user) -> JSONResponse:
-        return _json({"organisations": monitoring.transfer_states(archive.warehouse)})
+        return _json({"organisations": monitoring.transfer_states(warehouse)})
 
-    @app.get("/api/audit/records/{record}", tags=["audit"], summary="every audit entry of one record, in order")
+    @routes.get("/api/audit/records/{record}", tags=["audit"], summary="every audit entry of one record, in order")
     async def history(record: str, request: Request, user: User = auditor) -> JSONResponse:
         if not record or len(record) > 128 or any(ord(ch) < 0x20 for ch in record):
             raise ApiError(400, "invalid-parameter", {"parameter": "record", "problem": "not a record id"})
-        entries = await run_in_threadpool(audit_queries.history, archive.warehouse, record)
+        entries = await run_in_threadpool(audit_queries.history, warehouse, record)
         if not entries:
             raise ApiError(404, "not-found", "no audit entries for this record")
         reader = Reader(user.actor, user.organisation, request.client.host if request.client else None)
@@ -109,7 +113,9 @@ def install(app: FastAPI, archive: Archive, recorder: AccessRecorder) -> None:
         )
         return _json({"record": record, "entries": entries})
 
-    @app.get("/api/audit/verify", tags=["audit"], summary="recompute the hash chains from the stored entries")
+    @routes.get("/api/audit/verify", tags=["audit"], summary="recompute the hash chains from the stored entries")
     async def verify(record: str | None = None, user: User = auditor) -> JSONResponse:
-        report = await run_in_threadpool(verify_chain, archive.warehouse, record)
+        report = await run_in_threadpool(verify_chain, warehouse, record)
         return _json(report.to_dict())
+
+    return routes

@@ -1,0 +1,112 @@
+"""The archive's HTTP app: :func:`create_app` builds it from an :class:`~api.bootstrap.Archive`,
+handing each router only what it needs (the ingestor, the report service, the warehouse, the
+blob store, the access recorder).
+
+Routers, one module each: :mod:`api.http.stow` (STOW-RS), :mod:`api.http.reports`,
+:mod:`api.http.qido` (QIDO-RS), :mod:`api.http.wado` (WADO-RS and WADO-URI),
+:mod:`api.http.oversight` (monitoring and audit), :mod:`api.http.web` (the browser pages). They
+share :mod:`api.http.errors` (the one JSON error body) and :mod:`api.http.deps` (who is asking).
+
+Every response but the static assets carries ``Cache-Control: no-store`` (patient data must not
+stay in browser or proxy caches); there are no ``/docs`` or ``/redoc`` pages (they load scripts
+from a CDN), only ``/openapi.json``.
+"""
+
+from __future__ import annotations
+
+import socket
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI
+from starlette.datastructures import MutableHeaders
+from starlette.types import ASGIApp, Receive, Scope, Send
+from starlette.types import Message as AsgiMessage
+
+from api.access import AccessRecorder
+from api.auth import UserDirectory
+from api.bootstrap import Archive
+from api.http import errors, openapi, oversight, qido, stow, wado, web
+from api.http import reports as report_routes
+from ingest.reports import ReportService, ReportStore
+
+
+# -- caching -----------------------------------------------------------------------------------
+class NoStoreMiddleware:
+    """``Cache-Control: no-store`` on every response that does not set its own, except the static
+    assets: JSON, DICOM, rendered images and pages carry patient data, which no browser or proxy
+    cache may keep."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or str(scope.get("path", "")).startswith("/static/"):
+            await self.app(scope, receive, send)
+            return
+
+        async def send_no_store(message: AsgiMessage) -> None:
+            if message["type"] == "http.response.start":
+                headers = MutableHeaders(scope=message)
+                if "cache-control" not in headers:
+                    headers["Cache-Control"] = "no-store"
+            await send(message)
+
+        await self.app(scope, receive, send_no_store)
+
+
+# -- the app -----------------------------------------------------------------------------------
+def create_app(
+    archive: Archive,
+    *,
+    users: UserDirectory | None = None,
+    reports: ReportService | None = None,
+    max_body: int | None = None,
+) -> FastAPI:
+    users = users or UserDirectory(archive.settings.users_file)
+    if reports is None:
+        reports = ReportService(
+            ReportStore(archive.settings.home / "reports.db"), archive.event_log, node=_node(), source_node="http"
+        )
+    service = reports
+    limit = max_body if max_body is not None else archive.settings.http_max_body
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        yield
+        service.close()
+        revoked = getattr(app.state, "revoked_sessions", None)
+        if revoked is not None:
+            revoked.close()
+
+    app = FastAPI(
+        title="CAMI",
+        summary="Regional Central Archive of Medical Images: DICOMweb, reports, oversight and the browser pages",
+        version="0.1.0",
+        lifespan=lifespan,
+        # no Swagger UI / ReDoc pages: they load scripts from a third-party CDN; /openapi.json stays
+        docs_url=None,
+        redoc_url=None,
+    )
+    app.add_middleware(NoStoreMiddleware)
+    app.state.archive = archive
+    app.state.users = users
+    app.state.reports = service
+    errors.install_error_handlers(app)
+
+    # every read is recorded through one recorder
+    recorder = AccessRecorder(archive.event_log, source_node=f"http:{_node()}")
+    app.state.access = recorder
+    web.install_sessions(app, archive.settings.home, archive.settings.session_key)
+    app.include_router(stow.router(archive.ingestor, archive.settings.home / "spool", limit))
+    app.include_router(report_routes.router(service, recorder))
+    app.include_router(qido.router(archive.warehouse, recorder))
+    app.include_router(wado.router(archive, recorder))
+    app.include_router(web.router(archive.warehouse, recorder))
+    app.include_router(oversight.router(archive.warehouse, recorder))
+    app.openapi = lambda: openapi.document(app)  # type: ignore[method-assign]
+    return app
+
+
+def _node() -> str:
+    return socket.gethostname() or "local"
