@@ -57,7 +57,7 @@ from api.auth import (
 )
 from api.http.deps import authenticate as _authenticate
 from api.http.errors import ApiError
-from api.pages import render
+from api.http.pages import render
 from projections.archive_index.find import patient_timeline, search_studies
 from projections.archive_index.views import series_instances, study_report, study_series
 from projections.warehouse.base import Warehouse
@@ -66,7 +66,7 @@ from schemas.uids import is_uid
 
 log = logging.getLogger("cami.web")
 
-STATIC = Path(__file__).parent.parent / "static"
+STATIC = Path(__file__).parent / "static"
 #: roles that may open a study page (it shows images) and search patients' studies
 MAX_PATIENT_ID = 64
 MAX_NAME = 64
@@ -85,7 +85,7 @@ _HEADERS = {
 }
 
 
-# -- rendering (the templates are in api/templates/) -------------------------------------------
+# -- rendering (the templates are in api/http/templates/) -------------------------------------------
 def _page(kind: str, title: str, data: Mapping[str, Any], status: int = 200, **context: Any) -> HTMLResponse:
     """The page ``kind`` (template ``<kind>.html``) with ``data`` embedded for the script."""
     context.setdefault("user", None)

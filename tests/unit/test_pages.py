@@ -1,4 +1,4 @@
-"""The browser pages' HTML (api/templates/) with hostile values in every field a user or a DICOM
+"""The browser pages' HTML (api/http/templates/) with hostile values in every field a user or a DICOM
 sender controls: patient name, query text, the ``next`` URL, error text, user name. Each must come
 back as the same text (escaped, never markup), and the page data must not leave its script element.
 The pages are rendered directly: no server needed."""
@@ -14,7 +14,7 @@ import pytest
 from fastapi.responses import HTMLResponse
 
 from api.auth import User
-from api.web import _message_page, _search_page, _signin_page, _study_page
+from api.http.web import _message_page, _search_page, _signin_page, _study_page
 
 HOSTILE = [
     '"><script>alert(1)</script><img src=x onerror=alert(2)>',

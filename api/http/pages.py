@@ -1,4 +1,4 @@
-"""The browser pages' HTML, from the Jinja2 templates in ``api/templates/`` (autoescaped).
+"""The browser pages' HTML, from the Jinja2 templates in ``api/http/templates/`` (autoescaped).
 
 Every value a template prints is HTML-escaped unless it is markup the templates made themselves,
 so a patient name, a query or a ``next`` URL cannot become markup. The page data block is
