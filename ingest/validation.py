@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from pydicom.dataset import Dataset
+from pydicom.multival import MultiValue
 from pydicom.tag import Tag
 
 from ingest.dicom import first_item, integer, text, uid
@@ -90,6 +91,15 @@ def _clean_identifier(value: str) -> bool:
     return not any(ord(ch) < 0x20 or ch == "\\" for ch in value)
 
 
+def _several_values(ds: Dataset, keyword: str) -> bool:
+    """True when a single-valued attribute arrived as several (``A\\B``): pydicom splits the value
+    at the backslash before any check sees it, and its text would read ``['A', 'B']``."""
+    try:
+        return isinstance(ds.get(keyword), MultiValue)
+    except Exception:  # a value that does not decode: text() reports it as absent
+        return False
+
+
 def inspect(
     ds: Dataset, *, request_sop_class_uid: str | None = None, request_sop_instance_uid: str | None = None
 ) -> Inspection:
@@ -143,7 +153,7 @@ def inspect(
                 (0x00100020,),
             )
         )
-    if not _clean_identifier(patient_id) or len(patient_id) > 64:
+    if _several_values(ds, "PatientID") or not _clean_identifier(patient_id) or len(patient_id) > 64:
         return Inspection(
             refusal=Refusal(
                 "invalid-patient-id",
