@@ -30,8 +30,8 @@ from pydicom.uid import generate_uid
 from pynetdicom import AE
 
 from api.bootstrap import Archive, bootstrap
-from api.config import Settings
 from api.cli.replay import rebuild
+from api.config import Settings
 from projections import dead_letters
 from projections.catalogue import EventCatalogue
 from projections.queries import search_studies
@@ -43,10 +43,10 @@ from streams.log import EventLog
 from streams.processing import SETTLE_AFTER, EmbeddedRunner, Row, Source, group_id
 from streams.publisher import publish_many
 from streams.topics import archive_topics
-from tests.conftest import ROOT
-from tests.integration.test_processing import synthetic_events
 from tests.support import studies
 from tests.support.chdb_http import ChdbHttpServer
+from tests.support.events import synthetic_events
+from tests.support.paths import ROOT
 from tests.support.readside import SENDER_AE, ReadSide, senders_toml
 from tests.support.servers import free_port
 

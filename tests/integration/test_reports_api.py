@@ -9,7 +9,7 @@ from pathlib import Path
 from ingest.reports import ReportStore, ReportStoreProjection, ReportStoreSink
 from streams.processing import EmbeddedRunner
 from streams.topics import REPORTS
-from tests.integration.test_stow_rs import RunningArchive, new_study, running  # noqa: F401 (fixture)
+from tests.support.stow import RunningArchive, new_study, running  # noqa: F401 (fixture)
 
 
 def _create(r: RunningArchive, study: str, user: str = "dr.petrov") -> dict:
