@@ -1,10 +1,15 @@
-"""Synthetic event sequences for the processing, dead-letter, replay and Faust tests."""
+"""Synthetic event sequences for the processing, dead-letter, replay and Faust tests, and an event
+catalogue that fails on chosen events (a separate worker process imports it too)."""
 
 from __future__ import annotations
 
+import uuid
+from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 
+from projections.catalogue import EventCatalogue
 from schemas.events import Actor, Event, new_event
+from streams.processing import Row, Source
 
 
 def synthetic_events(count: int) -> list[Event]:
@@ -259,3 +264,16 @@ def synthetic_sequence(seed: int, studies: int = 8) -> list[Event]:
         )
     )
     return events
+
+
+class FussyCatalogue(EventCatalogue):
+    """The event catalogue, except that ``apply`` raises for chosen events (test only)."""
+
+    def __init__(self, refuse: set[str]) -> None:
+        self.name = f"fussy-{uuid.uuid4().hex[:8]}"
+        self.refuse = refuse
+
+    def apply(self, event: Event, source: Source) -> Sequence[Row]:
+        if str(event.envelope.event_id) in self.refuse:
+            raise ValueError(f"cannot apply {event.envelope.event_id}")
+        return super().apply(event, source)
