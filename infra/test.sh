@@ -20,7 +20,7 @@ echo "[test] ruff check" >&2
 ruff check .
 echo "[test] mypy" >&2
 mypy
-echo "[test] import contracts (layers, no circles)" >&2
+echo "[test] import contracts (layers, no circles, test modules share only tests/support)" >&2
 lint-imports
 echo "[test] pytest" >&2
 pytest "$@"

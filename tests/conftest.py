@@ -11,11 +11,9 @@ from __future__ import annotations
 import re
 from collections import Counter
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parent.parent
 BACKEND_IDS = ("embedded", "kafka", "local", "s3", "chdb", "clickhouse-http")
 _BACKEND_IN_NODEID = re.compile(r"\[(?:[^\]]*-)?(" + "|".join(map(re.escape, BACKEND_IDS)) + r")(?:-[^\]]*)?\]")
 

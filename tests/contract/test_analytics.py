@@ -24,9 +24,9 @@ from projections.sinks import WarehouseSink
 from projections.warehouse import Warehouse
 from schemas.events import Actor, Event, new_event
 from streams.processing import EmbeddedRunner
-from tests.contract.conftest import WarehouseTarget
-from tests.contract.test_monitoring import check_redelivery_and_rebuild, open_log
-from tests.unit.test_monitoring_analytics import KEY, ORG_A, ORG_B, ORG_C, P1, P2, P3, P4, PRIOR_ID, at, scenario
+from tests.support.projections import check_redelivery_and_rebuild, open_log
+from tests.support.scenarios import KEY, ORG_A, ORG_B, ORG_C, P1, P2, P3, P4, PRIOR_ID, at, scenario
+from tests.support.warehouses import WarehouseTarget
 
 ANALYTICS_COUNTS = {
     "analytics_instances": 15,  # 14 objects + study 3's version 2

@@ -31,8 +31,8 @@ from projections.sinks import WarehouseSink
 from projections.warehouse import Warehouse
 from schemas.events import Event
 from streams.processing import EmbeddedRunner
-from tests.contract.test_monitoring import open_log
-from tests.unit.test_monitoring_analytics import (
+from tests.support.projections import open_log
+from tests.support.scenarios import (
     KEY,
     ORG_A,
     ORG_B,

@@ -28,7 +28,7 @@ from streams.log import EventLog
 from streams.processing import EmbeddedRunner, group_id, process_batch, record_source
 from streams.publisher import publish_many
 from streams.topics import ACCESS, DICOM, PATIENTS, REPORTS, SOURCE_OF_TRUTH, archive_topics
-from tests.contract.conftest import WarehouseTarget
+from tests.support.warehouses import WarehouseTarget
 
 ORG_A = "1.2.643.5.1.13.13.12.2.50.1001"
 ORG_B = "1.2.643.5.1.13.13.12.2.50.1002"

@@ -17,7 +17,7 @@ import pytest
 
 from streams import EventLog, EventLogError, Record, TopicSpec, open_event_log
 from streams.partitioning import partition_for
-from tests.conftest import ROOT
+from tests.support.paths import ROOT
 
 
 @pytest.fixture(params=["embedded", pytest.param("kafka", marks=pytest.mark.kafka)])

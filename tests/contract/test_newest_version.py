@@ -25,7 +25,7 @@ from projections.archive_index.views import (
 )
 from projections.warehouse import Warehouse
 from schemas.events import Event
-from tests.contract.test_archive_index import ORG_A, T0, feed, received, uid
+from tests.support.region import ORG_A, T0, feed, received, uid
 
 OLD, NEW, GONE = uid(7, 1), uid(7, 2), uid(7, 3)
 OLD_SERIES, NEW_SERIES, GONE_SERIES = uid(7, 1, 1), uid(7, 2, 1), uid(7, 3, 1)

@@ -1,6 +1,6 @@
 """DICOM matching (QIDO-RS and C-FIND) through the query layer, on both warehouse backends.
 
-The region of :mod:`tests.contract.test_archive_index` (five studies, two organisations, a merge,
+The region of :mod:`tests.support.region` (five studies, two organisations, a merge,
 a demographics update, hostile values) is projected by the real runner; :func:`find` must answer
 each matching rule at each level as DICOM defines it, follow merges, and never let a value act as
 SQL.
@@ -16,7 +16,7 @@ import pytest
 from projections.archive_index.find import find, search_studies
 from projections.archive_index.matching import ATTRIBUTES, Condition, MatchingError, parse_condition
 from projections.warehouse import Warehouse
-from tests.contract.test_archive_index import (
+from tests.support.region import (
     DECOY_NAME,
     HOSTILE_ACCESSION,
     HOSTILE_ID,

@@ -24,8 +24,8 @@ import pytest
 from projections.warehouse import QueryResult, Warehouse, WarehouseError, open_warehouse
 from projections.warehouse.chdb_backend import ChdbWarehouse
 from projections.warehouse.http_backend import ClickHouseHttpWarehouse
-from tests.contract.conftest import WarehouseTarget
 from tests.support.chdb_http import ChdbHttpServer
+from tests.support.warehouses import WarehouseTarget
 
 HOSTILE = "x' OR 1=1 --"
 

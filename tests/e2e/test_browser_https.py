@@ -15,9 +15,9 @@ from selenium.webdriver.common.by import By
 from selenium.webdriver.remote.webdriver import WebDriver
 from selenium.webdriver.support.ui import WebDriverWait
 
-from tests.e2e.test_browser import WAIT, chromium, shot, wait_image
-from tests.integration.test_study_page import PATIENT, ct_series, send, study_url
+from tests.support.browser import WAIT, chromium, shot, wait_image
 from tests.support.readside import ROOT_UID, ReadSide
+from tests.support.scenes import PATIENT, ct_series, send, study_url
 from tests.support.tls import TestCA
 
 

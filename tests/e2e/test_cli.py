@@ -3,34 +3,13 @@
 from __future__ import annotations
 
 import json
-import os
 import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-CAMI = Path(sys.executable).parent / "cami"
-
-
-def run_cami(*args: str, env: dict[str, str] | None = None, timeout: float = 300) -> subprocess.CompletedProcess[str]:
-    assert CAMI.exists(), f"{CAMI} missing: install the project (bash infra/python.sh)"
-    return subprocess.run(
-        [str(CAMI), *args],
-        env={**os.environ, **(env or {})},
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        stdin=subprocess.DEVNULL,
-        check=False,
-    )
-
-
-def embedded_env(tmp_path: Path) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("CAMI_")}
-    env["CAMI_HOME"] = str(tmp_path / "home")
-    return env
+from tests.support.cli import CAMI, embedded_env, run_cami
 
 
 def test_help_lists_the_subcommands() -> None:

@@ -11,7 +11,7 @@ import sys
 import zipfile
 from pathlib import Path
 
-from tests.e2e.test_import import CAMI, ORG, cami_env, dicom_file, received_events, run_import
+from tests.support.media import CAMI, ORG, cami_env, dicom_file, received_events, run_import
 
 MiB = 1 << 20
 

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.e2e.test_cli import CAMI, embedded_env, run_cami
+from tests.support.cli import CAMI, embedded_env, run_cami
 
 
 @pytest.mark.parametrize(

@@ -40,8 +40,8 @@ import pytest
 from pynetdicom import AE, evt
 
 from ingest.dicom import split_part10
-from tests.e2e.test_import import ORG, cami_env, received_events, run_import
-from tests.integration.test_wado import split_multipart
+from tests.support.dicomweb import split_multipart
+from tests.support.media import ORG, cami_env, received_events, run_import
 from tests.support.readside import ReadSide
 
 DATA = Path(pydicom.data.__file__).parent

@@ -7,7 +7,7 @@ import shlex
 from pathlib import Path
 
 from api.auth import UserDirectory
-from tests.e2e.test_cli import embedded_env, run_cami
+from tests.support.cli import embedded_env, run_cami
 
 README = Path(__file__).resolve().parents[2] / "README.md"
 

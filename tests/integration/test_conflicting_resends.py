@@ -35,11 +35,11 @@ from api.http import serve_http
 from schemas.events import Event
 from streams.processing import EmbeddedRunner, group_id
 from streams.topics import DICOM
-from tests.conftest import ROOT
-from tests.integration.test_stow_rs import multipart
-from tests.integration.test_wado import split_multipart
 from tests.support import studies
+from tests.support.dicomweb import split_multipart
+from tests.support.paths import ROOT
 from tests.support.readside import ORG, ORG_B, ROOT_UID, SENDER_AE, USERS, ReadSide, senders_toml
+from tests.support.stow import multipart
 
 CONFLICT = 0xC409  # Status.CONFLICTS_WITH_HELD, as the sender sees it
 EXPLICIT_LE = "1.2.840.10008.1.2.1"

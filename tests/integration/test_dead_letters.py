@@ -43,10 +43,10 @@ from streams.log import EventLog
 from streams.processing import SETTLE_AFTER, EmbeddedRunner, Row, Source, group_id
 from streams.publisher import publish_many
 from streams.topics import archive_topics
-from tests.conftest import ROOT
-from tests.integration.test_processing import synthetic_events
 from tests.support import studies
 from tests.support.chdb_http import ChdbHttpServer
+from tests.support.events import FussyCatalogue, synthetic_events
+from tests.support.paths import ROOT
 from tests.support.readside import SENDER_AE, ReadSide, senders_toml
 from tests.support.servers import free_port
 
@@ -170,19 +170,6 @@ def test_forty_objects_with_odd_values_are_all_indexed_live_and_after_restart(lo
 
 
 # -- one event its projection cannot apply ---------------------------------------------------------
-class FussyCatalogue(EventCatalogue):
-    """The event catalogue, except that ``apply`` raises for chosen events (test only)."""
-
-    def __init__(self, refuse: set[str]) -> None:
-        self.name = f"fussy-{uuid.uuid4().hex[:8]}"
-        self.refuse = refuse
-
-    def apply(self, event: Event, source: Source) -> Sequence[Row]:
-        if str(event.envelope.event_id) in self.refuse:
-            raise ValueError(f"cannot apply {event.envelope.event_id}")
-        return super().apply(event, source)
-
-
 class Tally:
     """A projection whose rows for chosen events do not fit its table (UInt8): the warehouse
     refuses those rows and accepts the others' (test only)."""
@@ -379,7 +366,7 @@ from pathlib import Path
 from projections.sinks import WarehouseSink
 from projections.warehouse import open_warehouse
 from streams.faust_app import create_app, run_worker
-from tests.integration.test_dead_letters import FussyCatalogue
+from tests.support.events import FussyCatalogue
 
 bootstrap, warehouse_url, bad, name, app_id, datadir = sys.argv[1:7]
 processor = FussyCatalogue({bad})

@@ -16,7 +16,7 @@ from pydicom.uid import generate_uid
 from api.http import HttpServer, create_app
 from ingest.reports.documents import ENCAPSULATED_PDF, sr_texts
 from streams.topics import REPORTS
-from tests.integration.test_stow_rs import (
+from tests.support.stow import (
     ORG,
     ROOT_UID,
     RunningArchive,

@@ -35,9 +35,9 @@ from schemas.events import Event
 from streams import open_event_log
 from streams.publisher import publish_many
 from streams.topics import archive_topics
-from tests.conftest import ROOT
-from tests.integration.test_replay import synthetic_sequence
 from tests.support.chdb_http import ChdbHttpServer
+from tests.support.events import synthetic_sequence
+from tests.support.paths import ROOT
 
 #: every table the two projections write, with the key that orders its rows
 TABLES = {

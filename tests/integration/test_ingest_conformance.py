@@ -12,95 +12,28 @@ its data set or names an unknown transfer syntax.
 from __future__ import annotations
 
 import hashlib
-import io
 import struct
-from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import httpx
 import pytest
-from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.filereader import read_file_meta_info
-from pydicom.sequence import Sequence
-from pydicom.uid import DeflatedExplicitVRLittleEndian, ExplicitVRLittleEndian, JPEGBaseline8Bit
+from pydicom.uid import ExplicitVRLittleEndian
 from pynetdicom import AE
 from pynetdicom import _config as pynetdicom_config
 
-from api.auth import add_user
-from api.bootstrap import Archive, bootstrap
-from api.config import Settings
-from api.http import HttpServer, create_app
 from ingest.dicom import MAX_SEQUENCE_DEPTH
 from ingest.handlers import ERROR_COMMENT_LENGTH
-from ingest.scp import StorageSCP
-from schemas.codec import decode
-from schemas.events import Event
-from streams.topics import DICOM
-from tests.integration.test_storage_scp import SENDERS
-from tests.integration.test_stow_rs import COMMENT, FAILED, REASON, REFERENCED, multipart, seq, value
-from tests.support import studies
-
-ORG = "1.2.643.5.1.13.13.12.2.50.1001"
-ROOT = "1.2.826.0.1.3680043.8.498.9"
-
-
-@dataclass
-class Running:
-    archive: Archive
-    scp: StorageSCP
-    http: HttpServer
-    token: str
-    home: Path
-
-    def events(self, event_type: str) -> list[Event]:
-        log = self.archive.event_log
-        found = [decode(r.value) for p in log.partitions(DICOM) for r in log.read(DICOM, p, 0, 1_000_000)]
-        return [e for e in found if e.type == event_type]
-
-    def blobs(self) -> set[str]:
-        """Names of every blob in the (local) store."""
-        return {p.name for p in (self.home / "blobs" / "objects").rglob("*") if p.is_file() and len(p.name) == 64}
-
-    def stow(self, data: bytes) -> httpx.Response:
-        body, content_type = multipart([data])
-        with httpx.Client(base_url=self.http.url, timeout=60) as client:
-            return client.post(
-                "/dicomweb/studies",
-                content=body,
-                headers={
-                    "Content-Type": content_type,
-                    "Accept": "application/dicom+json",
-                    "Authorization": f"Bearer {self.token}",
-                },
-            )
-
-
-@pytest.fixture
-def running(tmp_path: Path) -> Iterator[Running]:
-    home = tmp_path / "home"
-    home.mkdir()
-    (home / "senders.toml").write_text(SENDERS, encoding="utf-8")
-    _, token = add_user(home / "users.toml", "okb-pacs", role="modality", organisation=ORG)
-    settings = Settings(
-        home=home,
-        event_log_url=f"sqlite://{home}/events.db",
-        blob_store_url=f"file://{home}/blobs",
-        warehouse_url=f"chdb://{home}/clickhouse",
-        partitions=3,
-    )
-    archive = bootstrap(settings)
-    scp = archive.storage_scp(port=0)
-    scp.start()
-    http = HttpServer(create_app(archive), "127.0.0.1", 0)
-    http.start()
-    try:
-        yield Running(archive, scp, http, token, home)
-    finally:
-        http.stop()
-        scp.stop()
-        archive.close()
+from tests.support.conformance import (
+    Running,
+    base,
+    dataset_offset,
+    deflated_bomb,
+    file_bytes,
+    well_formed_variants,
+)
+from tests.support.conformance import running as running
+from tests.support.stow import COMMENT, FAILED, REASON, REFERENCED, seq, value
 
 
 def _send_raw(port: int, path: Path, calling: str = "OKB_CT1") -> Any:
@@ -120,33 +53,6 @@ def _send_raw(port: int, path: Path, calling: str = "OKB_CT1") -> Any:
         pynetdicom_config.STORE_SEND_CHUNKED_DATASET = previous
 
 
-# -- objects ----------------------------------------------------------------------------------------
-_counter = iter(range(1, 1_000_000))
-
-
-def base(**changes: Any) -> Dataset:
-    n = next(_counter)
-    ds = studies.instance(f"{ROOT}.{n}", f"{ROOT}.{n}.1", 1, size=4)
-    for keyword, new in changes.items():
-        setattr(ds, keyword, new)
-    return ds
-
-
-def file_bytes(ds: Dataset, transfer_syntax: str = ExplicitVRLittleEndian) -> bytes:
-    ds.file_meta = FileMetaDataset()
-    ds.file_meta.MediaStorageSOPClassUID = ds.SOPClassUID
-    ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
-    ds.file_meta.TransferSyntaxUID = transfer_syntax
-    buffer = io.BytesIO()
-    ds.save_as(buffer, enforce_file_format=True)
-    return buffer.getvalue()
-
-
-def dataset_offset(data: bytes) -> int:
-    (meta_length,) = struct.unpack_from("<I", data, 140)  # (0002,0000) UL value
-    return 144 + meta_length
-
-
 def splice(data: bytes, before: bytes, element: bytes) -> bytes:
     """Insert raw ``element`` bytes into the data set, before the first element starting ``before``."""
     at = data.index(before, dataset_offset(data))
@@ -158,54 +64,6 @@ def replace_value(data: bytes, tag_vr: bytes, value: bytes) -> bytes:
     at = data.index(tag_vr, dataset_offset(data))
     (length,) = struct.unpack_from("<H", data, at + 6)
     return data[: at + 6] + struct.pack("<H", len(value)) + value + data[at + 8 + length :]
-
-
-def well_formed_variants() -> dict[str, bytes]:
-    """Valid encodings the archive refused or might refuse; each must be stored byte for byte."""
-    undefined = base()
-    code = Dataset()
-    code.CodeValue, code.CodingSchemeDesignator, code.CodeMeaning = "A1", "99LOCAL", "CT head"
-    inner = Dataset()
-    inner.CodeValue = "B2"
-    code.ConceptNameCodeSequence = Sequence([inner])
-    undefined.ProcedureCodeSequence = Sequence([code])
-    undefined["ProcedureCodeSequence"].is_undefined_length = True
-    code.is_undefined_length_sequence_item = True
-    code["ConceptNameCodeSequence"].is_undefined_length = True
-    inner.is_undefined_length_sequence_item = True
-
-    group_length = base()
-    group_length.add_new(0x00080000, "UL", 0)
-    group_length.add_new(0x00100000, "UL", 0)
-
-    odd_private = base()
-    block = odd_private.private_block(0x0009, "ACME 1.0", create=True)
-    block.add_new(0x10, "LO", "private text")
-    block.add_new(0x11, "OB", b"\x01\x02\x03\x04")
-    empty_sequence = Dataset()
-    empty_sequence.CodeValue = "X1"
-    block.add_new(0x12, "SQ", Sequence([empty_sequence]))
-    odd_private[0x00091012].is_undefined_length = True
-
-    encapsulated = base()
-    encapsulated.PhotometricInterpretation = "YBR_FULL_422"
-    encapsulated.PixelData = _encapsulate([b"\xff\xd8" + b"\x00" * 30 + b"\xff\xd9"])
-    encapsulated["PixelData"].VR = "OB"
-    encapsulated["PixelData"].is_undefined_length = True
-
-    return {
-        "undefined-length-sequences-and-items": file_bytes(undefined),
-        "group-length-elements": file_bytes(group_length),
-        "odd-group-private-tags": file_bytes(odd_private),
-        "encapsulated-pixel-data": file_bytes(encapsulated, JPEGBaseline8Bit),
-        "deflated": file_bytes(base(), DeflatedExplicitVRLittleEndian),
-    }
-
-
-def _encapsulate(fragments: list[bytes]) -> bytes:
-    from pydicom.encaps import encapsulate
-
-    return encapsulate(fragments)
 
 
 def nested(depth: int, defined_lengths: bool = False) -> bytes:
@@ -220,14 +78,6 @@ def nested(depth: int, defined_lengths: bool = False) -> bytes:
         closing = b"\xfe\xff\x0d\xe0\x00\x00\x00\x00" + b"\xfe\xff\xdd\xe0\x00\x00\x00\x00"
         content = opening * depth + closing * depth
     return splice(file_bytes(base()), b"\xe0\x7f\x10\x00", content)
-
-
-def deflated_bomb(inflated_size: int) -> bytes:
-    """A valid deflated object whose data set inflates to about ``inflated_size`` bytes."""
-    ds = base()
-    ds.add_new(0x00091010, "LO", "ACME 1.0")
-    ds.add_new(0x00091011, "OB", bytes(inflated_size))
-    return file_bytes(ds, DeflatedExplicitVRLittleEndian)
 
 
 REFUSED: dict[str, tuple[Any, int, str, str]] = {

@@ -41,7 +41,7 @@ from pynetdicom import _config as pynetdicom_config
 from ingest.dicom import split_part10
 from ingest.pipeline import Arrival
 from ingest.statuses import Status
-from tests.integration.test_ingest_conformance import (
+from tests.support.conformance import (
     Running,
     base,
     dataset_offset,
@@ -49,7 +49,7 @@ from tests.integration.test_ingest_conformance import (
     file_bytes,
     well_formed_variants,
 )
-from tests.integration.test_ingest_conformance import running as running
+from tests.support.conformance import running as running
 
 CASES = int(os.environ.get("CAMI_FUZZ_CASES", "3000"))
 WIRE_CASES = int(os.environ.get("CAMI_FUZZ_WIRE_CASES", "200"))

@@ -15,8 +15,8 @@ from typing import Any
 
 import pytest
 
-from tests.integration.test_storage_scp import Running, start_archive
 from tests.support.servers import KafkaServer, MinioServer
+from tests.support.storage_scp import Running, start_archive
 from tests.support.studies import DCMTK_ENV, outcomes, storescu, write_study
 
 COUNT = 240

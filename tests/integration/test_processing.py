@@ -15,40 +15,14 @@ import pytest
 
 from projections.catalogue import EventCatalogue
 from schemas.codec import encode
-from schemas.events import Actor, Event, new_event
+from schemas.events import Event
 from streams import open_event_log
 from streams.processing import EmbeddedRunner, Row, Source, group_id
 from streams.publisher import publish_many
 from streams.sinks import MemorySink
 from streams.topics import DICOM, archive_topics
-from tests.conftest import ROOT
-
-
-def synthetic_events(count: int) -> list[Event]:
-    events = []
-    for i in range(count):
-        study = f"1.2.826.0.1.3680043.8.498.{i % 5}"
-        if i % 3 == 0:
-            events.append(
-                new_event(
-                    "RecordAccessed",
-                    {"action": "view", "channel": "study-page", "StudyInstanceUID": study, "results": 1},
-                    aggregate_id=study,
-                    source_node="web",
-                    actor=Actor("dr.petrov", "radiologist"),
-                )
-            )
-        else:
-            events.append(
-                new_event(
-                    "TransferStarted",
-                    {"transfer_id": f"t-{i}", "StudyInstanceUID": study, "attempt": 1},
-                    aggregate_id=f"org-{i % 2}",
-                    source_node="agent",
-                    organisation=f"org-{i % 2}",
-                )
-            )
-    return events
+from tests.support.events import synthetic_events
+from tests.support.paths import ROOT
 
 
 def expected_rows(events: list[Event], positions: list[Any]) -> dict[str, dict[str, Any]]:

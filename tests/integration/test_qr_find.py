@@ -19,7 +19,7 @@ from pynetdicom.dsutils import decode, encode
 from api.access import AccessRecorder, Reader
 from api.dicom.find import IDENTIFIER_DOES_NOT_MATCH_SOP_CLASS, PENDING, UNABLE_TO_PROCESS, c_find_responses
 from schemas.events import Actor
-from tests.integration.test_qido import NAME_A, NAME_B, make_series, send
+from tests.support.find_studies import NAME_A, NAME_B, make_series, send
 from tests.support.readside import ORG, ORG_B, ROOT_UID, ReadSide
 
 WORKSTATION = Reader(Actor("RAD_WS1", "radiologist"), ORG, "127.0.0.1")

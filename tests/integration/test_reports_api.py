@@ -10,7 +10,7 @@ from ingest.reports.fold import ReportStoreProjection, ReportStoreSink
 from ingest.reports.store import ReportStore
 from streams.processing import EmbeddedRunner
 from streams.topics import REPORTS
-from tests.integration.test_stow_rs import RunningArchive, new_study, running  # noqa: F401 (fixture)
+from tests.support.stow import RunningArchive, new_study, running  # noqa: F401 (fixture)
 
 
 def _create(r: RunningArchive, study: str, user: str = "dr.petrov") -> dict:

@@ -13,7 +13,7 @@ import httpx
 
 from ingest.multipart import SCAN_CHUNK
 from streams.topics import DICOM
-from tests.integration.test_stow_rs import (
+from tests.support.stow import (
     FAILED,
     REFERENCED,
     SOP_UID,

@@ -9,7 +9,8 @@ from collections.abc import Iterator
 
 import pytest
 
-from tests.integration.test_tls import (
+from tests.support.readside import ORG, ReadSide
+from tests.support.tls import (
     OKB_CN,
     Pki,
     echo,
@@ -22,7 +23,6 @@ from tests.integration.test_tls import (
     tls,
     wait_rejections,
 )
-from tests.support.readside import ORG, ReadSide
 
 
 @pytest.fixture(scope="module")

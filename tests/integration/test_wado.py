@@ -43,6 +43,7 @@ from pydicom.uid import generate_uid
 from projections.archive_index.views import instance_location
 from schemas.events import Event
 from tests.support import studies
+from tests.support.dicomweb import split_multipart
 from tests.support.readside import ROOT_UID, SENDER_AE, ReadSide
 
 SYNTAXES = list(studies.TRANSFER_SYNTAXES)
@@ -122,28 +123,6 @@ def dicomweb(side: ReadSide, user: str, capture: Capture | None = None) -> DICOM
         headers={"Authorization": f"Bearer {side.tokens[user]}"},
         session=capture.session if capture else None,
     )
-
-
-def split_multipart(response: requests.Response | httpx.Response) -> list[tuple[dict[str, str], bytes]]:
-    """(headers, body) of each part, split on the boundary the Content-Type declares."""
-    content_type = response.headers["content-type"]
-    assert content_type.lower().startswith("multipart/related")
-    boundary = next(
-        p.split("=", 1)[1].strip().strip('"') for p in content_type.split(";") if p.strip().startswith("boundary=")
-    )
-    body = response.content
-    delimiter = b"--" + boundary.encode()
-    assert body.rstrip(b"\r\n").endswith(delimiter + b"--"), "no close delimiter"
-    parts = []
-    for chunk in body.split(delimiter)[1:-1]:
-        assert chunk.startswith(b"\r\n") and chunk.endswith(b"\r\n")
-        head, _, data = chunk[2:-2].partition(b"\r\n\r\n")
-        headers = {}
-        for line in head.decode("ascii").split("\r\n"):
-            name, _, value = line.partition(":")
-            headers[name.strip().lower()] = value.strip()
-        parts.append((headers, data))
-    return parts
 
 
 def access_ids(side: ReadSide) -> set[str]:

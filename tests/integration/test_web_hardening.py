@@ -12,8 +12,8 @@ import httpx
 import pytest
 
 from api.auth import SESSION_COOKIE, add_user
-from tests.integration.test_stow_rs import ct_dataset, multipart, new_study, part10
 from tests.support.readside import ReadSide
+from tests.support.stow import ct_dataset, multipart, new_study, part10
 
 GUESSED_USER = "dr.guess"
 

@@ -13,6 +13,9 @@ from __future__ import annotations
 import datetime
 import hashlib
 import ipaddress
+import subprocess
+import time
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -20,6 +23,11 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+from pydicom.uid import generate_uid
+
+from streams.topics import DICOM
+from tests.support import studies
+from tests.support.readside import ROOT_UID, ReadSide
 
 
 @dataclass(frozen=True)
@@ -132,3 +140,99 @@ class TestCA:
             "CAMI_TLS_CA": str(self.cert),
             "CAMI_TLS_CLIENT_CERT": client_certificates,
         }
+
+
+OKB_CN = "okb-ct1.example.org"
+TIMEOUT = 120
+
+
+@dataclass(frozen=True)
+class Pki:
+    ca: TestCA
+    server: Issued  # the archive's certificate, signed by ``ca``
+    okb: Issued  # OKB's CT (CN okb-ct1.example.org)
+    okb_other_key: Issued  # the same CN, another key: another fingerprint
+    gb2: Issued  # another hospital's modality
+    workstation: Issued  # a reading room's workstation (Q/R)
+    rogue_ca: TestCA
+    rogue_okb: Issued  # CN okb-ct1.example.org, signed by the rogue CA
+
+
+def make_pki(directory: Path) -> Pki:
+    ca = TestCA.create(directory / "ca")
+    rogue = TestCA.create(directory / "rogue", name="Rogue CA")
+    return Pki(
+        ca,
+        ca.issue("cami-archive", server=True),
+        ca.issue(OKB_CN),
+        ca.issue(OKB_CN, file_name="okb-other-key"),
+        ca.issue("gb2-mr1.example.org"),
+        ca.issue("rad-ws1.example.org"),
+        rogue,
+        rogue.issue(OKB_CN),
+    )
+
+
+# -- dcmtk as the peer -----------------------------------------------------------------------
+def dcmtk(tool: str, *args: str | Path, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [f"/usr/bin/{tool}", "-v", *map(str, args)],
+        capture_output=True,
+        text=True,
+        env=studies.DCMTK_ENV,
+        stdin=subprocess.DEVNULL,
+        timeout=TIMEOUT,
+        check=False,
+        cwd=cwd,
+    )
+
+
+def tls(client: Issued | None, trusts: TestCA) -> list[str]:
+    """dcmtk's TLS options: our certificate and key (None: TLS without one), and the CA we trust
+    to have signed the archive's certificate (dcmtk refuses an archive it cannot verify)."""
+    mine = ["+tls", str(client.key), str(client.cert)] if client else ["+tla"]
+    return [*mine, "+cf", str(trusts.cert)]
+
+
+def echo(port: int, calling: str, options: list[str]) -> subprocess.CompletedProcess[str]:
+    return dcmtk("echoscu", *options, "-aet", calling, "-aec", "CAMI", "127.0.0.1", str(port))
+
+
+def echoed(result: subprocess.CompletedProcess[str]) -> bool:
+    """echoscu got a successful C-ECHO answer (it exits 0 also when the association was aborted)."""
+    return result.returncode == 0 and "Received Echo Response (Success)" in result.stdout + result.stderr
+
+
+def send(side: ReadSide, port: int, calling: str, options: list[str]) -> tuple[str, subprocess.CompletedProcess[str]]:
+    """storescu one new study's instance; (StudyInstanceUID, storescu's result)."""
+    study = generate_uid(prefix=ROOT_UID)
+    folder = side.home.parent / "sent" / study
+    files = studies.write_study(folder, 1, ["1.2.840.10008.1.2.1"], study_uid=study, patient_id="TLS-0001")
+    result = dcmtk("storescu", *options, "-aet", calling, "-aec", "CAMI", "127.0.0.1", str(port), files[0].path)
+    return study, result
+
+
+def stored(result: subprocess.CompletedProcess[str]) -> bool:
+    found = studies.outcomes(result.stdout + result.stderr)
+    return result.returncode == 0 and bool(found) and all(v == "Success" for v in found.values())
+
+
+def rejections(side: ReadSide) -> list[str]:
+    return [e.payload["reason"] for e in side.events(DICOM) if e.envelope.event_type == "AssociationRejected"]
+
+
+def wait_rejections(side: ReadSide, before: list[str], count: int, timeout: float = 30.0) -> Counter[str]:
+    """The reasons of the rejections since ``before`` was taken, once there are ``count`` more. As
+    counts: the events are keyed by calling AE title, so the partitions do not keep their order.
+    Waited for: with TLS 1.3 the client may be done with its side of the handshake (and gone)
+    before the archive has refused its certificate."""
+    deadline = time.monotonic() + timeout
+    while True:
+        new = Counter(rejections(side)) - Counter(before)
+        if new.total() >= count or time.monotonic() > deadline:
+            return new
+        time.sleep(0.05)
+
+
+def output(result: subprocess.CompletedProcess[str]) -> str:
+    return f"exit {result.returncode}\n{result.stdout[-3000:]}{result.stderr[-3000:]}"

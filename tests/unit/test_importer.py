@@ -29,7 +29,7 @@ from ingest.importer import (
     run_key,
     sniff,
 )
-from tests.e2e.test_import import UID_ROOT, dicom_file, write_media
+from tests.support.media import UID_ROOT, dicom_file, write_media
 
 
 def candidates(paths: list[Path]) -> list[Candidate]:
