@@ -305,6 +305,17 @@ def test_a_patient_id_with_control_characters_or_too_long_is_refused(value: str)
     assert "PatientID (0010,0020) is invalid" in refusal.comment
 
 
+@pytest.mark.parametrize("encoded", [b"A\\B", b"P-1\\P-2 "])
+def test_a_patient_id_sent_as_several_values_is_refused(encoded: bytes) -> None:
+    # as received: pydicom splits the value at the backslash when it decodes it, so a check of the
+    # decoded text alone would see "['A', 'B']" and record that as the patient's ID
+    ds = complete()
+    put_raw(ds, 0x00100020, "LO", encoded)
+    refusal = refusal_of(ds)
+    assert refusal.reason == "invalid-patient-id"
+    assert refusal.offending == (0x00100020,)
+
+
 def test_a_patient_id_of_64_characters_is_accepted() -> None:
     ds = complete()
     put(ds, "PatientID", "P" * 64)
