@@ -26,6 +26,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, ProgressColum
 from rich.table import Table
 from rich.text import Text
 
+from api.cli.output import count
 from api.config import Settings
 from ingest.importer import (
     Candidate,
@@ -73,7 +74,7 @@ def register(subparsers: Any) -> None:
         action="store_true",
         help="this is a full import of a local archive, not the normal pathology-only flow (recorded in the summary)",
     )
-    p.add_argument("--workers", type=_positive, default=2, metavar="N", help="parallel threads (default 2)")
+    p.add_argument("--workers", type=count(1, 64), default=2, metavar="N", help="parallel threads (default 2)")
     p.add_argument("--restart", action="store_true", help="forget the journal of earlier runs and look at every file")
     p.add_argument("--json", action="store_true", help="print the summary as JSON on stdout")
     shown = p.add_mutually_exclusive_group()
@@ -86,16 +87,6 @@ def register(subparsers: Any) -> None:
     )
     shown.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
     p.set_defaults(func=cmd_import)
-
-
-def _positive(value: str) -> int:
-    try:
-        number = int(value)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a number: {value!r}") from None
-    if not 1 <= number <= 64:
-        raise argparse.ArgumentTypeError("must be between 1 and 64")
-    return number
 
 
 def _valid_organisation(code: str) -> bool:

@@ -17,6 +17,7 @@ import sys
 import time
 from typing import Any
 
+from api.cli.output import count
 from projections.replay import DEFAULT_BATCH, rebuild
 from projections.warehouse import WarehouseError
 
@@ -39,20 +40,10 @@ def register(subparsers: Any) -> None:
         metavar="NAME",
         help="projection to rebuild (repeatable; 'all' or none given: every projection)",
     )
-    p.add_argument("--batch-size", type=_positive, default=DEFAULT_BATCH, help="events per write (default %(default)s)")
+    p.add_argument("--batch-size", type=count(1), default=DEFAULT_BATCH, help="events per write (default %(default)s)")
     p.add_argument("--json", action="store_true", help="print the result as JSON on stdout")
     p.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None, help="draw a progress bar")
     p.set_defaults(func=cmd_replay)
-
-
-def _positive(value: str) -> int:
-    try:
-        number = int(value)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a number: {value!r}") from None
-    if number < 1:
-        raise argparse.ArgumentTypeError("must be at least 1")
-    return number
 
 
 def cmd_replay(args: argparse.Namespace) -> int:
@@ -132,8 +123,8 @@ def cmd_replay(args: argparse.Namespace) -> int:
     table.add_column("table")
     table.add_column("rows written", justify="right")
     table.add_column("rows now", justify="right")
-    for name, count in result.table_rows.items():
-        table.add_row(name, str(result.rows_written.get(name, 0)), str(count))
+    for name, rows in result.table_rows.items():
+        table.add_row(name, str(result.rows_written.get(name, 0)), str(rows))
     Console().print(table)
     Console().print(
         f"{result.events} events in {result.seconds:.1f} s ({result.events_per_second:,.0f} events/s)"
