@@ -72,15 +72,14 @@ def _check_outcome(run: Running, files: list[Any], statuses: dict[str, str]) -> 
 
 @pytest.mark.s3
 @pytest.mark.slow
-def test_s3_dies_mid_transfer(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_s3_dies_mid_transfer(tmp_path: Path) -> None:
     minio = MinioServer(tmp_path / "minio")
     minio.start()
     files = write_study(tmp_path / "study", COUNT, ["1.2.840.10008.1.2.1"])
     # fail fast while S3 is down: one attempt, short timeouts (the sender retries later)
     blobs = f"s3://cami?endpoint={minio.endpoint}&connect_timeout=1&read_timeout=2&max_attempts=1"
-    monkeypatch.setenv("CAMI_S3_ACCESS_KEY", minio.access_key)
-    monkeypatch.setenv("CAMI_S3_SECRET_KEY", minio.secret_key)
-    run = start_archive(tmp_path / "home", blobs=blobs)
+    credentials = {"CAMI_S3_ACCESS_KEY": minio.access_key, "CAMI_S3_SECRET_KEY": minio.secret_key}
+    run = start_archive(tmp_path / "home", blob_store_env=credentials, blobs=blobs)
     try:
         proc = _storescu_in_background(run.scp.port, [f.path for f in files], tmp_path / "storescu.log")
         _wait(lambda: run.archive.ingestor.counts["stored"] >= 60, 120, "60 instances stored")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -35,7 +36,7 @@ class Running:
         return [e for e in found if event_type is None or e.type == event_type]
 
 
-def start_archive(home: Path, **urls: str) -> Running:
+def start_archive(home: Path, blob_store_env: Mapping[str, str] | None = None, **urls: str) -> Running:
     home.mkdir(parents=True, exist_ok=True)
     (home / "senders.toml").write_text(SENDERS, encoding="utf-8")
     settings = Settings(
@@ -44,6 +45,7 @@ def start_archive(home: Path, **urls: str) -> Running:
         blob_store_url=urls.get("blobs", f"file://{home}/blobs"),
         warehouse_url=f"chdb://{home}/clickhouse",
         partitions=3,
+        blob_store_env=dict(blob_store_env or {}),
     )
     archive = bootstrap(settings)
     scp = archive.storage_scp(port=0)
