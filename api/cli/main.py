@@ -12,10 +12,18 @@ import logging
 import sys
 from collections.abc import Sequence
 
-from api.cli import audit, demo, import_, replay, schemas, serve, status, users, workers
+from api.cli.audit import register as audit
+from api.cli.demo import register as demo
+from api.cli.import_ import register as import_
 from api.cli.output import console
+from api.cli.replay import register as replay
+from api.cli.schemas import register as schemas
+from api.cli.serve import register as serve
+from api.cli.status import register as status
+from api.cli.users import register as users
+from api.cli.workers import register as workers
 
-#: every subcommand, in the order ``cami --help`` lists them
+#: every subcommand (each module's ``register``), in the order ``cami --help`` lists them
 COMMANDS = (demo, status, schemas, workers, serve, import_, users, replay, audit)
 
 
@@ -28,8 +36,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-v", "--verbose", action="store_true", help="log what happens (stderr)")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    for command in COMMANDS:
-        command.register(sub)
+    for register in COMMANDS:
+        register(sub)
     return parser
 
 

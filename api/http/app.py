@@ -26,8 +26,15 @@ from starlette.types import Message as AsgiMessage
 from api.access import AccessRecorder
 from api.auth import UserDirectory
 from api.bootstrap import Archive
-from api.http import errors, openapi, oversight, qido, stow, wado, web
-from api.http import reports as report_routes
+from api.http.errors import install_error_handlers
+from api.http.openapi import document as openapi_document
+from api.http.oversight import router as oversight_router
+from api.http.qido import router as qido_router
+from api.http.reports import router as reports_router
+from api.http.stow import router as stow_router
+from api.http.wado import router as wado_router
+from api.http.web import install_sessions
+from api.http.web import router as web_router
 from ingest.reports import ReportService, ReportStore
 
 
@@ -92,19 +99,19 @@ def create_app(
     app.state.archive = archive
     app.state.users = users
     app.state.reports = service
-    errors.install_error_handlers(app)
+    install_error_handlers(app)
 
     # every read is recorded through one recorder
     recorder = AccessRecorder(archive.event_log, source_node=f"http:{_node()}")
     app.state.access = recorder
-    web.install_sessions(app, archive.settings.home, archive.settings.session_key)
-    app.include_router(stow.router(archive.ingestor, archive.settings.home / "spool", limit))
-    app.include_router(report_routes.router(service, recorder))
-    app.include_router(qido.router(archive.warehouse, recorder))
-    app.include_router(wado.router(archive, recorder))
-    app.include_router(web.router(archive.warehouse, recorder))
-    app.include_router(oversight.router(archive.warehouse, recorder))
-    app.openapi = lambda: openapi.document(app)  # type: ignore[method-assign]
+    install_sessions(app, archive.settings.home, archive.settings.session_key)
+    app.include_router(stow_router(archive.ingestor, archive.settings.home / "spool", limit))
+    app.include_router(reports_router(service, recorder))
+    app.include_router(qido_router(archive.warehouse, recorder))
+    app.include_router(wado_router(archive, recorder))
+    app.include_router(web_router(archive.warehouse, recorder))
+    app.include_router(oversight_router(archive.warehouse, recorder))
+    app.openapi = lambda: openapi_document(app)  # type: ignore[method-assign]
     return app
 
 

@@ -57,9 +57,9 @@ from pydicom.encaps import get_frame
 from pydicom.pixels.utils import pixel_array
 from pydicom.uid import UID
 
+import api.http.rendering as rendering
 from api.access import AccessRecorder, Reader
 from api.auth import User
-from api.http import rendering
 from api.http.base_url import base_url
 from api.http.deps import require
 from api.http.errors import ApiError
