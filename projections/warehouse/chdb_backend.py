@@ -41,8 +41,8 @@ from clickhouse_connect.driver.query import QueryContext
 from clickhouse_connect.driver.query import QueryResult as NativeResult
 from clickhouse_connect.driver.transform import NativeTransform
 
-from projections.warehouse import check_parameters, clickhouse_message
 from projections.warehouse.base import QueryResult, Warehouse, WarehouseError
+from projections.warehouse.connection import check_parameters, clickhouse_message
 
 # chdb ships no type information; these handles keep its untyped calls out of the strict check.
 _Session: Any = _chdb_session.Session

@@ -16,8 +16,8 @@ from typing import Any
 
 import clickhouse_connect
 
-from projections.warehouse import check_parameters, clickhouse_message, parse_clickhouse_url
 from projections.warehouse.base import QueryResult, Warehouse, WarehouseError
+from projections.warehouse.connection import check_parameters, clickhouse_message, parse_clickhouse_url
 
 
 class ClickHouseHttpWarehouse(Warehouse):
