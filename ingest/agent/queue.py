@@ -455,7 +455,7 @@ class TransferQueue:
         db.execute(
             "UPDATE studies SET state = ?, transfer_id = ?, attempt = 0, next_attempt_at = NULL, held_reason = NULL,"
             " held_by_problem = 0,"
-            " last_error = NULL, queued_at = ?, delivered_at = NULL WHERE study_uid = ?",
+            " last_error = NULL, queued_at = ? WHERE study_uid = ?",
             (StudyState.QUEUED, transfer_id, _ts(now), study_uid),
         )
         self._queued_event(db, study_uid)

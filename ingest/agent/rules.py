@@ -20,7 +20,14 @@ from pydicom.dataset import Dataset
 from ingest.agent.config import Rules
 from ingest.dicom import MAX_SEQUENCE_DEPTH, text
 from ingest.pipeline import Arrival, Refused, examine_file
-from ingest.validation import Inspection, inspect
+from ingest.validation import (
+    PATHOLOGY_ELEMENT,
+    PRIORITY_ELEMENT,
+    PRIVATE_CREATOR,
+    PRIVATE_GROUP,
+    Inspection,
+    inspect,
+)
 
 #: structured report storage classes whose content tree may hold a coded finding
 SR_SOP_CLASSES = frozenset(
@@ -45,12 +52,24 @@ class Marks:
 
 
 def marks(ds: Dataset, rules: Rules) -> Marks:
-    inspection = _inspection(ds)
-    private = inspection.pathology if inspection is not None else False
-    emergency = inspection.emergency if inspection is not None else False
+    # read directly, not through inspect(): an object CAMI would refuse still carries its marks,
+    # and they decide whether its study is eligible (and then held for the refusal)
+    private = _private_mark(ds, PATHOLOGY_ELEMENT) == "Y"
+    emergency = _private_mark(ds, PRIORITY_ELEMENT) == "EMERGENCY"
     sr = "sr" in rules.pathology_marks and sr_finding(ds, rules.pathology_codes)
     pathology = ("private" in rules.pathology_marks and private) or sr
     return Marks(pathology=pathology, emergency=emergency, sr_pathology=sr)
+
+
+def _private_mark(ds: Dataset, element: int) -> str | None:
+    """A value of CAMI's private block, as :mod:`ingest.validation` reads it (stripped, upper case)."""
+    try:
+        value = ds.private_block(PRIVATE_GROUP, PRIVATE_CREATOR)[element].value
+    except Exception:  # no block, no element, or a value that does not decode: no mark
+        return None
+    if isinstance(value, bytes):
+        value = value.decode("ascii", "replace")
+    return str(value).strip().upper() or None
 
 
 def _inspection(ds: Dataset) -> Inspection | None:
@@ -119,4 +138,3 @@ def missing(ds: Dataset) -> list[str]:
     """Regional attributes absent (names as CAMI's InstanceReceived ``missing`` lists them)."""
     inspection = _inspection(ds)
     return [] if inspection is None else list(inspection.missing)
-

@@ -84,6 +84,13 @@ def test_the_private_block_marks_pathology_and_emergency() -> None:
     assert marks(image("Y", "EMERGENCY"), Rules(pathology_marks=("mis", "sr"))) == Marks(False, True)
 
 
+def test_an_object_cami_would_refuse_still_carries_its_marks() -> None:
+    ds = image("Y", "EMERGENCY")
+    del ds.PatientID
+    assert hard_rule_problems(ds) != []
+    assert marks(ds, Rules()) == Marks(pathology=True, emergency=True)
+
+
 def test_the_demo_regions_marks_are_read() -> None:
     org = region()[0]
     sick = synthetic_study(org, "CT", instances=1, seed=3, pathology=True, emergency=True)
