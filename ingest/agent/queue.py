@@ -44,7 +44,7 @@ from ingest.agent import rules as agent_rules
 from ingest.agent.config import Rules
 from ingest.agent.model import HeldInstance, Intake, OutboxEvent, Priority, StudyEntry, StudyState
 from ingest.agent.schedule import Window, next_opening
-from ingest.dicom import MalformedObject, read_header, split_part10, text, uid
+from ingest.dicom import text, uid
 from schemas.uids import is_uid
 
 log = logging.getLogger("cami.agent.queue")
@@ -287,20 +287,16 @@ class TransferQueue:
         """Spool and queue one Part-10 object durably (see the module's description). Raises
         ValueError with a reason for bytes that are not a DICOM object the agent can hold."""
         data = part10.read_bytes() if isinstance(part10, Path) else bytes(part10)
-        try:
-            received = split_part10(data)
-            ds = read_header(data[received.dataset_offset :], received.transfer_syntax)
-        except MalformedObject as exc:
-            raise ValueError(str(exc)) from None
+        examination = agent_rules.examine(data, self.organisation)  # ValueError: nothing to hold
+        ds = examination.header
         study_uid, sop_uid = uid(ds, "StudyInstanceUID"), uid(ds, "SOPInstanceUID")
         if study_uid is None or sop_uid is None:
-            problems = agent_rules.hard_rule_problems(ds)
-            raise ValueError(problems[0] if problems else "StudyInstanceUID or SOPInstanceUID is missing")
+            raise ValueError(examination.problems[0] if examination.problems else "no StudyInstanceUID/SOPInstanceUID")
         digest = hashlib.sha256(data).hexdigest()
         held = self._held(sop_uid)
         if held is not None and held.sha256 == digest:
             return held  # the same object again: nothing changes
-        problems = agent_rules.file_problems(data, self.organisation)
+        problems = examination.problems
         marks = agent_rules.marks(ds, self.rules)
         relative = f"spool/{_file_name(study_uid)}/{_file_name(sop_uid)}-{digest[:16]}.dcm"
         self._write_durably(self.data_dir / relative, data)
@@ -322,12 +318,12 @@ class TransferQueue:
                     study_uid,
                     uid(ds, "SeriesInstanceUID") or "",
                     uid(ds, "SOPClassUID") or "",
-                    received.transfer_syntax,
+                    examination.transfer_syntax,
                     relative,
                     len(data),
                     digest,
                     problems[0] if problems else None,
-                    json.dumps(agent_rules.missing(ds)),
+                    json.dumps(examination.missing),
                     _ts(now),
                 ),
             )

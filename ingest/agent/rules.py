@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pydicom.dataset import Dataset
 
 from ingest.agent.config import Rules
-from ingest.dicom import MAX_SEQUENCE_DEPTH, text
+from ingest.dicom import MAX_SEQUENCE_DEPTH, MalformedObject, read_header, split_part10, text
 from ingest.pipeline import Arrival, Refused, examine_file
 from ingest.validation import (
     PATHOLOGY_ELEMENT,
@@ -126,12 +126,43 @@ def file_problems(part10: bytes, organisation: str | None = None) -> list[str]:
     """Everything CAMI's write path refuses for this Part-10 file (malformed bytes, the regional
     rules, values its InstanceReceived event cannot hold), in CAMI's words. Runs CAMI's own
     checks (:func:`ingest.pipeline.examine_file`); nothing is stored."""
-    arrival = Arrival(channel="dicom", source_node="agent", organisation=organisation)
     try:
-        examine_file(part10, arrival, meta_must_match=False)
+        examine_file(part10, _arrival(organisation), meta_must_match=False)
     except Refused as refused:
         return [refused.refusal.comment]
     return []
+
+
+def _arrival(organisation: str | None) -> Arrival:
+    return Arrival(channel="dicom", source_node="agent", organisation=organisation)
+
+
+@dataclass(frozen=True)
+class Examination:
+    """A Part-10 file as the agent holds it: its header, CAMI's verdict, what is missing."""
+
+    header: Dataset
+    transfer_syntax: str
+    #: why CAMI would refuse it (empty: it would accept it)
+    problems: list[str]
+    missing: list[str]
+
+
+def examine(part10: bytes, organisation: str | None = None) -> Examination:
+    """One pass of CAMI's checks over a file (see :func:`file_problems`); ValueError (with the
+    reason) when the bytes are not a DICOM object at all, so there is nothing to hold."""
+    try:
+        examined = examine_file(part10, _arrival(organisation), meta_must_match=False)
+    except Refused as refused:
+        if refused.refusal.reason == "malformed":
+            raise ValueError(refused.refusal.comment) from None
+        try:
+            received = split_part10(part10)
+            header = read_header(part10[received.dataset_offset :], received.transfer_syntax)
+        except MalformedObject as exc:  # not expected: CAMI's checks parsed it
+            raise ValueError(str(exc)) from None
+        return Examination(header, received.transfer_syntax, [refused.refusal.comment], missing(header))
+    return Examination(examined.header, examined.received.transfer_syntax, [], list(examined.inspection.missing))
 
 
 def missing(ds: Dataset) -> list[str]:
