@@ -259,6 +259,21 @@ def test_bytes_that_are_not_a_dicom_object_are_refused(queue: TransferQueue) -> 
     assert queue.studies() == [] and list((queue.data_dir / "spool").iterdir()) == []
 
 
+def test_an_object_with_hostile_uids_is_spooled_inside_the_spool_and_held(queue: TransferQueue) -> None:
+    hostile = copy.deepcopy(study(61, pathology=True).instances[0])
+    hostile.StudyInstanceUID = "../../../../tmp/evil"
+    hostile.SOPInstanceUID = "../x"
+    hostile.file_meta.MediaStorageSOPInstanceUID = "1.2.3"
+    held = queue.accept(part10_bytes(hostile), source="router")
+    spool = (queue.data_dir / "spool").resolve()
+    assert held.path.resolve().parent.parent == spool and held.path.name.startswith("x")
+    entry = queue.study("../../../../tmp/evil")
+    assert entry.state == StudyState.HELD
+    assert entry.held_reason is not None and entry.held_reason.startswith(
+        "StudyInstanceUID (0020,000D) is not a valid UID"
+    )
+
+
 # -- hard rules ----------------------------------------------------------------------------------------
 def test_a_study_failing_the_hard_rules_is_held_then_released_by_a_good_replacement(queue: TransferQueue) -> None:
     s = study(11, pathology=True)
