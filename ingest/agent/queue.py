@@ -28,6 +28,7 @@ refuse (:func:`ingest.agent.rules.file_problems`) is ``held`` with CAMI's reason
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import hashlib
 import json
 import logging
@@ -211,11 +212,22 @@ class TransferQueue:
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=FULL")
         self._db.executescript(_SCHEMA)
-        self._clean_spool()
+        # Every process holding the queue open (the agent, `cami agent status`...) keeps a shared
+        # lock; the spool is cleaned only by a process that finds no other one (an exclusive lock):
+        # another process may have written a file whose row it has not committed yet.
+        self._lock_file = (self.data_dir / "agent.lock").open("a+b")
+        try:
+            fcntl.flock(self._lock_file.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            pass
+        else:
+            self._clean_spool()
+        fcntl.flock(self._lock_file.fileno(), fcntl.LOCK_SH)  # waits while another process cleans
 
     def close(self) -> None:
         with self._lock:
             self._db.close()
+            self._lock_file.close()
 
     def __enter__(self) -> TransferQueue:
         return self
@@ -615,9 +627,9 @@ class TransferQueue:
             return self._entry(db, study_uid)
 
     def requeue(self, study_uid: str | None = None) -> list[str]:
-        """``cami agent requeue``: held and retrying studies (one, or all) go again at their turn.
-        A held study's refused objects are checked again; those CAMI would still refuse stay here
-        and the rest goes."""
+        """``cami agent requeue``: held and retrying studies (one, or all) go again at their turn;
+        returns those requeued (empty for a study in another state or unknown). A held study's
+        refused objects are checked again; those CAMI would still refuse stay here and the rest goes."""
         requeued: list[str] = []
         with self._transaction() as db:
             if study_uid is None:
@@ -626,8 +638,6 @@ class TransferQueue:
                 ).fetchall()
             else:
                 rows = db.execute("SELECT study_uid, state FROM studies WHERE study_uid = ?", (study_uid,)).fetchall()
-                if not rows:
-                    raise KeyError(study_uid)
             for row in rows:
                 if row["state"] == StudyState.RETRY:
                     db.execute("UPDATE studies SET state = ?, next_attempt_at = NULL WHERE study_uid = ?",
@@ -888,9 +898,9 @@ class TransferQueue:
 
     def status(self) -> dict[str, Any]:
         """The figures ``cami agent status`` and the heartbeat show (timestamps aware datetimes):
-        ``studies`` (count by state), ``queue_depth`` (studies waiting to go: queued, retry,
-        sending), ``queue_bytes`` (their bytes still to deliver), ``oldest_waiting``,
-        ``emergency_waiting``, ``in_flight``, ``last_delivery``, ``held`` and ``retrying`` (with
+        ``by_state`` (studies per state), ``queue_depth`` (studies waiting to go: queued, retry,
+        sending), ``bytes_waiting`` (their bytes still to deliver), ``oldest_waiting``,
+        ``emergency_waiting``, ``in_flight``, ``last_delivery_at``, ``held`` and ``retrying`` (with
         their reasons), ``events_pending`` (outbox)."""
         waiting = [str(state) for state in WAITING]
         marks = ", ".join("?" for _ in waiting)
@@ -929,13 +939,13 @@ class TransferQueue:
             ]
             events_pending = db.execute("SELECT count(*) FROM outbox").fetchone()[0]
         return {
-            "studies": by_state,
+            "by_state": by_state,
             "queue_depth": int(queue["n"]),
-            "queue_bytes": int(queue_bytes),
+            "bytes_waiting": int(queue_bytes),
             "oldest_waiting": _dt(queue["oldest"]),
             "emergency_waiting": int(queue["urgent"] or 0),
             "in_flight": by_state[StudyState.SENDING],
-            "last_delivery": _dt(last),
+            "last_delivery_at": _dt(last),
             "held": held,
             "retrying": retrying,
             "events_pending": int(events_pending),
@@ -951,10 +961,10 @@ class TransferQueue:
             "host": host,
             "agent_version": version,
             "queue_depth": figures["queue_depth"],
-            "queue_bytes": figures["queue_bytes"],
+            "queue_bytes": figures["bytes_waiting"],
             "in_flight": figures["in_flight"],
             "link_kbps": link_kbps,
-            "last_success_at": figures["last_delivery"],
+            "last_success_at": figures["last_delivery_at"],
         }
 
     # -- outbox ------------------------------------------------------------------------------------

@@ -387,8 +387,7 @@ def test_requeue_one_or_all(queue: TransferQueue, clock: Clock) -> None:
     assert queue.requeue() == [b.study_uid]
     assert queue.study(b.study_uid).state == StudyState.QUEUED
     assert queue.study(b.study_uid).next_attempt_at is None
-    with pytest.raises(KeyError):
-        queue.requeue("1.2.3.999")
+    assert queue.requeue("1.2.3.999") == [] and queue.requeue(a.study_uid) == []  # unknown, not held
 
 
 # -- the order of sending ----------------------------------------------------------------------------------
@@ -638,7 +637,7 @@ def test_every_outbox_payload_is_a_valid_cami_event(queue: TransferQueue, clock:
 
 def test_status_figures(queue: TransferQueue, clock: Clock) -> None:
     empty = queue.status()
-    assert empty["queue_depth"] == 0 and empty["oldest_waiting"] is None and empty["last_delivery"] is None
+    assert empty["queue_depth"] == 0 and empty["oldest_waiting"] is None and empty["last_delivery_at"] is None
     local, waiting, urgent, delivered, failing = (
         study(42),
         study(43, pathology=True),
@@ -656,12 +655,12 @@ def test_status_figures(queue: TransferQueue, clock: Clock) -> None:
     queue.failed(failing.study_uid, "link down", will_retry=True, retry_at=T0 + timedelta(hours=2))
     queue.start(urgent.study_uid)
     status = queue.status()
-    assert status["studies"] == {"local": 1, "queued": 1, "sending": 1, "delivered": 1, "retry": 1, "held": 0}
+    assert status["by_state"] == {"local": 1, "queued": 1, "sending": 1, "delivered": 1, "retry": 1, "held": 0}
     assert status["queue_depth"] == 3 and status["in_flight"] == 1 and status["emergency_waiting"] == 1
     size = sum(len(d) for s in (waiting, urgent, failing) for d in files(s))
-    assert status["queue_bytes"] == size
+    assert status["bytes_waiting"] == size
     assert status["oldest_waiting"] == T0 + timedelta(minutes=1)
-    assert status["last_delivery"] == T0 + timedelta(hours=1)
+    assert status["last_delivery_at"] == T0 + timedelta(hours=1)
     assert status["retrying"] == [
         {
             "StudyInstanceUID": failing.study_uid,
@@ -725,6 +724,24 @@ def test_orphan_spool_files_are_removed_on_open(tmp_path: Path, clock: Clock) ->
     TransferQueue(tmp_path, ORG.code, DESTINATION, clock).close()
     assert [p.name for p in (tmp_path / "spool").rglob("*") if p.is_file()] == [held.path.name]
     assert not (tmp_path / "spool" / "1.2.3.9").exists()
+
+
+def test_a_second_process_opening_the_queue_never_cleans_under_the_running_agent(tmp_path: Path, clock: Clock) -> None:
+    """`cami agent status` opens the queue while the agent runs: a file the agent has written but
+    whose row is not committed yet must survive; the next sole opener cleans it."""
+    agent = TransferQueue(tmp_path, ORG.code, DESTINATION, clock)
+    s = study(62, pathology=True)
+    accept_all(agent, s)
+    in_flight = tmp_path / "spool" / s.study_uid / "1.2.3.4.5-0123456789abcdef.dcm"
+    in_flight.write_bytes(b"written, row not yet committed")
+    status = TransferQueue(tmp_path, ORG.code, DESTINATION, clock)
+    assert status.status()["queue_depth"] == 1 and status.study(s.study_uid).instances == 3
+    status.close()
+    assert in_flight.exists()
+    agent.close()
+    TransferQueue(tmp_path, ORG.code, DESTINATION, clock).close()
+    assert not in_flight.exists()
+    assert len(list((tmp_path / "spool" / s.study_uid).iterdir())) == 3
 
 
 CHILD = """
