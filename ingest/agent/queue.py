@@ -650,6 +650,7 @@ class TransferQueue:
         return requeued
 
     def _requeue_held(self, db: sqlite3.Connection, study_uid: str) -> None:
+        """Objects CAMI would still refuse are left here (excluded); the rest goes as a new transfer."""
         for row in db.execute(
             "SELECT sop_uid, path FROM instances WHERE study_uid = ? AND problem IS NOT NULL", (study_uid,)
         ).fetchall():
@@ -659,12 +660,7 @@ class TransferQueue:
                            (problems[0], row["sop_uid"]))  # fmt: skip
             else:
                 db.execute("UPDATE instances SET problem = NULL, excluded = 0 WHERE sop_uid = ?", (row["sop_uid"],))
-        db.execute(
-            "UPDATE studies SET state = ?, held_reason = NULL, held_by_problem = 0, next_attempt_at = NULL"
-            " WHERE study_uid = ?",
-            (StudyState.QUEUED, study_uid),
-        )
-        self._queued_event(db, study_uid)
+        self._queue(db, study_uid)  # a new transfer: the held one failed for good
 
     # -- sending -----------------------------------------------------------------------------------
     def next_study(self, now: datetime, window_open: bool) -> StudyEntry | None:

@@ -382,11 +382,17 @@ def test_requeue_one_or_all(queue: TransferQueue, clock: Clock) -> None:
     assert queue.study(a.study_uid).state == StudyState.HELD
     accept_all(queue, a)  # the same objects again: a failed hold is not lifted by arrivals
     assert queue.study(a.study_uid).state == StudyState.HELD
+    held_transfer, retry_transfer = queue.study(a.study_uid).transfer_id, queue.study(b.study_uid).transfer_id
     assert queue.requeue(a.study_uid) == [a.study_uid]
-    assert queue.study(a.study_uid).state == StudyState.QUEUED
+    requeued = queue.study(a.study_uid)
+    # the held transfer failed for good: a new one, counted from the first attempt
+    assert requeued.state == StudyState.QUEUED and requeued.transfer_id != held_transfer and requeued.attempt == 0
+    assert events(queue)[-1] == ("TransferQueued", {**events(queue)[-1][1], "transfer_id": requeued.transfer_id})
     assert queue.requeue() == [b.study_uid]
-    assert queue.study(b.study_uid).state == StudyState.QUEUED
-    assert queue.study(b.study_uid).next_attempt_at is None
+    waiting = queue.study(b.study_uid)
+    # the retrying transfer goes now, as the same transfer
+    assert waiting.state == StudyState.QUEUED and waiting.next_attempt_at is None
+    assert waiting.transfer_id == retry_transfer and waiting.attempt == 1
     assert queue.requeue("1.2.3.999") == [] and queue.requeue(a.study_uid) == []  # unknown, not held
 
 
