@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 from pathlib import Path
 
 import pydicom
@@ -9,10 +10,11 @@ import pytest
 from pydicom.data import get_testdata_file
 from pydicom.dataset import Dataset
 from pydicom.sequence import Sequence
+from pydicom.uid import DeflatedExplicitVRLittleEndian, ImplicitVRLittleEndian
 
 from api.demo.synthetic import part10_bytes, region, synthetic_study
 from ingest.agent.config import DEFAULT_PATHOLOGY_CODES, Rules
-from ingest.agent.rules import Marks, file_problems, hard_rule_problems, marks, missing, sr_finding
+from ingest.agent.rules import Marks, examine, file_problems, hard_rule_problems, marks, missing, sr_finding
 from ingest.validation import PATHOLOGY_ELEMENT, PRIORITY_ELEMENT, PRIVATE_CREATOR, PRIVATE_GROUP, inspect
 
 COMPREHENSIVE_SR = "1.2.840.10008.5.1.4.1.1.88.33"
@@ -172,3 +174,21 @@ def test_missing_lists_the_regional_attributes() -> None:
     ds = pydicom.dcmread(pydicom.filebase.DicomBytesIO(part10_bytes(study.instances[0])))
     assert missing(ds) == ["PatientSex", "PerformingPhysicianCode"]
     assert hard_rule_problems(ds) == []
+
+
+@pytest.mark.parametrize("syntax", [ImplicitVRLittleEndian, DeflatedExplicitVRLittleEndian])
+def test_the_finding_is_read_from_the_header_the_agent_parses(syntax: str) -> None:
+    """The queue reads the marks from CAMI's own parse of the file (implicit VR, deflated)."""
+    ds = pydicom.dcmread(bundled("test-SR.dcm"))
+    ds.PatientID = "1234567890123456"
+    ds.file_meta.TransferSyntaxUID = syntax
+    buffer = io.BytesIO()
+    ds.save_as(buffer, enforce_file_format=True)
+    examination = examine(buffer.getvalue())
+    assert examination.problems == [] and examination.transfer_syntax == syntax
+    assert marks(examination.header, Rules(pathology_codes=(("99_OFFIS_DCMTK", "2222"),))).sr_pathology
+
+
+def test_examine_refuses_what_is_not_a_dicom_object() -> None:
+    with pytest.raises(ValueError, match="not a DICOM Part-10 file"):
+        examine(b"\x00" * 200)
