@@ -19,6 +19,7 @@ unreachable CAMI raises :class:`LinkDown`; the caller retries later with backoff
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import uuid
 from collections.abc import Callable, Iterator, Sequence
@@ -45,6 +46,7 @@ from ingest.commitment import (
     STORAGE_COMMITMENT_INSTANCE,
     STORAGE_COMMITMENT_PUSH,
 )
+from ingest.dicom import part10, split_part10
 
 log = logging.getLogger("cami.agent.delivery")
 
@@ -62,6 +64,8 @@ FAILURE_REASONS = {
 }
 STOW_BOUNDARY_PREFIX = "cami-agent-"
 READ_CHUNK = 64 << 10
+#: enough of a file to hold its Part-10 header
+HEADER_READ = 64 << 10
 
 
 class LinkDown(ConnectionError):
@@ -144,14 +148,17 @@ class _Attempts:
 
 
 def _check_hashes(
-    client: CamiClient | None, instances: Sequence[HeldInstance], committed: list[str], failures: dict[str, str]
+    client: CamiClient | None,
+    digests: Callable[[str], str],
+    committed: list[str],
+    failures: dict[str, str],
 ) -> list[str]:
-    """The committed instances whose bytes at CAMI are the agent's; the others go to ``failures``."""
+    """The committed instances whose bytes at CAMI are the agent's (``digests(sop)``: the SHA-256 CAMI
+    must hold); the others go to ``failures``."""
     if client is None or not committed:
         return committed
-    digests = {i.sop_instance_uid: i.sha256 for i in instances}
     try:
-        results = client.verify([(sop, digests[sop]) for sop in committed])
+        results = client.verify([(sop, digests(sop)) for sop in committed])
     except CamiUnreachable as exc:
         raise LinkDown(f"hash check: {exc}") from exc
     except CamiRefused as exc:
@@ -194,6 +201,10 @@ class DicomDelivery(_Attempts):
         self.dimse_timeout = dimse_timeout
         self.acse_timeout = acse_timeout
         self.connection_timeout = connection_timeout
+        # what the association announces, and what CAMI writes into the stored object's header
+        defaults = AE()
+        self.implementation_class_uid = str(defaults.implementation_class_uid)
+        self.implementation_version_name = str(defaults.implementation_version_name or "")
         # C-STORE from a file path sends the file's data set bytes as they are, read in PDU-sized
         # chunks (pynetdicom's chunked mode; a process-wide switch that only affects sends from a path)
         _config.STORE_SEND_CHUNKED_DATASET = True
@@ -232,11 +243,36 @@ class DicomDelivery(_Attempts):
         now_stored = set(stored)
         to_commit = [i for i in instances if i.sent or i.sop_instance_uid in now_stored]
         committed, commitment_failed = self._commit(to_commit, emergency)
-        committed = _check_hashes(self.client, instances, committed, commitment_failed)
+        paths = {i.sop_instance_uid: i for i in instances}
+        committed = _check_hashes(self.client, lambda sop: self.cami_sha256(paths[sop]), committed, commitment_failed)
         return DeliveryResult(stored, failed, committed, commitment_failed, sent_bytes)
+
+    def cami_sha256(self, instance: HeldInstance) -> str:
+        """The SHA-256 of the object CAMI holds once it stored ``instance`` by C-STORE.
+
+        The data set travels byte for byte, but the Part-10 header is CAMI's: it wraps the data set
+        deterministically, naming the sending toolkit (the implementation UID and version this AE
+        announces), so the agent can compute the very same bytes (:func:`ingest.dicom.part10`)."""
+        with instance.path.open("rb") as f:
+            offset = split_part10(f.read(HEADER_READ)).dataset_offset
+            header = part10(
+                b"",
+                instance.sop_class_uid,
+                instance.sop_instance_uid,
+                instance.transfer_syntax_uid,
+                self.implementation_class_uid,
+                self.implementation_version_name,
+            ).part10
+            digest = hashlib.sha256(header)
+            f.seek(offset)
+            while chunk := f.read(READ_CHUNK):
+                digest.update(chunk)
+        return digest.hexdigest()
 
     def _associate(self, emergency: bool, pairs: Sequence[tuple[str, str]], commitment: bool = False) -> Association:
         ae = AE(ae_title=self.calling_ae_title)
+        ae.implementation_class_uid = self.implementation_class_uid
+        ae.implementation_version_name = self.implementation_version_name
         # a paced instance may take minutes to go out while nothing comes back: the idle timer must
         # not abort it; a dead peer shows as a broken socket or a missing response (dimse_timeout)
         ae.network_timeout = None
@@ -401,7 +437,8 @@ class StowDelivery(_Attempts):
         now_stored = set(stored)
         to_commit = [i.sop_instance_uid for i in instances if i.sent or i.sop_instance_uid in now_stored]
         commitment_failed: dict[str, str] = {}
-        committed = _check_hashes(self.client, instances, to_commit, commitment_failed)
+        digests = {i.sop_instance_uid: i.sha256 for i in instances}  # STOW keeps the file as it is
+        committed = _check_hashes(self.client, digests.__getitem__, to_commit, commitment_failed)
         return DeliveryResult(stored, failed, committed, commitment_failed, sent_bytes)
 
     def _batches(self, instances: Sequence[HeldInstance]) -> list[list[HeldInstance]]:

@@ -76,9 +76,12 @@ class Meter:
 
 
 def _reset(sock: socket.socket) -> None:
-    """Close with RST (linger 0): the peer sees the connection broken, not a polite end."""
+    """Drop the connection: linger 0 (a reset follows), and a shutdown first, which wakes the relay
+    threads blocked on the socket (a close alone would wait for them and leave the peer hanging)."""
     with contextlib.suppress(OSError):
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    with contextlib.suppress(OSError):
+        sock.shutdown(socket.SHUT_RDWR)
     with contextlib.suppress(OSError):
         sock.close()
 
@@ -93,7 +96,7 @@ class ThrottleProxy:
         self.connections = 0
         self._refusing = False
         self._lock = threading.Lock()
-        self._open: set[socket.socket] = set()
+        self._open: set[_Pair] = set()
         self._stopped = threading.Event()
         self._listener = socket.create_server((host, 0))
         self._listener.settimeout(0.2)
@@ -133,14 +136,17 @@ class ThrottleProxy:
         with self._lock:
             dropped = list(self._open)
             self._open.clear()
-        for sock in dropped:
-            _reset(sock)
+            for pair in dropped:
+                pair.cut = True
+        for pair in dropped:
+            _reset(pair.client)
+            _reset(pair.upstream)
         return len(dropped)
 
     @property
     def open_connections(self) -> int:
         with self._lock:
-            return len(self._open) // 2
+            return len(self._open)
 
     # -- relaying --------------------------------------------------------------------------
     def _accept_loop(self) -> None:
@@ -162,10 +168,10 @@ class ThrottleProxy:
             upstream.settimeout(None)
             for sock in (client, upstream):
                 sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            with self._lock:
-                self._open.update((client, upstream))
-                self.connections += 1
             pair = _Pair(client, upstream)
+            with self._lock:
+                self._open.add(pair)
+                self.connections += 1
             for src, dst, bucket, meter in (
                 (client, upstream, self.up, self.sent),
                 (upstream, client, self.down, self.received),
@@ -190,11 +196,13 @@ class ThrottleProxy:
             except OSError:
                 broken = True
         with self._lock:
+            if pair.cut:  # cut() dropped both sockets already
+                return
             pair.done += 1
             finished = broken or pair.done == 2
             if finished:
-                self._open.discard(pair.client)
-                self._open.discard(pair.upstream)
+                pair.cut = True
+                self._open.discard(pair)
         if finished:
             for sock in (pair.client, pair.upstream):
                 if broken:
@@ -208,3 +216,4 @@ class _Pair:
         self.client = client
         self.upstream = upstream
         self.done = 0
+        self.cut = False
