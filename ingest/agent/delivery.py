@@ -295,6 +295,11 @@ class DicomDelivery(_Attempts):
             if assoc.is_rejected:
                 raise LinkDown(f"{where} rejected the association from {self.calling_ae_title}")
             raise LinkDown(f"cannot reach {where}")
+        # a CAMI that stops reading (a dead link without a reset) fails the send after dimse_timeout
+        # instead of blocking it for good: the association is then aborted and LinkDown follows
+        raw = getattr(assoc.dul.socket, "socket", None)
+        if raw is not None:
+            raw.settimeout(self.dimse_timeout)
         pace_association(assoc, self.pace)
         return assoc
 

@@ -111,7 +111,7 @@ def fragments(primitive: P_DATA, limit: int = PACED_PDU) -> Iterator[P_DATA]:
     A PDV larger than that is cut into fragments of the same message (PS3.8 E.2: only the last
     fragment of a command or data set carries the "last" bit), sent in order, so the peer
     reassembles exactly the same bytes."""
-    room = limit - PDU_HEADER - PDV_HEADER
+    room = limit - PDU_HEADER - PDV_HEADER - 1  # the message control header is the value's first byte
     for context_id, value in primitive.presentation_data_value_list:
         header, data = value[0], bytes(value[1:])
         starts = range(0, len(data), room) if data else range(1)

@@ -360,3 +360,26 @@ def test_the_client_tells_refusals_from_an_unreachable_cami(http_cami: RunningAr
         link.refuse(False)
         with pytest.raises(CamiRefused):  # through again: CAMI answers (the token is refused)
             client.requests(None)
+
+
+def test_stow_paced_at_256_kbps_keeps_to_the_cap_and_loses_nothing(
+    http_cami: RunningArchive, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    held = held_study(tmp_path / "spool", instances=3, seed=23)  # ~400 KB
+    host, port = http_cami.url.removeprefix("http://").split(":")
+    with (
+        ThrottleProxy(host, int(port)) as wire,
+        CamiClient(f"http://{host}:{wire.port}", http_cami.tokens["okb-pacs"]) as client,
+    ):
+        delivery = StowDelivery(client, LinkPace(256), batch_instances=1)
+        result = delivery.send(entry(held), held, emergency=False, on_stored=Recorder(), should_yield=never)
+        achieved = wire.sent.kbps()
+        on_wire = wire.sent.bytes
+    assert set(result.stored) == sops(held)
+    assert on_wire > result.bytes_sent == sum(i.size for i in held)
+    assert_cami_holds_the_files(http_cami.archive, held)
+    with capsys.disabled():
+        print(
+            f"\nSTOW pacing: {on_wire} bytes on the wire at {achieved:.1f} kbit/s for a 256 kbit/s cap "
+            f"({achieved / 256:.0%})"
+        )
