@@ -236,8 +236,10 @@ class DicomDelivery(_Attempts):
                     else:
                         log.warning("CAMI refused %s: %s", instance.sop_instance_uid, reason)
                         failed[instance.sop_instance_uid] = reason
-            finally:
-                _release(assoc)
+            except Exception:  # LinkDown, or the queue failing to record: never leave it open
+                _abort(assoc)
+                raise
+            _release(assoc)
             if yielded:
                 return DeliveryResult(stored, failed, bytes_sent=sent_bytes, yielded=True)
         now_stored = set(stored)
@@ -341,9 +343,9 @@ class DicomDelivery(_Attempts):
                 request, REQUEST_STORAGE_COMMITMENT, STORAGE_COMMITMENT_PUSH, STORAGE_COMMITMENT_INSTANCE
             )
         except (LinkBroken, RuntimeError) as exc:
+            _abort(assoc)
             raise LinkDown(f"storage commitment request: {exc}") from exc
-        finally:
-            _release(assoc)
+        _release(assoc)
         if "Status" not in status:
             raise LinkDown("no N-ACTION response: the association to CAMI broke")
         sops = [i.sop_instance_uid for i in instances]
@@ -386,7 +388,16 @@ def _release(assoc: Association) -> None:
         try:
             assoc.release()
         except Exception:  # a release on a dying link: the association is gone either way
+            _abort(assoc)
+
+
+def _abort(assoc: Association) -> None:
+    """After a broken link or a lost answer: no polite release to wait for."""
+    if assoc.is_established:
+        try:
             assoc.abort()
+        except Exception as exc:  # the socket is already gone
+            log.debug("abort after a broken link: %s", exc)
 
 
 # -- STOW-RS -----------------------------------------------------------------------------------

@@ -51,8 +51,8 @@ class Cami:
     receiver: CommitmentReceiver
     tmp: Path
 
-    def target(self, port: int | None = None, **kw: float) -> CamiTarget:
-        return CamiTarget(host="127.0.0.1", port=port or self.port, commitment_timeout=kw.get("timeout", 30.0))
+    def target(self, port: int | None = None, timeout: float = 30.0) -> CamiTarget:
+        return CamiTarget(host="127.0.0.1", port=port or self.port, commitment_timeout=timeout)
 
     def received(self) -> list[dict[str, object]]:
         log = self.archive.event_log
@@ -226,6 +226,11 @@ def test_cami_refusing_the_agent_is_a_link_down_with_the_reason(cami: Cami) -> N
     nobody = DicomDelivery(cami.target(port=free_port()), AGENT, LinkPace(None), cami.waiter)
     with pytest.raises(LinkDown, match="cannot reach CAMI"):
         nobody.send(entry(held), held, emergency=False, on_stored=Recorder(), should_yield=never)
+    with ThrottleProxy("127.0.0.1", cami.port) as link:
+        link.refuse(True)  # CAMI's host answers, then drops the connection at once
+        behind = DicomDelivery(cami.target(port=link.port), AGENT, LinkPace(None), cami.waiter)
+        with pytest.raises(LinkDown, match="cannot reach CAMI"):
+            behind.send(entry(held), held, emergency=False, on_stored=Recorder(), should_yield=never)
     assert cami.received() == []
 
 
