@@ -21,10 +21,11 @@ from pathlib import Path
 
 import pytest
 from pydicom import dcmread
+from pydicom.uid import ExplicitVRLittleEndian
 
 from api.bootstrap import Archive, bootstrap
 from api.config import Settings
-from api.demo.synthetic import region, synthetic_study, write_study
+from api.demo.synthetic import available_transfer_syntaxes, region, synthetic_study, write_study
 from ingest.agent.cami_client import CamiClient, CamiRefused, CamiUnreachable
 from ingest.agent.commitment import CommitmentWaiter
 from ingest.agent.config import CamiTarget
@@ -91,9 +92,11 @@ def cami(tmp_path: Path) -> Iterator[Cami]:
         archive.close()
 
 
-def held_study(directory: Path, *, instances: int, seed: int, modality: str = "CT") -> list[HeldInstance]:
+def held_study(
+    directory: Path, *, instances: int, seed: int, modality: str = "CT", transfer_syntax: str = ExplicitVRLittleEndian
+) -> list[HeldInstance]:
     """A synthetic study written as Part-10 files, as the agent's spool holds them."""
-    study = synthetic_study(ORG, modality, instances=instances, seed=seed)
+    study = synthetic_study(ORG, modality, instances=instances, seed=seed, transfer_syntax=transfer_syntax)
     held = []
     for path in write_study(study, directory):
         ds = dcmread(path, stop_before_pixels=True)
@@ -189,6 +192,23 @@ def test_a_study_is_stored_unchanged_and_committed(cami: Cami) -> None:
     again = delivery.send(entry(held), delivered, emergency=False, on_stored=stored, should_yield=never)
     assert again.stored == [] and set(again.committed) == sops(held)
     assert len(cami.received()) == len(held)
+
+
+def test_each_file_goes_in_its_own_transfer_syntax_in_paced_fragments(cami: Cami) -> None:
+    held = [
+        instance
+        for n, syntax in enumerate(available_transfer_syntaxes())
+        for instance in held_study(cami.tmp / "spool", instances=1, seed=30 + n, modality="MR", transfer_syntax=syntax)
+    ]
+    assert len({i.transfer_syntax_uid for i in held}) >= 5
+    # a cap high enough to be quick, so PDUs are cut to the paced size and put back together by CAMI
+    delivery = DicomDelivery(cami.target(), AGENT, LinkPace(100_000), cami.waiter)
+    result = delivery.send(entry(held), held, emergency=False, on_stored=Recorder(), should_yield=never)
+    assert result.failed == {}
+    assert set(result.committed) == sops(held)
+    assert_cami_holds_the_files(cami.archive, held, delivery)
+    syntaxes = {str(p["SOPInstanceUID"]): p["TransferSyntaxUID"] for p in cami.received()}
+    assert syntaxes == {i.sop_instance_uid: i.transfer_syntax_uid for i in held}
 
 
 def test_an_emergency_goes_to_the_emergency_ae_title_and_arrives_flagged(cami: Cami) -> None:
