@@ -125,7 +125,9 @@ class _Attempts:
         )
         again = [replace(i, sent=False, committed=False) for i in instances if i.sop_instance_uid in mismatched]
         second = self._attempt(study, again, emergency, on_stored, should_yield)
-        commitment_failed = {s: r for s, r in first.commitment_failed.items() if s not in mismatched}
+        # what the second attempt settled replaces the mismatch; the rest (it yielded) stays a mismatch
+        settled = set(second.committed) | set(second.commitment_failed)
+        commitment_failed = {s: r for s, r in first.commitment_failed.items() if s not in settled}
         commitment_failed.update(second.commitment_failed)
         return DeliveryResult(
             stored=first.stored + [s for s in second.stored if s not in first.stored],
