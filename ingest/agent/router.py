@@ -136,50 +136,11 @@ class RouterScp:
         try:
             if self.allowed_callers is not None and calling not in self.allowed_callers:
                 return _status(Status.NOT_AUTHORISED, f"calling AE title {calling!r} may not store here")
-            return self._store(event, calling)
+            emergency = called_ae_title(assoc) == self.config.emergency_ae_title
+            return keep_stored(event, self.queue, source=SOURCE, calling_ae_title=calling, emergency=emergency)
         except Exception as exc:  # a bug must not become a success, nor end the association
             log.exception("C-STORE from %s failed", calling)
             return _status(Status.OUT_OF_RESOURCES, f"agent error, nothing kept: {type(exc).__name__}")
-
-    def _store(self, event: Any, calling: str) -> Dataset:
-        request = event.request
-        dataset = request.DataSet.getvalue() if request.DataSet is not None else b""
-        transfer_syntax = str(event.context.transfer_syntax)
-        sop_class = str(request.AffectedSOPClassUID or "").strip()
-        sop_instance = str(request.AffectedSOPInstanceUID or "").strip()
-        if not sop_class or not sop_instance:
-            return _status(Status.DATASET_DOES_NOT_MATCH_SOP_CLASS, "C-STORE request lacks its SOP class/instance UID")
-        try:
-            header = read_header(dataset, transfer_syntax)
-        except MalformedObject as exc:
-            log.warning("refused %s from %s: %s", sop_instance, calling, exc)
-            return _status(Status.CANNOT_UNDERSTAND, f"unreadable data set: {exc}")
-        # the Part-10 header names the request's UIDs: the data set must say the same
-        for keyword, expected in (("SOPInstanceUID", sop_instance), ("SOPClassUID", sop_class)):
-            found = uid(header, keyword)
-            if found != expected:
-                return _status(
-                    Status.DATASET_DOES_NOT_MATCH_SOP_CLASS, f"data set {keyword} {found!r} differs from the request's"
-                )
-        requestor = event.assoc.requestor
-        wrapped = part10(
-            dataset,
-            sop_class,
-            sop_instance,
-            transfer_syntax,
-            ae_title(requestor.implementation_class_uid) or None,
-            ae_title(requestor.implementation_version_name) or None,
-        ).part10
-        emergency = called_ae_title(event.assoc) == self.config.emergency_ae_title
-        try:
-            self.queue.accept(wrapped, source=SOURCE, calling_ae_title=calling, emergency=emergency)
-        except MalformedObject as exc:
-            log.warning("refused %s from %s: %s", sop_instance, calling, exc)
-            return _status(Status.CANNOT_UNDERSTAND, str(exc))
-        except ValueError as exc:
-            log.warning("refused %s from %s: %s", sop_instance, calling, exc)
-            return _status(Status.DATASET_DOES_NOT_MATCH_SOP_CLASS, str(exc) or "refused by the agent's queue")
-        return _status(Status.SUCCESS)
 
     def handle_event_report(self, event: Any) -> tuple[int, Dataset | None]:
         try:
@@ -200,6 +161,49 @@ class RouterScp:
             len(report.failed),
         )
         return int(Status.SUCCESS), None
+
+
+def keep_stored(event: Any, queue: Intake, *, source: str, calling_ae_title: str, emergency: bool) -> Dataset:
+    """Hand a received C-STORE's data set, unchanged behind a Part-10 header, to the queue; the
+    status to answer (success only once the queue accepted it). Also used by the poller's C-GET."""
+    request = event.request
+    dataset = request.DataSet.getvalue() if request.DataSet is not None else b""
+    transfer_syntax = str(event.context.transfer_syntax)
+    sop_class = str(request.AffectedSOPClassUID or "").strip()
+    sop_instance = str(request.AffectedSOPInstanceUID or "").strip()
+    if not sop_class or not sop_instance:
+        return _status(Status.DATASET_DOES_NOT_MATCH_SOP_CLASS, "C-STORE request lacks its SOP class/instance UID")
+    try:
+        header = read_header(dataset, transfer_syntax)
+    except MalformedObject as exc:
+        log.warning("refused %s from %s: %s", sop_instance, calling_ae_title, exc)
+        return _status(Status.CANNOT_UNDERSTAND, f"unreadable data set: {exc}")
+    # the Part-10 header names the request's UIDs: the data set must say the same
+    for keyword, expected in (("SOPInstanceUID", sop_instance), ("SOPClassUID", sop_class)):
+        found = uid(header, keyword)
+        if found != expected:
+            return _status(
+                Status.DATASET_DOES_NOT_MATCH_SOP_CLASS, f"data set {keyword} {found!r} differs from the request's"
+            )
+    # the sender's implementation (the peer: the requestor, or the acceptor in C-GET sub-operations)
+    peer = event.assoc.acceptor if event.assoc.is_requestor else event.assoc.requestor
+    wrapped = part10(
+        dataset,
+        sop_class,
+        sop_instance,
+        transfer_syntax,
+        ae_title(peer.implementation_class_uid) or None,
+        ae_title(peer.implementation_version_name) or None,
+    ).part10
+    try:
+        queue.accept(wrapped, source=source, calling_ae_title=calling_ae_title, emergency=emergency)
+    except MalformedObject as exc:
+        log.warning("refused %s from %s: %s", sop_instance, calling_ae_title, exc)
+        return _status(Status.CANNOT_UNDERSTAND, str(exc))
+    except ValueError as exc:
+        log.warning("refused %s from %s: %s", sop_instance, calling_ae_title, exc)
+        return _status(Status.DATASET_DOES_NOT_MATCH_SOP_CLASS, str(exc) or "refused by the agent's queue")
+    return _status(Status.SUCCESS)
 
 
 def parse_commitment_report(info: Dataset) -> CommitmentReport:

@@ -16,7 +16,10 @@ from __future__ import annotations
 import hashlib
 import subprocess
 from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import datetime, time, timedelta
 from pathlib import Path
+from typing import Literal
 
 import pytest
 from pydicom import dcmread
@@ -25,8 +28,12 @@ from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 from pynetdicom import AE
 from pynetdicom import _config as pynetdicom_config
 
+from api.demo.synthetic import SyntheticStudy, available_transfer_syntaxes, part10_bytes, region, synthetic_study
+from api.demo.synthetic import write_study as write_synthetic_study
 from ingest.agent.commitment import CommitmentWaiter
-from ingest.agent.config import RouterConfig
+from ingest.agent.config import PollSource, RouterConfig
+from ingest.agent.model import HeldInstance
+from ingest.agent.poller import PacsPoller
 from ingest.agent.router import RouterScp
 from ingest.commitment import NO_SUCH_OBJECT_INSTANCE, CommitmentResult, StorageCommitment
 from ingest.dicom import split_part10
@@ -34,6 +41,7 @@ from ingest.senders import load_senders
 from ingest.sop_index import SopIndex
 from streams.blobs import open_blob_store
 from tests.support.agent_intake import SpoolingIntake
+from tests.support.servers import OrthancServer, free_port
 from tests.support.studies import DCMTK_ENV, outcomes, storescu, storescu_profile, write_study
 
 AGENT_AE = "OKB_AGENT"
@@ -231,3 +239,157 @@ def test_router_file_header_names_the_sender(router: RouterScp, intake: Spooling
     assert kept.file_meta.MediaStorageSOPInstanceUID == f.sop_instance_uid
     assert kept.file_meta.MediaStorageSOPClassUID == CT_IMAGE
     assert kept.file_meta.TransferSyntaxUID == ExplicitVRLittleEndian
+
+
+# -- poller ----------------------------------------------------------------------------------------
+
+POLLED_STUDIES = 5
+
+
+@dataclass
+class Pacs:
+    orthanc: OrthancServer
+    router: RouterScp
+    intake: SpoolingIntake
+    studies: list[SyntheticStudy]
+    files: dict[str, Path]  # SOPInstanceUID -> the file uploaded to Orthanc
+    now: datetime
+    days_back: int
+
+    def source(self, retrieve: Literal["move", "get"] = "move") -> PollSource:
+        return PollSource(
+            ae_title=self.orthanc.aet,
+            host="127.0.0.1",
+            port=self.orthanc.dicom_port,
+            days_back=self.days_back,
+            retrieve=retrieve,
+        )
+
+
+@pytest.fixture(scope="module")
+def pacs(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Pacs]:
+    tmp = tmp_path_factory.mktemp("agent-poll")
+    org = region()[0]
+    intake = SpoolingIntake(tmp / "spool")
+    router_port = free_port()
+    router = RouterScp(
+        RouterConfig(ae_title=AGENT_AE, emergency_ae_title=URGENT_AE, host="127.0.0.1", port=router_port),
+        intake,
+        CommitmentWaiter(),
+    )
+    router.start()
+    orthanc = OrthancServer(
+        tmp / "orthanc", aet=org.ae_title, modalities={"agent": (AGENT_AE, "127.0.0.1", router_port)}
+    )
+    try:
+        orthanc.start()
+        syntaxes = available_transfer_syntaxes()
+        studies = [
+            synthetic_study(org, "CT", instances=3, seed=500 + n, transfer_syntax=syntaxes[n % len(syntaxes)])
+            for n in range(POLLED_STUDIES)
+        ]
+        files: dict[str, Path] = {}
+        for study in studies:
+            for path in write_synthetic_study(study, tmp / "studies"):
+                answer = orthanc.upload(path)
+                assert answer["Status"] == "Success", answer
+                files[path.stem] = path
+        dates = sorted(datetime.strptime(s.study_date, "%Y%m%d").date() for s in studies)
+        now = datetime.combine(dates[-1], time(12, 0)).astimezone()
+        yield Pacs(orthanc, router, intake, studies, files, now, (dates[-1] - dates[0]).days)
+    finally:
+        orthanc.stop()
+        router.stop()
+
+
+def assert_same_data_sets(held: dict[str, HeldInstance], files: dict[str, Path]) -> None:
+    """What the intake spooled is, data set byte for byte and in the same transfer syntax, what was
+    uploaded to Orthanc (the Part-10 header is the sender's: Orthanc's implementation class UID)."""
+    for sop, path in files.items():
+        assert sop in held, f"{sop} never arrived"
+        assert dataset_bytes(held[sop].path.read_bytes()) == dataset_bytes(path.read_bytes()), sop
+
+
+def test_poller_finds_and_moves_new_and_changed_studies(pacs: Pacs, tmp_path: Path) -> None:
+    poller = PacsPoller(pacs.source(), pacs.intake, AGENT_AE)
+    first = poller.poll_once(pacs.now)
+    assert (first.found, first.new_or_changed, first.retrieved, first.failed) == (
+        POLLED_STUDIES,
+        POLLED_STUDIES,
+        POLLED_STUDIES,
+        0,
+    )
+    assert_same_data_sets(pacs.intake.held(), pacs.files)
+    assert pacs.intake.count() == len(pacs.files)  # every instance once
+    assert {a.source for a in pacs.intake.accepted} == {"router"}
+    assert {a.calling_ae_title for a in pacs.intake.accepted} == {pacs.orthanc.aet}
+    assert {uid for uid, _ in pacs.intake.remembered} == {s.study_uid for s in pacs.studies}
+
+    # nothing new: nothing pulled
+    again = poller.poll_once(pacs.now)
+    assert (again.found, again.new_or_changed, again.retrieved) == (POLLED_STUDIES, 0, 0)
+    assert pacs.intake.count() == len(pacs.files)
+
+    # a late instance in one study: that study, and only it, is pulled again
+    changed = pacs.studies[1]
+    late = changed.instances[0].copy()
+    late.SOPInstanceUID = generate_uid()
+    late.file_meta.MediaStorageSOPInstanceUID = late.SOPInstanceUID
+    late.InstanceNumber = 99
+    late_path = tmp_path / "late.dcm"
+    late_path.write_bytes(part10_bytes(late))
+    assert pacs.orthanc.upload(late_path)["Status"] == "Success"
+    before = pacs.intake.count()
+    third = poller.poll_once(pacs.now)
+    assert (third.new_or_changed, third.retrieved, third.failed) == (1, 1, 0)
+    pulled = pacs.intake.accepted[before:]
+    assert {a.held.study_instance_uid for a in pulled} == {changed.study_uid}
+    assert str(late.SOPInstanceUID) in {a.held.sop_instance_uid for a in pulled}
+    assert_same_data_sets(pacs.intake.held(), {str(late.SOPInstanceUID): late_path})
+    assert pacs.intake.seen(changed.study_uid) == "instances=4;series=" + str(len(changed.series_uids))
+
+    # a retrieve with a failed sub-operation is not remembered: the study is pulled at the next poll
+    refused = pacs.studies[2]
+    late2 = refused.instances[0].copy()
+    late2.SOPInstanceUID = generate_uid()
+    late2.file_meta.MediaStorageSOPInstanceUID = late2.SOPInstanceUID
+    late2_path = tmp_path / "late2.dcm"
+    late2_path.write_bytes(part10_bytes(late2))
+    assert pacs.orthanc.upload(late2_path)["Status"] == "Success"
+    pacs.intake.refuse.add(str(late2.SOPInstanceUID))
+    remembered = pacs.intake.seen(refused.study_uid)
+    fourth = poller.poll_once(pacs.now)
+    assert (fourth.new_or_changed, fourth.retrieved, fourth.failed) == (1, 0, 1)
+    assert "retrieve incomplete" in fourth.errors[refused.study_uid]  # Orthanc: 0xC000
+    assert pacs.intake.seen(refused.study_uid) == remembered
+    pacs.intake.refuse.clear()
+    fifth = poller.poll_once(pacs.now)
+    assert (fifth.new_or_changed, fifth.retrieved, fifth.failed) == (1, 1, 0)
+    assert str(late2.SOPInstanceUID) in pacs.intake.held()
+
+
+def test_poller_pulls_by_c_get_on_its_own_association(pacs: Pacs, tmp_path: Path) -> None:
+    intake = SpoolingIntake(tmp_path / "get-spool")
+    poller = PacsPoller(pacs.source("get"), intake, AGENT_AE)
+    # Orthanc names the study's SOP classes: each is offered once per stored syntax (no transcoding)
+    assert {s.sop_classes for s in poller.find(pacs.now)} == {(CT_IMAGE,)}
+    result = poller.poll_once(pacs.now)
+    assert result.failed == 0, result.errors
+    assert result.retrieved == result.found >= POLLED_STUDIES
+    assert_same_data_sets(intake.held(), pacs.files)
+    assert {(a.source, a.calling_ae_title) for a in intake.accepted} == {("poll", pacs.orthanc.aet)}
+
+
+def test_poller_outside_the_date_window_finds_nothing(pacs: Pacs) -> None:
+    later = pacs.now + timedelta(days=pacs.days_back + 30)
+    result = PacsPoller(pacs.source(), SpoolingIntake(Path("/nonexistent")), AGENT_AE).poll_once(later)
+    assert (result.found, result.retrieved, result.errors) == (0, 0, {})
+
+
+def test_poller_says_why_when_the_pacs_is_unreachable(tmp_path: Path) -> None:
+    intake = SpoolingIntake(tmp_path / "spool")
+    source = PollSource(ae_title="NOBODY", host="127.0.0.1", port=free_port())
+    result = PacsPoller(source, intake, AGENT_AE, timeout=5).poll_once(datetime.now().astimezone())
+    assert result.found == result.retrieved == 0
+    assert "NOBODY@127.0.0.1" in result.errors[""]
+    assert intake.remembered == []
