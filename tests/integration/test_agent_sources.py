@@ -14,7 +14,9 @@ what it gets, so the bytes can be compared with what was sent).
 from __future__ import annotations
 
 import hashlib
+import shutil
 import subprocess
+import time as time_module
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import datetime, time, timedelta
@@ -31,7 +33,8 @@ from pynetdicom import _config as pynetdicom_config
 from api.demo.synthetic import SyntheticStudy, available_transfer_syntaxes, part10_bytes, region, synthetic_study
 from api.demo.synthetic import write_study as write_synthetic_study
 from ingest.agent.commitment import CommitmentWaiter
-from ingest.agent.config import PollSource, RouterConfig
+from ingest.agent.config import FolderSource, PollSource, RouterConfig
+from ingest.agent.folder import FolderWatch
 from ingest.agent.model import HeldInstance
 from ingest.agent.poller import PacsPoller
 from ingest.agent.router import RouterScp
@@ -393,3 +396,105 @@ def test_poller_says_why_when_the_pacs_is_unreachable(tmp_path: Path) -> None:
     assert result.found == result.retrieved == 0
     assert "NOBODY@127.0.0.1" in result.errors[""]
     assert intake.remembered == []
+
+
+# -- folder drop -----------------------------------------------------------------------------------
+
+
+class ManualClock:
+    """Monotonic seconds the test moves on (the folder watch's settle time without sleeping)."""
+
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+@pytest.fixture
+def drop(tmp_path: Path, intake: SpoolingIntake) -> tuple[Path, FolderWatch, ManualClock]:
+    folder = tmp_path / "drop"
+    folder.mkdir()
+    clock = ManualClock()
+    return folder, FolderWatch(FolderSource(path=folder, settle=10.0), intake, clock=clock), clock
+
+
+def test_folder_takes_copied_files_once_settled(
+    drop: tuple[Path, FolderWatch, ManualClock], intake: SpoolingIntake, tmp_path: Path
+) -> None:
+    folder, watch, clock = drop
+    files = write_study(tmp_path / "study", 3, ["1.2.840.10008.1.2.1", "1.2.840.10008.1.2.5"])
+    (folder / "ct").mkdir()
+    for f in files:
+        shutil.copyfile(f.path, folder / "ct" / f.path.name)  # a plain copy: new times, as cp makes
+    assert watch.scan_once() == 0  # just seen: may still be growing
+    clock.now += 5
+    assert watch.scan_once() == 0
+    clock.now += 5
+    assert watch.scan_once() == 3
+    held = intake.held()
+    for f in files:
+        # a file is taken whole, exactly as it lay in the folder
+        assert held[f.sop_instance_uid].path.read_bytes() == f.path.read_bytes()
+        assert (folder / "done" / "ct" / f.path.name).read_bytes() == f.path.read_bytes()
+        assert not (folder / "ct" / f.path.name).exists()
+    assert {(a.source, a.calling_ae_title, a.emergency) for a in intake.accepted} == {("folder", None, False)}
+    clock.now += 60
+    assert watch.scan_once() == 0  # done/ is not scanned again
+    assert intake.count() == 3
+
+
+def test_folder_waits_for_a_file_being_written(
+    drop: tuple[Path, FolderWatch, ManualClock], intake: SpoolingIntake, tmp_path: Path
+) -> None:
+    folder, watch, clock = drop
+    [f] = write_study(tmp_path / "slow", 1, ["1.2.840.10008.1.2.1"])
+    data = f.path.read_bytes()
+    target = folder / "slow.dcm"
+    with target.open("wb") as out:
+        for start in range(0, len(data), 2048):
+            out.write(data[start : start + 2048])
+            out.flush()
+            clock.now += 30  # longer than the settle time between writes, but the size moved
+            assert watch.scan_once() == 0
+    assert target.read_bytes() == data
+    assert watch.scan_once() == 0  # the last write changed it
+    clock.now += 10
+    assert watch.scan_once() == 1
+    assert intake.held()[f.sop_instance_uid].path.read_bytes() == data
+
+
+def test_folder_takes_a_part_file_renamed_to_dcm_at_once(
+    drop: tuple[Path, FolderWatch, ManualClock], intake: SpoolingIntake, tmp_path: Path
+) -> None:
+    folder, watch, _clock = drop
+    [f] = write_study(tmp_path / "renamed", 1, ["1.2.840.10008.1.2.1"])
+    part = folder / "incoming.part"
+    part.write_bytes(f.path.read_bytes())
+    assert watch.scan_once() == 0
+    assert intake.count() == 0  # *.part is never taken
+    time_module.sleep(0.05)  # the rename's ctime must fall after the last write's mtime
+    part.rename(folder / "incoming.dcm")
+    assert watch.scan_once() == 1  # no settle wait: renamed into place after its last write
+    assert intake.held()[f.sop_instance_uid].path.read_bytes() == f.path.read_bytes()
+    assert (folder / "done" / "incoming.dcm").exists()
+
+
+def test_folder_rejects_what_is_not_dicom_and_skips_dicomdir(
+    drop: tuple[Path, FolderWatch, ManualClock], intake: SpoolingIntake, tmp_path: Path
+) -> None:
+    folder, watch, clock = drop
+    (folder / "notes.txt").write_text("not an image\n", encoding="utf-8")
+    [f] = write_study(tmp_path / "d", 1, ["1.2.840.10008.1.2.1"])
+    (folder / "DICOMDIR").write_bytes(f.path.read_bytes())  # whatever it holds, it is an index: left alone
+    (folder / ".hidden.dcm").write_bytes(f.path.read_bytes())
+    watch.scan_once()
+    clock.now += 10
+    assert watch.scan_once() == 0
+    assert intake.count() == 0
+    assert (folder / "rejected" / "notes.txt").read_text(encoding="utf-8") == "not an image\n"
+    reason = (folder / "rejected" / "notes.txt.reason.txt").read_text(encoding="utf-8")
+    assert "not a DICOM Part-10 file" in reason
+    assert (folder / "DICOMDIR").exists()
+    assert (folder / ".hidden.dcm").exists()
+    assert not (folder / "notes.txt").exists()
