@@ -14,6 +14,7 @@ what it gets, so the bytes can be compared with what was sent).
 from __future__ import annotations
 
 import hashlib
+import io
 import shutil
 import subprocess
 import time as time_module
@@ -23,9 +24,10 @@ from datetime import datetime, time, timedelta
 from pathlib import Path
 from typing import Literal
 
+import httpx
 import pytest
 from pydicom import dcmread
-from pydicom.dataset import Dataset
+from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 from pynetdicom import AE
 from pynetdicom import _config as pynetdicom_config
@@ -33,13 +35,15 @@ from pynetdicom import _config as pynetdicom_config
 from api.demo.synthetic import SyntheticStudy, available_transfer_syntaxes, part10_bytes, region, synthetic_study
 from api.demo.synthetic import write_study as write_synthetic_study
 from ingest.agent.commitment import CommitmentWaiter
-from ingest.agent.config import FolderSource, PollSource, RouterConfig
+from ingest.agent.config import FolderSource, MisEndpoint, PollSource, RouterConfig
 from ingest.agent.folder import FolderWatch
+from ingest.agent.mis import MisServer
 from ingest.agent.model import HeldInstance
 from ingest.agent.poller import PacsPoller
 from ingest.agent.router import RouterScp
 from ingest.commitment import NO_SUCH_OBJECT_INSTANCE, CommitmentResult, StorageCommitment
 from ingest.dicom import split_part10
+from ingest.reports.documents import ENCAPSULATED_PDF
 from ingest.senders import load_senders
 from ingest.sop_index import SopIndex
 from streams.blobs import open_blob_store
@@ -50,6 +54,7 @@ from tests.support.studies import DCMTK_ENV, outcomes, storescu, storescu_profil
 AGENT_AE = "OKB_AGENT"
 URGENT_AE = "OKB_AGENT_URG"
 CT_IMAGE = "1.2.840.10008.5.1.4.1.1.2"
+BASIC_TEXT_SR = "1.2.840.10008.5.1.4.1.1.88.11"
 
 
 def dataset_bytes(data: bytes) -> tuple[str, bytes]:
@@ -498,3 +503,145 @@ def test_folder_rejects_what_is_not_dicom_and_skips_dicomdir(
     assert (folder / "DICOMDIR").exists()
     assert (folder / ".hidden.dcm").exists()
     assert not (folder / "notes.txt").exists()
+
+
+# -- MIS endpoint ----------------------------------------------------------------------------------
+
+MIS_TOKEN = "mis-token-0f9e"
+
+
+def report_document(sop_class: str, study_uid: str) -> bytes:
+    """A minimal Part-10 report of the study: a Basic Text SR, or an encapsulated PDF."""
+    ds = Dataset()
+    ds.SpecificCharacterSet = "ISO_IR 192"
+    ds.SOPClassUID = sop_class
+    ds.SOPInstanceUID = generate_uid()
+    ds.StudyInstanceUID = study_uid
+    ds.SeriesInstanceUID = generate_uid()
+    ds.PatientID = "P-2002"
+    ds.PatientName = "Смирнова^Ольга"
+    ds.AccessionNumber = "ACC-77"
+    ds.InstanceNumber = 1
+    concept = Dataset()
+    concept.CodeValue, concept.CodingSchemeDesignator, concept.CodeMeaning = (
+        "18748-4",
+        "LN",
+        "Diagnostic Imaging Report",
+    )
+    ds.ConceptNameCodeSequence = [concept]
+    if sop_class == ENCAPSULATED_PDF:
+        ds.Modality = "DOC"
+        ds.MIMETypeOfEncapsulatedDocument = "application/pdf"
+        ds.DocumentTitle = "Протокол исследования"
+        ds.BurnedInAnnotation = "YES"
+        ds.EncapsulatedDocument = b"%PDF-1.4\n1 0 obj<<>>endobj\ntrailer<<>>\n%%EOF\n"
+    else:
+        ds.Modality = "SR"
+        ds.ValueType = "CONTAINER"
+        ds.ContinuityOfContent = "SEPARATE"
+        ds.CompletionFlag = "COMPLETE"
+        ds.VerificationFlag = "UNVERIFIED"
+        finding = Dataset()
+        finding.RelationshipType = "CONTAINS"
+        finding.ValueType = "TEXT"
+        name = Dataset()
+        name.CodeValue, name.CodingSchemeDesignator, name.CodeMeaning = "121071", "DCM", "Finding"
+        finding.ConceptNameCodeSequence = [name]
+        finding.TextValue = "Очаг 8 мм в S6 правого лёгкого."
+        ds.ContentSequence = [finding]
+    ds.file_meta = FileMetaDataset()
+    ds.file_meta.MediaStorageSOPClassUID = ds.SOPClassUID
+    ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
+    ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    return part10_bytes(ds)
+
+
+@pytest.fixture
+def mis(intake: SpoolingIntake) -> Iterator[httpx.Client]:
+    server = MisServer(MisEndpoint(host="127.0.0.1", port=0, token=MIS_TOKEN), intake)
+    server.start()
+    try:
+        with httpx.Client(base_url=server.url, headers={"Authorization": f"Bearer {MIS_TOKEN}"}) as client:
+            yield client
+    finally:
+        server.stop()
+
+
+def test_mis_health_answers_without_a_token(mis: httpx.Client) -> None:
+    answer = httpx.get(mis.base_url.join("/health"))
+    assert answer.status_code == 200
+    assert answer.json() == {"status": "ok"}
+
+
+def test_mis_refuses_a_missing_or_wrong_token(mis: httpx.Client, intake: SpoolingIntake) -> None:
+    body = {"StudyInstanceUID": "1.2.3"}
+    for headers in ({}, {"Authorization": "Bearer wrong"}, {"Authorization": f"Basic {MIS_TOKEN}"}):
+        answer = httpx.post(mis.base_url.join("/pathology"), json=body, headers=headers)
+        assert answer.status_code == 401
+        assert answer.json()["error"] == "unauthorised"
+        assert answer.headers["www-authenticate"] == "Bearer"
+    assert intake.marks == []
+
+
+def test_mis_pathology_flag_marks_the_study(mis: httpx.Client, intake: SpoolingIntake, tmp_path: Path) -> None:
+    [f] = write_study(tmp_path / "held", 1, ["1.2.840.10008.1.2.1"])
+    held = intake.accept(f.path, source="router")
+    answer = mis.post("/pathology", json={"StudyInstanceUID": held.study_instance_uid})
+    assert answer.status_code == 200, answer.text
+    assert answer.json() == {"eligible": [held.study_instance_uid]}
+    # a flag for a study not received yet is remembered by the queue (it answers: none eligible now)
+    later = mis.post("/pathology", json={"AccessionNumber": "ACC-9", "PatientID": "P-1"})
+    assert later.status_code == 200
+    assert later.json() == {"eligible": []}
+    assert [(m.study_uid, m.accession, m.patient_id, m.source) for m in intake.marks] == [
+        (held.study_instance_uid, None, None, "mis"),
+        (None, "ACC-9", "P-1", "mis"),
+    ]
+
+
+def test_mis_pathology_flag_bad_bodies(mis: httpx.Client, intake: SpoolingIntake) -> None:
+    not_json = mis.post("/pathology", content=b"{not json", headers={"Content-Type": "application/json"})
+    assert not_json.status_code == 400
+    assert not_json.json()["error"] == "invalid-json"
+    assert mis.post("/pathology", json=["1.2.3"]).status_code == 400
+    for body in ({}, {"StudyInstanceUID": "not a uid"}, {"PatientID": 42}, {"Study": "1.2.3"}):
+        answer = mis.post("/pathology", json=body)
+        assert answer.status_code == 422, body
+        assert answer.json()["error"] == "invalid-flag"
+    assert intake.marks == []
+
+
+@pytest.mark.parametrize("sop_class", [BASIC_TEXT_SR, ENCAPSULATED_PDF])
+def test_mis_report_is_queued_with_its_study(mis: httpx.Client, intake: SpoolingIntake, sop_class: str) -> None:
+    study_uid = str(generate_uid())
+    document = report_document(sop_class, study_uid)
+    answer = mis.post("/reports", content=document, headers={"Content-Type": "application/dicom"})
+    assert answer.status_code == 202, answer.text
+    body = answer.json()
+    assert body["StudyInstanceUID"] == study_uid
+    assert body["sha256"] == hashlib.sha256(document).hexdigest()
+    [accepted] = intake.accepted
+    assert (accepted.source, accepted.held.sop_class_uid) == ("mis", sop_class)
+    assert accepted.held.path.read_bytes() == document
+
+
+def test_mis_report_bad_bodies(mis: httpx.Client, intake: SpoolingIntake, tmp_path: Path) -> None:
+    document = report_document(BASIC_TEXT_SR, str(generate_uid()))
+    wrong_type = mis.post("/reports", content=document, headers={"Content-Type": "application/octet-stream"})
+    assert wrong_type.status_code == 415
+    garbage = mis.post("/reports", content=b"%PDF-1.4 not dicom", headers={"Content-Type": "application/dicom"})
+    assert garbage.status_code == 400
+    assert "not a DICOM Part-10 file" in garbage.json()["detail"]
+    [image] = write_study(tmp_path / "img", 1, ["1.2.840.10008.1.2.1"])
+    not_report = mis.post("/reports", content=image.path.read_bytes(), headers={"Content-Type": "application/dicom"})
+    assert not_report.status_code == 422
+    assert not_report.json()["error"] == "not-a-report"
+    refused_sop = str(dcmread(io.BytesIO(document)).SOPInstanceUID)
+    intake.refuse.add(refused_sop)
+    refused = mis.post("/reports", content=document, headers={"Content-Type": "application/dicom"})
+    assert refused.status_code == 422
+    assert refused.json() == {"error": "refused", "detail": f"refused by the test intake: {refused_sop}"}
+    assert intake.accepted == []
+    unknown = mis.get("/nowhere")
+    assert unknown.status_code == 404
+    assert unknown.json()["error"] == "not-found"
