@@ -32,6 +32,8 @@ from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 from pynetdicom import AE
 from pynetdicom import _config as pynetdicom_config
 
+from api.bootstrap import bootstrap
+from api.config import Settings
 from api.demo.synthetic import SyntheticStudy, available_transfer_syntaxes, part10_bytes, region, synthetic_study
 from api.demo.synthetic import write_study as write_synthetic_study
 from ingest.agent.commitment import CommitmentWaiter
@@ -41,7 +43,13 @@ from ingest.agent.mis import MisServer
 from ingest.agent.model import HeldInstance
 from ingest.agent.poller import PacsPoller
 from ingest.agent.router import RouterScp
-from ingest.commitment import NO_SUCH_OBJECT_INSTANCE, CommitmentResult, StorageCommitment
+from ingest.commitment import (
+    NO_SUCH_OBJECT_INSTANCE,
+    STORAGE_COMMITMENT_INSTANCE,
+    STORAGE_COMMITMENT_PUSH,
+    CommitmentResult,
+    StorageCommitment,
+)
 from ingest.dicom import split_part10
 from ingest.reports.documents import ENCAPSULATED_PDF
 from ingest.senders import load_senders
@@ -204,18 +212,23 @@ def test_router_limits_storage_to_allowed_callers(
         scp.stop()
 
 
+def write_cami_senders(path: Path, router_port: int) -> Path:
+    """CAMI's senders file naming the agent, with the router's address (where reports go)."""
+    path.write_text(
+        '[archive]\nae_title = "CAMI"\naccept_unknown = false\n\n'
+        f'[[sender]]\nae_title = "{AGENT_AE}"\norganisation = "{region()[0].code}"\n'
+        f'addresses = ["127.0.0.1"]\nhost = "127.0.0.1"\nport = {router_port}\n',
+        encoding="utf-8",
+    )
+    return path
+
+
 def test_router_takes_cami_storage_commitment_reports(
     router: RouterScp, waiter: CommitmentWaiter, tmp_path: Path
 ) -> None:
     """CAMI's own reporting code (ingest.commitment) sends the N-EVENT-REPORT to the router, as CAMI
     does after a delivery's N-ACTION: a new association proposing the SCP role for the SOP class."""
-    senders = tmp_path / "senders.toml"
-    senders.write_text(
-        '[archive]\nae_title = "CAMI"\naccept_unknown = false\n\n'
-        f'[[sender]]\nae_title = "{AGENT_AE}"\norganisation = "1.2.643.5.1.13.13.12.2.50.1001"\n'
-        f'addresses = ["127.0.0.1"]\nhost = "127.0.0.1"\nport = {router.port}\n',
-        encoding="utf-8",
-    )
+    senders = write_cami_senders(tmp_path / "senders.toml", router.port)
     commitment = StorageCommitment(
         SopIndex(tmp_path / "sop.db"), open_blob_store(f"file://{tmp_path / 'blobs'}", {}), load_senders(senders)
     )
@@ -237,6 +250,59 @@ def test_router_takes_cami_storage_commitment_reports(
     assert report is not None
     assert report.committed == ()
     assert list(report.failed) == [(c, i, NO_SUCH_OBJECT_INSTANCE) for c, i in unknown]
+
+
+@pytest.mark.slow
+def test_router_takes_the_report_cami_sends_after_an_n_action(
+    router: RouterScp, waiter: CommitmentWaiter, tmp_path: Path
+) -> None:
+    """The delivery's round trip with a real CAMI: instances stored into CAMI under the agent's AE
+    title, N-ACTION on the agent's association, CAMI's N-EVENT-REPORT on a new one to the router
+    (CAMI's senders file gives the agent's address)."""
+    home = tmp_path / "cami"
+    home.mkdir()
+    write_cami_senders(home / "senders.toml", router.port)
+    settings = Settings(
+        home=home,
+        event_log_url=f"sqlite://{home}/events.db",
+        blob_store_url=f"file://{home}/blobs",
+        warehouse_url=f"chdb://{home}/clickhouse",
+    )
+    archive = bootstrap(settings)
+    scp = archive.storage_scp(port=0)
+    scp.start()
+    try:
+        files = write_study(tmp_path / "delivered", 3, ["1.2.840.10008.1.2.1"])
+        statuses = pynetdicom_store(scp.port, [f.path for f in files], called="CAMI", calling=AGENT_AE)
+        assert [int(s.Status) for s in statuses] == [0, 0, 0]
+        references = [(CT_IMAGE, f.sop_instance_uid) for f in files]
+        never_sent = (CT_IMAGE, str(generate_uid()))
+        request = Dataset()
+        request.TransactionUID = transaction = str(generate_uid())
+        request.ReferencedSOPSequence = [reference(c, i) for c, i in [*references, never_sent]]
+        ae = AE(ae_title=AGENT_AE)
+        ae.add_requested_context(STORAGE_COMMITMENT_PUSH)
+        assoc = ae.associate("127.0.0.1", scp.port, ae_title="CAMI")
+        assert assoc.is_established
+        try:
+            status, _ = assoc.send_n_action(request, 1, STORAGE_COMMITMENT_PUSH, STORAGE_COMMITMENT_INSTANCE)
+        finally:
+            assoc.release()
+        assert int(status.Status) == 0
+        report = waiter.wait(transaction, timeout=60)
+        assert report is not None, "no N-EVENT-REPORT reached the router"
+        assert sorted(report.committed) == sorted(references)
+        assert list(report.failed) == [(*never_sent, NO_SUCH_OBJECT_INSTANCE)]
+    finally:
+        scp.stop()
+        archive.close()
+
+
+def reference(sop_class: str, sop_instance: str) -> Dataset:
+    item = Dataset()
+    item.ReferencedSOPClassUID = sop_class
+    item.ReferencedSOPInstanceUID = sop_instance
+    return item
 
 
 def test_router_file_header_names_the_sender(router: RouterScp, intake: SpoolingIntake, tmp_path: Path) -> None:
@@ -318,6 +384,7 @@ def assert_same_data_sets(held: dict[str, HeldInstance], files: dict[str, Path])
         assert dataset_bytes(held[sop].path.read_bytes()) == dataset_bytes(path.read_bytes()), sop
 
 
+@pytest.mark.slow
 def test_poller_finds_and_moves_new_and_changed_studies(pacs: Pacs, tmp_path: Path) -> None:
     poller = PacsPoller(pacs.source(), pacs.intake, AGENT_AE)
     first = poller.poll_once(pacs.now)
@@ -376,6 +443,7 @@ def test_poller_finds_and_moves_new_and_changed_studies(pacs: Pacs, tmp_path: Pa
     assert str(late2.SOPInstanceUID) in pacs.intake.held()
 
 
+@pytest.mark.slow
 def test_poller_pulls_by_c_get_on_its_own_association(pacs: Pacs, tmp_path: Path) -> None:
     intake = SpoolingIntake(tmp_path / "get-spool")
     poller = PacsPoller(pacs.source("get"), intake, AGENT_AE)
@@ -388,6 +456,7 @@ def test_poller_pulls_by_c_get_on_its_own_association(pacs: Pacs, tmp_path: Path
     assert {(a.source, a.calling_ae_title) for a in intake.accepted} == {("poll", pacs.orthanc.aet)}
 
 
+@pytest.mark.slow
 def test_poller_outside_the_date_window_finds_nothing(pacs: Pacs) -> None:
     later = pacs.now + timedelta(days=pacs.days_back + 30)
     result = PacsPoller(pacs.source(), SpoolingIntake(Path("/nonexistent")), AGENT_AE).poll_once(later)
