@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
@@ -68,6 +68,10 @@ STORED_SYNTAXES = (
 )
 
 
+def _local_now() -> datetime:
+    return datetime.now().astimezone()
+
+
 @dataclass(frozen=True)
 class FoundStudy:
     study_instance_uid: str
@@ -105,7 +109,9 @@ class PacsPoller:
         router_ae_title: str,
         *,
         timeout: float = 120.0,
+        clock: Callable[[], datetime] = _local_now,
     ) -> None:
+        self.clock = clock
         self.source = source
         self.queue = queue
         self.router_ae_title = router_ae_title
@@ -142,7 +148,7 @@ class PacsPoller:
         """Poll every ``source.interval`` seconds until ``stop`` is set."""
         while not stop.is_set():
             try:
-                self.poll_once(datetime.now().astimezone())
+                self.poll_once(self.clock())
             except Exception:  # the loop must outlive a bug in one poll
                 log.exception("poll of %s failed", self._pacs)
             stop.wait(self.source.interval)

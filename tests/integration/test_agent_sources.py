@@ -16,9 +16,11 @@ from __future__ import annotations
 import hashlib
 import io
 import shutil
+import socket
 import subprocess
+import threading
 import time as time_module
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import datetime, time, timedelta
 from pathlib import Path
@@ -384,6 +386,15 @@ def assert_same_data_sets(held: dict[str, HeldInstance], files: dict[str, Path])
         assert dataset_bytes(held[sop].path.read_bytes()) == dataset_bytes(path.read_bytes()), sop
 
 
+#: file meta elements naming the software that wrote the header (and the group length they change)
+WRITER = {"FileMetaInformationGroupLength", "ImplementationClassUID", "ImplementationVersionName"}
+
+
+def meta_of(data: bytes) -> dict[str, str]:
+    meta = dcmread(io.BytesIO(data), stop_before_pixels=True).file_meta
+    return {element.keyword: str(element.value) for element in meta}
+
+
 @pytest.mark.slow
 def test_poller_finds_and_moves_new_and_changed_studies(pacs: Pacs, tmp_path: Path) -> None:
     poller = PacsPoller(pacs.source(), pacs.intake, AGENT_AE)
@@ -396,6 +407,13 @@ def test_poller_finds_and_moves_new_and_changed_studies(pacs: Pacs, tmp_path: Pa
     )
     assert_same_data_sets(pacs.intake.held(), pacs.files)
     assert pacs.intake.count() == len(pacs.files)  # every instance once
+    for sop, path in pacs.files.items():
+        # the whole file differs only in the header's writer: the sender's (Orthanc) implementation
+        uploaded, spooled = meta_of(path.read_bytes()), meta_of(pacs.intake.held()[sop].path.read_bytes())
+        assert {k: v for k, v in spooled.items() if k not in WRITER} == {
+            k: v for k, v in uploaded.items() if k not in WRITER
+        }
+        assert spooled["ImplementationClassUID"] != uploaded["ImplementationClassUID"]
     assert {a.source for a in pacs.intake.accepted} == {"router"}
     assert {a.calling_ae_title for a in pacs.intake.accepted} == {pacs.orthanc.aet}
     assert {uid for uid, _ in pacs.intake.remembered} == {s.study_uid for s in pacs.studies}
@@ -714,3 +732,57 @@ def test_mis_report_bad_bodies(mis: httpx.Client, intake: SpoolingIntake, tmp_pa
     unknown = mis.get("/nowhere")
     assert unknown.status_code == 404
     assert unknown.json()["error"] == "not-found"
+
+
+def test_folder_run_takes_files_until_stopped(intake: SpoolingIntake, tmp_path: Path) -> None:
+    folder = tmp_path / "drop"
+    folder.mkdir()
+    watch = FolderWatch(FolderSource(path=folder, settle=3600.0), intake, interval=0.05)
+    stop = threading.Event()
+    thread = threading.Thread(target=watch.run, args=(stop,), daemon=True)
+    thread.start()
+    try:
+        [f] = write_study(tmp_path / "r", 1, ["1.2.840.10008.1.2.1"])
+        part = folder / "x.part"
+        part.write_bytes(f.path.read_bytes())
+        time_module.sleep(0.05)  # the rename's ctime must fall after the last write's mtime
+        part.rename(folder / "x.dcm")
+        assert wait_for(lambda: intake.count() == 1), "the running watch never took the file"
+    finally:
+        stop.set()
+        thread.join(timeout=30)
+    assert not thread.is_alive()
+
+
+@pytest.mark.slow
+def test_poller_run_polls_until_stopped(pacs: Pacs, tmp_path: Path) -> None:
+    intake = SpoolingIntake(tmp_path / "run-spool")
+    poller = PacsPoller(pacs.source("get"), intake, AGENT_AE, clock=lambda: pacs.now)
+    stop = threading.Event()
+    thread = threading.Thread(target=poller.run, args=(stop,), daemon=True)
+    thread.start()
+    try:
+        assert wait_for(lambda: len(intake.remembered) >= POLLED_STUDIES), "the running poller pulled nothing"
+    finally:
+        stop.set()
+        thread.join(timeout=60)
+    assert not thread.is_alive()  # stops at once, without waiting out its interval
+    assert set(pacs.files) <= set(intake.held())
+
+
+def test_router_outlives_garbage_on_its_port(router: RouterScp, intake: SpoolingIntake, tmp_path: Path) -> None:
+    for junk in (b"GET / HTTP/1.1\r\n\r\n", b"\x01\x00" + b"\xff" * 64, b""):
+        with socket.create_connection(("127.0.0.1", router.port), timeout=10) as sock:
+            sock.sendall(junk)
+    [f] = write_study(tmp_path / "after", 1, ["1.2.840.10008.1.2.1"])
+    assert int(pynetdicom_store(router.port, [f.path])[0].Status) == 0
+    assert f.sop_instance_uid in intake.held()
+
+
+def wait_for(condition: Callable[[], bool], timeout: float = 60.0) -> bool:
+    deadline = time_module.monotonic() + timeout
+    while not condition():
+        if time_module.monotonic() > deadline:
+            return False
+        time_module.sleep(0.05)
+    return True
