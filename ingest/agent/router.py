@@ -47,6 +47,8 @@ STORAGE_COMMITMENT_PUSH = "1.2.840.10008.1.20.1"
 COMMITMENT_EVENT_TYPES = (1, 2)
 #: N-EVENT-REPORT statuses (PS3.7 10.1.1.1.8)
 NO_SUCH_EVENT_TYPE = 0x0113
+#: associations at once (pynetdicom's default is 10)
+MAX_ASSOCIATIONS = 32
 #: the source name the queue records for objects that came through the router
 SOURCE = "router"
 
@@ -69,6 +71,8 @@ class RouterScp:
         self.port = config.port
         self.ae = AE(ae_title=config.ae_title)
         self.ae.maximum_pdu_size = MAX_PDU
+        # modalities, the PACS's C-MOVE sub-operations and CAMI's commitment reports at once
+        self.ae.maximum_associations = MAX_ASSOCIATIONS
         # the emergency AE title is ours too: checked when the association is established
         self.ae.require_called_aet = False
         self.ae.add_supported_context(VERIFICATION, ALL_TRANSFER_SYNTAXES)
@@ -111,10 +115,7 @@ class RouterScp:
         with self._lock:
             server, self._server = self._server, None
         if server is not None:
-            server.shutdown()
-            server.server_close()
-            if server in self.ae._servers:
-                self.ae._servers.remove(server)
+            server.shutdown()  # closes the socket and unregisters it from the AE
 
     # -- handlers (each answers with a status, never raises into pynetdicom) ----------------------
 
