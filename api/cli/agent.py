@@ -119,9 +119,7 @@ def cmd_status(args: argparse.Namespace) -> int:
         table.add_column(column)
     for s in state["studies"]:
         why = s["held_reason"] or s["last_error"] or ""
-        table.add_row(
-            s["StudyInstanceUID"], s["state"], s["priority"], str(s["attempt"]), str(s["instances"]), why
-        )
+        table.add_row(s["StudyInstanceUID"], s["state"], s["priority"], str(s["attempt"]), str(s["instances"]), why)
     out.print(table)
     return 0
 
@@ -133,8 +131,11 @@ def cmd_send(args: argparse.Namespace) -> int:
     except KeyError:
         console.print(f"[red]cami agent send: the agent holds no study {args.study}[/red]")
         return 1
-    result = {"StudyInstanceUID": entry.study_instance_uid, "state": entry.state.value,
-              "priority": entry.priority.value}
+    result = {
+        "StudyInstanceUID": entry.study_instance_uid,
+        "state": entry.state.value,
+        "priority": entry.priority.value,
+    }
     if args.json:
         print_json(result)
     else:

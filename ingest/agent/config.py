@@ -10,6 +10,7 @@ directory of the file itself, so the file and its data can move together. A full
     agent_id = "okb-agent-1"         # names this agent in CAMI's monitoring (one agent per hospital)
     data_dir = "data"                # spool, queue and outbox (agent.db); keep it on a local disk
     heartbeat_seconds = 30           # how often the agent reports its queue to CAMI
+    request_poll_seconds = 15        # how often it asks CAMI for full-import requests
 
     [cami]
     base_url = "https://cami.region.example"  # required: events, full-import requests, hash checks
@@ -188,6 +189,7 @@ class AgentConfig:
     cami: CamiTarget
     router: RouterConfig = RouterConfig()
     heartbeat: float = 30.0
+    request_poll: float = 15.0
     polls: tuple[PollSource, ...] = ()
     folder: FolderSource | None = None
     mis: MisEndpoint | None = None
@@ -328,6 +330,7 @@ def load_config(path: Path | str) -> AgentConfig:
     if data_dir is None:
         raise AgentConfigError("[agent] data_dir is required")
     heartbeat = agent.seconds("heartbeat_seconds", 30.0)
+    request_poll = agent.seconds("request_poll_seconds", 15.0)
     agent.done()
 
     cami = _cami(table("cami"))
@@ -344,6 +347,7 @@ def load_config(path: Path | str) -> AgentConfig:
         cami=cami,
         router=router,
         heartbeat=heartbeat,
+        request_poll=request_poll,
         polls=polls,
         folder=folder,
         mis=mis,

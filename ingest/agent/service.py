@@ -37,7 +37,7 @@ from typing import Any
 from ingest.agent.cami_client import CamiClient, CamiRefused, CamiUnreachable
 from ingest.agent.commitment import CommitmentWaiter
 from ingest.agent.config import AgentConfig
-from ingest.agent.delivery import Delivery, DeliveryResult, DicomDelivery, LinkDown, StowDelivery
+from ingest.agent.delivery import MISMATCH, Delivery, DeliveryResult, DicomDelivery, LinkDown, StowDelivery
 from ingest.agent.folder import FolderWatch
 from ingest.agent.mis import MisServer
 from ingest.agent.model import HeldInstance, Priority, StudyEntry, StudyState
@@ -57,8 +57,6 @@ BACKOFF_FACTOR = 2.0
 BACKOFF_CEILING = 900.0
 #: how often the send loop looks at the queue when it has nothing to do (new work also wakes it)
 IDLE_POLL = 1.0
-#: how often the agent asks CAMI for full-import requests
-REQUEST_POLL = 15.0
 #: events per POST to CAMI
 EVENT_BATCH = 200
 
@@ -90,7 +88,14 @@ class Agent:
         self.config = config
         self.clock: Callable[[], datetime] = clock or (lambda: datetime.now(UTC))
         config.data_dir.mkdir(parents=True, exist_ok=True)
-        self.queue = TransferQueue(config.data_dir, config.organisation, destination_of(config), self.clock)
+        self.queue = TransferQueue(
+            config.data_dir,
+            config.organisation,
+            destination_of(config),
+            self.clock,
+            rules=config.rules,
+            windows=config.schedule.windows,
+        )
         self.waiter = CommitmentWaiter()
         self.pace = LinkPace(config.schedule.bandwidth_kbps)
         cami = config.cami
@@ -104,7 +109,6 @@ class Agent:
         self.mis = MisServer(config.mis, self.queue) if config.mis is not None else None
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
-        self._last_success: datetime | None = None
         #: the link as the last attempt found it: up, down or unknown (nothing sent yet)
         self.link_state = "unknown"
         self._link_kbps: float | None = None
@@ -117,7 +121,8 @@ class Agent:
             return StowDelivery(self.client, self.pace)
         if cami.host is None or cami.port is None:
             raise ValueError("delivery = 'dicom' needs [cami] host and port")
-        return DicomDelivery(cami, self.config.router.ae_title, self.pace, self.waiter)
+        # the hash check after commitment goes over HTTPS (client), the objects over DICOM
+        return DicomDelivery(cami, self.config.router.ae_title, self.pace, self.waiter, client=self.client)
 
     # -- life cycle ------------------------------------------------------------------------------
     def start(self) -> None:
@@ -228,30 +233,38 @@ class Agent:
 
     def _record(self, entry: StudyEntry, instances: list[HeldInstance], result: DeliveryResult, ms: int) -> None:
         uid = entry.study_instance_uid
+        if result.yielded:
+            # an emergency waits, the window closed or the agent stops: the study goes back to the
+            # queue and its next attempt resumes after what was sent (and commits all of it)
+            self.queue.recover()
+            return
         if result.committed:
             done = self.queue.committed(uid, result.committed, duration_ms=ms)
-            if done.state is StudyState.DELIVERED:
-                self._last_success = self.clock()
+            if done.state is not StudyState.SENDING:  # delivered (or queued again for later arrivals)
                 log.info("study %s delivered (%d instances)", uid, done.instances)
                 return
         problems = {**result.failed, **result.commitment_failed}
-        if problems:
-            sop, reason = next(iter(problems.items()))
-            more = f" (+{len(problems) - 1} more)" if len(problems) > 1 else ""
-            self._retry(entry, f"{len(problems)} instance(s) not stored or not committed: {sop}: {reason}{more}")
-            return
-        # nothing failed but not everything is committed: the loop yielded (an emergency, the window
-        # closed, the agent stops); the study goes back to the queue and resumes where it stopped
-        self.queue.recover()
+        if not problems:  # nothing failed, nothing left: cannot happen, but never leave it "sending"
+            problems = {
+                i.sop_instance_uid: "not committed" for i in instances if i.sop_instance_uid not in result.committed
+            }
+        sop, reason = next(iter(problems.items()), ("", "nothing to send"))
+        more = f" (+{len(problems) - 1} more)" if len(problems) > 1 else ""
+        self._retry(
+            entry,
+            f"{len(problems)} instance(s) not stored or not committed: {sop}: {reason}{more}",
+            resend=[s for s, why in result.commitment_failed.items() if why == MISMATCH],
+        )
 
-    def _retry(self, entry: StudyEntry, error: str) -> None:
+    def _retry(self, entry: StudyEntry, error: str, resend: list[str] | None = None) -> None:
         attempt = max(1, entry.attempt)
+        uid = entry.study_instance_uid
         if attempt >= MAX_ATTEMPTS:
-            self.queue.failed(entry.study_instance_uid, f"{error}; gave up after {attempt} attempts",
-                              will_retry=False, retry_at=None)
+            message = f"{error}; gave up after {attempt} attempts"
+            self.queue.failed(uid, message, will_retry=False, retry_at=None, resend=resend or ())
             return
         retry_at = self.clock() + timedelta(seconds=backoff(attempt))
-        self.queue.failed(entry.study_instance_uid, error, will_retry=True, retry_at=retry_at)
+        self.queue.failed(uid, error, will_retry=True, retry_at=retry_at, resend=resend or ())
 
     # -- events to CAMI --------------------------------------------------------------------------
     def _outbox_loop(self) -> None:
@@ -282,17 +295,9 @@ class Agent:
         self._forever("outbox", turn)
 
     def heartbeat_payload(self) -> dict[str, Any]:
-        status = self.queue.status()
-        return {
-            "agent_id": self.config.agent_id,
-            "host": platform.node() or None,
-            "agent_version": agent_version(),
-            "queue_depth": int(status["queue_depth"]),
-            "queue_bytes": int(status["bytes_waiting"]),
-            "in_flight": int(status["in_flight"]),
-            "link_kbps": self._link_kbps,
-            "last_success_at": self._last_success or status.get("last_delivery_at"),
-        }
+        return self.queue.heartbeat_payload(
+            self.config.agent_id, host=platform.node() or None, version=agent_version(), link_kbps=self._link_kbps
+        )
 
     def _heartbeat_loop(self) -> None:
         def turn() -> float:
@@ -322,7 +327,7 @@ class Agent:
                 self.poll_requests_once()
             except (CamiUnreachable, CamiRefused) as exc:
                 log.warning("could not fetch full-import requests: %s", exc)
-                return REQUEST_POLL * 2
-            return REQUEST_POLL
+                return self.config.request_poll * 2
+            return self.config.request_poll
 
         self._forever("requests", turn)

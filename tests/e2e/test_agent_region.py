@@ -13,6 +13,7 @@ from collections import Counter
 from collections.abc import Iterator
 from datetime import datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import pytest
 from pydicom import dcmread
@@ -47,11 +48,9 @@ def cami(tmp_path: Path) -> Iterator[Cami]:
         server.process.stop()
 
 
-def make_agent(tmp_path: Path, cami: Cami, **kw: object) -> Agent:
-    dicom = kw.pop("cami_dicom", ("127.0.0.1", cami.dicom_port))
-    return Agent(
-        tmp_path / "agent", AGENT_AE, cami.agent_port, dicom, cami.base_url, **kw  # type: ignore[arg-type]
-    )
+def make_agent(tmp_path: Path, cami: Cami, *, cami_dicom: tuple[str, int] | None = None, **kw: Any) -> Agent:
+    dicom = cami_dicom or ("127.0.0.1", cami.dicom_port)
+    return Agent(tmp_path / "agent", AGENT_AE, cami.agent_port, dicom, cami.base_url, **kw)
 
 
 def study_of(seed: int, *, pathology: bool = False, emergency: bool = False, instances: int = 3) -> SyntheticStudy:
@@ -69,9 +68,7 @@ def held_sops(cami: Cami, study_uid: str) -> Counter[str]:
 
 def delivered(cami: Cami, study: SyntheticStudy) -> bool:
     """CAMI logged TransferCompleted for the study (the agent says so only after CAMI committed all of it)."""
-    return any(
-        e.payload.get("StudyInstanceUID") == study.study_uid for e in cami.transfers("TransferCompleted")
-    )
+    return any(e.payload.get("StudyInstanceUID") == study.study_uid for e in cami.transfers("TransferCompleted"))
 
 
 def assert_held_once_byte_for_byte(cami: Cami, files: list[Path]) -> None:
@@ -102,8 +99,10 @@ def test_closed_window_waits_and_an_emergency_overtakes(tmp_path: Path, cami: Ca
     opens = now + timedelta(seconds=50)
     closes = opens + timedelta(hours=2)
     day = ["mon", "tue", "wed", "thu", "fri", "sat", "sun"][opens.weekday()]
-    window = f"{day} {opens:%H:%M:%S}-{closes:%H:%M:%S}" if closes.date() == opens.date() else (
-        f"{day} {opens:%H:%M:%S}-24:00"
+    window = (
+        f"{day} {opens:%H:%M:%S}-{closes:%H:%M:%S}"
+        if closes.date() == opens.date()
+        else (f"{day} {opens:%H:%M:%S}-24:00")
     )
     agent = make_agent(tmp_path, cami, windows=[window])
     agent.start()
@@ -123,9 +122,7 @@ def test_closed_window_waits_and_an_emergency_overtakes(tmp_path: Path, cami: Ca
         assert "TransferQueued" in transfer_types(cami, routine.study_uid)
 
         wait_for("the routine study once the window opens", lambda: delivered(cami, routine), timeout=150)
-        first_routine = min(
-            p["blob"]["sha256"] for p in cami.received() if p["StudyInstanceUID"] == routine.study_uid
-        )
+        first_routine = min(p["blob"]["sha256"] for p in cami.received() if p["StudyInstanceUID"] == routine.study_uid)
         assert first_routine
         assert_held_once_byte_for_byte(cami, routine_files + urgent_files)
         assert not any(p["emergency"] for p in cami.received() if p["StudyInstanceUID"] == routine.study_uid)
@@ -135,7 +132,9 @@ def test_closed_window_waits_and_an_emergency_overtakes(tmp_path: Path, cami: Ca
 
 # -- the polling proxy: a PACS that cannot push -------------------------------------------------
 def test_polling_orthanc_sends_pathology_only_then_a_full_import_request(tmp_path: Path, cami: Cami) -> None:
-    pacs = OrthancServer(tmp_path / "orthanc", aet="OKB_PACS", modalities={"agent": (AGENT_AE, "127.0.0.1", cami.agent_port)})
+    pacs = OrthancServer(
+        tmp_path / "orthanc", aet="OKB_PACS", modalities={"agent": (AGENT_AE, "127.0.0.1", cami.agent_port)}
+    )
     pacs.start()
     try:
         studies = [study_of(200 + n, pathology=n % 3 == 0, instances=2) for n in range(20)]
@@ -144,19 +143,28 @@ def test_polling_orthanc_sends_pathology_only_then_a_full_import_request(tmp_pat
             files[study.study_uid] = files_of(study, tmp_path / "pacs-files")
             for path in files[study.study_uid]:
                 assert pacs.upload(path)["Status"] == "Success"
-        poll = {"ae_title": "OKB_PACS", "host": "127.0.0.1", "port": pacs.dicom_port, "days_back": 1000,
-                "interval_seconds": 2, "retrieve": "move"}
+        poll = {
+            "ae_title": "OKB_PACS",
+            "host": "127.0.0.1",
+            "port": pacs.dicom_port,
+            "days_back": 1000,
+            "interval_seconds": 2,
+            "retrieve": "move",
+        }
         agent = make_agent(tmp_path, cami, polls=[poll])
         agent.start()
         try:
             pathology = [s for s in studies if s.pathology]
             others = [s for s in studies if not s.pathology]
             assert pathology and others
-            for study in pathology:
-                wait_for(f"pathology study {study.study_uid}", lambda s=study: delivered(cami, s), timeout=240)
+            wait_for(
+                "every pathology study",
+                lambda: all(delivered(cami, s) for s in pathology),
+                timeout=300,
+            )
             # every study was pulled to the agent (C-FIND + C-MOVE); the others stay at the hospital
             status = agent.status()
-            assert status["studies_local"] == len(others), status
+            assert status["by_state"]["local"] == len(others), status
             received_studies = {p["StudyInstanceUID"] for p in cami.received()}
             assert received_studies == {s.study_uid for s in pathology}
 
@@ -170,7 +178,9 @@ def test_polling_orthanc_sends_pathology_only_then_a_full_import_request(tmp_pat
             )
             assert answer.status_code == 202, answer.text
             wait_for("the requested study", lambda: delivered(cami, wanted), timeout=180)
-            queued = [e for e in cami.transfers("TransferQueued") if e.payload.get("StudyInstanceUID") == wanted.study_uid]
+            queued = [
+                e for e in cami.transfers("TransferQueued") if e.payload.get("StudyInstanceUID") == wanted.study_uid
+            ]
             assert queued[-1].payload["full_import"] is True
             assert {p["StudyInstanceUID"] for p in cami.received()} == {s.study_uid for s in [*pathology, wanted]}
 
@@ -266,12 +276,13 @@ def test_cami_unreachable_agent_keeps_receiving_and_delivers_later_in_order(tmp_
         study = study_of(501, pathology=True)
         files = files_of(study, tmp_path / "study")
         storescu(MODALITY_AE, AGENT_AE, agent.port, files)  # the hospital side still works
-        status = wait_for(
-            "a failed attempt and events waiting on disk",
-            lambda: (s := agent.status())["events_waiting"] > 0 and s["studies_retry"] > 0 and s,
-            timeout=60,
-        )
-        assert status["studies_delivered"] == 0
+
+        def failed_and_waiting() -> dict[str, Any] | None:
+            status = agent.status()
+            return status if status["events_pending"] > 0 and status["by_state"]["retry"] > 0 else None
+
+        status = wait_for("a failed attempt and events waiting on disk", failed_and_waiting, timeout=60)
+        assert status["by_state"]["delivered"] == 0
         cami.start()
         wait_for("the study delivered once CAMI is back", lambda: delivered(cami, study), timeout=240)
     finally:
@@ -297,7 +308,7 @@ def test_wrong_token_is_refused_and_recorded(tmp_path: Path, cami: Cami) -> None
         wait_for("the agent's heartbeats to be refused", lambda: "401" in agent.process.tail(), timeout=60)
         assert not cami.transfers("AgentHeartbeat")
         status = agent.status()
-        assert status["events_waiting"] > 0  # nothing dropped: they wait for a valid token
+        assert status["events_pending"] > 0  # nothing dropped: they wait for a valid token
     finally:
         agent.process.stop()
 
@@ -313,7 +324,9 @@ def test_study_failing_the_regional_rules_is_held_with_a_reason(tmp_path: Path, 
         storescu(MODALITY_AE, AGENT_AE, agent.port, files)
         failed = wait_for(
             "TransferFailed for the held study",
-            lambda: [e for e in cami.transfers("TransferFailed") if e.payload.get("StudyInstanceUID") == study.study_uid],
+            lambda: [
+                e for e in cami.transfers("TransferFailed") if e.payload.get("StudyInstanceUID") == study.study_uid
+            ],
             timeout=60,
         )
         assert failed[0].payload["will_retry"] is False

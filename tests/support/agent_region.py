@@ -173,7 +173,7 @@ class Cami:
 
     def received(self) -> list[dict[str, Any]]:
         """Payloads of every InstanceReceived."""
-        return [e.payload for e in self.events(DICOM) if e.type == "InstanceReceived"]
+        return [dict(e.payload) for e in self.events(DICOM) if e.type == "InstanceReceived"]
 
     def transfers(self, *types: str) -> list[Event]:
         return [e for e in self.events(TRANSFERS) if not types or e.type in types]
