@@ -12,6 +12,7 @@ import logging
 import sys
 from collections.abc import Sequence
 
+from api.cli.agent import register as agent
 from api.cli.audit import register as audit
 from api.cli.demo import register as demo
 from api.cli.import_ import register as import_
@@ -24,7 +25,7 @@ from api.cli.users import register as users
 from api.cli.workers import register as workers
 
 #: every subcommand (each module's ``register``), in the order ``cami --help`` lists them
-COMMANDS = (demo, status, schemas, workers, serve, import_, users, replay, audit)
+COMMANDS = (demo, status, schemas, workers, serve, import_, users, replay, audit, agent)
 
 
 def build_parser() -> argparse.ArgumentParser:
