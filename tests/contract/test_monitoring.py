@@ -40,6 +40,7 @@ MONITORING_COUNTS = {
     "monitoring_reports": 4,  # signatures only
     "monitoring_transfers": 14,
     "monitoring_heartbeats": 3,
+    "monitoring_transfer_requests": 0,  # see test_transfer_requests_in_log_order_per_organisation
 }
 
 NOW = at("2025-04-20 15:00:00")
