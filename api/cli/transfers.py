@@ -33,12 +33,11 @@ def cmd_transfers_request(args: argparse.Namespace) -> int:
     from streams.publisher import publish
 
     try:
+        given = {"StudyInstanceUID": args.study, "PatientID": args.patient, "reason": args.reason}
         asked = TransferRequest(
             organisation=args.organisation,
-            StudyInstanceUID=args.study or "",
-            PatientID=args.patient or "",
             urgent=args.urgent,
-            reason=args.reason or "",
+            **{name: value for name, value in given.items() if value is not None},
         )
     except ValidationError as exc:
         problems = "; ".join(f"{'.'.join(map(str, e['loc'])) or 'request'}: {e['msg']}" for e in exc.errors())
