@@ -216,7 +216,7 @@ def _ok(description: str, schema: dict[str, Any], status: int = 200) -> dict[int
     return {status: {"description": description, "content": {"application/json": {"schema": schema}}}}
 
 
-_UNFIT: dict[int | str, dict[str, Any]] = {
+_UNFIT_ANSWER: dict[int | str, dict[str, Any]] = {
     422: {"model": ErrorBody, "description": "an event does not fit its schema or is not an agent's (index named)"}
 }
 
@@ -298,7 +298,7 @@ UNAUTHENTICATED = Actor("unauthenticated", "anonymous")
 
 
 # -- building events --------------------------------------------------------------------------------
-class _Unfit(Exception):
+class UnfitEvent(Exception):
     def __init__(self, index: int, event_id: str | None, problem: str) -> None:
         super().__init__(problem)
         self.detail = {"index": index, "event_id": event_id, "problem": problem}
@@ -348,11 +348,11 @@ def _check_values(event_type: str, payload: dict[str, Any]) -> None:
 
 
 def agent_event(index: int, item: AgentEvent, user: User, now: datetime) -> Event:
-    """The log's event for an agent's ``item`` (raises :class:`_Unfit` naming ``index``)."""
+    """The log's event for an agent's ``item`` (raises :class:`UnfitEvent` naming ``index``)."""
     organisation = user.organisation
     assert organisation is not None
     if item.type not in AGENT_EVENT_TYPES:
-        raise _Unfit(index, item.event_id, f"type {item.type!r} is not one an agent reports")
+        raise UnfitEvent(index, item.event_id, f"type {item.type!r} is not one an agent reports")
     try:
         occurred = _aware(item.occurred_at, "occurred_at")
         if not EARLIEST <= occurred <= now + MAX_AHEAD:
@@ -369,7 +369,7 @@ def agent_event(index: int, item: AgentEvent, user: User, now: datetime) -> Even
             occurred_at=occurred,
         )
     except (ValueError, InvalidEvent) as exc:
-        raise _Unfit(index, item.event_id, str(exc)) from None
+        raise UnfitEvent(index, item.event_id, str(exc)) from None
     # the agent's id: the same event re-sent is recognised by it
     return replace(event, envelope=replace(event.envelope, event_id=str(uuid.UUID(item.event_id))))
 
@@ -477,7 +477,7 @@ def router(
                 },
             ),
             **responses(400, 401, 403, 413, 503),
-            **_UNFIT,
+            **_UNFIT_ANSWER,
         },
         openapi_extra=_body(_EVENTS_SCHEMA, "the agent's events, oldest first"),
     )
@@ -486,7 +486,7 @@ def router(
         now = datetime.now(UTC)
         try:
             built = [agent_event(i, item, user, now) for i, item in enumerate(body.events)]
-        except _Unfit as exc:
+        except UnfitEvent as exc:
             raise ApiError(422, "invalid-event", exc.detail) from None
         accepted, duplicates = await run_in_threadpool(_append, built)
         return JSONResponse({"accepted": accepted, "duplicates": duplicates})
