@@ -13,6 +13,8 @@ auditor              patient data (to investigate an access), not images
 regional-it          monitoring only: no patient data, no images
 analyst              de-identified analytics only: no patient identity, no images
 modality             nothing (it sends; STOW-RS only)
+agent                nothing (a hospital's transfer agent: STOW-RS, its transfer events,
+                     its organisation's full-import requests, hash checks of what it sent)
 ===================  ====================================================================
 
 **Draft reports** are their author's work in progress: their texts are shown only to their
@@ -44,7 +46,8 @@ from streams.log import EventLog
 from streams.publisher import publish
 
 #: what ``action`` and ``channel`` say in a RecordAccessed event
-ACTIONS = ("query", "view", "retrieve", "download", "move", "get")
+#: (``report``: a transfer agent posting its events, recorded when its token is refused)
+ACTIONS = ("query", "view", "retrieve", "download", "move", "get", "report")
 CHANNELS = ("qido-rs", "wado-rs", "wado-uri", "study-page", "c-find", "c-move", "c-get", "api")
 
 

@@ -178,6 +178,8 @@ def add_user(
         raise UsersFileError(f"unknown role {role!r} (one of {', '.join(ROLES)})")
     if role == "radiologist" and not (doctor_code and doctor_name):
         raise UsersFileError("a radiologist needs --doctor-code and --doctor-name (regional directory)")
+    if role == "agent" and not organisation:
+        raise UsersFileError("an agent needs --organisation (the hospital whose transfers it reports)")
     existing = _parse(_read(path))
     if any(user.name == name for _, user in existing.values()):
         raise UsersFileError(f"user {name} already exists in {path}")

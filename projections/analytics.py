@@ -227,7 +227,8 @@ class Analytics:
             return [self._instance(event, source)]
         if t in ("ReportDrafted", "ReportEdited", "ReportSigned", "ReportAmended"):
             return [self._report(event, source)]
-        if t.startswith("Transfer"):
+        if t in ("TransferQueued", "TransferStarted", "TransferCompleted", "TransferFailed"):
+            # a TransferRequested is a request, not a transfer: no row (it names a patient)
             return [self._transfer(event, source)]
         if t in ("InstanceRejected", "AssociationRejected"):
             return [self._rejection(event, source)]

@@ -33,10 +33,15 @@ class Action(StrEnum):
     MONITOR = "monitor"
     #: the audit trail: who read or changed what, and its verification
     AUDIT = "audit"
+    #: a hospital's transfer agent: post its transfer events, read its organisation's full-import
+    #: requests, verify what CAMI holds against its hashes
+    REPORT_TRANSFERS = "report-transfers"
+    #: ask a hospital's agent for a patient's or a study's full set (a full-import request)
+    REQUEST_TRANSFERS = "request-transfers"
 
 
 #: role -> what it may do. An analyst works in ClickHouse on pseudonymised tables and may do
-#: nothing here; a modality only sends.
+#: nothing here; a modality only sends; a hospital's transfer agent sends and reports its transfers.
 POLICY: Final = MappingProxyType(
     {
         "radiologist": frozenset(
@@ -61,9 +66,11 @@ POLICY: Final = MappingProxyType(
                 Action.AMEND_REPORTS,
                 Action.MONITOR,
                 Action.AUDIT,
+                Action.REQUEST_TRANSFERS,
             }
         ),
         "modality": frozenset({Action.STORE}),
+        "agent": frozenset({Action.STORE, Action.REPORT_TRANSFERS}),
     }
 )
 

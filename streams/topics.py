@@ -33,6 +33,7 @@ TOPIC_OF_EVENT = {
     "TransferCompleted": TRANSFERS,
     "TransferFailed": TRANSFERS,
     "AgentHeartbeat": TRANSFERS,
+    "TransferRequested": TRANSFERS,
     "PatientUpdated": PATIENTS,
     "PatientsMerged": PATIENTS,
     "RecordAccessed": ACCESS,

@@ -21,11 +21,12 @@ from api.cli.replay import register as replay
 from api.cli.schemas import register as schemas
 from api.cli.serve import register as serve
 from api.cli.status import register as status
+from api.cli.transfers import register as transfers
 from api.cli.users import register as users
 from api.cli.workers import register as workers
 
 #: every subcommand (each module's ``register``), in the order ``cami --help`` lists them
-COMMANDS = (demo, status, schemas, workers, serve, import_, users, replay, audit, agent)
+COMMANDS = (demo, status, schemas, workers, serve, import_, users, replay, audit, transfers, agent)
 
 
 def build_parser() -> argparse.ArgumentParser:

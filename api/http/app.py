@@ -4,7 +4,8 @@ blob store, the access recorder).
 
 Routers, one module each: :mod:`api.http.stow` (STOW-RS), :mod:`api.http.reports`,
 :mod:`api.http.qido` (QIDO-RS), :mod:`api.http.wado` (WADO-RS and WADO-URI),
-:mod:`api.http.oversight` (monitoring and audit), :mod:`api.http.web` (the browser pages). They
+:mod:`api.http.oversight` (monitoring and audit), :mod:`api.http.agents` (the hospitals'
+transfer agents and full-import requests), :mod:`api.http.web` (the browser pages). They
 share :mod:`api.http.errors` (the one JSON error body) and :mod:`api.http.deps` (who is asking).
 
 Every response but the static assets carries ``Cache-Control: no-store`` (patient data must not
@@ -26,6 +27,8 @@ from starlette.types import Message as AsgiMessage
 from api.access import AccessRecorder
 from api.auth import UserDirectory
 from api.bootstrap import Archive
+from api.http.agents import AgentEventIds
+from api.http.agents import router as agents_router
 from api.http.errors import install_error_handlers
 from api.http.openapi import document as openapi_document
 from api.http.oversight import router as oversight_router
@@ -77,11 +80,13 @@ def create_app(
         )
     service = reports
     limit = max_body if max_body is not None else archive.settings.http_max_body
+    event_ids = AgentEventIds(archive.settings.home / "agent-events.db")
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         yield
         service.close()
+        event_ids.close()
         revoked = getattr(app.state, "revoked_sessions", None)
         if revoked is not None:
             revoked.close()
@@ -111,6 +116,16 @@ def create_app(
     app.include_router(wado_router(archive, recorder))
     app.include_router(web_router(archive.warehouse, recorder))
     app.include_router(oversight_router(archive.warehouse, recorder))
+    app.include_router(
+        agents_router(
+            archive.event_log,
+            lambda: archive.sop_index,
+            lambda: archive.warehouse,
+            recorder,
+            event_ids,
+            source_node=f"http:{_node()}",
+        )
+    )
     app.openapi = lambda: openapi_document(app)  # type: ignore[method-assign]
     return app
 

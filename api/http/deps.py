@@ -64,13 +64,24 @@ def authenticate(request: Request) -> User:
     return user
 
 
-def require(action: Action | None = None, *, session: bool = True) -> Callable[..., User]:
+def require(
+    action: Action | None = None,
+    *,
+    session: bool = True,
+    on_unauthenticated: Callable[[Request], None] | None = None,
+) -> Callable[..., User]:
     """Dependency: the signed-in user (401 otherwise), whose role may do ``action`` by the policy
     table (403 otherwise; None: any signed-in user, the route checks and records the refusal
-    itself). ``session=False`` for writes, which the session cookie does not authorise."""
+    itself). ``session=False`` for writes, which the session cookie does not authorise.
+    ``on_unauthenticated`` is told of each 401 before it is answered (e.g. to record it)."""
 
     def check(request: Request) -> User:
-        user = authenticate(request)
+        try:
+            user = authenticate(request)
+        except ApiError as exc:
+            if exc.status == 401 and on_unauthenticated is not None:
+                on_unauthenticated(request)
+            raise
         if action is not None and not may(user.role, action):
             allowed = ", ".join(sorted(roles_that(action)))
             raise ApiError(403, "forbidden", f"role {user.role} may not do this (allowed: {allowed})")

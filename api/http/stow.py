@@ -8,6 +8,10 @@ JSON answer. Status: 200 all stored, 202 some failed (or stored with warnings), 
 503 nothing stored because storage was unavailable, 400 malformed multipart body, 415 a media
 type other than multipart/related with application/dicom parts, 413 a body over
 ``CAMI_HTTP_MAX_BODY`` bytes (default 1 GiB), counted as it arrives.
+
+The request header ``CAMI-Priority: emergency`` (a hospital's transfer agent sends it for its
+emergency lane) stores the instances as emergencies, as the emergency AE title does on DICOM;
+``scheduled`` is the default, any other value a 400.
 """
 
 from __future__ import annotations
@@ -34,6 +38,8 @@ from schemas.uids import is_uid
 DICOM_JSON = "application/dicom+json"
 #: bodies up to this size are spooled in memory, larger ones in a file under $CAMI_HOME/spool
 SPOOL_IN_MEMORY = 8 << 20
+PRIORITY_HEADER = "CAMI-Priority"
+PRIORITIES = ("scheduled", "emergency")
 
 
 async def spool_body(request: Request, limit: int, spool: Path) -> tuple[IO[bytes], int]:
@@ -78,6 +84,15 @@ _DOCUMENTED: dict[str, Any] = {
         },
     },
     "openapi_extra": {
+        "parameters": [
+            {
+                "name": PRIORITY_HEADER,
+                "in": "header",
+                "required": False,
+                "description": "emergency: the instances are stored as emergencies (the transfer agent's lane)",
+                "schema": {"type": "string", "enum": list(PRIORITIES)},
+            }
+        ],
         "requestBody": {
             "required": True,
             "description": 'DICOM Part-10 objects, one per part (multipart/related; type="application/dicom")',
@@ -101,17 +116,26 @@ def router(ingestor: Ingestor, spool: Path, limit: int) -> APIRouter:
     async def stow(request: Request, user: User, study: str | None) -> JSONResponse:
         if study is not None and not is_uid(study):
             raise ApiError(400, "invalid-study-uid", "the study in the URL is not a valid DICOM UID")
+        priority = request.headers.get(PRIORITY_HEADER, "scheduled")
+        if priority not in PRIORITIES:
+            raise ApiError(400, "invalid-header", {"parameter": PRIORITY_HEADER, "problem": "scheduled or emergency"})
         content_type = request.headers.get("content-type")
         if not content_type or not is_multipart_related(content_type):
             raise ApiError(415, "unsupported-media-type", STOW_MEDIA)
         body, size = await spool_body(request, limit, spool)
         try:
-            return await _stow_spooled(request, user, study, content_type, body, size)
+            return await _stow_spooled(request, user, study, content_type, body, size, priority == "emergency")
         finally:
             body.close()
 
     async def _stow_spooled(
-        request: Request, user: User, study: str | None, content_type: str, body: IO[bytes], size: int
+        request: Request,
+        user: User,
+        study: str | None,
+        content_type: str,
+        body: IO[bytes],
+        size: int,
+        emergency: bool,
     ) -> JSONResponse:
         try:
             parts = await run_in_threadpool(parse_multipart_related, content_type, body, size)
@@ -124,6 +148,7 @@ def router(ingestor: Ingestor, spool: Path, limit: int) -> APIRouter:
             organisation=user.organisation,
             peer_address=peer,
             actor=user.actor,
+            emergency=emergency,
             correlation_id=str(uuid.uuid4()),
         )
         results = await run_in_threadpool(store_parts, ingestor, body, parts, arrival, study)

@@ -258,6 +258,9 @@ def summarise(event: Event) -> str:
         return f"transfer {g('transfer_id')} completed: {g('instances_sent')} instances in {g('duration_ms')} ms"
     if t == "TransferFailed":
         return f"transfer {g('transfer_id')} failed (attempt {g('attempt')}, retry: {g('will_retry')})"
+    if t == "TransferRequested":
+        what = f"study {g('StudyInstanceUID')}" if g("StudyInstanceUID") else f"patient {g('PatientID')}"
+        return f"full import of {what} requested from {g('organisation')}" + (" (urgent)" if g("urgent") else "")
     if t == "AgentHeartbeat":
         return f"agent {g('agent_id')} alive: queue {g('queue_depth')}, in flight {g('in_flight')}"
     if t == "PatientUpdated":

@@ -2,7 +2,8 @@
 
 Arrivals (instances, bytes, studies, rejections by reason, incomplete packages, last contact per AE
 title), report turnaround (first instance received -> report signed), transfer states (queued, in
-flight, done, failed) and the forwarding agents' heartbeats (queue depth, last success).
+flight, done, failed), the forwarding agents' heartbeats (queue depth, last success) and the
+full-import requests made of each organisation's agent (which the agent reads back over HTTP).
 
 **Why raw rows and not running totals.** Delivery is at-least-once: after a crash between the sink's
 write and the offset commit a batch is applied again. A SummingMergeTree (or any counter that adds
@@ -34,6 +35,7 @@ ARRIVALS = "monitoring_arrivals"
 REPORTS_SIGNED = "monitoring_reports"
 TRANSFER_EVENTS = "monitoring_transfers"
 HEARTBEATS = "monitoring_heartbeats"
+TRANSFER_REQUESTS = "monitoring_transfer_requests"
 
 #: one row per InstanceReceived / InstanceRejected / AssociationRejected.
 #: kind: stored | rejected | association-rejected. ``missing``: regional attributes the object
@@ -125,6 +127,30 @@ PARTITION BY toYYYYMM(minute)
 ORDER BY (organisation, agent_id, topic, partition, offset)
 """
 
+#: one row per TransferRequested: what an organisation's agent is asked to send in full. The
+#: requests of one organisation share its code as log key, so they sit in one partition in log
+#: order: the offset is the agent's cursor (``projections.monitoring.queries.transfer_requests``).
+#: The PatientID is kept because the agent needs it; the API shows it only to patient-data roles.
+REQUESTS_DDL = f"""
+CREATE TABLE IF NOT EXISTS {TRANSFER_REQUESTS} (
+    topic LowCardinality(String),
+    partition UInt16,
+    offset UInt64,
+    organisation String,
+    minute DateTime('UTC'),
+    at DateTime64(6, 'UTC'),
+    request_id String,
+    study_uid String,
+    patient_id String,
+    urgent UInt8,
+    reason String,
+    requested_by String,
+    requested_by_role LowCardinality(String)
+) ENGINE = ReplacingMergeTree
+PARTITION BY toYYYYMM(minute)
+ORDER BY (organisation, topic, partition, offset)
+"""
+
 TRANSFER_STATES = ("queued", "in-flight", "done", "failed")
 
 
@@ -140,8 +166,8 @@ def _clock(event: Event) -> dict[str, Any]:
 class Monitoring:
     name = "monitoring"
     topics: Sequence[str] = (DICOM, REPORTS, TRANSFERS)
-    ddl = (ARRIVALS_DDL, REPORTS_DDL, TRANSFERS_DDL, HEARTBEATS_DDL)
-    tables = (ARRIVALS, REPORTS_SIGNED, TRANSFER_EVENTS, HEARTBEATS)
+    ddl = (ARRIVALS_DDL, REPORTS_DDL, TRANSFERS_DDL, HEARTBEATS_DDL, REQUESTS_DDL)
+    tables = (ARRIVALS, REPORTS_SIGNED, TRANSFER_EVENTS, HEARTBEATS, TRANSFER_REQUESTS)
 
     def apply(self, event: Event, source: Source) -> Sequence[Row]:
         handler = _HANDLERS.get(event.type)
@@ -256,6 +282,25 @@ def _heartbeat(event: Event, source: Source) -> Row:
     )
 
 
+def _request(event: Event, source: Source) -> Row:
+    p, env = event.payload, event.envelope
+    return Row(
+        TRANSFER_REQUESTS,
+        {
+            **source.columns(),
+            "organisation": p["organisation"],
+            **_clock(event),
+            "request_id": p["request_id"],
+            "study_uid": p.get("StudyInstanceUID") or "",
+            "patient_id": p.get("PatientID") or "",
+            "urgent": int(bool(p.get("urgent"))),
+            "reason": p.get("reason") or "",
+            "requested_by": env.actor.user,
+            "requested_by_role": env.actor.role,
+        },
+    )
+
+
 _HANDLERS = {
     "InstanceReceived": _arrival,
     "InstanceRejected": _arrival,
@@ -266,4 +311,5 @@ _HANDLERS = {
     "TransferCompleted": _transfer,
     "TransferFailed": _transfer,
     "AgentHeartbeat": _heartbeat,
+    "TransferRequested": _request,
 }

@@ -8,7 +8,14 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from projections.monitoring.fold import ARRIVALS, HEARTBEATS, REPORTS_SIGNED, TRANSFER_EVENTS, TRANSFER_STATES
+from projections.monitoring.fold import (
+    ARRIVALS,
+    HEARTBEATS,
+    REPORTS_SIGNED,
+    TRANSFER_EVENTS,
+    TRANSFER_REQUESTS,
+    TRANSFER_STATES,
+)
 from projections.warehouse.base import Warehouse
 
 _SUMMARY_ARRIVALS = f"""
@@ -271,3 +278,42 @@ def transfer_states(warehouse: Warehouse) -> list[dict[str, Any]]:
     for row in warehouse.query(_AGENTS).dicts():
         entry(row.pop("organisation"))["agents"].append(row)
     return [states[k] for k in sorted(states)]
+
+
+_REQUESTS = f"""
+SELECT organisation, request_id, study_uid, patient_id, urgent, reason, at, requested_by, requested_by_role,
+       partition, offset
+FROM {TRANSFER_REQUESTS} FINAL
+WHERE (empty({{organisation:String}}) OR organisation = {{organisation:String}})
+  AND offset > {{after:Int64}}
+ORDER BY organisation, partition, offset
+LIMIT {{limit:UInt32}}
+"""
+
+
+def transfer_requests(
+    warehouse: Warehouse, organisation: str | None = None, after: int = -1, limit: int = 1000
+) -> list[dict[str, Any]]:
+    """Full-import requests in log order, of one organisation (or of all: None), those after the
+    log offset ``after`` (an agent's cursor: one organisation's requests share its partition, so
+    the offset orders them and a request is never skipped). Each: organisation, request_id,
+    StudyInstanceUID, PatientID (None when not given), urgent, reason, requested_at,
+    requested_by, requested_by_role, offset."""
+    params = {"organisation": organisation or "", "after": after, "limit": limit}
+    out = []
+    for row in warehouse.query(_REQUESTS, params).dicts():
+        out.append(
+            {
+                "organisation": row["organisation"],
+                "request_id": row["request_id"],
+                "StudyInstanceUID": row["study_uid"] or None,
+                "PatientID": row["patient_id"] or None,
+                "urgent": bool(row["urgent"]),
+                "reason": row["reason"] or None,
+                "requested_at": row["at"],
+                "requested_by": row["requested_by"],
+                "requested_by_role": row["requested_by_role"],
+                "offset": int(row["offset"]),
+            }
+        )
+    return out

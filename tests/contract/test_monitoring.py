@@ -16,11 +16,18 @@ from pathlib import Path
 from typing import Any
 
 from projections.monitoring.fold import Monitoring
-from projections.monitoring.queries import organisation_summary, per_minute, stalled_senders, transfer_states
+from projections.monitoring.queries import (
+    organisation_summary,
+    per_minute,
+    stalled_senders,
+    transfer_requests,
+    transfer_states,
+)
 from projections.sinks import WarehouseSink
 from projections.warehouse import Warehouse
+from schemas.events import Actor, Event, new_event
 from streams.processing import EmbeddedRunner
-from tests.support.projections import check_redelivery_and_rebuild, open_log
+from tests.support.projections import Redelivery, check_redelivery_and_rebuild, open_log
 from tests.support.scenarios import (
     ORG_A,
     ORG_B,
@@ -40,6 +47,7 @@ MONITORING_COUNTS = {
     "monitoring_reports": 4,  # signatures only
     "monitoring_transfers": 14,
     "monitoring_heartbeats": 3,
+    "monitoring_transfer_requests": 0,  # see test_transfer_requests_in_log_order_per_organisation
 }
 
 NOW = at("2025-04-20 15:00:00")
@@ -322,3 +330,47 @@ def test_turnaround_counts_for_the_organisation_that_sent_the_first_object(
     summary = {row["organisation"]: row for row in organisation_summary(warehouse, at("2025-05-01 00:00:00"))}
     assert (summary[ORG_B]["reports_signed"], summary[ORG_B]["turnaround_max_s"]) == (1, 1800)
     assert (summary[ORG_A]["reports_signed"], summary[ORG_A]["turnaround_max_s"]) == (0, None)
+
+
+def _requested(organisation: str, moment: datetime, **payload: Any) -> Event:
+    return new_event(
+        "TransferRequested",
+        {"request_id": f"R-{moment:%H%M}", "organisation": organisation, **payload},
+        aggregate_id=organisation,
+        source_node="http:test",
+        organisation=organisation,
+        actor=Actor("admin", "administrator"),
+        occurred_at=moment,
+    )
+
+
+def test_transfer_requests_in_log_order_per_organisation(warehouse: Warehouse, tmp_path: Path) -> None:
+    events = [
+        _requested(ORG_A, at("2025-04-01 10:00:00"), StudyInstanceUID="1.2.3.4", urgent=True, reason="консилиум"),
+        _requested(ORG_B, at("2025-04-01 10:01:00"), PatientID="P-B"),
+        _requested(ORG_A, at("2025-04-01 10:02:00"), PatientID="P-A"),
+    ]
+    log = open_log(tmp_path, events)
+    try:
+        sink = WarehouseSink(warehouse, Monitoring.ddl)
+        EmbeddedRunner(log, [(Monitoring(), sink)]).catch_up()
+        # delivered again under another group: the rows collapse, nothing is listed twice
+        EmbeddedRunner(log, [(Redelivery(Monitoring(), "again"), sink)], batch_size=1).catch_up()
+    finally:
+        log.close()
+    mine = transfer_requests(warehouse, ORG_A)
+    assert [r["request_id"] for r in mine] == ["R-1000", "R-1002"]
+    first, second = mine
+    assert (first["StudyInstanceUID"], first["PatientID"], first["urgent"], first["reason"]) == (
+        "1.2.3.4",
+        None,
+        True,
+        "консилиум",
+    )
+    assert (second["StudyInstanceUID"], second["PatientID"], second["urgent"]) == (None, "P-A", False)
+    assert first["requested_by"] == "admin" and first["requested_at"] == at("2025-04-01 10:00:00")
+    # the offset is the agent's cursor: after the first, only the second
+    assert [r["request_id"] for r in transfer_requests(warehouse, ORG_A, first["offset"])] == ["R-1002"]
+    assert transfer_requests(warehouse, ORG_A, second["offset"]) == []
+    assert {r["request_id"] for r in transfer_requests(warehouse)} == {"R-1000", "R-1001", "R-1002"}
+    assert [r["PatientID"] for r in transfer_requests(warehouse, ORG_B)] == ["P-B"]

@@ -13,6 +13,8 @@ def test_every_action_is_granted_to_someone_and_the_administrator_may_not_write_
         assert roles_that(action), f"nobody may {action}"
     assert not may("administrator", Action.WRITE_REPORTS)  # reports are written by radiologists
     assert may("administrator", Action.AMEND_REPORTS)
+    # full-import requests are the administrator's; an agent only answers them
+    assert roles_that(Action.REQUEST_TRANSFERS) == {"administrator"}
 
 
 def test_reading_images_implies_reading_patient_data() -> None:
@@ -26,6 +28,7 @@ def test_reading_images_implies_reading_patient_data() -> None:
         ("auditor", {Action.READ_PATIENT_DATA, Action.AUDIT}),
         ("regional-it", {Action.MONITOR}),
         ("modality", {Action.STORE}),
+        ("agent", {Action.STORE, Action.REPORT_TRANSFERS}),
         ("analyst", set()),
         ("referring-doctor", {Action.READ_PATIENT_DATA, Action.READ_IMAGES}),
     ],
