@@ -948,7 +948,13 @@ class TransferQueue:
         }
 
     def heartbeat_payload(
-        self, agent_id: str, *, host: str | None = None, version: str | None = None, link_kbps: float | None = None
+        self,
+        agent_id: str,
+        *,
+        host: str | None = None,
+        version: str | None = None,
+        link_kbps: float | None = None,
+        link_state: str | None = None,
     ) -> dict[str, Any]:
         """An AgentHeartbeat payload from the queue's figures (for :meth:`add_event`)."""
         figures = self.status()
@@ -961,6 +967,10 @@ class TransferQueue:
             "in_flight": figures["in_flight"],
             "link_kbps": link_kbps,
             "last_success_at": figures["last_delivery_at"],
+            "oldest_waiting_at": figures["oldest_waiting"],
+            "link_state": link_state,
+            "held": len(figures["held"]),
+            "emergency_waiting": figures["emergency_waiting"],
         }
 
     # -- outbox ------------------------------------------------------------------------------------

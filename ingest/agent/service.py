@@ -296,7 +296,11 @@ class Agent:
 
     def heartbeat_payload(self) -> dict[str, Any]:
         return self.queue.heartbeat_payload(
-            self.config.agent_id, host=platform.node() or None, version=agent_version(), link_kbps=self._link_kbps
+            self.config.agent_id,
+            host=platform.node() or None,
+            version=agent_version(),
+            link_kbps=self._link_kbps,
+            link_state=self.link_state,
         )
 
     def _heartbeat_loop(self) -> None:
