@@ -434,6 +434,11 @@ def test_cami_transfers_requests_lists_them(tmp_path: Path) -> None:
     everything = json.loads(run_cami("transfers", "requests", "--json", env=env).stdout)
     assert {r["request_id"] for r in everything} == {*made, json.loads(other.stdout)["request_id"]}
     assert run_cami("transfers", "requests", "--organisation", "x;drop", env=env).returncode == 2
+    # an agent's user is made with its organisation (without one it could report nothing)
+    orphan = run_cami("users", "add", "lost-agent", "--role", "agent", env=env)
+    assert orphan.returncode == 2 and "--organisation" in orphan.stderr
+    made_agent = run_cami("users", "add", "okb-agent", "--role", "agent", "--organisation", ORG, "--json", env=env)
+    assert made_agent.returncode == 0 and json.loads(made_agent.stdout)["role"] == "agent"
 
 
 # -- the end-to-end check, and the emergency lane ------------------------------------------------

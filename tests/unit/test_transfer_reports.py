@@ -12,6 +12,10 @@ import pytest
 
 from api.auth import User
 from api.http.agents import KEEP_IDS, AgentEvent, AgentEventIds, RefusalBudget, UnfitEvent, agent_event
+from projections.analytics import Analytics
+from projections.audit.fold import summarise
+from schemas.events import Actor, new_event
+from streams.processing import Source
 
 ORG = "1.2.643.5.1.13.13.12.2.50.1001"
 AGENT = User("okb-agent", "agent", ORG)
@@ -71,3 +75,16 @@ def test_accepted_ids_outlive_the_process_and_old_ones_are_dropped(tmp_path: Pat
     again.remember(["c"], now=1000.0 + KEEP_IDS.total_seconds() + 1)
     assert again.known(["a", "b", "c"]) == {"c"}
     again.close()
+
+
+def test_a_request_is_no_transfer_in_analytics_and_reads_plainly_in_the_audit_trail() -> None:
+    requested = new_event(
+        "TransferRequested",
+        {"request_id": "r1", "organisation": ORG, "StudyInstanceUID": "1.2.3", "urgent": True},
+        aggregate_id=ORG,
+        source_node="http:test",
+        organisation=ORG,
+        actor=Actor("admin", "administrator"),
+    )
+    assert Analytics(b"k" * 32).apply(requested, Source("cami.transfers", 0, 0, b"")) == []
+    assert summarise(requested) == f"full import of study 1.2.3 requested from {ORG} (urgent)"
