@@ -102,7 +102,7 @@ _DOCUMENTED: dict[str, Any] = {
                     "encoding": {"file": {"contentType": "application/dicom"}},
                 }
             },
-        }
+        },
     },
 }
 

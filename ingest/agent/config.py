@@ -24,8 +24,8 @@ directory of the file itself, so the file and its data can move together. A full
     commitment_timeout_seconds = 60  # how long to wait for CAMI's storage commitment report
 
     [router]                         # the agent's own Storage SCP: the PACS and modalities send here
-    ae_title = "CAMI_AGENT"
-    emergency_ae_title = "CAMI_AGENT_URG"  # whatever arrives here goes at once, as an emergency
+    ae_title = "LAMI_AGENT"
+    emergency_ae_title = "LAMI_URGENT"  # whatever arrives here goes at once, as an emergency
     host = "0.0.0.0"
     port = 11113
 
@@ -122,8 +122,8 @@ class CamiTarget:
 class RouterConfig:
     """The agent's own Storage SCP (modalities and the local PACS forward to it)."""
 
-    ae_title: str = "CAMI_AGENT"
-    emergency_ae_title: str = "CAMI_AGENT_URG"
+    ae_title: str = "LAMI_AGENT"
+    emergency_ae_title: str = "LAMI_URGENT"
     host: str = "0.0.0.0"
     port: int = 11113
 

@@ -45,7 +45,7 @@ def test_the_documented_example_loads(tmp_path: Path) -> None:
     assert config.heartbeat == 30.0
     assert config.cami.token == "token-from-file" and config.cami.base_url == "https://cami.region.example"
     assert config.cami.delivery == "dicom" and config.cami.port == 11112 and config.cami.commitment_timeout == 60
-    assert config.router.emergency_ae_title == "CAMI_AGENT_URG"
+    assert config.router.emergency_ae_title == "LAMI_URGENT"
     assert len(config.polls) == 1 and config.polls[0].retrieve == "move" and config.polls[0].interval == 300
     assert config.folder is not None and config.folder.path == Path("/srv/dicom-drop") and config.folder.settle == 10
     assert config.mis is not None and config.mis.token == "mis-token"
@@ -63,7 +63,7 @@ def test_the_minimal_file_takes_the_defaults(tmp_path: Path) -> None:
     assert config.cami.base_url == "https://cami.example"
     assert config.cami.ae_title == "CAMI" and config.cami.emergency_ae_title == "CAMI_URGENT"
     assert config.cami.verify_tls is True
-    assert config.router.ae_title == "CAMI_AGENT" and config.router.port == 11113
+    assert config.router.ae_title == "LAMI_AGENT" and config.router.port == 11113
     assert config.polls == () and config.folder is None and config.mis is None
     assert config.rules == Rules()
     assert config.schedule.windows == () and config.schedule.bandwidth_kbps is None
