@@ -98,6 +98,7 @@ def agent_status(config: AgentConfig, now: datetime | None = None) -> dict[str, 
                 "next_attempt_at": s.next_attempt_at,
                 "held_reason": s.held_reason,
                 "last_error": s.last_error,
+                "missing": queue.missing(s.study_instance_uid),
             }
             for s in queue.studies(["queued", "sending", "retry", "held"])
         ],

@@ -697,10 +697,19 @@ class TransferQueue:
                 "UPDATE instances SET transfer_id = ? WHERE study_uid = ? AND committed = 0 AND problem IS NULL",
                 (study["transfer_id"], study_uid),
             )
+            # the package is checked against the regional rules before it goes: what it lacks is reported
+            missing: dict[str, None] = {}
+            for row in db.execute("SELECT missing FROM instances WHERE study_uid = ?", (study_uid,)):
+                missing.update(dict.fromkeys(json.loads(row["missing"])))
             self._event(
                 db,
                 "TransferStarted",
-                {"transfer_id": study["transfer_id"], "StudyInstanceUID": study_uid, "attempt": attempt},
+                {
+                    "transfer_id": study["transfer_id"],
+                    "StudyInstanceUID": study_uid,
+                    "attempt": attempt,
+                    "missing": list(missing),
+                },
             )
             rows = db.execute(
                 "SELECT * FROM instances WHERE study_uid = ? AND transfer_id = ? AND committed = 0"

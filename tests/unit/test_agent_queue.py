@@ -830,3 +830,19 @@ def _sop_uid(path: Path) -> str:
     from pydicom import dcmread
 
     return str(dcmread(path, stop_before_pixels=True).SOPInstanceUID)
+
+
+def test_the_package_is_checked_before_it_goes_and_what_it_lacks_is_reported(queue: TransferQueue) -> None:
+    incomplete = study(91, pathology=True, incomplete=("PatientBirthDate", "ProcedureCode"))
+    accept_all(queue, incomplete)
+    complete = study(92, pathology=True)
+    accept_all(queue, complete)
+    assert set(queue.missing(incomplete.study_uid)) == set(incomplete.missing) != set()
+    assert queue.missing(complete.study_uid) == []
+    for s in (incomplete, complete):
+        queue.start(s.study_uid)
+    started = {p["StudyInstanceUID"]: p for t, p in events(queue) if t == "TransferStarted"}
+    assert set(started[incomplete.study_uid]["missing"]) == set(incomplete.missing)
+    assert started[complete.study_uid]["missing"] == []
+    # reported, not blocking: both went
+    assert queue.study(incomplete.study_uid).state is StudyState.SENDING
