@@ -19,8 +19,6 @@ from __future__ import annotations
 
 import logging
 import secrets
-import threading
-import time
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -33,6 +31,7 @@ from ingest.agent.config import MisEndpoint
 from ingest.agent.model import Intake
 from ingest.dicom import MalformedObject, read_header, split_part10, uid
 from ingest.reports.documents import ENCAPSULATED_PDF, SR_CLASSES
+from ingest.web_server import HttpServer
 
 log = logging.getLogger("cami.agent.mis")
 
@@ -152,49 +151,12 @@ def mis_app(queue: Intake, token: str) -> FastAPI:
     return app
 
 
-class MisServer:
-    """uvicorn in a thread: ``start()`` returns once it listens (``port`` 0 picks a free one and
-    ``port`` is then the bound one), ``stop()`` ends it."""
+class MisServer(HttpServer):
+    """The MIS endpoint in a thread: ``start()`` returns once it listens (``port`` 0 picks a free one
+    and ``port`` is then the bound one), ``stop()`` ends it."""
 
     def __init__(self, endpoint: MisEndpoint, queue: Intake) -> None:
-        import uvicorn
-
-        self.endpoint = endpoint
-        self.host = endpoint.host
-        self.port = endpoint.port
-        config = uvicorn.Config(
-            mis_app(queue, endpoint.token),
-            host=endpoint.host,
-            port=endpoint.port,
-            log_level="warning",
-            lifespan="off",
-            access_log=False,
+        super().__init__(
+            mis_app(queue, endpoint.token), endpoint.host, endpoint.port, name="cami-agent-mis", lifespan="off"
         )
-        self._server = uvicorn.Server(config)
-        self._thread: threading.Thread | None = None
-
-    @property
-    def url(self) -> str:
-        return f"http://{self.host}:{self.port}"
-
-    def start(self, timeout: float = 30.0) -> None:
-        self._thread = threading.Thread(target=self._server.run, name="cami-agent-mis", daemon=True)
-        self._thread.start()
-        deadline = time.monotonic() + timeout
-        while not self._server.started:
-            if not self._thread.is_alive():
-                raise RuntimeError(f"the MIS endpoint did not start on {self.host}:{self.port}")
-            if time.monotonic() > deadline:
-                self.stop()
-                raise TimeoutError(f"the MIS endpoint did not start within {timeout} s")
-            time.sleep(0.02)
-        for server in self._server.servers:
-            for sock in server.sockets:
-                self.port = int(sock.getsockname()[1])
-                break
-
-    def stop(self) -> None:
-        self._server.should_exit = True
-        if self._thread is not None:
-            self._thread.join(timeout=30)
-            self._thread = None
+        self.endpoint = endpoint
