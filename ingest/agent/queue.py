@@ -46,7 +46,12 @@ from ingest.agent.config import Rules
 from ingest.agent.model import HeldInstance, Intake, OutboxEvent, Priority, StudyEntry, StudyState
 from ingest.agent.schedule import Window, next_opening
 from ingest.dicom import text, uid
+from ingest.reports.documents import ENCAPSULATED_PDF, SR_CLASSES
 from schemas.uids import is_uid
+
+#: what ``missing`` says of a study sent without its report (no SR or encapsulated PDF among its objects)
+REPORT = "Report"
+REPORT_CLASSES = frozenset(SR_CLASSES) | {ENCAPSULATED_PDF}
 
 log = logging.getLogger("cami.agent.queue")
 
@@ -699,8 +704,12 @@ class TransferQueue:
             )
             # the package is checked against the regional rules before it goes: what it lacks is reported
             missing: dict[str, None] = {}
-            for row in db.execute("SELECT missing FROM instances WHERE study_uid = ?", (study_uid,)):
+            documents = False
+            for row in db.execute("SELECT missing, sop_class_uid FROM instances WHERE study_uid = ?", (study_uid,)):
                 missing.update(dict.fromkeys(json.loads(row["missing"])))
+                documents = documents or row["sop_class_uid"] in REPORT_CLASSES
+            if not documents:  # the protocol and conclusion (an SR or a PDF) belong to the package
+                missing[REPORT] = None
             self._event(
                 db,
                 "TransferStarted",
