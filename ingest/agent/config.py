@@ -28,6 +28,7 @@ directory of the file itself, so the file and its data can move together. A full
     emergency_ae_title = "LAMI_URGENT"  # whatever arrives here goes at once, as an emergency
     host = "0.0.0.0"
     port = 11113
+    allowed_callers = ["CT1", "LOCAL_PACS"]  # calling AE titles that may store here; leave out for any
 
     [[poll]]                         # a PACS that cannot push (as many [[poll]] tables as needed)
     ae_title = "LOCAL_PACS"
@@ -126,6 +127,8 @@ class RouterConfig:
     emergency_ae_title: str = "LAMI_URGENT"
     host: str = "0.0.0.0"
     port: int = 11113
+    #: calling AE titles that may store here (a poll source's PACS is added to them); empty: any
+    allowed_callers: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -409,11 +412,23 @@ def _router(t: _Table) -> RouterConfig:
         emergency_ae_title=t.ae_title("emergency_ae_title", defaults.emergency_ae_title) or defaults.emergency_ae_title,
         host=t.text("host", defaults.host) or defaults.host,
         port=t.port("port", defaults.port) or defaults.port,
+        allowed_callers=_ae_titles(t, "allowed_callers"),
     )
     if router.ae_title == router.emergency_ae_title:
         raise AgentConfigError("[router] emergency_ae_title must differ from ae_title")
     t.done()
     return router
+
+
+def _ae_titles(t: _Table, key: str) -> tuple[str, ...]:
+    t.read.add(key)
+    values = t.values.get(key, [])
+    if not isinstance(values, list) or not all(
+        isinstance(v, str) and 0 < len(v.strip()) <= 16 and v.isascii() and v.isprintable() and "\\" not in v
+        for v in values
+    ):
+        raise AgentConfigError(f"{t._where(key)}: expected a list of AE titles (1-16 ASCII characters each)")
+    return tuple(dict.fromkeys(v.strip() for v in values))
 
 
 def _polls(values: Any, base: Path) -> tuple[PollSource, ...]:

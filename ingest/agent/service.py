@@ -103,7 +103,10 @@ class Agent:
             CamiClient(cami.base_url, cami.token, verify_tls=cami.verify_tls) if cami.base_url is not None else None
         )
         self.delivery = self._delivery()
-        self.router = RouterScp(config.router, self.queue, self.waiter)
+        callers = config.router.allowed_callers
+        # a polled PACS stores here by C-MOVE under its own AE title: it is always a caller
+        allowed = {*callers, *(source.ae_title for source in config.polls)} if callers else None
+        self.router = RouterScp(config.router, self.queue, self.waiter, allowed)
         self.pollers = [PacsPoller(source, self.queue, config.router.ae_title) for source in config.polls]
         self.folder = FolderWatch(config.folder, self.queue) if config.folder is not None else None
         self.mis = MisServer(config.mis, self.queue) if config.mis is not None else None

@@ -314,9 +314,15 @@ def test_wrong_token_is_refused_and_recorded(tmp_path: Path, cami: Cami) -> None
 
 
 def test_study_failing_the_regional_rules_is_held_with_a_reason(tmp_path: Path, cami: Cami) -> None:
-    agent = make_agent(tmp_path, cami)
+    agent = make_agent(tmp_path, cami, allowed_callers=[MODALITY_AE])
     agent.start()
     try:
+        # a caller the hospital did not list is refused by the router, and nothing is queued
+        stranger = study_of(600, pathology=True, instances=1)
+        output = storescu("STRANGER", AGENT_AE, agent.port, files_of(stranger, tmp_path / "stranger"), ok=False)
+        assert "Status: 0x124" in output, output  # 0x0124: refused, not authorised
+        assert agent.status()["queue_depth"] == 0
+
         study = study_of(601, pathology=True, instances=2)
         for ds in study.instances:
             del ds.PatientID

@@ -207,6 +207,7 @@ class Agent:
     polls: list[dict[str, Any]] = field(default_factory=list)
     folder: Path | None = None
     mis_port: int | None = None
+    allowed_callers: Iterable[str] = ()
     heartbeat: float = 2.0
     process: Process = field(init=False)
 
@@ -227,6 +228,7 @@ class Agent:
         windows = ", ".join(f'"{w}"' for w in self.windows)
         cap = f"bandwidth_kbps = {self.bandwidth_kbps}\n" if self.bandwidth_kbps is not None else ""
         host, port = self.cami_dicom
+        callers = ", ".join(f'"{ae_title}"' for ae_title in self.allowed_callers)
         text = (
             f'[agent]\norganisation = "{ORGANISATION}"\nagent_id = "okb-agent-1"\ndata_dir = "data"\n'
             f"heartbeat_seconds = {self.heartbeat}\nrequest_poll_seconds = 1\n\n"
@@ -234,7 +236,8 @@ class Agent:
             f'base_url = "{self.cami_url}"\ntoken = "{self.token}"\ndelivery = "{self.delivery}"\n'
             "commitment_timeout_seconds = 30\n\n"
             f'[router]\nae_title = "{self.ae_title}"\nemergency_ae_title = "{self.emergency_ae_title}"\n'
-            f'host = "127.0.0.1"\nport = {self.port}\n\n'
+            f'host = "127.0.0.1"\nport = {self.port}\n'
+            f"allowed_callers = [{callers}]\n\n"
             f"[schedule]\nwindows = [{windows}]\n{cap}\n"
         )
         for poll in self.polls:
@@ -304,14 +307,20 @@ def ports(count: int) -> list[int]:
     return free_ports(count)
 
 
-def storescu(ae_title: str, called: str, port: int, files: Iterable[Path], timeout: float = 300) -> None:
-    """dcmtk's storescu sends the files to ``called`` at 127.0.0.1:``port``; fails the test on any error."""
+def storescu(
+    ae_title: str, called: str, port: int, files: Iterable[Path], timeout: float = 300, *, ok: bool = True
+) -> str:
+    """dcmtk's storescu sends the files to ``called`` at 127.0.0.1:``port``; fails the test on any error
+    (``ok=False``: expects one and returns storescu's output)."""
     result = subprocess.run(
-        ["/usr/bin/storescu", "-aet", ae_title, "-aec", called, "127.0.0.1", str(port), *map(str, files)],
+        ["/usr/bin/storescu", "-v", "-aet", ae_title, "-aec", called, "127.0.0.1", str(port), *map(str, files)],
         capture_output=True,
         text=True,
         timeout=timeout,
         check=False,
         env={**os.environ, "TCP_NODELAY": "1"},
     )
-    assert result.returncode == 0, result.stdout + result.stderr
+    output = result.stdout + result.stderr
+    if ok:
+        assert result.returncode == 0, output
+    return output

@@ -46,6 +46,8 @@ def test_the_documented_example_loads(tmp_path: Path) -> None:
     assert config.cami.token == "token-from-file" and config.cami.base_url == "https://cami.region.example"
     assert config.cami.delivery == "dicom" and config.cami.port == 11112 and config.cami.commitment_timeout == 60
     assert config.router.emergency_ae_title == "LAMI_URGENT"
+    assert config.router.allowed_callers == ("CT1", "LOCAL_PACS")
+    assert config.request_poll == 15.0
     assert len(config.polls) == 1 and config.polls[0].retrieve == "move" and config.polls[0].interval == 300
     assert config.folder is not None and config.folder.path == Path("/srv/dicom-drop") and config.folder.settle == 10
     assert config.mis is not None and config.mis.token == "mis-token"
@@ -120,6 +122,8 @@ def test_a_bad_value_names_its_key(tmp_path: Path, change: tuple[str, str], mess
         ('[rules]\npathology_codes = ["263654008"]', r"\[rules\] pathology_codes\[0\]: expected SCHEME:VALUE"),
         ('[rules]\npathology_only = "yes"', r"\[rules\] pathology_only: expected true or false"),
         ('[router]\nae_title = "X"\nemergency_ae_title = "X"', r"\[router\] emergency_ae_title must differ"),
+        ('[router]\nallowed_callers = "CT1"', r"\[router\] allowed_callers: expected a list of AE titles"),
+        ('[router]\nallowed_callers = ["A_VERY_LONG_AE_TITLE"]', r"\[router\] allowed_callers: expected a list"),
         ('[[poll]]\nae_title = "PACS"\nhost = "h"', r"\[\[poll\]\] #1: ae_title, host and port are required"),
         ('[[poll]]\nae_title = "PACS"\nhost = "h"\nport = 104\nretrieve = "push"', r"\[\[poll\]\] #1 retrieve"),
         ("[folder]\nsettle_seconds = 3", r"\[folder\] path is required"),
