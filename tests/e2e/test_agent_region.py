@@ -9,6 +9,7 @@ what arrived, as regional IT would.
 from __future__ import annotations
 
 import hashlib
+import json
 from collections import Counter
 from collections.abc import Iterator
 from datetime import datetime, timedelta
@@ -340,5 +341,32 @@ def test_study_failing_the_regional_rules_is_held_with_a_reason(tmp_path: Path, 
         [entry] = [s for s in agent.status()["studies"] if s["StudyInstanceUID"] == study.study_uid]
         assert entry["state"] == "held" and "PatientID" in entry["held_reason"]
         assert not held_sops(cami, study.study_uid)
+    finally:
+        agent.process.stop()
+
+
+# -- the agent's command line, as the hospital's IT staff use it ---------------------------------------
+def test_status_send_and_requeue_from_the_command_line(tmp_path: Path, cami: Cami) -> None:
+    agent = make_agent(tmp_path, cami)
+    agent.start()
+    try:
+        normal = study_of(701, pathology=False, instances=2)
+        storescu(MODALITY_AE, AGENT_AE, agent.port, files_of(normal, tmp_path / "normal"))
+        status = wait_for("the study held locally", lambda: (s := agent.status())["by_state"]["local"] == 1 and s)
+        assert status["queue_depth"] == 0 and status["window_open"] is True
+
+        unknown = agent.cli("send", "1.2.3.4.5.6.7.8.9")
+        assert unknown.returncode == 1 and "holds no study" in unknown.stderr
+
+        sent = agent.cli("send", normal.study_uid, "--emergency", "--json")
+        assert sent.returncode == 0, sent.stderr
+        assert json.loads(sent.stdout)["priority"] == "emergency"
+        wait_for("the study sent from the command line", lambda: delivered(cami, normal), timeout=90)
+        assert all(p["emergency"] for p in cami.received() if p["StudyInstanceUID"] == normal.study_uid)
+
+        nothing = agent.cli("requeue", normal.study_uid)
+        assert nothing.returncode == 1 and "not held" in nothing.stderr
+        everything = agent.cli("requeue", "--json")
+        assert everything.returncode == 0 and json.loads(everything.stdout) == {"requeued": []}
     finally:
         agent.process.stop()
