@@ -22,6 +22,7 @@ from pydicom import dcmread
 from api.demo.synthetic import SyntheticStudy, region, synthetic_study, write_study
 from tests.support.agent_region import (
     ADMIN_TOKEN,
+    IT_TOKEN,
     ORGANISATION,
     Agent,
     Cami,
@@ -127,6 +128,20 @@ def test_closed_window_waits_and_an_emergency_overtakes(tmp_path: Path, cami: Ca
         assert first_routine
         assert_held_once_byte_for_byte(cami, routine_files + urgent_files)
         assert not any(p["emergency"] for p in cami.received() if p["StudyInstanceUID"] == routine.study_uid)
+
+        # regional IT sees both transfers done and the agent's heartbeat on CAMI's monitoring API
+        def monitored() -> dict[str, Any] | None:
+            answer = cami.api("GET", "/api/monitoring/transfers", IT_TOKEN)
+            assert answer.status_code == 200, answer.text
+            mine = [o for o in answer.json()["organisations"] if o["organisation"] == ORGANISATION]
+            # (a heartbeat taken before the last delivery still counts the study: wait for a newer one)
+            settled = mine and mine[0]["done"] == 2 and [a for a in mine[0]["agents"] if a["queue_depth"] == 0]
+            return mine[0] if settled else None
+
+        seen = wait_for("the monitoring read model to show the transfers", monitored, timeout=120)
+        assert seen["queued"] == seen["in-flight"] == seen["failed"] == 0
+        [heartbeat] = seen["agents"]
+        assert heartbeat["agent_id"] == "okb-agent-1" and heartbeat["in_flight"] == 0
     finally:
         agent.process.stop()
 
