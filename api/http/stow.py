@@ -24,6 +24,7 @@ from typing import IO, Any
 from fastapi import APIRouter, Depends, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse
+from starlette.requests import ClientDisconnect
 
 from api.auth import User
 from api.http.base_url import base_url
@@ -61,6 +62,11 @@ async def spool_body(request: Request, limit: int, spool: Path) -> tuple[IO[byte
             if size > limit:
                 raise ApiError(413, "payload-too-large", f"the body exceeds the archive's limit of {limit} bytes")
             body.write(chunk)
+    except ClientDisconnect:
+        # the sender's link broke mid-body (an agent on a slow line): nothing was stored, nobody is
+        # left to answer; a 400 ends the request quietly instead of an unhandled-exception trace
+        body.close()
+        raise ApiError(400, "client-disconnected", "the body ended early: the client went away") from None
     except BaseException:
         body.close()
         raise

@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+import logging
+import socket
+import time
 from pathlib import Path
+
+import pytest
 
 from streams.topics import DICOM, REPORTS
 from tests.support.stow import (
@@ -260,3 +265,25 @@ def test_retrieve_urls_keep_the_port_when_the_host_header_names_none(running: Ru
     assert value(response.json(), RETRIEVE) == f"{running.url}/dicomweb/studies/{study}"
     (item,) = seq(response.json(), REFERENCED)
     assert str(value(item, RETRIEVE)).startswith(f"{running.url}/dicomweb/studies/{study}/series/")
+
+
+def test_a_sender_going_away_mid_body_stores_nothing_and_is_no_server_error(
+    running: RunningArchive, caplog: pytest.LogCaptureFixture
+) -> None:
+    """An agent's slow link breaks in the middle of a STOW-RS body: nothing is stored, and the
+    server logs no unhandled exception (it ends the request as a client error)."""
+    host, port = running.server.host, running.server.port
+    body = part10(ct_dataset(new_study()))
+    head = (
+        f"POST /dicomweb/studies HTTP/1.1\r\nHost: {host}:{port}\r\n"
+        f"Authorization: Bearer {running.tokens['okb-pacs']}\r\n"
+        'Content-Type: multipart/related; type="application/dicom"; boundary=b\r\n'
+        f"Content-Length: {len(body) * 4}\r\n\r\n"
+    ).encode()
+    with caplog.at_level(logging.ERROR), socket.create_connection((host, port)) as sock:
+        sock.sendall(head + b"--b\r\nContent-Type: application/dicom\r\n\r\n" + body[: len(body) // 2])
+        time.sleep(0.5)  # the server is reading the body when the sender goes away
+    time.sleep(2)  # the server notices the closed connection and ends the request
+    assert running.client("okb-pacs").get("/openapi.json").status_code == 200  # it still serves
+    assert not [r for r in caplog.records if "Exception in ASGI application" in r.getMessage()]
+    assert not running.events(DICOM)
