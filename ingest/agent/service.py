@@ -59,6 +59,9 @@ BACKOFF_CEILING = 900.0
 IDLE_POLL = 1.0
 #: events per POST to CAMI
 EVENT_BATCH = 200
+#: while CAMI does not take the agent's events, heartbeats are kept at most this often (seconds):
+#: days of outage leave a readable history on disk, not a flood to post afterwards
+HEARTBEAT_WHILE_UNREACHABLE = 600.0
 
 
 def agent_version() -> str:
@@ -114,6 +117,8 @@ class Agent:
         self._threads: list[threading.Thread] = []
         #: the link as the last attempt found it: up, down or unknown (nothing sent yet)
         self.link_state = "unknown"
+        #: whether CAMI took the agent's last batch of events (None: not tried yet)
+        self.events_posted: bool | None = None
         self._link_kbps: float | None = None
 
     def _delivery(self) -> Delivery:
@@ -283,15 +288,18 @@ class Agent:
                 self.client.post_events(events)
             except CamiUnreachable as exc:
                 failures += 1
+                self.events_posted = False
                 log.warning("CAMI unreachable, %d event(s) wait on disk: %s", len(events), exc)
                 return min(60.0, 2.0 * failures)
             except CamiRefused as exc:
                 # a wrong token or a refused event: retrying at once will not help; the events
                 # stay (nothing is dropped) and regional IT sees the agent's refusals on CAMI's side
                 failures += 1
+                self.events_posted = False
                 log.error("CAMI refused the agent's events (%s): %s", exc.status, exc.body)
                 return min(300.0, 10.0 * failures)
             failures = 0
+            self.events_posted = True
             self.queue.events_delivered(events[-1].seq)
             return 0.0
 
@@ -307,8 +315,14 @@ class Agent:
         )
 
     def _heartbeat_loop(self) -> None:
+        last = -HEARTBEAT_WHILE_UNREACHABLE
+
         def turn() -> float:
-            self.queue.add_event("AgentHeartbeat", self.heartbeat_payload())
+            nonlocal last
+            now = time.monotonic()
+            if self.events_posted is not False or now - last >= HEARTBEAT_WHILE_UNREACHABLE:
+                self.queue.add_event("AgentHeartbeat", self.heartbeat_payload())
+                last = now
             return self.config.heartbeat
 
         self._forever("heartbeat", turn)

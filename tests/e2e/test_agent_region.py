@@ -10,9 +10,10 @@ from __future__ import annotations
 
 import hashlib
 import json
+import time
 from collections import Counter
 from collections.abc import Iterator
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -299,8 +300,15 @@ def test_cami_unreachable_agent_keeps_receiving_and_delivers_later_in_order(tmp_
 
         status = wait_for("a failed attempt and events waiting on disk", failed_and_waiting, timeout=60)
         assert status["by_state"]["delivered"] == 0
+        time.sleep(3 * agent.heartbeat)  # a few heartbeat periods of outage
+        back = datetime.now(UTC)
         cami.start()
         wait_for("the study delivered once CAMI is back", lambda: delivered(cami, study), timeout=240)
+        wait_for(
+            "heartbeats every period again once CAMI is back",
+            lambda: len([e for e in cami.transfers("AgentHeartbeat") if e.envelope.occurred_at > back]) >= 2,
+            timeout=60,
+        )
     finally:
         agent.process.stop()
     assert_held_once_byte_for_byte(cami, files)
@@ -311,6 +319,10 @@ def test_cami_unreachable_agent_keeps_receiving_and_delivers_later_in_order(tmp_
     mine = [e for e in cami.transfers() if e.payload.get("StudyInstanceUID") == study.study_uid]
     occurred = [e.envelope.occurred_at for e in mine]
     assert occurred == sorted(occurred)
+    # while CAMI was away the agent kept a heartbeat now and then, not one every period to flood it later
+    first_failure = min(e.envelope.occurred_at for e in mine if e.type == "TransferFailed")
+    outage = [e for e in cami.transfers("AgentHeartbeat") if first_failure < e.envelope.occurred_at < back]
+    assert len(outage) <= 1, [e.envelope.occurred_at for e in outage]
 
 
 # -- bad input ---------------------------------------------------------------------------------------
