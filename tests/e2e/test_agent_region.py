@@ -21,6 +21,7 @@ import pytest
 from pydicom import dcmread
 
 from api.demo.synthetic import SyntheticStudy, region, synthetic_study, write_study
+from streams.topics import ACCESS
 from tests.support.agent_region import (
     ADMIN_TOKEN,
     IT_TOKEN,
@@ -335,6 +336,9 @@ def test_wrong_token_is_refused_and_recorded(tmp_path: Path, cami: Cami) -> None
         assert answer.json()["error"]
         wait_for("the agent's heartbeats to be refused", lambda: "401" in agent.process.tail(), timeout=60)
         assert not cami.transfers("AgentHeartbeat")
+        # the refusals are recorded for regional IT and auditors (bounded per address)
+        refused = [e for e in cami.events(ACCESS) if e.payload.get("outcome") == "unauthenticated"]
+        assert refused and all(e.payload["remote_address"] == "127.0.0.1" for e in refused)
         status = agent.status()
         assert status["events_pending"] > 0  # nothing dropped: they wait for a valid token
     finally:
