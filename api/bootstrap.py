@@ -18,6 +18,7 @@ from ingest.tls import TlsConfigError, server_context
 from projections.registry import ProjectionConfig, build
 from projections.sinks import WarehouseSink
 from projections.warehouse import Warehouse, open_warehouse
+from schemas.organisations import OrganisationDirectory, load_organisations
 from streams import EventLog, open_event_log
 from streams.blobs import BlobStore, open_blob_store
 from streams.processing import EmbeddedRunner, Processor, Sink
@@ -68,6 +69,12 @@ class Archive:
 
     def senders(self) -> Senders:
         return load_senders(self.settings.senders_file)
+
+    def organisations(self) -> OrganisationDirectory:
+        """The regional directory (``CAMI_ORGANISATIONS``) completed by the senders' names."""
+        directory = load_organisations(self.settings.organisations_file)
+        senders = self.senders().senders.values()
+        return directory.completed_by((sender.organisation, sender.name) for sender in senders)
 
     def storage_scp(self, port: int | None = None, tls_port: int | None = None) -> StorageSCP:
         """The DICOM services on the configured ports (``port``/``tls_port`` override them; 0

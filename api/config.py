@@ -9,6 +9,7 @@ CAMI_BLOBS             blob store URL                               file:///$CAM
 CAMI_CLICKHOUSE        ClickHouse URL                               chdb:///$CAMI_HOME/clickhouse
 CAMI_PARTITIONS        partitions of newly created topics           6
 CAMI_SENDERS           who may send (AE title -> organisation)      $CAMI_HOME/senders.toml
+CAMI_ORGANISATIONS     the regional directory (code -> names)       $CAMI_HOME/organisations.toml
 CAMI_DICOM_HOST        address the DICOM services listen on         127.0.0.1
 CAMI_DICOM_PORT        port of the DICOM services                   11112
 CAMI_HTTP_HOST         address the HTTP API listens on              127.0.0.1
@@ -71,6 +72,8 @@ class Settings:
     warehouse_url: str
     partitions: int = 6
     senders_path: Path | None = None
+    #: the regional directory of organisations (``CAMI_ORGANISATIONS``; default in ``home``)
+    organisations_path: Path | None = None
     dicom_host: str = "127.0.0.1"
     dicom_port: int | None = 11112  # None: no plain DICOM port (TLS only)
     http_host: str = "127.0.0.1"
@@ -103,6 +106,10 @@ class Settings:
         return self.senders_path or self.home / "senders.toml"
 
     @property
+    def organisations_file(self) -> Path:
+        return self.organisations_path or self.home / "organisations.toml"
+
+    @property
     def users_file(self) -> Path:
         return self.users_path or self.home / "users.toml"
 
@@ -132,6 +139,7 @@ class Settings:
             max_inflated_bytes=int(env.get("CAMI_MAX_INFLATED_BYTES", DEFAULT_MAX_INFLATED_BYTES)),
             import_limits=_import_limits(env),
             users_path=_path(env, "CAMI_USERS"),
+            organisations_path=_path(env, "CAMI_ORGANISATIONS"),
             session_key=env.get("CAMI_SESSION_KEY", ""),
             http_max_body=int(env.get("CAMI_HTTP_MAX_BODY", DEFAULT_MAX_HTTP_BODY)),
             blob_store_env={name: env[name] for name in BLOB_STORE_ENVIRONMENT if env.get(name)},

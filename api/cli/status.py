@@ -1,20 +1,30 @@
 """``cami status``: what each backend holds (events per topic, read-model rows, projection lag,
-dead letters); :func:`archive_state` is also what ``cami demo`` prints at its end."""
+dead letters) and the organisations that sent in the last 24 hours, by name (the regional
+directory; a code it does not know behind its marker); :func:`archive_state` is also what
+``cami demo`` prints at its end."""
 
 from __future__ import annotations
 
 import argparse
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from rich.table import Table
+from rich.text import Text
 
 from api.bootstrap import bootstrap
 from api.cli.output import out, print_json
 from api.config import Settings
 from projections import dead_letters
 from projections.catalogue import DDL as CATALOGUE_DDL
+from projections.monitoring import queries as monitoring
+from projections.monitoring.fold import Monitoring
 from projections.status import projection_lag
+from schemas.organisations import OrganisationDirectory
 from streams.topics import SOURCE_OF_TRUTH
+
+#: how far back the organisations section looks
+RECENT = timedelta(hours=24)
 
 
 def register(subparsers: Any) -> None:
@@ -42,6 +52,7 @@ def archive_state(settings: Settings) -> dict[str, Any]:
         }
         return {
             "settings": settings.describe(),
+            "organisations": _organisations(archive.organisations(), catalogue, str(settings.organisations_file)),
             "event_log": {"backend": archive.event_log.backend, "events_per_topic": topics},
             "blobs": {"backend": archive.blobs.backend},
             "projection_lag": lag,
@@ -53,6 +64,30 @@ def archive_state(settings: Settings) -> dict[str, Any]:
         }
     finally:
         archive.close()
+
+
+def _organisations(directory: OrganisationDirectory, warehouse: Any, where: str) -> dict[str, Any]:
+    """The directory's size and each organisation seen in the last :data:`RECENT`, by name."""
+    for statement in Monitoring.ddl:  # the tables exist before the first event is folded
+        warehouse.command(statement)
+    recent = []
+    for row in monitoring.organisation_summary(warehouse, datetime.now(UTC) - RECENT):
+        code = row["organisation"]
+        recent.append(
+            {
+                "organisation": code,
+                "organisation_name": directory.display(code),
+                "organisation_known": directory.lookup(code) is not None,
+                **{k: row.get(k, 0) for k in ("studies", "instances", "rejections")},
+            }
+        )
+    sources = [o.source for o in directory.organisations.values()]
+    return {
+        "directory": where,
+        "listed": sources.count("directory"),
+        "from_senders": sources.count("senders"),
+        "recent": recent,
+    }
 
 
 def cmd_status(args: argparse.Namespace) -> int:
@@ -99,3 +134,20 @@ def render_state(state: dict[str, Any]) -> None:
             f"{letters['open']} events not applied (cami replay --projection {name} retries them)",
         )
     out.print(table)
+    organisations = state.get("organisations")
+    if organisations:
+        listed, named = organisations["listed"], organisations["from_senders"]
+        title = f"Organisations, last 24 h ({listed} in {organisations['directory']}, {named} named by senders)"
+        recent = Table(title=title)
+        for column in ("organisation", "code", "studies", "instances", "rejections"):
+            recent.add_column(column)
+        for row in organisations["recent"]:
+            recent.add_row(
+                # Text, not markup: a name may hold brackets
+                Text(row["organisation_name"], style="" if row["organisation_known"] else "yellow"),
+                row["organisation"],
+                str(row["studies"]),
+                str(row["instances"]),
+                str(row["rejections"]),
+            )
+        out.print(recent)

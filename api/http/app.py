@@ -74,6 +74,8 @@ def create_app(
     max_body: int | None = None,
 ) -> FastAPI:
     users = users or UserDirectory(archive.settings.users_file)
+    # read once, before anything is opened: a wrong entry stops the start with a line naming it
+    organisations = archive.organisations()
     if reports is None:
         reports = ReportService(
             ReportStore(archive.settings.home / "reports.db"), archive.event_log, node=_node(), source_node="http"
@@ -114,8 +116,8 @@ def create_app(
     app.include_router(reports_router(service, recorder))
     app.include_router(qido_router(archive.warehouse, recorder))
     app.include_router(wado_router(archive, recorder))
-    app.include_router(web_router(archive.warehouse, recorder))
-    app.include_router(oversight_router(archive.warehouse, recorder))
+    app.include_router(web_router(archive.warehouse, recorder, organisations))
+    app.include_router(oversight_router(archive.warehouse, recorder, organisations))
     app.include_router(
         agents_router(
             archive.event_log,

@@ -3,7 +3,10 @@
 ``/api/monitoring/...`` (``Action.MONITOR``: regional IT, administrators) answers from the monitoring
 projection: per organisation, per minute, silent senders, transfer states, and the dead letters
 of every projection (events it could not apply; see ``projections.dead_letters``). It holds no patient
-data (organisations, AE titles, counts), so reading it is not a record access.
+data (organisations, AE titles, counts), so reading it is not a record access. Beside each
+``organisation`` code stands its ``organisation_name`` from the regional directory
+(:mod:`schemas.organisations`: the short name, or the code behind the unknown marker) and
+``organisation_known``.
 
 ``/api/audit/...`` (``Action.AUDIT``: auditors, administrators) answers from the audit trail: the
 history of one record and the hash-chain check. An entry names patient IDs and study UIDs, so
@@ -12,6 +15,7 @@ each history read is itself recorded (``view`` via ``api``), like every other re
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -29,6 +33,7 @@ from projections.audit import queries as audit_queries
 from projections.audit.verify import verify_chain
 from projections.monitoring import queries as monitoring
 from projections.warehouse.base import Warehouse
+from schemas.organisations import OrganisationDirectory
 from schemas.policy import Action
 
 #: the longest window a dashboard may ask for at once (the tables hold everything; this bounds a scan)
@@ -43,9 +48,25 @@ def _json(data: Any) -> JSONResponse:
     return JSONResponse(jsonable_encoder(data))
 
 
-def router(warehouse: Warehouse, recorder: AccessRecorder) -> APIRouter:
-    """The monitoring and audit routes over ``warehouse``; audit reads recorded through ``recorder``."""
+def _named(rows: Iterable[dict[str, Any]], directory: OrganisationDirectory) -> list[dict[str, Any]]:
+    """``rows`` with the organisation's name and whether the directory knows it right after the code."""
+    named = []
+    for row in rows:
+        entry: dict[str, Any] = {}
+        for key, value in row.items():
+            entry[key] = value
+            if key == "organisation":
+                entry["organisation_name"] = directory.display(value)
+                entry["organisation_known"] = directory.lookup(value) is not None
+        named.append(entry)
+    return named
+
+
+def router(warehouse: Warehouse, recorder: AccessRecorder, names: OrganisationDirectory | None = None) -> APIRouter:
+    """The monitoring and audit routes over ``warehouse``; audit reads recorded through ``recorder``;
+    organisations named from the directory ``names`` (none: every code shown as unknown)."""
     routes = APIRouter()
+    directory = names if names is not None else OrganisationDirectory()
     it_user = Depends(require(Action.MONITOR))
     auditor = Depends(require(Action.AUDIT))
     window = Query(60, ge=1, le=int(MAX_WINDOW.total_seconds() // 60), description="minutes back from now")
@@ -53,7 +74,8 @@ def router(warehouse: Warehouse, recorder: AccessRecorder) -> APIRouter:
     @routes.get("/api/monitoring/organisations", tags=["monitoring"], summary="per organisation, over a window")
     def organisations(minutes: int = window, user: User = it_user) -> JSONResponse:
         since = _since(minutes)
-        return _json({"since": since, "organisations": monitoring.organisation_summary(warehouse, since)})
+        rows = _named(monitoring.organisation_summary(warehouse, since), directory)
+        return _json({"since": since, "organisations": rows})
 
     @routes.get(
         "/api/monitoring/organisations/{organisation}/minutes",
@@ -64,13 +86,13 @@ def router(warehouse: Warehouse, recorder: AccessRecorder) -> APIRouter:
         if not organisation or len(organisation) > 64 or not organisation.replace(".", "").isdigit():
             raise ApiError(400, "invalid-parameter", {"parameter": "organisation", "problem": "not an OID"})
         rows = monitoring.per_minute(warehouse, organisation, _since(minutes))
-        return _json({"organisation": organisation, "minutes": rows})
+        return _json({**_named([{"organisation": organisation}], directory)[0], "minutes": rows})
 
     @routes.get("/api/monitoring/silent-senders", tags=["monitoring"], summary="AE titles silent for a while")
     def silent(
         minutes: int = Query(60, ge=1, le=int(MAX_WINDOW.total_seconds() // 60)), user: User = it_user
     ) -> JSONResponse:
-        return _json({"senders": monitoring.stalled_senders(warehouse, timedelta(minutes=minutes))})
+        return _json({"senders": _named(monitoring.stalled_senders(warehouse, timedelta(minutes=minutes)), directory)})
 
     @routes.get(
         "/api/monitoring/dead-letters",
@@ -88,7 +110,7 @@ def router(warehouse: Warehouse, recorder: AccessRecorder) -> APIRouter:
 
     @routes.get("/api/monitoring/transfers", tags=["monitoring"], summary="transfer states and agents")
     def transfers(user: User = it_user) -> JSONResponse:
-        return _json({"organisations": monitoring.transfer_states(warehouse)})
+        return _json({"organisations": _named(monitoring.transfer_states(warehouse), directory)})
 
     @routes.get("/api/audit/records/{record}", tags=["audit"], summary="every audit entry of one record, in order")
     async def history(record: str, request: Request, user: User = auditor) -> JSONResponse:

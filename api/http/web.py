@@ -61,6 +61,7 @@ from api.http.pages import render
 from projections.archive_index.find import patient_timeline, search_studies
 from projections.archive_index.views import series_instances, study_report, study_series
 from projections.warehouse.base import Warehouse
+from schemas.organisations import OrganisationDirectory
 from schemas.policy import Action, may
 from schemas.uids import is_uid
 
@@ -177,7 +178,8 @@ def _study_url(patient_id: str, study_uid: str) -> str:
     return f"/study?patient={quote(patient_id, safe='')}&study={quote(study_uid, safe='')}"
 
 
-def _study_summary(study: Mapping[str, Any]) -> dict[str, Any]:
+def _study_summary(study: Mapping[str, Any], directory: OrganisationDirectory) -> dict[str, Any]:
+    organisations = list(study.get("organisations") or [])
     return {
         "study_uid": study["study_uid"],
         "url": _study_url(study["patient_id"], study["study_uid"]),
@@ -190,7 +192,9 @@ def _study_summary(study: Mapping[str, Any]) -> dict[str, Any]:
         "study_description": study.get("study_description"),
         "accession_number": study.get("accession_number"),
         "modalities": list(study.get("modalities") or []),
-        "organisations": list(study.get("organisations") or []),
+        "organisations": organisations,
+        # the names the page shows (the regional directory); unknown codes keep their marker
+        "organisation_names": [directory.describe(code) for code in organisations],
         "series_count": study.get("series_count"),
         "instance_count": study.get("instance_count"),
         "report_status": study.get("report_status"),
@@ -268,9 +272,13 @@ def install_sessions(app: FastAPI, home: Path, configured_key: str = "") -> None
         return exc.response
 
 
-def router(warehouse: Warehouse, recorder: AccessRecorder) -> APIRouter:
-    """The browser pages and their JSON routes, reading ``warehouse``; reads recorded through ``recorder``."""
+def router(
+    warehouse: Warehouse, recorder: AccessRecorder, organisations: OrganisationDirectory | None = None
+) -> APIRouter:
+    """The browser pages and their JSON routes, reading ``warehouse``; reads recorded through
+    ``recorder``; organisations named from ``organisations`` (none: every code shown as unknown)."""
     routes = APIRouter()
+    directory = organisations if organisations is not None else OrganisationDirectory()
 
     @routes.get("/", include_in_schema=False)
     def home() -> RedirectResponse:
@@ -338,7 +346,12 @@ def router(warehouse: Warehouse, recorder: AccessRecorder) -> APIRouter:
     def whoami(request: Request) -> JSONResponse:
         user = _authenticate(request)
         return JSONResponse(
-            {"user": user.name, "role": user.role, "organisation": user.organisation},
+            {
+                "user": user.name,
+                "role": user.role,
+                "organisation": user.organisation,
+                "organisation_name": directory.display(user.organisation) if user.organisation else None,
+            },
             headers={"Cache-Control": "no-store"},
         )
 
@@ -364,10 +377,9 @@ def router(warehouse: Warehouse, recorder: AccessRecorder) -> APIRouter:
         record = found[0]
         series = _series_view(warehouse, study)
         report = _report_view(study_report(warehouse, study), user)
-        priors = [
-            _study_summary(s) for s in patient_timeline(warehouse, record["patient_id"]) if s["study_uid"] != study
-        ]
-        summary = _study_summary(record)
+        earlier = patient_timeline(warehouse, record["patient_id"])
+        priors = [_study_summary(s, directory) for s in earlier if s["study_uid"] != study]
+        summary = _study_summary(record, directory)
         data = {
             "user": {"name": user.name, "role": user.role},
             "patient": {
@@ -428,7 +440,7 @@ def router(warehouse: Warehouse, recorder: AccessRecorder) -> APIRouter:
                 pattern = name.replace(" ", "^")
                 pattern = pattern if any(ch in pattern for ch in "*?") else pattern + "*"
             studies = search_studies(warehouse, patient_id=patient, patient_name=pattern, limit=SEARCH_LIMIT)
-            data["results"] = [_study_summary(s) for s in studies]
+            data["results"] = [_study_summary(s, directory) for s in studies]
             data["truncated"] = len(studies) >= SEARCH_LIMIT
             recorder.record(
                 reader, action="query", channel="study-page", patient_id=patient, query=asked, results=len(studies)

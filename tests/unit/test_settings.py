@@ -67,6 +67,7 @@ def test_every_variable_in_the_readme_table_changes_a_setting(tmp_path: Path) ->
         "CAMI_ENV": "production",
         "CAMI_SENDERS": "/etc/cami/senders.toml",
         "CAMI_USERS": "/etc/cami/users.toml",
+        "CAMI_ORGANISATIONS": "/etc/cami/organisations.toml",
         "CAMI_SESSION_KEY": "s" * 40,
         "CAMI_DICOM_HOST": "0.0.0.0",
         "CAMI_DICOM_PORT": "104",
@@ -114,4 +115,7 @@ def test_the_values_reach_their_fields() -> None:
     assert settings.import_limits == ImportLimits(max_ratio=7.5)
     assert settings.blob_store_env == {"CAMI_S3_ACCESS_KEY": "access"}
     assert settings.users_file == Path("/srv/cami/users.toml")
+    assert settings.organisations_file == Path("/srv/cami/organisations.toml")
+    elsewhere = Settings.from_env({"CAMI_HOME": "/srv/cami", "CAMI_ORGANISATIONS": "/etc/cami/orgs.toml"})
+    assert elsewhere.organisations_file == Path("/etc/cami/orgs.toml")
     assert "access" not in repr(settings)  # credentials stay out of logs

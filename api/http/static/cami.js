@@ -40,7 +40,7 @@
       "patient.merged": "Объединён с ID",
       "sex.M": "мужской", "sex.F": "женский", "sex.O": "другой",
       "study": "Исследование", "study.date": "Дата", "study.description": "Описание",
-      "study.modalities": "Модальности", "study.orgs": "Организации", "study.accession": "Номер заявки",
+      "study.modalities": "Модальности", "study.orgs": "Организации", "org.unknown": "нет в региональном справочнике", "study.accession": "Номер заявки",
       "study.referring": "Направивший врач", "study.counts": "Серий / снимков", "study.uid": "UID",
       "study.complete": "Комплектность", "study.complete.ok": "полный пакет", "study.missing": "не хватает",
       "emergency": "экстренное",
@@ -98,7 +98,7 @@
       "patient.merged": "Merged with ID",
       "sex.M": "male", "sex.F": "female", "sex.O": "other",
       "study": "Study", "study.date": "Date", "study.description": "Description",
-      "study.modalities": "Modalities", "study.orgs": "Organisations", "study.accession": "Accession",
+      "study.modalities": "Modalities", "study.orgs": "Organisations", "org.unknown": "not in the regional directory", "study.accession": "Accession",
       "study.referring": "Referring physician", "study.counts": "Series / images", "study.uid": "UID",
       "study.complete": "Package", "study.complete.ok": "complete", "study.missing": "missing",
       "emergency": "emergency",
@@ -193,6 +193,20 @@
     return list;
   }
 
+  // organisations by name (the regional directory); a code it does not know keeps its marker
+  function orgs(s) {
+    const named = s.organisation_names || (s.organisations || []).map(function (c) { return { code: c, display: c, known: true }; });
+    const nodes = [];
+    named.forEach(function (o, i) {
+      if (i) nodes.push(document.createTextNode(", "));
+      nodes.push(el("span", {
+        cls: o.known ? "org" : "org unknown", "data-code": o.code,
+        title: o.known ? (o.name || o.display) + " · " + o.code : t("org.unknown"), text: o.display,
+      }));
+    });
+    return el("span", { cls: "orgs" }, nodes);
+  }
+
   function fmtDate(value) {
     if (!value) return "";
     const m = String(value).match(/^(\d{4})-?(\d{2})-?(\d{2})/);
@@ -259,7 +273,7 @@
           el("td", { cls: "nowrap", text: fmtDate(s.patient_birth_date) }),
           el("td", { text: (s.modalities || []).join(", ") }),
           el("td", null, s.study_description || "", s.emergency ? el("span", { cls: "badge emergency", text: " " + t("emergency") }) : null),
-          el("td", { text: (s.organisations || []).join(", ") }),
+          el("td", null, orgs(s)),
           el("td", { text: s.accession_number || "" }),
           el("td", { text: String(s.series_count) + " / " + String(s.instance_count) }),
           el("td", null, badge(s.report_status)),
@@ -333,7 +347,7 @@
         dl([[t("study.date"), fmtDate(study.study_date) + " " + fmtTime(study.study_time)],
           [t("study.description"), study.study_description],
           [t("study.modalities"), (study.modalities || []).join(", ")],
-          [t("study.orgs"), (study.organisations || []).join(", ")],
+          [t("study.orgs"), (study.organisations || []).length ? orgs(study) : null],
           [t("study.accession"), study.accession_number],
           [t("study.referring"), study.referring_physician],
           [t("study.counts"), String(study.series_count) + " / " + String(study.instance_count)],
@@ -359,7 +373,7 @@
             el("div", null, el("a", { href: s.url, target: "_blank", rel: "noopener", title: t("priors.compare"),
               text: fmtDate(s.study_date) + " · " + (s.modalities || []).join(", ") }), newer ? " (" + t("priors.newer") + ")" : ""),
             el("div", { cls: "sub" }, (s.study_description || "") + " ", badge(s.report_status)),
-            el("div", { cls: "sub", text: (s.organisations || []).join(", ") }));
+            el("div", { cls: "sub" }, orgs(s)));
         }))
         : el("p", { cls: "hint", text: t("priors.none") });
       return el("aside", { cls: "panel info" }, patientCard, studyCard,
