@@ -44,6 +44,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     if args.dicom_tls_port is not None and not settings.tls.enabled:
         raise ValueError("--dicom-tls-port needs CAMI_TLS_CERT (and CAMI_TLS_KEY): see README, Configuration")
     archive = bootstrap(settings)
+    archive.organisations()  # a wrong entry of the directory stops the start before any listener opens
     scp = archive.storage_scp(port=args.dicom_port, tls_port=args.dicom_tls_port)
     runner = None
     if archive.event_log.backend == "embedded":
