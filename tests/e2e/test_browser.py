@@ -16,6 +16,7 @@ from selenium.webdriver.remote.webdriver import WebDriver
 from selenium.webdriver.support.ui import WebDriverWait
 
 from tests.support.browser import IMAGE_SHOWN, WAIT, chromium, shot, wait_image
+from tests.support.readside import ORG, SENDER_AE
 from tests.support.scenes import CONCLUSION, PATIENT, PROTOCOL, Scene, build_scene, study_url
 
 
@@ -63,6 +64,10 @@ def test_sign_in_open_the_mis_link_see_image_and_report_and_scroll(scene: Scene,
     first = wait_image(browser)
     assert scene.ct_sops[0] in str(first["url"])
     assert browser.find_element(By.ID, "patient-name").text == "Кузнецова Мария Ильинична"
+    # the organisation by name (the senders file names it here), its code kept for the title
+    organisation = browser.find_element(By.CSS_SELECTOR, "#study-card .org")
+    assert organisation.text == SENDER_AE[ORG] and organisation.get_attribute("data-code") == ORG
+    assert "unknown" not in str(organisation.get_attribute("class")).split()
     status = browser.find_element(By.ID, "report-status")
     assert status.get_attribute("data-status") == "signed" and status.text == "Заключение подписано"
     conclusion = browser.find_element(By.CSS_SELECTOR, "#report .report-text.conclusion")
