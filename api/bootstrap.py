@@ -20,6 +20,7 @@ from projections.sinks import WarehouseSink
 from projections.warehouse import Warehouse, open_warehouse
 from streams import EventLog, open_event_log
 from streams.blobs import BlobStore, open_blob_store
+from streams.metrics import ArchiveMetrics
 from streams.processing import EmbeddedRunner, Processor, Sink
 from streams.topics import archive_topics
 
@@ -32,6 +33,11 @@ class Archive:
     _warehouse: Warehouse | None = field(default=None, repr=False)
     _sop_index: SopIndex | None = field(default=None, repr=False)
     _ingestor: Ingestor | None = field(default=None, repr=False)
+    #: this archive's Prometheus metrics (its own registry), served at /metrics
+    metrics: ArchiveMetrics = field(default_factory=ArchiveMetrics, repr=False)
+
+    def __post_init__(self) -> None:
+        self.event_log.on_append = self.metrics.appended
 
     @property
     def sop_index(self) -> SopIndex:
@@ -58,6 +64,7 @@ class Archive:
                 refresh_index=self.refresh_sop_index,
                 document_hooks=[DocumentReportHook(self.blob_store_name)],  # SR / PDF -> report events
                 max_inflated_bytes=self.settings.max_inflated_bytes,
+                on_outcome=self.metrics.ingested,
             )
         return self._ingestor
 
