@@ -96,7 +96,7 @@ class Archive:
             port=self.settings.dicom_port if port is None else port,
             commitment=commitment,
             # Query/Retrieve on the same AE title and port
-            extra=[qr_services(lambda: self.warehouse, self.blobs, self.event_log, senders)],
+            extra=[qr_services(lambda: self.warehouse, self.blobs, self.event_log, senders, on_read=self.metrics.read)],
             tls_port=self.settings.dicom_tls_port if tls_port is None else tls_port,
             ssl_context=server_context(tls) if tls.enabled else None,
             request_timeout=self.settings.dicom_request_timeout,

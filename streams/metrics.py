@@ -41,7 +41,8 @@ class ArchiveMetrics:
         )
         self.read_requests = Counter(
             "cami_read_requests",
-            "Read requests, by channel (dicomweb, wado-uri, api, web, dicom-qr) and status",
+            "Read requests, by channel (qido-rs, wado-rs, wado-uri, study-page, api, web; c-find, c-move, c-get)"
+            " and status (HTTP status; DICOM final status in hex, see api.dicom.qr.counted)",
             ["channel", "status"],
             registry=self.registry,
         )

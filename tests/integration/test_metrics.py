@@ -8,6 +8,7 @@ is checked too: loopback without a token file, only the token's bearer once it e
 
 from __future__ import annotations
 
+import subprocess
 import time
 import uuid
 from collections.abc import Callable
@@ -25,7 +26,14 @@ from streams.metrics import ArchiveMetrics
 from tests.support import studies
 from tests.support.readside import ORG, ROOT_UID, SENDER_AE, ReadSide
 from tests.support.stow import ct_dataset, multipart, new_study, part10
+from tests.support.studies import DCMTK_ENV
 
+QR_CALLER = f"""
+[[qr_caller]]
+ae_title = "RAD_WS1"
+organisation = "{ORG}"
+role = "radiologist"
+"""
 Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
 
 
@@ -50,6 +58,18 @@ def total(samples: Samples, name: str, **labels: str) -> float:
     return sum(v for (n, ls), v in samples.items() if n == name and wanted <= ls)
 
 
+def findscu(side: ReadSide, calling: str) -> None:
+    """A study-level C-FIND by dcmtk's findscu (the answer is counted, whatever it is)."""
+    keys = ["-k", "QueryRetrieveLevel=STUDY", "-k", "StudyInstanceUID"]
+    subprocess.run(
+        ["/usr/bin/findscu", "-S", "-aet", calling, "-aec", "CAMI", *keys, "127.0.0.1", str(side.dicom_port)],
+        capture_output=True,
+        env=DCMTK_ENV,
+        timeout=120,
+        check=False,
+    )
+
+
 def until(client: httpx.Client, done: Callable[[Samples], bool], timeout: float = 60) -> Samples:
     deadline = time.monotonic() + timeout
     while True:
@@ -65,7 +85,7 @@ def side(request: pytest.FixtureRequest, tmp_path: Path) -> ReadSide:
     if request.param == "kafka":
         bootstrap = request.getfixturevalue("kafka_server").bootstrap
         env["CAMI_EVENT_LOG"] = f"kafka://{bootstrap}"  # topics shared with other tests: counts are the app's own
-    running = ReadSide.start(tmp_path, env=env)
+    running = ReadSide.start(tmp_path, senders_extra=QR_CALLER, env=env)
     request.addfinalizer(running.stop)
     return running
 
@@ -95,6 +115,8 @@ def test_metrics_count_what_senders_and_readers_did(side: ReadSide, tmp_path: Pa
             assert radiologist.get("/dicomweb/studies", params={"StudyInstanceUID": study}).status_code == 200
         with side.client("it") as it:
             assert it.get("/dicomweb/studies").status_code == 403
+        findscu(side, "RAD_WS1")  # a Q/R caller: answered
+        findscu(side, "OKB_CT1")  # a sender, not a Q/R caller: 0x0124 not authorised
 
         token = add_user(side.home / "users.toml", "okb-agent", role="agent", organisation=ORG)[1]
         heartbeat = {
@@ -130,6 +152,8 @@ def test_metrics_count_what_senders_and_readers_did(side: ReadSide, tmp_path: Pa
     assert value(after, "cami_event_log_append_seconds_count", topic="cami.dicom") >= 3
     assert value(after, "cami_read_requests_total", channel="qido-rs", status="200") == 1
     assert value(after, "cami_read_requests_total", channel="qido-rs", status="403") == 1
+    assert value(after, "cami_read_requests_total", channel="c-find", status="0000") == 1
+    assert value(after, "cami_read_requests_total", channel="c-find", status="0124") == 1
     assert value(after, "cami_agent_queue_bytes", organisation=ORG, agent="okb-agent") == 7000
     assert value(after, "cami_agent_in_flight", organisation=ORG, agent="okb-agent") == 1
     assert value(after, "cami_metrics_source_up", source="event-log") == 1
