@@ -21,6 +21,7 @@ from projections.warehouse import Warehouse, open_warehouse
 from schemas.organisations import OrganisationDirectory, load_organisations
 from streams import EventLog, open_event_log
 from streams.blobs import BlobStore, open_blob_store
+from streams.metrics import ArchiveMetrics
 from streams.processing import EmbeddedRunner, Processor, Sink
 from streams.topics import archive_topics
 
@@ -33,6 +34,11 @@ class Archive:
     _warehouse: Warehouse | None = field(default=None, repr=False)
     _sop_index: SopIndex | None = field(default=None, repr=False)
     _ingestor: Ingestor | None = field(default=None, repr=False)
+    #: this archive's Prometheus metrics (its own registry), served at /metrics
+    metrics: ArchiveMetrics = field(default_factory=ArchiveMetrics, repr=False)
+
+    def __post_init__(self) -> None:
+        self.event_log.on_append = self.metrics.appended
 
     @property
     def sop_index(self) -> SopIndex:
@@ -59,6 +65,7 @@ class Archive:
                 refresh_index=self.refresh_sop_index,
                 document_hooks=[DocumentReportHook(self.blob_store_name)],  # SR / PDF -> report events
                 max_inflated_bytes=self.settings.max_inflated_bytes,
+                on_outcome=self.metrics.ingested,
             )
         return self._ingestor
 
@@ -96,7 +103,7 @@ class Archive:
             port=self.settings.dicom_port if port is None else port,
             commitment=commitment,
             # Query/Retrieve on the same AE title and port
-            extra=[qr_services(lambda: self.warehouse, self.blobs, self.event_log, senders)],
+            extra=[qr_services(lambda: self.warehouse, self.blobs, self.event_log, senders, on_read=self.metrics.read)],
             tls_port=self.settings.dicom_tls_port if tls_port is None else tls_port,
             ssl_context=server_context(tls) if tls.enabled else None,
             request_timeout=self.settings.dicom_request_timeout,

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Quick start, part two: install everything (Python deps, Apache Kafka, MinIO, dcmtk, Orthanc)
+# Quick start, part two: install everything (Python deps, Apache Kafka, MinIO, dcmtk, Orthanc, Prometheus)
 # and run the whole test suite: lint, types, then pytest against the real servers.
 # Extra arguments go to pytest (e.g. `infra/test.sh tests/unit -x`).
 set -euo pipefail
@@ -10,6 +10,7 @@ bash infra/python.sh
 bash infra/kafka.sh install
 bash infra/minio.sh install
 bash infra/dicom-peers.sh install
+bash infra/prometheus.sh install
 echo "[test] installs done in $((SECONDS - started)) s" >&2
 
 # dcmtk and Orthanc wait ~45 ms per object for delayed ACKs unless Nagle is off (the README says more, under TCP_NODELAY)

@@ -14,6 +14,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import threading
+import time
 from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
@@ -223,6 +224,7 @@ class Ingestor:
         refresh_index: Callable[[], None] | None = None,
         document_hooks: Sequence[Callable[[Dataset, Outcome, Arrival], list[Event]]] = (),
         max_inflated_bytes: int = DEFAULT_MAX_INFLATED_BYTES,
+        on_outcome: Callable[[str, str, str, float], None] | None = None,
     ):
         self.blobs = blobs
         self.event_log = event_log
@@ -238,12 +240,18 @@ class Ingestor:
         self._uncertain: set[str] = set()
         #: outcomes since start, by kind ("stored", "duplicate", or the refusal reason)
         self.counts: Counter[str] = Counter()
+        #: told (channel, outcome, rejection reason, seconds) of every object (the archive's metrics)
+        self.on_outcome = on_outcome
         self._locks: dict[str, threading.Lock] = {}
         self._locks_guard = threading.Lock()
 
     # -- entry points --------------------------------------------------------------------------
-    def _counted(self, outcome: Outcome) -> Outcome:
-        self.counts["duplicate" if outcome.duplicate else "stored" if outcome.stored else outcome.reason or "?"] += 1
+    def _counted(self, outcome: Outcome, arrival: Arrival, started: float) -> Outcome:
+        kind = "duplicate" if outcome.duplicate else "stored" if outcome.stored else "rejected"
+        reason = (outcome.reason or "?") if kind == "rejected" else ""
+        self.counts[reason or kind] += 1
+        if self.on_outcome is not None:
+            self.on_outcome(arrival.channel, kind, reason, time.perf_counter() - started)
         return outcome
 
     def store_dataset(
@@ -256,6 +264,7 @@ class Ingestor:
         sop_instance_uid: str | None = None,
     ) -> Outcome:
         """A data set as received by C-STORE (no file meta), in ``transfer_syntax``."""
+        started = time.perf_counter()
         try:
             checked = examine_dataset(
                 dataset,
@@ -268,12 +277,17 @@ class Ingestor:
             )
         except Refused as refused:
             return self._counted(
-                self.refuse(refused.refusal, arrival, dataset, sop_class_uid, sop_instance_uid, refused.inspection)
+                self.refuse(refused.refusal, arrival, dataset, sop_class_uid, sop_instance_uid, refused.inspection),
+                arrival,
+                started,
             )
-        return self._counted(self._store(checked.received, checked.inspection, arrival, checked.header))
+        return self._counted(
+            self._store(checked.received, checked.inspection, arrival, checked.header), arrival, started
+        )
 
     def store_file(self, data: bytes, arrival: Arrival, *, meta_must_match: bool = True) -> Outcome:
         """A Part-10 file (import, STOW-RS), kept exactly as received (see :func:`examine_file`)."""
+        started = time.perf_counter()
         try:
             checked = examine_file(
                 data,
@@ -283,8 +297,12 @@ class Ingestor:
                 max_inflated=self.max_inflated_bytes,
             )
         except Refused as refused:
-            return self._counted(self.refuse(refused.refusal, arrival, data, None, None, refused.inspection))
-        return self._counted(self._store(checked.received, checked.inspection, arrival, checked.header))
+            return self._counted(
+                self.refuse(refused.refusal, arrival, data, None, None, refused.inspection), arrival, started
+            )
+        return self._counted(
+            self._store(checked.received, checked.inspection, arrival, checked.header), arrival, started
+        )
 
     # -- the write path ------------------------------------------------------------------------
     @contextmanager

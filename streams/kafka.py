@@ -164,6 +164,7 @@ class KafkaEventLog(EventLog):
         headers: Sequence[tuple[str, bytes]] = (),
         timeout: float = 30.0,
     ) -> Position:
+        started = time.perf_counter()
         future = self.append_async(topic, key, value, headers)
         # serve delivery reports from this thread too, rather than waiting for the poller's turn
         # (librdkafka allows poll() from several threads; whichever serves the report resolves it)
@@ -172,7 +173,10 @@ class KafkaEventLog(EventLog):
             if time.monotonic() > deadline:
                 raise EventLogUnavailable(f"append to {topic!r} not confirmed within {timeout} s")
             self._producer.poll(0.001)
-        return future.result()
+        position = future.result()
+        if self.on_append is not None:
+            self.on_append(topic, time.perf_counter() - started)
+        return position
 
     def append_many(self, topic: str, items: Iterable[tuple[bytes, bytes]], timeout: float = 60.0) -> list[Position]:
         """Bulk path (imports, replays, benchmarks): one light callback per event, no Future each."""

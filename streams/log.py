@@ -14,7 +14,8 @@ and the contract tests in ``tests/contract/test_event_log.py`` hold each to them
 from __future__ import annotations
 
 import abc
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+import time
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass, field
 
@@ -100,6 +101,8 @@ class EventLog(abc.ABC):
 
     #: a short name for messages and test reports ("kafka", "embedded")
     backend: str = "?"
+    #: told (topic, seconds) after each durable :meth:`append` (the archive's metrics)
+    on_append: Callable[[str, float], None] | None = None
 
     @abc.abstractmethod
     def ensure_topics(self, topics: Iterable[TopicSpec]) -> None:
@@ -120,11 +123,15 @@ class EventLog(abc.ABC):
         timeout: float = 30.0,
     ) -> Position:
         """Append one event and return only once it is durable."""
+        started = time.perf_counter()
         future = self.append_async(topic, key, value, headers)
         try:
-            return future.result(timeout=timeout)
+            position = future.result(timeout=timeout)
         except TimeoutError as exc:
             raise EventLogUnavailable(f"append to {topic!r} not confirmed within {timeout} s") from exc
+        if self.on_append is not None:
+            self.on_append(topic, time.perf_counter() - started)
+        return position
 
     def append_many(self, topic: str, items: Iterable[tuple[bytes, bytes]], timeout: float = 60.0) -> list[Position]:
         """Append several events (key, value); returns once all are durable, in input order."""

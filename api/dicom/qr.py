@@ -440,23 +440,72 @@ def handle_rejected(event: Any, deps: QrDeps) -> None:
             return
 
 
+_PENDING = (0xFF00, 0xFF01)
+Handler = Callable[[Any, QrDeps], Iterator[Any]]
+
+
+def _status_code(code: Any) -> int | None:
+    if isinstance(code, Dataset):
+        return int(code.Status) if "Status" in code else None
+    return int(code) if isinstance(code, int) else None
+
+
+def counted(handler: Handler, channel: str, on_read: Callable[[str, str], None]) -> Handler:
+    """``handler`` telling ``on_read(channel, status)`` once per request: the final status it
+    answered (4 hex digits), ``0000`` for a C-FIND whose matches all went out, ``completed`` for
+    a retrieve whose sub-operations all ran (their own outcomes go into the final status
+    pynetdicom builds), ``aborted`` when the association ended first."""
+
+    def answer(event: Any, deps: QrDeps) -> Iterator[Any]:
+        told = False
+        try:
+            for item in handler(event, deps):
+                if isinstance(item, tuple) and len(item) == 2:
+                    code = _status_code(item[0]) if item[0] is not None else 0xA801  # destination unknown
+                    if code is not None and code not in _PENDING and not told:
+                        # counted before pynetdicom sends it: the peer may have the answer before
+                        # this generator is resumed to its end
+                        on_read(channel, f"{code:04X}")
+                        told = True
+                yield item
+            if not told:  # no final status of its own: pynetdicom answers success after this end
+                on_read(channel, "0000" if channel == "c-find" else "completed")
+                told = True
+        finally:
+            if not told:
+                on_read(channel, "aborted")
+
+    return answer
+
+
 def qr_services(
     warehouse: Callable[[], Warehouse],
     blobs: BlobStore,
     event_log: EventLog,
     senders: Senders,
     recorder: AccessRecorder | None = None,
+    on_read: Callable[[str, str], None] | None = None,
 ) -> ExtraServices:
-    """Query/Retrieve as extra services of the Storage SCP (see :class:`ingest.scp.ExtraServices`)."""
+    """Query/Retrieve as extra services of the Storage SCP (see :class:`ingest.scp.ExtraServices`);
+    ``on_read(channel, status)`` is told of every request (the archive's metrics)."""
     recorder = recorder or AccessRecorder(event_log, socket.gethostname() or "local")
     install_stored_encoding()
     deps = QrDeps(warehouse, blobs, recorder, senders)
+    find: Handler = handle_find
+    move: Handler = handle_move
+    get: Handler = handle_get
+    if on_read is not None:
+        find, move, get = (
+            counted(find, "c-find", on_read),
+            counted(move, "c-move", on_read),
+            counted(get, "c-get", on_read),
+        )
     return ExtraServices(
         contexts=[(uid, IDENTIFIER_SYNTAXES) for uid in QR_SOP_CLASSES],
         handlers=[
-            (evt.EVT_C_FIND, handle_find, [deps]),
-            (evt.EVT_C_MOVE, handle_move, [deps]),
-            (evt.EVT_C_GET, handle_get, [deps]),
+            (evt.EVT_C_FIND, find, [deps]),
+            (evt.EVT_C_MOVE, move, [deps]),
+            (evt.EVT_C_GET, get, [deps]),
             (evt.EVT_REJECTED, handle_rejected, [deps]),
         ],
         storage_roles=True,

@@ -30,6 +30,8 @@ from api.bootstrap import Archive
 from api.http.agents import AgentEventIds
 from api.http.agents import router as agents_router
 from api.http.errors import install_error_handlers
+from api.http.metrics import ReadRequestsMiddleware
+from api.http.metrics import router as metrics_router
 from api.http.openapi import document as openapi_document
 from api.http.oversight import router as oversight_router
 from api.http.qido import router as qido_router
@@ -103,6 +105,7 @@ def create_app(
         redoc_url=None,
     )
     app.add_middleware(NoStoreMiddleware)
+    app.add_middleware(ReadRequestsMiddleware, metrics=archive.metrics)
     app.state.archive = archive
     app.state.users = users
     app.state.reports = service
@@ -112,6 +115,7 @@ def create_app(
     recorder = AccessRecorder(archive.event_log, source_node=f"http:{_node()}")
     app.state.access = recorder
     install_sessions(app, archive.settings.home, archive.settings.session_key)
+    app.include_router(metrics_router(archive))
     app.include_router(stow_router(archive.ingestor, archive.settings.home / "spool", limit))
     app.include_router(reports_router(service, recorder))
     app.include_router(qido_router(archive.warehouse, recorder))

@@ -20,6 +20,7 @@ import socket
 import subprocess
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 from pathlib import Path
 from types import TracebackType
@@ -402,3 +403,76 @@ class OrthancServer(_ScriptServer):
                     self._describe(f"storage commitment {transaction_uid} still pending after {timeout:.0f}s", "")
                 )
             time.sleep(0.1)
+
+
+class PrometheusServer(_ScriptServer):
+    """Prometheus (Debian package) scraping a CAMI ``/metrics``, started by ``infra/prometheus.sh``::
+
+        prometheus = PrometheusServer(tmp_path / "prometheus", target="127.0.0.1:8080", interval="1s")
+        prometheus.start()
+        prometheus.query('cami_ingest_objects_total{channel="dicom"}')   # the PromQL result vector
+    """
+
+    script = "prometheus.sh"
+    log_files = ("prometheus.out",)
+
+    def __init__(
+        self,
+        data_dir: Path,
+        target: str,
+        port: int | None = None,
+        *,
+        token_file: Path | None = None,
+        rules: tuple[Path, ...] = (),
+        interval: str = "1s",
+    ) -> None:
+        super().__init__(data_dir, port if port is not None else free_ports(1)[0], "--port", 0)
+        self.target = target
+        self.token_file = token_file
+        self.rules = rules
+        self.interval = interval
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def address(self) -> str:
+        return self.url
+
+    def start(self) -> None:
+        """Install if needed, write the scrape config, start on ``data_dir`` and wait for ``/-/ready``."""
+        self.install()
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        args = ["start", *self._dir_args(), "--port", str(self.port), "--target", self.target]
+        args += ["--interval", self.interval]
+        if self.token_file is not None:
+            args += ["--token-file", str(self.token_file)]
+        for rule in self.rules:
+            args += ["--rules", str(rule)]
+        proc = self._run(*args, timeout=_START_TIMEOUT_S)
+        printed = proc.stdout.strip().splitlines()[-1] if proc.stdout.strip() else ""
+        if printed != self.url:
+            raise ServerError(
+                self._describe(f"prometheus.sh start printed {printed!r}, expected {self.url!r}", proc.stderr)
+            )
+
+    def _api(self, path: str, **params: str) -> Any:
+        query = urllib.parse.urlencode(params)
+        with urllib.request.urlopen(f"{self.url}/api/v1/{path}?{query}", timeout=30) as response:
+            body = json.load(response)
+        if body.get("status") != "success":
+            raise ServerError(self._describe(f"Prometheus /api/v1/{path} answered {body}", ""))
+        return body["data"]
+
+    def query(self, promql: str) -> list[dict[str, Any]]:
+        """An instant PromQL query: the result vector (``[{"metric": {...}, "value": [t, "v"]}]``)."""
+        return list(self._api("query", query=promql)["result"])
+
+    def targets(self) -> list[dict[str, Any]]:
+        """The active scrape targets with their health and last error."""
+        return list(self._api("targets")["activeTargets"])
+
+    def rules_loaded(self) -> list[dict[str, Any]]:
+        """The rule groups Prometheus loaded."""
+        return list(self._api("rules")["groups"])
