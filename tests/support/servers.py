@@ -408,9 +408,9 @@ class OrthancServer(_ScriptServer):
 class PrometheusServer(_ScriptServer):
     """Prometheus (Debian package) scraping a CAMI ``/metrics``, started by ``infra/prometheus.sh``::
 
-        prometheus = PrometheusServer(tmp_path / "prometheus", target="127.0.0.1:8080", interval="1s")
-        prometheus.start()
-        prometheus.query('cami_ingest_objects_total{channel="dicom"}')   # the PromQL result vector
+    prometheus = PrometheusServer(tmp_path / "prometheus", target="127.0.0.1:8080", interval="1s")
+    prometheus.start()
+    prometheus.query('cami_ingest_objects_total{channel="dicom"}')   # the PromQL result vector
     """
 
     script = "prometheus.sh"
