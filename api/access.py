@@ -46,9 +46,11 @@ from streams.log import EventLog
 from streams.publisher import publish
 
 #: what ``action`` and ``channel`` say in a RecordAccessed event
-#: (``report``: a transfer agent posting its events, recorded when its token is refused)
-ACTIONS = ("query", "view", "retrieve", "download", "move", "get", "report")
-CHANNELS = ("qido-rs", "wado-rs", "wado-uri", "study-page", "c-find", "c-move", "c-get", "api")
+#: (``report``: a transfer agent posting its events, recorded when its token is refused;
+#: ``request``: any other state-changing call a role was refused; channel ``web``: a page other
+#: than the study page)
+ACTIONS = ("query", "view", "retrieve", "download", "move", "get", "report", "request")
+CHANNELS = ("qido-rs", "wado-rs", "wado-uri", "study-page", "c-find", "c-move", "c-get", "api", "web", "stow-rs")
 
 
 class AccessDenied(Exception):
@@ -82,6 +84,19 @@ def aggregate_for(study_uid: str | None, patient_id: str | None, reader: Reader)
 def query_text(parameters: Mapping[str, Any]) -> str:
     """The query as asked, stable (sorted keys) so equal queries read the same in the audit trail."""
     return json.dumps({k: parameters[k] for k in sorted(parameters)}, ensure_ascii=False, default=str)
+
+
+def access_channel(method: str, path: str) -> str:
+    """The channel a RecordAccessed event names for an HTTP request (``method`` to ``path``)."""
+    if path.startswith("/dicomweb/"):
+        if method not in ("GET", "HEAD"):
+            return "stow-rs"
+        return "qido-rs" if path.rstrip("/").rsplit("/", 1)[-1] in ("studies", "series", "instances") else "wado-rs"
+    if path == "/wado":
+        return "wado-uri"
+    if path == "/study":
+        return "study-page"
+    return "api" if path.startswith("/api/") else "web"
 
 
 class AccessRecorder:

@@ -15,6 +15,7 @@ from collections.abc import Callable
 from fastapi import Depends, Request
 from fastapi.security import APIKeyCookie, HTTPAuthorizationCredentials, HTTPBearer
 
+from api.access import AccessRecorder, Reader, access_channel
 from api.auth import SESSION_COOKIE, User, UserDirectory, UsersFileError, session_user
 from api.http.errors import ApiError
 from schemas.policy import Action, may, roles_that
@@ -64,6 +65,23 @@ def authenticate(request: Request) -> User:
     return user
 
 
+def record_refusal(request: Request, user: User) -> None:
+    """Records that ``user``'s role was refused ``request`` (a RecordAccessed event with outcome
+    ``denied``: the path asked for, by whom, from where), before the 403 is answered, so an auditor
+    sees who tried to open what their role does not allow."""
+    recorder: AccessRecorder | None = getattr(request.app.state, "access", None)
+    if recorder is None:
+        return
+    reader = Reader(user.actor, user.organisation, request.client.host if request.client else None)
+    recorder.record(
+        reader,
+        action="view" if request.method in ("GET", "HEAD") else "request",
+        channel=access_channel(request.method, request.url.path),
+        query={"path": request.url.path, "method": request.method},
+        outcome="denied",
+    )
+
+
 def require(
     action: Action | None = None,
     *,
@@ -83,6 +101,7 @@ def require(
                 on_unauthenticated(request)
             raise
         if action is not None and not may(user.role, action):
+            record_refusal(request, user)
             allowed = ", ".join(sorted(roles_that(action)))
             raise ApiError(403, "forbidden", f"role {user.role} may not do this (allowed: {allowed})")
         return user

@@ -29,6 +29,7 @@ from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from api.access import access_channel
 from api.bootstrap import Archive
 from api.http.errors import ApiError
 from projections.monitoring.queries import transfer_states
@@ -142,18 +143,9 @@ def router(archive: Archive) -> APIRouter:
 
 def read_channel(path: str) -> str | None:
     """The read channel a request path belongs to (None: not a read of the archive's records)."""
-    if path.startswith("/dicomweb/"):
-        # QIDO-RS searches end in a collection (studies, series, instances); the rest is WADO-RS
-        return "qido-rs" if path.rstrip("/").rsplit("/", 1)[-1] in ("studies", "series", "instances") else "wado-rs"
-    if path == "/wado":
-        return "wado-uri"
-    if path == "/study":
-        return "study-page"
-    if path.startswith("/api/"):
-        return "api"
     if path in ("/metrics", "/openapi.json") or path.startswith("/static/"):
         return None
-    return "web"
+    return access_channel("GET", path)
 
 
 class ReadRequestsMiddleware:
