@@ -54,7 +54,7 @@ def test_monitoring_for_regional_it_and_audit_history_for_auditors(tmp_path: Pat
             bad_org = it.get("/api/monitoring/organisations/x'--/minutes")
             assert bad_org.status_code == 400 and bad_org.json()["detail"]["parameter"] == "organisation"
 
-        before = len(side.accesses())
+        before = {e.envelope.event_id for e in side.accesses()}
         with side.client("auditor") as auditor:
             deadline = time.monotonic() + 30
             while True:
@@ -71,10 +71,13 @@ def test_monitoring_for_regional_it_and_audit_history_for_auditors(tmp_path: Pat
             assert auditor.get("/api/audit/records/no-such-record").status_code == 404
             assert auditor.get("/api/monitoring/organisations").status_code == 403  # not theirs either
         # reading the history is a read of patient data: recorded, once per successful read
-        new = side.accesses()[before:]
-        views = [e for e in new if e.payload["channel"] == "api"]
+        new = [e for e in side.accesses() if e.envelope.event_id not in before]
+        views = [e for e in new if e.payload["channel"] == "api" and e.payload["outcome"] == "ok"]
         assert len(views) >= 1 and all(e.envelope.actor.user == "auditor" for e in views)
         assert views[-1].payload["StudyInstanceUID"] == study and views[-1].payload["PatientID"] == "OVERSIGHT-1"
+        # and the monitoring the auditor was refused, as a denied access
+        (refusal,) = [e for e in new if e.payload["outcome"] == "denied"]
+        assert refusal.envelope.actor.user == "auditor" and "/api/monitoring/organisations" in refusal.payload["query"]
 
         with side.client("dr.petrov") as radiologist:
             assert radiologist.get("/api/monitoring/organisations").status_code == 403
