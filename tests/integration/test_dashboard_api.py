@@ -1,0 +1,119 @@
+"""The regional dashboard over HTTP (``cami serve``'s app on the embedded log): regional IT and
+administrators read the snapshot and its live Server-Sent Events stream, which pushes the new
+counts after storescu stores a study; other roles are refused (403, recorded), anonymous callers
+get 401 (JSON) or the sign-in page; and a server stop is not held up by an open stream."""
+
+from __future__ import annotations
+
+import json
+import queue
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+from pydicom.uid import generate_uid
+
+from tests.support.readside import ORG, ROOT_UID, SENDER_AE, ReadSide
+
+
+def sse(response: httpx.Response) -> Iterator[tuple[str, str]]:
+    """(event, data) of each Server-Sent Event; comments are yielded as ("comment", text)."""
+    event, data = "message", []
+    for line in response.iter_lines():
+        if line.startswith(":"):
+            yield "comment", line[1:].strip()
+        elif line.startswith("event:"):
+            event = line[6:].strip()
+        elif line.startswith("data:"):
+            data.append(line[5:].strip())
+        elif not line and data:
+            yield event, "\n".join(data)
+            event, data = "message", []
+
+
+def row(snapshot: dict[str, Any], organisation: str) -> dict[str, Any] | None:
+    return next((r for r in snapshot["organisations"] if r["organisation"] == organisation), None)
+
+
+def test_roles_pages_and_refusals_recorded(tmp_path: Path) -> None:
+    with ReadSide.start(tmp_path) as side:
+        for user in ("it", "admin"):
+            with side.client(user) as client:
+                answer = client.get("/api/monitoring/dashboard")
+                assert answer.status_code == 200, answer.text
+                assert set(answer.json()) == {"now", "today", "organisations", "alarms"}
+                page = client.get("/monitoring")
+                assert page.status_code == 200 and 'id="dashboard"' in page.text
+                assert 'href="/monitoring"' in page.text  # in the top bar for this role
+                organisation = client.get(f"/monitoring/{ORG}")
+                assert organisation.status_code == 200 and SENDER_AE[ORG] in organisation.text
+                assert client.get("/monitoring/not-a-code").status_code == 400
+        before = len(side.accesses())
+        with side.client("dr.petrov") as radiologist:
+            for path in ("/api/monitoring/dashboard", "/api/monitoring/stream"):
+                answer = radiologist.get(path)
+                assert answer.status_code == 403 and answer.json()["error"] == "forbidden", path
+            page = radiologist.get("/monitoring")
+            assert page.status_code == 403 and "text/html" in page.headers["content-type"]
+            assert radiologist.get(f"/monitoring/{ORG}").status_code == 403
+            assert 'href="/monitoring"' not in radiologist.get("/search").text
+        refusals = [e.payload for e in side.accesses()[before:]]
+        assert [(p["outcome"], p["channel"]) for p in refusals] == [("denied", "api")] * 2 + [
+            ("denied", "study-page")
+        ] * 2
+        assert all("monitoring" in (p["query"] or "") for p in refusals)
+        with side.client() as anonymous:
+            assert anonymous.get("/api/monitoring/dashboard").status_code == 401
+            assert anonymous.get("/api/monitoring/stream").status_code == 401
+            signin = anonymous.get("/monitoring")
+            assert signin.status_code == 303 and signin.headers["location"].startswith("/signin")
+
+
+def test_the_stream_pushes_new_counts_and_ends_when_the_server_stops(tmp_path: Path) -> None:
+    side = ReadSide.start(tmp_path)
+    received: queue.Queue[tuple[str, str] | None] = queue.Queue()
+
+    def listen() -> None:
+        headers = {"Authorization": f"Bearer {side.tokens['it']}", "Accept": "text/event-stream"}
+        try:
+            with httpx.stream("GET", f"{side.url}/api/monitoring/stream", headers=headers, timeout=120) as response:
+                assert response.status_code == 200
+                assert response.headers["content-type"].startswith("text/event-stream")
+                for item in sse(response):
+                    received.put(item)
+        except httpx.HTTPError as exc:
+            received.put(("closed-with-error", repr(exc)))
+        finally:
+            received.put(None)
+
+    listener = threading.Thread(target=listen, daemon=True)
+    try:
+        listener.start()
+        kind, data = received.get(timeout=60)
+        assert kind == "snapshot"
+        assert row(json.loads(data), ORG) is None  # nothing sent yet
+
+        study = generate_uid(prefix=ROOT_UID)
+        side.store_study(study, 2)
+        while True:  # snapshots come as the projection folds; the one with both objects must come
+            kind, data = received.get(timeout=60)
+            if kind != "snapshot":
+                continue
+            mine = row(json.loads(data), ORG)
+            if mine is not None and mine["today"]["instances"] == 2:
+                break
+        assert mine["today"]["studies"] == 1 and mine["organisation_name"] == SENDER_AE[ORG]
+        assert mine["organisation_known"] is True
+    finally:
+        server = side.http._thread
+        side.stop()
+    # the open stream did not hold the server up: it ended, and so did uvicorn's thread
+    assert server is not None and not server.is_alive()
+    listener.join(timeout=30)
+    assert not listener.is_alive()
+    rest = []
+    while (item := received.get(timeout=5)) is not None:
+        rest.append(item)
+    assert all(kind in ("snapshot", "comment") for kind, _ in rest), rest
