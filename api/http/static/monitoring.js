@@ -70,7 +70,7 @@
               text: tr("link." + agent.link_state) })]));
           tr_.appendChild(el("td", { class: "heartbeat nowrap", "data-age": agent.heartbeat_age_s,
             text: time(agent.last_heartbeat) + " (" + seconds(agent.heartbeat_age_s) + ")" }));
-          const oldest = agent.oldest_waiting_at ? " · " + tr("waiting") + " " + time(agent.oldest_waiting_at) : "";
+          const oldest = agent.oldest_waiting_at && agent.queue_depth ? " · " + tr("waiting") + " " + time(agent.oldest_waiting_at) : "";
           tr_.appendChild(el("td", { class: "queue", "data-queue": agent.queue_depth,
             text: agent.queue_depth + " (" + bytes(agent.queue_bytes) + ")" + oldest }));
         } else {
