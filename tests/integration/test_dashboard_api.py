@@ -13,8 +13,10 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import pytest
 from pydicom.uid import generate_uid
 
+from api.http import monitoring_pages
 from tests.support.readside import ORG, ROOT_UID, SENDER_AE, ReadSide
 
 
@@ -37,7 +39,7 @@ def row(snapshot: dict[str, Any], organisation: str) -> dict[str, Any] | None:
     return next((r for r in snapshot["organisations"] if r["organisation"] == organisation), None)
 
 
-def test_roles_pages_and_refusals_recorded(tmp_path: Path) -> None:
+def test_roles_pages_and_refusals_recorded(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     with ReadSide.start(tmp_path) as side:
         for user in ("it", "admin"):
             with side.client(user) as client:
@@ -50,6 +52,12 @@ def test_roles_pages_and_refusals_recorded(tmp_path: Path) -> None:
                 organisation = client.get(f"/monitoring/{ORG}")
                 assert organisation.status_code == 200 and SENDER_AE[ORG] in organisation.text
                 assert client.get("/monitoring/not-a-code").status_code == 400
+        # without the chart library (infra/web-assets.sh not run) the page still answers, and says so
+        monkeypatch.setattr(monitoring_pages, "UPLOT", Path("vendor/none/absent.js"))
+        with side.client("it") as client:
+            page = client.get(f"/monitoring/{ORG}")
+            assert page.status_code == 200 and 'id="chart-missing"' in page.text and "uPlot" in page.text
+            assert "/static/vendor/" not in page.text
         before = len(side.accesses())
         with side.client("dr.petrov") as radiologist:
             for path in ("/api/monitoring/dashboard", "/api/monitoring/stream"):
