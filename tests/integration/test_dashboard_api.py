@@ -8,7 +8,10 @@ from __future__ import annotations
 import json
 import queue
 import threading
+import uuid
 from collections.abc import Iterator
+from dataclasses import replace
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -16,8 +19,17 @@ import httpx
 import pytest
 from pydicom.uid import generate_uid
 
-from api.http import monitoring_pages
+from api.auth import add_user
+from api.bootstrap import bootstrap
+from api.config import Settings
+from api.http import HttpServer, monitoring_pages
+from api.http.app import create_app
+from projections.monitoring.fold import Monitoring
+from projections.sinks import WarehouseSink
+from streams.processing import EmbeddedRunner
+from streams.publisher import publish_many
 from tests.support.readside import ORG, ROOT_UID, SENDER_AE, ReadSide
+from tests.support.scenarios import STUDY, instance_event
 
 
 def sse(response: httpx.Response) -> Iterator[tuple[str, str]]:
@@ -125,3 +137,46 @@ def test_the_stream_pushes_new_counts_and_ends_when_the_server_stops(tmp_path: P
     while (item := received.get(timeout=5)) is not None:
         rest.append(item)
     assert all(kind in ("snapshot", "comment") for kind, _ in rest), rest
+
+
+@pytest.mark.parametrize("backend", ["embedded", pytest.param("kafka", marks=pytest.mark.kafka)])
+def test_the_stream_polls_when_the_projection_runs_elsewhere(
+    backend: str, tmp_path: Path, request: pytest.FixtureRequest
+) -> None:
+    """Workers in another process (the Kafka deployment) signal nothing here: the stream still
+    shows new arrivals, from its once-a-second look. Here the monitoring projection runs with a
+    sink that signals nothing, on either event log; the events are appended to the real log."""
+    home = tmp_path / "cami"
+    home.mkdir()
+    if backend == "kafka":
+        event_log = f"kafka://{request.getfixturevalue('kafka_server').bootstrap}?delivery_timeout_ms=10000"
+    else:
+        event_log = f"sqlite://{home}/events.db"
+    env = {"CAMI_HOME": str(home), "CAMI_EVENT_LOG": event_log, "CAMI_PARTITIONS": "3"}
+    archive = bootstrap(Settings.from_env(env))
+    token = add_user(home / "users.toml", "it", role="regional-it")[1]
+    # a fresh organisation code: the session's Kafka topics hold other tests' events too
+    organisation = f"{ORG}.{uuid.uuid4().int % 10**12}"
+    runner = EmbeddedRunner(archive.event_log, [(Monitoring(), WarehouseSink(archive.warehouse, Monitoring.ddl))])
+    runner.start()
+    http = HttpServer(create_app(archive), "127.0.0.1", 0)
+    http.start()
+    try:
+        headers = {"Authorization": f"Bearer {token}"}
+        with httpx.stream("GET", f"{http.url}/api/monitoring/stream", headers=headers, timeout=120) as response:
+            events = sse(response)
+            first = next(data for kind, data in events if kind == "snapshot")
+            assert row(json.loads(first), organisation) is None
+            now = datetime.now(UTC)
+            study = replace(STUDY[1], org=organisation, n=uuid.uuid4().int % 10**9)
+            publish_many(archive.event_log, [instance_event(study, i, now) for i in range(2)])
+            for kind, data in events:
+                mine = row(json.loads(data), organisation) if kind == "snapshot" else None
+                if mine is not None and mine["today"]["instances"] == 2:
+                    break
+            assert mine is not None and mine["today"]["studies"] == 1
+            assert archive.monitoring_changes.version == 0  # nothing signalled: the timer found it
+    finally:
+        http.stop()
+        runner.stop()
+        archive.close()
