@@ -176,7 +176,7 @@ def main(argv: list[str] | None = None) -> int:
     for col in ("backend", *columns, "ratio_p95"):
         table.add_column(col)
     table.add_row(result["backend"], *(str(result[c]) for c in columns), str(result["ratio_p95"]))
-    Console().print(table)
+    Console(width=200).print(table)
     return 0
 
 
