@@ -114,38 +114,34 @@ def stalled_transfer(transfer: dict[str, Any], now: datetime) -> dict[str, Any] 
 
 
 # -- the queries -----------------------------------------------------------------------------------
-_TODAY = f"""
+# one scan of the week's arrivals, per organisation: today's figures, the last hour's refusals, the
+# studies' first arrivals and the last object (the silent-sender alarm), incomplete packages (a
+# study whose latest object still lacks regional attributes)
+_ARRIVALS = f"""
 SELECT
     organisation,
-    uniqExactIf(study_uid, kind = 'stored') AS studies,
-    countIf(kind = 'stored') AS instances,
-    sumIf(bytes, kind = 'stored') AS bytes,
-    countIf(kind != 'stored') AS rejections,
-    countIf(kind != 'stored' AND at >= {{hour_ago:DateTime64(6, 'UTC')}}) AS rejections_last_hour
-FROM {ARRIVALS} FINAL
-WHERE at >= {{today:DateTime64(6, 'UTC')}}
-GROUP BY organisation
-"""
-
-# the last object and the studies' first arrivals over the usual window: the silent-sender alarm
-_USUAL = f"""
-SELECT organisation, max(last_at) AS last_arrival, groupArray(first_at) AS study_starts
+    countIf(today_instances > 0) AS studies,
+    sum(today_instances) AS instances,
+    sum(today_bytes) AS bytes,
+    sum(today_rejections) AS rejections,
+    sum(hour_rejections) AS rejections_last_hour,
+    maxIf(last_at, stored > 0) AS last_arrival,
+    groupArrayIf(first_at, stored > 0) AS study_starts,
+    countIf(stored > 0 AND incomplete) AS incomplete_packages
 FROM (
-    SELECT organisation, study_uid, min(at) AS first_at, max(at) AS last_at
+    SELECT
+        organisation,
+        study_uid,
+        countIf(kind = 'stored') AS stored,
+        countIf(kind = 'stored' AND at >= {{today:DateTime64(6, 'UTC')}}) AS today_instances,
+        sumIf(bytes, kind = 'stored' AND at >= {{today:DateTime64(6, 'UTC')}}) AS today_bytes,
+        countIf(kind != 'stored' AND at >= {{today:DateTime64(6, 'UTC')}}) AS today_rejections,
+        countIf(kind != 'stored' AND at >= {{hour_ago:DateTime64(6, 'UTC')}}) AS hour_rejections,
+        minIf(at, kind = 'stored') AS first_at,
+        maxIf(at, kind = 'stored') AS last_at,
+        argMaxIf(notEmpty(missing), (at, offset), kind = 'stored') AS incomplete
     FROM {ARRIVALS} FINAL
-    WHERE kind = 'stored' AND at >= {{usual:DateTime64(6, 'UTC')}}
-    GROUP BY organisation, study_uid
-)
-GROUP BY organisation
-"""
-
-# a package is incomplete while its study's latest object still lacks regional attributes
-_INCOMPLETE = f"""
-SELECT organisation, countIf(incomplete) AS incomplete_packages
-FROM (
-    SELECT organisation, study_uid, argMax(notEmpty(missing), (at, offset)) AS incomplete
-    FROM {ARRIVALS} FINAL
-    WHERE kind = 'stored' AND at >= {{usual:DateTime64(6, 'UTC')}}
+    WHERE at >= {{usual:DateTime64(6, 'UTC')}}
     GROUP BY organisation, study_uid
 )
 GROUP BY organisation
@@ -284,19 +280,16 @@ def dashboard_snapshot(warehouse: Warehouse, now: datetime | None = None) -> dic
         )
 
     alarms: list[dict[str, Any]] = []
-    for row in _rows(warehouse, _TODAY, params):
+    for row in _rows(warehouse, _ARRIVALS, params):
         e = entry(row["organisation"])
         e["today"] = {k: int(row[k]) for k in ("studies", "instances", "bytes", "rejections")}
         e["failures_last_hour"]["rejections"] = int(row["rejections_last_hour"])
-    for row in _rows(warehouse, _USUAL, params):
-        e = entry(row["organisation"])
-        e["last_arrival"] = _utc(row["last_arrival"])
-        starts = [_utc(s) for s in row["study_starts"]]
-        alarm = silent_sender(row["organisation"], [s for s in starts if s is not None], e["last_arrival"], now)
+        e["incomplete_packages"] = int(row["incomplete_packages"])
+        starts = [m for m in (_utc(s) for s in row["study_starts"]) if m is not None]
+        e["last_arrival"] = _utc(row["last_arrival"]) if starts else None
+        alarm = silent_sender(row["organisation"], starts, e["last_arrival"], now)
         if alarm is not None:
             alarms.append(alarm)
-    for row in _rows(warehouse, _INCOMPLETE, params):
-        entry(row["organisation"])["incomplete_packages"] = int(row["incomplete_packages"])
     for row in _rows(warehouse, _FAILURES, params):
         entry(row["organisation"])["failures_last_hour"]["transfers"] = int(row["n"])
 
