@@ -12,7 +12,8 @@ stream and two pages, all read from the monitoring projection
     written (the :class:`projections.changes.ChangeNotifier` its sink signals in this process) and
     at least every :data:`REFRESH` seconds (the alarms depend on the clock, and where the workers
     run in another process nothing signals). A comment line every :data:`KEEPALIVE` seconds keeps
-    proxies from closing a quiet stream. It ends when the client goes or the server stops.
+    proxies from closing a quiet stream. It ends when the client goes, when the server stops, and
+    after :data:`LIFETIME` seconds (the browser reconnects, its credentials checked again).
 ``GET /monitoring``
     The table (one row per organisation and agent) and the alarms, updated from the stream
     without reloading (``/static/monitoring.js``).
@@ -58,6 +59,9 @@ from schemas.policy import Action, may
 REFRESH = 1.0
 #: seconds between the stream's keep-alive comments when nothing else was sent
 KEEPALIVE = 15.0
+#: seconds after which the server ends a stream: the browser's EventSource reconnects (``retry``),
+#: and the reconnection is authenticated again (an expired session or a revoked user stops there)
+LIFETIME = 600.0
 #: how often the stream looks at the change notifier
 _TICK = 0.05
 #: uPlot as ``infra/web-assets.sh`` installs it (not in the repository)
@@ -147,8 +151,9 @@ def router(
         async def events() -> AsyncIterator[str]:
             yield "retry: 2000\n\n"
             seen, sent_body, due, quiet_since = -1, "", 0.0, time.monotonic()
+            ends = quiet_since + LIFETIME
             # ends on server shutdown; a client that goes away cancels this (Starlette listens)
-            while not closing.is_set():
+            while not closing.is_set() and time.monotonic() < ends:
                 now = time.monotonic()
                 if changes.version != seen or now >= due:
                     seen, due = changes.version, now + REFRESH

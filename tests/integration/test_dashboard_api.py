@@ -91,6 +91,20 @@ def test_roles_pages_and_refusals_recorded(tmp_path: Path, monkeypatch: pytest.M
             assert signin.status_code == 303 and signin.headers["location"].startswith("/signin")
 
 
+def test_a_stream_ends_after_its_lifetime_and_the_reconnection_is_authenticated_again(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(monitoring_pages, "LIFETIME", 2.0)
+    with ReadSide.start(tmp_path) as side:
+        headers = {"Authorization": f"Bearer {side.tokens['it']}"}
+        with httpx.stream("GET", f"{side.url}/api/monitoring/stream", headers=headers, timeout=60) as response:
+            kinds = [kind for kind, _ in sse(response)]  # returns: the server ended the stream
+        assert "snapshot" in kinds
+        # the browser reconnects with what it has; a token no longer valid is refused there
+        stale = {"Authorization": "Bearer no-longer-valid"}
+        assert httpx.get(f"{side.url}/api/monitoring/stream", headers=stale, timeout=60).status_code == 401
+
+
 def test_the_stream_pushes_new_counts_and_ends_when_the_server_stops(tmp_path: Path) -> None:
     side = ReadSide.start(tmp_path)
     received: queue.Queue[tuple[str, str] | None] = queue.Queue()
