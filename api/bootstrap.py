@@ -15,6 +15,7 @@ from ingest.scp import StorageSCP
 from ingest.senders import Senders, load_senders
 from ingest.sop_index import SopIndex, SopIndexProjection, SopIndexSink
 from ingest.tls import TlsConfigError, server_context
+from projections.changes import ChangeNotifier
 from projections.registry import ProjectionConfig, build
 from projections.sinks import WarehouseSink
 from projections.warehouse import Warehouse, open_warehouse
@@ -36,6 +37,8 @@ class Archive:
     _ingestor: Ingestor | None = field(default=None, repr=False)
     #: this archive's Prometheus metrics (its own registry), served at /metrics
     metrics: ArchiveMetrics = field(default_factory=ArchiveMetrics, repr=False)
+    #: signalled after the monitoring projection writes in this process (the dashboard's live stream)
+    monitoring_changes: ChangeNotifier = field(default_factory=ChangeNotifier, repr=False)
 
     def __post_init__(self) -> None:
         self.event_log.on_append = self.metrics.appended
@@ -123,7 +126,8 @@ class Archive:
     def bindings(self, names: Sequence[str] = ()) -> list[tuple[Processor, Sink]]:
         bound: list[tuple[Processor, Sink]] = []
         for processor in self.processors(names):
-            sink = WarehouseSink(self.warehouse, getattr(processor, "ddl", ()))
+            changed = self.monitoring_changes.changed if processor.name == "monitoring" else None
+            sink = WarehouseSink(self.warehouse, getattr(processor, "ddl", ()), on_write=changed)
             attach = getattr(processor, "attach", None)
             if attach is not None:  # a processor with state loads it from the tables it writes
                 attach(self.warehouse)

@@ -7,6 +7,7 @@ root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$root"
 started=$SECONDS
 bash infra/python.sh
+bash infra/web-assets.sh
 bash infra/kafka.sh install
 bash infra/minio.sh install
 bash infra/dicom-peers.sh install

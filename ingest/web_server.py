@@ -60,6 +60,11 @@ class HttpServer:
                 break
 
     def stop(self) -> None:
+        # long-lived responses (the dashboard's event stream) end when the app's ``closing`` is
+        # set: uvicorn waits for open responses before it stops, so they must not outlive this
+        closing = getattr(getattr(self.app, "state", None), "closing", None)
+        if isinstance(closing, threading.Event):
+            closing.set()
         self._server.should_exit = True
         if self._thread is not None:
             self._thread.join(timeout=30)

@@ -4,7 +4,8 @@ blob store, the access recorder).
 
 Routers, one module each: :mod:`api.http.stow` (STOW-RS), :mod:`api.http.reports`,
 :mod:`api.http.qido` (QIDO-RS), :mod:`api.http.wado` (WADO-RS and WADO-URI),
-:mod:`api.http.oversight` (monitoring and audit), :mod:`api.http.agents` (the hospitals'
+:mod:`api.http.oversight` (monitoring and audit),
+:mod:`api.http.monitoring_pages` (the live regional dashboard), :mod:`api.http.agents` (the hospitals'
 transfer agents and full-import requests), :mod:`api.http.web` (the browser pages). They
 share :mod:`api.http.errors` (the one JSON error body) and :mod:`api.http.deps` (who is asking).
 
@@ -16,6 +17,7 @@ from a CDN), only ``/openapi.json``.
 from __future__ import annotations
 
 import socket
+import threading
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
@@ -32,6 +34,7 @@ from api.http.agents import router as agents_router
 from api.http.errors import install_error_handlers
 from api.http.metrics import ReadRequestsMiddleware
 from api.http.metrics import router as metrics_router
+from api.http.monitoring_pages import router as monitoring_router
 from api.http.openapi import document as openapi_document
 from api.http.oversight import router as oversight_router
 from api.http.qido import router as qido_router
@@ -109,6 +112,8 @@ def create_app(
     app.state.archive = archive
     app.state.users = users
     app.state.reports = service
+    #: set when the server stops: the long-lived responses (the dashboard's stream) end with it
+    app.state.closing = threading.Event()
     install_error_handlers(app)
 
     # every read is recorded through one recorder
@@ -122,6 +127,9 @@ def create_app(
     app.include_router(wado_router(archive, recorder))
     app.include_router(web_router(archive.warehouse, recorder, organisations))
     app.include_router(oversight_router(archive.warehouse, recorder, organisations))
+    app.include_router(
+        monitoring_router(archive.warehouse, recorder, archive.monitoring_changes, app.state.closing, organisations)
+    )
     app.include_router(
         agents_router(
             archive.event_log,

@@ -182,6 +182,16 @@ def _complete(path: str, method: str, operation: dict[str, Any]) -> None:
         operation["parameters"] = _WADO_URI
         media = _content("application/dicom", "image/jpeg", "image/png")
         operation["responses"] = _answers("the object (application/dicom) or a rendered frame", media, *_READ_ERRORS)
+    elif path == "/api/monitoring/stream":
+        events = {"text/event-stream": {"schema": {"type": "string"}}}
+        operation["responses"] = _answers(
+            "Server-Sent Events: `event: snapshot` with the dashboard's JSON as data, whenever it changes",
+            events,
+            400,
+            401,
+            403,
+            503,
+        )
     elif path.startswith("/api/monitoring/") or path.startswith("/api/audit/"):
         errors = (400, 401, 403, 404, 503) if path.startswith("/api/audit/records") else (400, 401, 403, 503)
         operation["responses"] = {
@@ -203,6 +213,9 @@ def _complete(path: str, method: str, operation: dict[str, Any]) -> None:
     elif path == "/search":
         for parameter in operation.get("parameters", []):
             parameter["schema"] = {"type": "string", "pattern": r"^[^\x00-\x1f\x7f]{0,64}$"}
+        operation["responses"] = _page_answers(400, 401, 403, 503)
+        operation["security"] = [{"HTTPBearer": []}, {"APIKeyCookie": []}, {}]
+    elif path in ("/monitoring", "/monitoring/{organisation}"):
         operation["responses"] = _page_answers(400, 401, 403, 503)
         operation["security"] = [{"HTTPBearer": []}, {"APIKeyCookie": []}, {}]
     elif path == "/signin":

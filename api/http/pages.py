@@ -13,6 +13,8 @@ from typing import Any
 
 from jinja2 import Environment, FileSystemLoader, StrictUndefined, select_autoescape
 
+from schemas.policy import Action, may
+
 TEMPLATES = Path(__file__).parent / "templates"
 
 _environment = Environment(
@@ -22,6 +24,8 @@ _environment = Environment(
     auto_reload=False,
 )
 # the page data as the script reads it: Cyrillic as is, dates and the like as their text
+# the top bar offers the pages the user's role may open
+_environment.globals["may"] = lambda role, action: may(role, Action(action))
 _environment.policies["json.dumps_kwargs"] = {"ensure_ascii": False, "default": str}
 
 

@@ -121,11 +121,28 @@ CREATE TABLE IF NOT EXISTS {HEARTBEATS} (
     queue_bytes UInt64,
     in_flight UInt32,
     link_kbps Nullable(Float64),
-    last_success_at Nullable(DateTime64(6, 'UTC'))
+    last_success_at Nullable(DateTime64(6, 'UTC')),
+    oldest_waiting_at Nullable(DateTime64(6, 'UTC')),
+    link_state LowCardinality(String),
+    held UInt32,
+    emergency_waiting UInt32
 ) ENGINE = ReplacingMergeTree
 PARTITION BY toYYYYMM(minute)
 ORDER BY (organisation, agent_id, topic, partition, offset)
 """
+
+#: AgentHeartbeat v2's fields, for a warehouse whose heartbeat table was created before them (a new
+#: or rebuilt one has them from the CREATE above; the statements are no-ops there). A v1 heartbeat
+#: folds to their defaults: nothing known to wait, link state unknown ('').
+HEARTBEATS_V2_DDL = tuple(
+    f"ALTER TABLE {HEARTBEATS} ADD COLUMN IF NOT EXISTS {column}"
+    for column in (
+        "oldest_waiting_at Nullable(DateTime64(6, 'UTC')) AFTER last_success_at",
+        "link_state LowCardinality(String) AFTER oldest_waiting_at",
+        "held UInt32 AFTER link_state",
+        "emergency_waiting UInt32 AFTER held",
+    )
+)
 
 #: one row per TransferRequested: what an organisation's agent is asked to send in full. The
 #: requests of one organisation share its code as log key, so they sit in one partition in log
@@ -166,7 +183,7 @@ def _clock(event: Event) -> dict[str, Any]:
 class Monitoring:
     name = "monitoring"
     topics: Sequence[str] = (DICOM, REPORTS, TRANSFERS)
-    ddl = (ARRIVALS_DDL, REPORTS_DDL, TRANSFERS_DDL, HEARTBEATS_DDL, REQUESTS_DDL)
+    ddl = (ARRIVALS_DDL, REPORTS_DDL, TRANSFERS_DDL, HEARTBEATS_DDL, *HEARTBEATS_V2_DDL, REQUESTS_DDL)
     tables = (ARRIVALS, REPORTS_SIGNED, TRANSFER_EVENTS, HEARTBEATS, TRANSFER_REQUESTS)
 
     def apply(self, event: Event, source: Source) -> Sequence[Row]:
@@ -278,6 +295,10 @@ def _heartbeat(event: Event, source: Source) -> Row:
             "in_flight": p["in_flight"],
             "link_kbps": p.get("link_kbps"),
             "last_success_at": _fits_datetime64(p.get("last_success_at")),
+            "oldest_waiting_at": _fits_datetime64(p.get("oldest_waiting_at")),
+            "link_state": p.get("link_state") or "",
+            "held": p.get("held") or 0,
+            "emergency_waiting": p.get("emergency_waiting") or 0,
         },
     )
 
