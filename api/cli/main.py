@@ -16,6 +16,7 @@ from api.cli.agent import register as agent
 from api.cli.audit import register as audit
 from api.cli.demo import register as demo
 from api.cli.import_ import register as import_
+from api.cli.monitor import register as monitor
 from api.cli.output import console
 from api.cli.replay import register as replay
 from api.cli.schemas import register as schemas
@@ -26,7 +27,7 @@ from api.cli.users import register as users
 from api.cli.workers import register as workers
 
 #: every subcommand (each module's ``register``), in the order ``cami --help`` lists them
-COMMANDS = (demo, status, schemas, workers, serve, import_, users, replay, audit, transfers, agent)
+COMMANDS = (demo, status, schemas, workers, serve, import_, users, replay, audit, transfers, agent, monitor)
 
 
 def build_parser() -> argparse.ArgumentParser:
