@@ -46,7 +46,6 @@ from fastapi.responses import HTMLResponse, JSONResponse, StreamingResponse
 from api.access import AccessRecorder, Reader
 from api.auth import User
 from api.http.deps import require
-from api.http.errors import ApiError
 from api.http.oversight import _named
 from api.http.web import STATIC, _message_page, _page, _page_user
 from projections.changes import ChangeNotifier
@@ -121,22 +120,15 @@ def router(
     routes = APIRouter()
     directory = names if names is not None else OrganisationDirectory()
     feed = DashboardFeed(warehouse, changes, directory)
-    signed_in = Depends(require(None))
-
-    def monitor(request: Request, user: User, what: str) -> None:
-        if not may(user.role, Action.MONITOR):
-            recorder.record(
-                _reader(request, user), action="view", channel="api", query={"monitoring": what}, outcome="denied"
-            )
-            raise ApiError(403, "forbidden", f"role {user.role} may not do this (allowed: administrator, regional-it)")
+    # a refused role is answered 403 and recorded by require() itself
+    monitoring = Depends(require(Action.MONITOR))
 
     @routes.get(
         "/api/monitoring/dashboard",
         tags=["monitoring"],
         summary="the regional dashboard: per organisation and agent, with the alarms",
     )
-    async def dashboard(request: Request, user: User = signed_in) -> JSONResponse:
-        monitor(request, user, "dashboard")
+    async def dashboard(user: User = monitoring) -> JSONResponse:
         return JSONResponse(await run_in_threadpool(feed.compute))
 
     @routes.get(
@@ -145,8 +137,7 @@ def router(
         summary="the regional dashboard as Server-Sent Events (a snapshot whenever it changes)",
         response_class=StreamingResponse,
     )
-    async def stream(request: Request, user: User = signed_in) -> StreamingResponse:
-        monitor(request, user, "stream")
+    async def stream(user: User = monitoring) -> StreamingResponse:
 
         async def events() -> AsyncIterator[str]:
             yield "retry: 2000\n\n"
@@ -174,7 +165,7 @@ def router(
         if may(user.role, Action.MONITOR):
             return user
         recorder.record(
-            _reader(request, user), action="view", channel="study-page", query={"monitoring": what}, outcome="denied"
+            _reader(request, user), action="view", channel="web", query={"monitoring": what}, outcome="denied"
         )
         return _message_page(403, "error.403-monitoring", "Вашей роли мониторинг региона не разрешён.", user)
 

@@ -70,7 +70,7 @@ def test_roles_pages_and_refusals_recorded(tmp_path: Path, monkeypatch: pytest.M
             page = client.get(f"/monitoring/{ORG}")
             assert page.status_code == 200 and 'id="chart-missing"' in page.text and "uPlot" in page.text
             assert "/static/vendor/" not in page.text
-        before = len(side.accesses())
+        before = {e.envelope.event_id for e in side.accesses()}
         with side.client("dr.petrov") as radiologist:
             for path in ("/api/monitoring/dashboard", "/api/monitoring/stream"):
                 answer = radiologist.get(path)
@@ -79,10 +79,11 @@ def test_roles_pages_and_refusals_recorded(tmp_path: Path, monkeypatch: pytest.M
             assert page.status_code == 403 and "text/html" in page.headers["content-type"]
             assert radiologist.get(f"/monitoring/{ORG}").status_code == 403
             assert 'href="/monitoring"' not in radiologist.get("/search").text
-        refusals = [e.payload for e in side.accesses()[before:]]
-        assert [(p["outcome"], p["channel"]) for p in refusals] == [("denied", "api")] * 2 + [
-            ("denied", "study-page")
-        ] * 2
+        new = sorted(
+            (e for e in side.accesses() if e.envelope.event_id not in before), key=lambda e: e.envelope.recorded_at
+        )
+        refusals = [e.payload for e in new]
+        assert [(p["outcome"], p["channel"]) for p in refusals] == [("denied", "api")] * 2 + [("denied", "web")] * 2
         assert all("monitoring" in (p["query"] or "") for p in refusals)
         with side.client() as anonymous:
             assert anonymous.get("/api/monitoring/dashboard").status_code == 401
