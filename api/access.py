@@ -48,7 +48,7 @@ from streams.publisher import publish
 #: what ``action`` and ``channel`` say in a RecordAccessed event
 #: (``report``: a transfer agent posting its events, recorded when its token is refused)
 ACTIONS = ("query", "view", "retrieve", "download", "move", "get", "report")
-CHANNELS = ("qido-rs", "wado-rs", "wado-uri", "study-page", "c-find", "c-move", "c-get", "api")
+CHANNELS = ("qido-rs", "wado-rs", "wado-uri", "study-page", "c-find", "c-move", "c-get", "api", "audit-page")
 
 
 class AccessDenied(Exception):

@@ -4,7 +4,8 @@ blob store, the access recorder).
 
 Routers, one module each: :mod:`api.http.stow` (STOW-RS), :mod:`api.http.reports`,
 :mod:`api.http.qido` (QIDO-RS), :mod:`api.http.wado` (WADO-RS and WADO-URI),
-:mod:`api.http.oversight` (monitoring and audit), :mod:`api.http.agents` (the hospitals'
+:mod:`api.http.oversight` (monitoring and audit), :mod:`api.http.audit_pages` (the auditor's
+pages), :mod:`api.http.agents` (the hospitals'
 transfer agents and full-import requests), :mod:`api.http.web` (the browser pages). They
 share :mod:`api.http.errors` (the one JSON error body) and :mod:`api.http.deps` (who is asking).
 
@@ -29,6 +30,7 @@ from api.auth import UserDirectory
 from api.bootstrap import Archive
 from api.http.agents import AgentEventIds
 from api.http.agents import router as agents_router
+from api.http.audit_pages import router as audit_router
 from api.http.errors import install_error_handlers
 from api.http.metrics import ReadRequestsMiddleware
 from api.http.metrics import router as metrics_router
@@ -122,6 +124,9 @@ def create_app(
     app.include_router(wado_router(archive, recorder))
     app.include_router(web_router(archive.warehouse, recorder, organisations))
     app.include_router(oversight_router(archive.warehouse, recorder, organisations))
+    app.include_router(
+        audit_router(archive.warehouse, archive.event_log, recorder, archive.settings.home, organisations)
+    )
     app.include_router(
         agents_router(
             archive.event_log,
