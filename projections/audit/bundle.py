@@ -44,6 +44,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
 from projections.audit.fold import GENESIS, chain_hash, summarise
+from projections.audit.timeline import events_at
 from projections.audit.verify import stored_links
 from projections.warehouse import Warehouse
 from schemas.codec import CodecError, decode
@@ -153,16 +154,16 @@ def build(
                 "event": None,
                 "view": None,
             }
-            if entry["selected"]:
-                found = event_log.read(link.topic, link.partition, link.offset, 1)
-                if found and found[0].offset == link.offset:
-                    raw = found[0].value
-                    entry["event"] = base64.b64encode(raw).decode()
-                    try:
-                        entry["view"] = entry_view(decode(raw))
-                    except CodecError:
-                        entry["view"] = None
             entries.append(entry)
+    events = events_at(event_log, chosen)
+    for entry in entries:
+        raw = events.get((entry["topic"], entry["partition"], entry["offset"])) if entry["selected"] else None
+        if raw is not None:  # absent from the log: the bundle says so (no bytes), the check names it
+            entry["event"] = base64.b64encode(raw).decode()
+            try:
+                entry["view"] = entry_view(decode(raw))
+            except CodecError:
+                entry["view"] = None
     document: dict[str, Any] = {
         "format": FORMAT,
         "created_at": (now or datetime.now(UTC)).isoformat(),

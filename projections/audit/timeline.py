@@ -14,7 +14,7 @@ entry of the timeline that does not add up is the one the page highlights.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 from projections.archive_index.fold import INSTANCES, REPORTS_TABLE
@@ -27,6 +27,8 @@ from streams.log import EventLog
 
 #: the most entries a timeline shows (a bound on memory and on the page)
 MAX_ENTRIES = 20_000
+#: the most records one read of the log asks for when checking entries against it
+READ_SPAN = 200
 
 
 def _exists(warehouse: Warehouse, sql: str, parameters: Mapping[str, Any]) -> bool:
@@ -45,19 +47,22 @@ def resolve(warehouse: Warehouse, query: str, directory: OrganisationDirectory) 
     if not text:
         return found
     row = warehouse.query(
-        f"SELECT any(event_type), any(topic), any(patient_id) FROM {TABLE} WHERE aggregate_id = {{r:String}}"
-        " GROUP BY aggregate_id",
+        f"SELECT groupUniqArray(topic), countIf(patient_id = {{r:String}}) FROM {TABLE}"
+        " WHERE aggregate_id = {r:String} GROUP BY aggregate_id",
         {"r": text},
     ).rows
     if row:
-        kind = {"cami.dicom": "study", "cami.reports": "study", "cami.patients": "patient"}.get(
-            str(row[0][1]), "record"
-        )
-        if directory.lookup(text) is not None or str(row[0][1]) == "cami.transfers":
+        topics, naming_patient = {str(t) for t in row[0][0]}, int(row[0][1])
+        if topics & {"cami.dicom", "cami.reports"}:
+            kind = "study"
+        elif "cami.patients" in topics or naming_patient:
+            kind = "patient"
+        elif "cami.transfers" in topics or directory.lookup(text) is not None:
             kind = "organisation"
-        found.append(
-            {"kind": kind, "record": text, "label": directory.display(text) if kind == "organisation" else text}
-        )
+        else:
+            kind = "record"
+        label = directory.display(text) if kind == "organisation" else text
+        found.append({"kind": kind, "record": text, "label": label})
     if _exists(warehouse, f"SELECT 1 FROM {REPORTS_TABLE} WHERE report_id = {{r:String}} LIMIT 1", {"r": text}):
         for (study,) in warehouse.query(
             f"SELECT DISTINCT study_uid FROM {REPORTS_TABLE} WHERE report_id = {{r:String}}", {"r": text}
@@ -72,6 +77,26 @@ def resolve(warehouse: Warehouse, query: str, directory: OrganisationDirectory) 
         names = (organisation.name, organisation.label, organisation.code)
         if any(lowered in name.casefold() for name in names if name) and organisation.code != text:
             found.append({"kind": "organisation", "record": organisation.code, "label": organisation.label})
+    return found
+
+
+def events_at(event_log: EventLog, positions: Iterable[tuple[str, int, int]]) -> dict[tuple[str, int, int], bytes]:
+    """The events' bytes at ``positions`` (absent: the log has none there), read in runs of
+    neighbouring offsets rather than one request each, at most :data:`READ_SPAN` records at a time."""
+    wanted: dict[tuple[str, int], list[int]] = {}
+    for topic, partition, offset in positions:
+        wanted.setdefault((topic, partition), []).append(offset)
+    found: dict[tuple[str, int, int], bytes] = {}
+    for (topic, partition), offsets in wanted.items():
+        pending = sorted(set(offsets))
+        while pending:
+            start = pending[0]
+            span = min(READ_SPAN, pending[-1] - start + 1)
+            records = event_log.read(topic, partition, start, span)
+            for record in records:
+                found[(topic, partition, record.offset)] = record.value
+            covered = records[-1].offset if records else start
+            pending = [o for o in pending if o > covered]
     return found
 
 
@@ -96,11 +121,10 @@ def timeline(warehouse: Warehouse, event_log: EventLog | None, record: str, *, p
     for aggregate in sorted({str(e["aggregate_id"]) for e in entries}):
         problems.update(broken_links(stored_links(warehouse, aggregate)))
     if event_log is not None:
+        stored = events_at(event_log, [(str(e["topic"]), int(e["partition"]), int(e["offset"])) for e in entries])
         for entry in entries:
             position = (str(entry["topic"]), int(entry["partition"]), int(entry["offset"]))
-            found = event_log.read(position[0], position[1], position[2], 1)
-            raw = found[0].value if found and found[0].offset == position[2] else None
-            broken = check_entry(entry, raw)
+            broken = check_entry(entry, stored.get(position))
             if broken is not None and position not in problems:
                 problems[position] = broken
     first: Broken | None = None

@@ -180,6 +180,13 @@ def test_a_bad_time_and_an_unknown_record_are_clear_refusals(side: tuple[ReadSid
         assert answer.status_code == 404 and answer.json()["error"] == "not-found"
         answer = auditor.get("/api/audit/access", params={"patient": PATIENT, "since": "soon"})
         assert answer.status_code == 400 and answer.json()["detail"]["parameter"] == "since"
+        # a patient ID found by the search: the timeline of every record naming the patient
+        found = auditor.get("/audit", params={"q": PATIENT})
+        assert found.status_code == 303 and found.headers["location"] == f"/audit/record/{PATIENT}?patient=1"
+        page = auditor.get(found.headers["location"])
+        assert page.status_code == 200 and page.text.count("InstanceReceived") == 3
+        nothing = auditor.get("/audit", params={"q": "no-such-thing"})
+        assert nothing.status_code == 200 and 'id="audit-none"' in nothing.text
         listed = auditor.get("/api/audit/access.csv", params={"patient": PATIENT})
         assert listed.status_code == 200 and listed.headers["content-type"].startswith("text/csv")
         assert listed.text.splitlines()[0].startswith("occurred_at,actor_user,actor_role,organisation")

@@ -191,6 +191,12 @@ def test_the_record_at_three_moments_and_who_saw_the_patient(tmp_path: Path, log
                 return found if {("dr.petrov", ORG), ("ref.ivanov", ORG_B)} <= views else None
 
             found = wait_for(both_seen, "both study-page views in the audit trail")
+            # the report ID leads the search to its study
+            matches = wait_for(
+                lambda: auditor.get("/api/audit/search", params={"q": report_id}).json()["matches"],
+                "the report in the archive index",
+            )
+            assert {"kind": "report", "record": study, "label": f"{report_id} → {study}"} in matches
             assert set(found["patient_ids"]) == {old_id, new_id} and found["studies"] == [study]
             only_b = auditor.get("/api/audit/access", params={"patient": new_id, "organisation": ORG_B}).json()
             assert {e["actor_user"] for e in only_b["entries"]} == {"ref.ivanov"}
