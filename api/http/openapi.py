@@ -239,6 +239,8 @@ def _audit_parameters(operation: dict[str, Any], *, page: bool) -> None:
             # a patient ID as the pages take it; empty on a page: the form without a search
             least = 0 if page else 1
             schema = {"type": "string", "pattern": rf"^[^\x00-\x1f\x7f]{{{least},64}}$"}
+        if parameter["name"] == "q" and not page:
+            schema = {"type": "string", "pattern": r"^[^\x00-\x1f]{1,128}$"}  # the search needs a text
         if parameter["name"] == "time" and page:
             schema = _AUDIT_QUERY["since"]  # the page without a moment: the form alone
         if schema is not None:

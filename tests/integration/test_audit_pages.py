@@ -35,6 +35,8 @@ API = (
     f"/api/audit/access.csv?patient={PATIENT}",
     f"/api/audit/access/bundle?patient={PATIENT}",
     "/api/audit/public-key",
+    "/api/audit/records/{study}",
+    "/api/audit/verify",
 )
 
 
