@@ -48,9 +48,21 @@ from streams.publisher import publish
 #: what ``action`` and ``channel`` say in a RecordAccessed event
 #: (``report``: a transfer agent posting its events, recorded when its token is refused;
 #: ``request``: any other state-changing call a role was refused; channel ``web``: a page other
-#: than the study page)
+#: than the study page and the auditor's pages)
 ACTIONS = ("query", "view", "retrieve", "download", "move", "get", "report", "request")
-CHANNELS = ("qido-rs", "wado-rs", "wado-uri", "study-page", "c-find", "c-move", "c-get", "api", "web", "stow-rs")
+CHANNELS = (
+    "qido-rs",
+    "wado-rs",
+    "wado-uri",
+    "study-page",
+    "c-find",
+    "c-move",
+    "c-get",
+    "api",
+    "web",
+    "stow-rs",
+    "audit-page",
+)
 
 
 class AccessDenied(Exception):

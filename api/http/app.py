@@ -5,7 +5,8 @@ blob store, the access recorder).
 Routers, one module each: :mod:`api.http.stow` (STOW-RS), :mod:`api.http.reports`,
 :mod:`api.http.qido` (QIDO-RS), :mod:`api.http.wado` (WADO-RS and WADO-URI),
 :mod:`api.http.oversight` (monitoring and audit),
-:mod:`api.http.monitoring_pages` (the live regional dashboard), :mod:`api.http.agents` (the hospitals'
+:mod:`api.http.monitoring_pages` (the live regional dashboard), :mod:`api.http.audit_pages` (the
+auditor's pages), :mod:`api.http.agents` (the hospitals'
 transfer agents and full-import requests), :mod:`api.http.web` (the browser pages). They
 share :mod:`api.http.errors` (the one JSON error body) and :mod:`api.http.deps` (who is asking).
 
@@ -31,6 +32,7 @@ from api.auth import UserDirectory
 from api.bootstrap import Archive
 from api.http.agents import AgentEventIds
 from api.http.agents import router as agents_router
+from api.http.audit_pages import router as audit_router
 from api.http.errors import install_error_handlers
 from api.http.metrics import ReadRequestsMiddleware
 from api.http.metrics import router as metrics_router
@@ -129,6 +131,9 @@ def create_app(
     app.include_router(oversight_router(archive.warehouse, recorder, organisations))
     app.include_router(
         monitoring_router(archive.warehouse, recorder, archive.monitoring_changes, app.state.closing, organisations)
+    )
+    app.include_router(
+        audit_router(archive.warehouse, archive.event_log, recorder, archive.settings.home, organisations)
     )
     app.include_router(
         agents_router(

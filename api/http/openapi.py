@@ -38,6 +38,22 @@ _BY_VR: dict[str, dict[str, Any]] = {
 #: a patient ID (and a name searched for) as the pages take it
 _PATIENT_ID = {"type": "string", "pattern": r"^[^\x00-\x1f\x7f]{1,64}$"}
 _PAGES = {"text/html": {"schema": {"type": "string"}}}
+#: a moment as the audit routes take it (projections.audit.at.parse_moment): a date, or a date and
+#: time with an optional zone (none: UTC)
+_MOMENT = (
+    r"(19|20)[0-9]{2}-(0[1-9]|1[0-2])-(0[1-9]|1[0-9]|2[0-8])"
+    r"([T ]([01][0-9]|2[0-3]):[0-5][0-9](:[0-5][0-9](\.[0-9]{1,6})?)?(Z|[+-]([01][0-9]|2[0-3]):[0-5][0-9])?)?"
+)
+_NO_CONTROL = {"type": "string", "pattern": r"^[^\x00-\x1f]{0,128}$"}
+#: the audit routes' query parameters, by name (the routes refuse anything else with 400)
+_AUDIT_QUERY: dict[str, dict[str, Any]] = {
+    "q": _NO_CONTROL,
+    "time": {"type": "string", "pattern": f"^{_MOMENT}$", "description": "ISO 8601; no zone: UTC"},
+    "since": {"type": "string", "pattern": f"^({_MOMENT})?$"},
+    "until": {"type": "string", "pattern": f"^({_MOMENT})?$"},
+    "user": _NO_CONTROL,
+    "organisation": _NO_CONTROL,
+}
 _ERROR = {"$ref": "#/components/schemas/ErrorBody"}
 
 
@@ -192,7 +208,12 @@ def _complete(path: str, method: str, operation: dict[str, Any]) -> None:
             403,
             503,
         )
+    elif path == "/audit" or path.startswith("/audit/"):
+        _audit_parameters(operation, page=True)
+        operation["responses"] = _page_answers(400, 401, 403, 404, 503)
+        operation["security"] = [{"HTTPBearer": []}, {"APIKeyCookie": []}, {}]
     elif path.startswith("/api/monitoring/") or path.startswith("/api/audit/"):
+        _audit_parameters(operation, page=False)
         errors = (400, 401, 403, 404, 503) if path.startswith("/api/audit/records") else (400, 401, 403, 503)
         operation["responses"] = {
             "200": operation["responses"]["200"],
@@ -220,6 +241,23 @@ def _complete(path: str, method: str, operation: dict[str, Any]) -> None:
         operation["security"] = [{"HTTPBearer": []}, {"APIKeyCookie": []}, {}]
     elif path == "/signin":
         operation["responses"] = _page_answers(redirect=False)
+
+
+def _audit_parameters(operation: dict[str, Any], *, page: bool) -> None:
+    for parameter in operation.get("parameters", []):
+        if parameter["in"] != "query":
+            continue
+        schema = _AUDIT_QUERY.get(parameter["name"])
+        if parameter["name"] == "patient" and parameter["schema"].get("type") != "boolean":
+            # a patient ID as the pages take it; empty on a page: the form without a search
+            least = 0 if page else 1
+            schema = {"type": "string", "pattern": rf"^[^\x00-\x1f\x7f]{{{least},64}}$"}
+        if parameter["name"] == "q" and not page:
+            schema = {"type": "string", "pattern": r"^[^\x00-\x1f]{1,128}$"}  # the search needs a text
+        if parameter["name"] == "time" and page:
+            schema = _AUDIT_QUERY["since"]  # the page without a moment: the form alone
+        if schema is not None:
+            parameter["schema"] = schema
 
 
 _SIGNIN_FORM = {

@@ -10,7 +10,8 @@ data (organisations, AE titles, counts), so reading it is not a record access. B
 
 ``/api/audit/...`` (``Action.AUDIT``: auditors, administrators) answers from the audit trail: the
 history of one record and the hash-chain check. An entry names patient IDs and study UIDs, so
-each history read is itself recorded (``view`` via ``api``), like every other read of patient data.
+each history read is itself recorded (``view`` via ``api``), like every other read of patient data,
+and so is each refusal of another role (``outcome = "denied"``).
 """
 
 from __future__ import annotations
@@ -34,7 +35,7 @@ from projections.audit.verify import verify_chain
 from projections.monitoring import queries as monitoring
 from projections.warehouse.base import Warehouse
 from schemas.organisations import OrganisationDirectory
-from schemas.policy import Action
+from schemas.policy import Action, may
 
 #: the longest window a dashboard may ask for at once (the tables hold everything; this bounds a scan)
 MAX_WINDOW = timedelta(days=366)
@@ -68,7 +69,18 @@ def router(warehouse: Warehouse, recorder: AccessRecorder, names: OrganisationDi
     routes = APIRouter()
     directory = names if names is not None else OrganisationDirectory()
     it_user = Depends(require(Action.MONITOR))
-    auditor = Depends(require(Action.AUDIT))
+    signed_in = Depends(require())
+
+    def audit_reader(request: Request, user: User = signed_in) -> User:
+        """An auditor; any other role is refused (403) and the refusal recorded, as for patient data."""
+        if not may(user.role, Action.AUDIT):
+            reader = Reader(user.actor, user.organisation, request.client.host if request.client else None)
+            asked = {"path": request.url.path, **dict(request.query_params)}
+            recorder.record(reader, action="view", channel="api", query=asked, outcome="denied")
+            raise ApiError(403, "forbidden", f"role {user.role} may not read the audit trail")
+        return user
+
+    auditor = Depends(audit_reader)
     window = Query(60, ge=1, le=int(MAX_WINDOW.total_seconds() // 60), description="minutes back from now")
 
     @routes.get("/api/monitoring/organisations", tags=["monitoring"], summary="per organisation, over a window")

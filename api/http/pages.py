@@ -8,6 +8,7 @@ close its ``<script>`` element.
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +28,19 @@ _environment = Environment(
 # the top bar offers the pages the user's role may open
 _environment.globals["may"] = lambda role, action: may(role, Action(action))
 _environment.policies["json.dumps_kwargs"] = {"ensure_ascii": False, "default": str}
+# what the top bar offers a role: ``may(user.role, "audit")`` (the policy table's own answer)
+_environment.globals["may"] = lambda role, action: may(role, Action(action))
+
+
+def _moment(value: Any) -> str:
+    """A time as the audit pages show it: UTC to the second (milliseconds when they tell events apart)."""
+    if isinstance(value, datetime):
+        moment = value.astimezone(UTC) if value.tzinfo else value
+        return moment.strftime("%Y-%m-%d %H:%M:%S.%f")[:23] + " UTC"
+    return "" if value is None else str(value)
+
+
+_environment.filters["moment"] = _moment
 
 
 def render(template: str, /, **context: Any) -> str:

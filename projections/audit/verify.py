@@ -148,6 +148,53 @@ def check_links(links: Iterable[Link], report: ChainReport) -> None:
         previous = link
 
 
+def broken_links(links: Iterable[Link]) -> dict[Position, Broken]:
+    """Per entry, what is wrong with its link (``links`` in chain order; entries that add up are
+    absent): the chain check of :func:`check_links`, entry by entry, for pages that show each."""
+    found: dict[Position, Broken] = {}
+    previous: Link | None = None
+    for link in links:
+        expected_prev = GENESIS if previous is None or previous.chain != link.chain else previous.entry_hash
+        where = (link.aggregate_id, link.topic, link.partition, link.offset)
+        if link.prev_hash != expected_prev:
+            found[link.position] = Broken(*where, "prev_hash", expected_prev, link.prev_hash)
+        else:
+            expected = chain_hash(expected_prev, link.event_sha256, link.topic, link.partition, link.offset)
+            if expected != link.entry_hash:
+                found[link.position] = Broken(*where, "entry_hash", expected, link.entry_hash)
+        previous = link
+    return found
+
+
+def check_entry(row: Mapping[str, Any], raw: bytes | None) -> Broken | None:
+    """One stored entry against its event as the log holds it (``raw``; None: no such event):
+    the event's hash, then every column re-derived by the fold with the entry's stored link."""
+    link = Link(
+        str(row["aggregate_id"]),
+        str(row["topic"]),
+        int(row["partition"]),
+        int(row["offset"]),
+        as_hex(row["event_sha256"]),
+        as_hex(row["prev_hash"]),
+        as_hex(row["entry_hash"]),
+    )
+    where = (link.aggregate_id, link.topic, link.partition, link.offset)
+    if raw is None:
+        return Broken(*where, "no such event", None, "stored row")
+    actual = event_hash(raw)
+    if actual != link.event_sha256:
+        return Broken(*where, "event_sha256", link.event_sha256, actual)
+    try:
+        event = decode(raw)
+    except CodecError:
+        return None  # the bytes are the ones audited: nothing more to compare
+    expected = entry_row(event, Source(link.topic, link.partition, link.offset, raw), link).values
+    for column in COLUMNS:
+        if _comparable(expected[column]) != _comparable(row[column]):
+            return Broken(*where, column, _show(expected[column]), _show(row[column]))
+    return None
+
+
 def verify_chain(warehouse: Warehouse, record: str | None = None) -> ChainReport:
     """Recompute every chain (of ``record``, or all) from the stored rows; the first broken entry."""
     report = ChainReport(record=record)

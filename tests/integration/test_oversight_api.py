@@ -71,8 +71,12 @@ def test_monitoring_for_regional_it_and_audit_history_for_auditors(tmp_path: Pat
             assert auditor.get("/api/audit/records/no-such-record").status_code == 404
             assert auditor.get("/api/monitoring/organisations").status_code == 403  # not theirs either
         # reading the history is a read of patient data: recorded, once per successful read
+        # (by event id: the log is read partition by partition, not in the order things happened)
         new = [e for e in side.accesses() if e.envelope.event_id not in before]
         views = [e for e in new if e.payload["channel"] == "api" and e.payload["outcome"] == "ok"]
+        refused = [e for e in side.accesses() if e.payload["outcome"] == "denied"]
+        # regional IT's refused audit read and the auditor's refused monitoring read
+        assert sorted(e.envelope.actor.user for e in refused) == ["auditor", "it"]
         assert len(views) >= 1 and all(e.envelope.actor.user == "auditor" for e in views)
         assert views[-1].payload["StudyInstanceUID"] == study and views[-1].payload["PatientID"] == "OVERSIGHT-1"
         # and the monitoring the auditor was refused, as a denied access
