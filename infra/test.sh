@@ -25,4 +25,6 @@ mypy
 echo "[test] import contracts (layers, no circles, test modules share only tests/support)" >&2
 lint-imports
 echo "[test] pytest" >&2
-pytest "$@"
+# two workers, each taking whole test modules (a module's servers stay in one process; each worker
+# starts its own Kafka and MinIO): most tests wait on servers and peers, so two share the 2 cores well
+pytest -n 2 --dist loadfile "$@"

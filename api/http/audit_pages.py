@@ -43,7 +43,7 @@ from api.access import AccessRecorder
 from api.auth import User
 from api.http.deps import require
 from api.http.errors import ApiError
-from api.http.web import _message_page, _page, _page_user, _reader, _valid_patient_id
+from api.http.web import html_page, message_page, page_user, reader_of, valid_patient_id
 from projections.audit.access import CSV_COLUMNS, AccessFilter, TooManyAccesses, accesses
 from projections.audit.at import UnknownRecord, parse_moment, state_at
 from projections.audit.bundle import build, public_key_text, signing_key
@@ -112,18 +112,18 @@ def router(
     # -- who may ----------------------------------------------------------------------------------
     def page_auditor(request: Request) -> tuple[User, Response | None]:
         """The signed-in auditor of a page; else (user, the 403 page), the refusal recorded."""
-        user = _page_user(request)  # no session: the redirect to the sign-in page
+        user = page_user(request)  # no session: the redirect to the sign-in page
         if may(user.role, Action.AUDIT):
             return user, None
         recorder.record(
-            _reader(request, user), action="view", channel="audit-page", query=_asked(request), outcome="denied"
+            reader_of(request, user), action="view", channel="audit-page", query=_asked(request), outcome="denied"
         )
-        return user, _message_page(403, "error.403-audit", "Вашей роли журнал аудита не доступен.", user)
+        return user, message_page(403, "error.403-audit", "Вашей роли журнал аудита не доступен.", user)
 
     def api_auditor(request: Request, user: User) -> None:
         if not may(user.role, Action.AUDIT):
             recorder.record(
-                _reader(request, user), action="view", channel="api", query=_asked(request), outcome="denied"
+                reader_of(request, user), action="view", channel="api", query=_asked(request), outcome="denied"
             )
             raise ApiError(403, "forbidden", f"role {user.role} may not read the audit trail")
 
@@ -142,7 +142,7 @@ def router(
         patient: str | None = None,
     ) -> None:
         recorder.record(
-            _reader(request, user),
+            reader_of(request, user),
             action=action,
             channel=channel,
             study_uid=study,
@@ -184,7 +184,7 @@ def router(
         return state
 
     def access_list(patient: str | None, only: AccessFilter) -> dict[str, Any]:
-        if patient is None or not _valid_patient_id(patient):
+        if patient is None or not valid_patient_id(patient):
             raise _bad("patient", "a patient ID: 1 to 64 characters, no control characters")
         try:
             found = accesses(warehouse, patient, only)
@@ -201,7 +201,7 @@ def router(
             return refused
         query = (q or "").strip()
         if len(query) > MAX_RECORD or any(ord(ch) < 0x20 for ch in query):
-            return _page("audit", "Аудит", {}, 400, user=user, q=query, matches=None, problem=True)
+            return html_page("audit", "Аудит", {}, 400, user=user, q=query, matches=None, problem=True)
         matches = find(query) if query else None
         if query:
             record_read(
@@ -213,7 +213,7 @@ def router(
             if match["kind"] == "patient":
                 target += "?patient=1"
             return RedirectResponse(target, status_code=303)
-        return _page("audit", "Аудит", {}, user=user, q=query, matches=matches, problem=False)
+        return html_page("audit", "Аудит", {}, user=user, q=query, matches=matches, problem=False)
 
     @routes.get(
         "/audit/record/{record}", tags=["audit"], summary="a record's timeline page", response_class=HTMLResponse
@@ -223,11 +223,11 @@ def router(
         if refused is not None:
             return refused
         if not _valid_record(record):
-            return _message_page(400, "error.400-record", "Неверный идентификатор записи.", user)
+            return message_page(400, "error.400-record", "Неверный идентификатор записи.", user)
         as_patient = (patient or "").lower() in ("1", "true", "yes")
         found = record_timeline(record, as_patient)
         if not found["entries"]:
-            return _message_page(404, "error.404-record", "В журнале аудита нет такой записи.", user)
+            return message_page(404, "error.404-record", "В журнале аудита нет такой записи.", user)
         record_read(
             request,
             user,
@@ -238,7 +238,7 @@ def router(
             study=study_of(found["entries"], record),
             patient=record if as_patient else patient_of(found["entries"]),
         )
-        return _page("audit_record", "Аудит записи", {}, user=user, found=found, patient=as_patient)
+        return html_page("audit_record", "Аудит записи", {}, user=user, found=found, patient=as_patient)
 
     @routes.get(
         "/audit/record/{record}/at",
@@ -251,7 +251,7 @@ def router(
         if refused is not None:
             return refused
         if not _valid_record(record):
-            return _message_page(400, "error.400-record", "Неверный идентификатор записи.", user)
+            return message_page(400, "error.400-record", "Неверный идентификатор записи.", user)
         state: dict[str, Any] | None = None
         problem: str | None = None
         status = 200
@@ -271,7 +271,7 @@ def router(
                 study=record,
                 patient=state["now"]["patient"]["patient_id"],
             )
-        return _page(
+        return html_page(
             "audit_at",
             "Запись на момент",
             {},
@@ -325,7 +325,7 @@ def router(
                 patient=patient,
             )
         exports = urlencode(asked)
-        return _page(
+        return html_page(
             "audit_access",
             "Кто видел пациента",
             {},

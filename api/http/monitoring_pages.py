@@ -46,8 +46,8 @@ from fastapi.responses import HTMLResponse, JSONResponse, StreamingResponse
 from api.access import AccessRecorder, Reader
 from api.auth import User
 from api.http.deps import require
-from api.http.oversight import _named
-from api.http.web import STATIC, _message_page, _page, _page_user
+from api.http.oversight import named
+from api.http.web import STATIC, html_page, message_page, page_user
 from projections.changes import ChangeNotifier
 from projections.monitoring.dashboard import dashboard_snapshot, organisation_page
 from projections.warehouse.base import Warehouse
@@ -67,7 +67,7 @@ _TICK = 0.05
 UPLOT = Path("vendor") / "uplot" / "uPlot.iife.min.js"
 
 
-def _reader(request: Request, user: User) -> Reader:
+def reader_of(request: Request, user: User) -> Reader:
     return Reader(user.actor, user.organisation, request.client.host if request.client else None)
 
 
@@ -90,10 +90,10 @@ class DashboardFeed:
     def compute(self, now: datetime | None = None) -> dict[str, Any]:
         """The snapshot with organisations named (JSON-ready)."""
         snapshot = dashboard_snapshot(self.warehouse, now or datetime.now(UTC))
-        snapshot["organisations"] = _named(snapshot["organisations"], self.directory)
+        snapshot["organisations"] = named(snapshot["organisations"], self.directory)
         for row in snapshot["organisations"]:
-            row["alarms"] = _named(row["alarms"], self.directory)
-        snapshot["alarms"] = _named(snapshot["alarms"], self.directory)
+            row["alarms"] = named(row["alarms"], self.directory)
+        snapshot["alarms"] = named(snapshot["alarms"], self.directory)
         result: dict[str, Any] = jsonable_encoder(snapshot)
         return result
 
@@ -160,22 +160,22 @@ def router(
         headers = {"Cache-Control": "no-store", "X-Accel-Buffering": "no"}
         return StreamingResponse(events(), media_type="text/event-stream", headers=headers)
 
-    def page_user(request: Request, what: str) -> User | HTMLResponse:
-        user = _page_user(request)
+    def monitoring_user(request: Request, what: str) -> User | HTMLResponse:
+        user = page_user(request)
         if may(user.role, Action.MONITOR):
             return user
         recorder.record(
-            _reader(request, user), action="view", channel="web", query={"monitoring": what}, outcome="denied"
+            reader_of(request, user), action="view", channel="web", query={"monitoring": what}, outcome="denied"
         )
-        return _message_page(403, "error.403-monitoring", "Вашей роли мониторинг региона не разрешён.", user)
+        return message_page(403, "error.403-monitoring", "Вашей роли мониторинг региона не разрешён.", user)
 
     @routes.get("/monitoring", tags=["browser"], summary="the regional dashboard page", response_class=HTMLResponse)
     async def dashboard_page(request: Request) -> HTMLResponse:
-        user = page_user(request, "page")
+        user = monitoring_user(request, "page")
         if isinstance(user, HTMLResponse):
             return user
         data = {"user": {"name": user.name, "role": user.role}, "snapshot": await feed.snapshot()}
-        return _page("monitoring", "Мониторинг региона", data, user=user)
+        return html_page("monitoring", "Мониторинг региона", data, user=user)
 
     @routes.get(
         "/monitoring/{organisation}",
@@ -184,21 +184,21 @@ def router(
         response_class=HTMLResponse,
     )
     async def organisation_view(request: Request, organisation: str) -> HTMLResponse:
-        user = page_user(request, organisation)
+        user = monitoring_user(request, organisation)
         if isinstance(user, HTMLResponse):
             return user
         if not _is_code(organisation):
-            return _message_page(400, "error.400-organisation", "Код организации — OID из цифр и точек.", user)
+            return message_page(400, "error.400-organisation", "Код организации — OID из цифр и точек.", user)
         figures = jsonable_encoder(await run_in_threadpool(organisation_page, warehouse, organisation))
-        named = _named([{"organisation": organisation}], directory)[0]
+        this = named([{"organisation": organisation}], directory)[0]
         chart = (STATIC / UPLOT).is_file()
-        data = {"user": {"name": user.name, "role": user.role}, **figures, **named, "chart": chart}
-        return _page(
+        data = {"user": {"name": user.name, "role": user.role}, **figures, **this, "chart": chart}
+        return html_page(
             "organisation",
-            str(named["organisation_name"]),
+            str(this["organisation_name"]),
             data,
             user=user,
-            organisation=named,
+            organisation=this,
             chart=chart,
             figures=figures,
         )

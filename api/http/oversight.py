@@ -49,7 +49,7 @@ def _json(data: Any) -> JSONResponse:
     return JSONResponse(jsonable_encoder(data))
 
 
-def _named(rows: Iterable[dict[str, Any]], directory: OrganisationDirectory) -> list[dict[str, Any]]:
+def named(rows: Iterable[dict[str, Any]], directory: OrganisationDirectory) -> list[dict[str, Any]]:
     """``rows`` with the organisation's name and whether the directory knows it right after the code."""
     named = []
     for row in rows:
@@ -86,7 +86,7 @@ def router(warehouse: Warehouse, recorder: AccessRecorder, names: OrganisationDi
     @routes.get("/api/monitoring/organisations", tags=["monitoring"], summary="per organisation, over a window")
     def organisations(minutes: int = window, user: User = it_user) -> JSONResponse:
         since = _since(minutes)
-        rows = _named(monitoring.organisation_summary(warehouse, since), directory)
+        rows = named(monitoring.organisation_summary(warehouse, since), directory)
         return _json({"since": since, "organisations": rows})
 
     @routes.get(
@@ -98,13 +98,13 @@ def router(warehouse: Warehouse, recorder: AccessRecorder, names: OrganisationDi
         if not organisation or len(organisation) > 64 or not organisation.replace(".", "").isdigit():
             raise ApiError(400, "invalid-parameter", {"parameter": "organisation", "problem": "not an OID"})
         rows = monitoring.per_minute(warehouse, organisation, _since(minutes))
-        return _json({**_named([{"organisation": organisation}], directory)[0], "minutes": rows})
+        return _json({**named([{"organisation": organisation}], directory)[0], "minutes": rows})
 
     @routes.get("/api/monitoring/silent-senders", tags=["monitoring"], summary="AE titles silent for a while")
     def silent(
         minutes: int = Query(60, ge=1, le=int(MAX_WINDOW.total_seconds() // 60)), user: User = it_user
     ) -> JSONResponse:
-        return _json({"senders": _named(monitoring.stalled_senders(warehouse, timedelta(minutes=minutes)), directory)})
+        return _json({"senders": named(monitoring.stalled_senders(warehouse, timedelta(minutes=minutes)), directory)})
 
     @routes.get(
         "/api/monitoring/dead-letters",
@@ -122,7 +122,7 @@ def router(warehouse: Warehouse, recorder: AccessRecorder, names: OrganisationDi
 
     @routes.get("/api/monitoring/transfers", tags=["monitoring"], summary="transfer states and agents")
     def transfers(user: User = it_user) -> JSONResponse:
-        return _json({"organisations": _named(monitoring.transfer_states(warehouse), directory)})
+        return _json({"organisations": named(monitoring.transfer_states(warehouse), directory)})
 
     @routes.get("/api/audit/records/{record}", tags=["audit"], summary="every audit entry of one record, in order")
     async def history(record: str, request: Request, user: User = auditor) -> JSONResponse:

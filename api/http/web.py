@@ -87,31 +87,31 @@ _HEADERS = {
 
 
 # -- rendering (the templates are in api/http/templates/) -------------------------------------------
-def _page(kind: str, title: str, data: Mapping[str, Any], status: int = 200, **context: Any) -> HTMLResponse:
+def html_page(kind: str, title: str, data: Mapping[str, Any], status: int = 200, **context: Any) -> HTMLResponse:
     """The page ``kind`` (template ``<kind>.html``) with ``data`` embedded for the script."""
     context.setdefault("user", None)
     document = render(f"{kind}.html", kind=kind, title=title, data={"page": kind, **data}, **context)
     return HTMLResponse(document, status_code=status, headers=_HEADERS)
 
 
-def _message_page(status: int, key: str, russian: str, user: User | None) -> HTMLResponse:
+def message_page(status: int, key: str, russian: str, user: User | None) -> HTMLResponse:
     data = {"status": status, "message": key}
-    return _page("message", str(status), data, status, user=user, code=status, key=key, russian=russian)
+    return html_page("message", str(status), data, status, user=user, code=status, key=key, russian=russian)
 
 
 def _signin_page(next_url: str, error: str | None = None, status: int = 200) -> HTMLResponse:
-    return _page("signin", "Вход", {"next": next_url, "error": error}, status, next_url=next_url, error=error)
+    return html_page("signin", "Вход", {"next": next_url, "error": error}, status, next_url=next_url, error=error)
 
 
 def _study_page(user: User, data: Mapping[str, Any]) -> HTMLResponse:
-    return _page("study", "Исследование", data, user=user)
+    return html_page("study", "Исследование", data, user=user)
 
 
 def _search_page(
     user: User, data: Mapping[str, Any], patient: str | None, name: str | None, status: int
 ) -> HTMLResponse:
     context = {"patient": patient, "name": name, "max_patient_id": MAX_PATIENT_ID, "max_name": MAX_NAME}
-    return _page("search", "Поиск", data, status, user=user, **context)
+    return html_page("search", "Поиск", data, status, user=user, **context)
 
 
 # -- helpers -----------------------------------------------------------------------------------
@@ -129,7 +129,7 @@ def _here(request: Request) -> str:
     return request.url.path + ("?" + query if query else "")
 
 
-def _reader(request: Request, user: User) -> Reader:
+def reader_of(request: Request, user: User) -> Reader:
     return Reader(user.actor, user.organisation, request.client.host if request.client else None)
 
 
@@ -138,7 +138,7 @@ class _Redirect(Exception):
         self.response = response
 
 
-def _page_user(request: Request) -> User:
+def page_user(request: Request) -> User:
     """The signed-in user of an HTML page: session cookie or bearer header; else a redirect to
     the sign-in page (no credentials) or a 401/503 page (bad bearer token, users file broken)."""
     try:
@@ -148,8 +148,8 @@ def _page_user(request: Request) -> User:
             target = "/signin?" + urlencode({"next": _here(request)})
             raise _Redirect(RedirectResponse(target, status_code=303, headers={"Cache-Control": "no-store"})) from None
         if exc.status == 401:
-            raise _Redirect(_message_page(401, "error.401", "Требуется вход: токен недействителен.", None)) from None
-        raise _Redirect(_message_page(503, "error.503", "Архив временно недоступен.", None)) from None
+            raise _Redirect(message_page(401, "error.401", "Требуется вход: токен недействителен.", None)) from None
+        raise _Redirect(message_page(503, "error.503", "Архив временно недоступен.", None)) from None
 
 
 def _same_origin(request: Request) -> bool:
@@ -162,7 +162,7 @@ def _same_origin(request: Request) -> bool:
     return (parts.scheme, parts.netloc) == (own.scheme, own.netloc)
 
 
-def _valid_patient_id(value: str) -> bool:
+def valid_patient_id(value: str) -> bool:
     return 0 < len(value) <= MAX_PATIENT_ID and not any(ord(ch) < 0x20 or ord(ch) == 0x7F for ch in value)
 
 
@@ -291,7 +291,7 @@ def router(
     @routes.post("/signin", tags=["browser"], summary="sign in (form post): user name and token -> session cookie")
     async def signin(request: Request) -> Response:
         if not _same_origin(request):
-            return _message_page(403, "error.cross-site", "Вход возможен только со страницы архива.", None)
+            return message_page(403, "error.cross-site", "Вход возможен только со страницы архива.", None)
         try:
             form = await request.form()
         except Exception:  # a malformed body: the page says so, nothing more
@@ -333,7 +333,7 @@ def router(
     @routes.post("/signout", tags=["browser"], summary="end the browser session")
     def signout(request: Request) -> Response:
         if not _same_origin(request):
-            return _message_page(403, "error.cross-site", "Вход возможен только со страницы архива.", None)
+            return message_page(403, "error.cross-site", "Вход возможен только со страницы архива.", None)
         # the session ends on the server too: a copy of the cookie is refused from now on
         claims = session_claims(request.app.state.session_key, request.cookies.get(SESSION_COOKIE), time.time())
         if claims is not None:
@@ -357,23 +357,23 @@ def router(
 
     @routes.get("/study", tags=["browser"], summary="the study page the MIS links to", response_class=HTMLResponse)
     def study_page(request: Request, patient: str | None = None, study: str | None = None) -> HTMLResponse:
-        user = _page_user(request)
-        if patient is None or not _valid_patient_id(patient) or study is None or not is_uid(study):
-            return _message_page(
+        user = page_user(request)
+        if patient is None or not valid_patient_id(patient) or study is None or not is_uid(study):
+            return message_page(
                 400,
                 "error.400-study",
                 "Ссылка неполна: нужны patient (ID пациента) и study (StudyInstanceUID).",
                 user,
             )
-        reader = _reader(request, user)
+        reader = reader_of(request, user)
         if not may(user.role, Action.READ_IMAGES):
             recorder.record(
                 reader, action="view", channel="study-page", study_uid=study, patient_id=patient, outcome="denied"
             )
-            return _message_page(403, "error.403-study", "Вашей роли просмотр исследований не разрешён.", user)
+            return message_page(403, "error.403-study", "Вашей роли просмотр исследований не разрешён.", user)
         found = search_studies(warehouse, patient_id=patient, study_uid=study, limit=1)
         if not found:  # unknown study, or not this patient's: the same answer, nothing about either
-            return _message_page(404, "error.404-study", "Исследование этого пациента не найдено.", user)
+            return message_page(404, "error.404-study", "Исследование этого пациента не найдено.", user)
         record = found[0]
         series = _series_view(warehouse, study)
         report = _report_view(study_report(warehouse, study), user)
@@ -416,19 +416,19 @@ def router(
         "/search", tags=["browser"], summary="a patient's studies across organisations", response_class=HTMLResponse
     )
     def search_page(request: Request, patient: str | None = None, name: str | None = None) -> HTMLResponse:
-        user = _page_user(request)
+        user = page_user(request)
         patient = (patient or "").strip() or None
         name = (name or "").strip() or None
         asked = {k: v for k, v in (("patient", patient), ("name", name)) if v is not None}
-        reader = _reader(request, user)
+        reader = reader_of(request, user)
         if not may(user.role, Action.READ_PATIENT_DATA):
             recorder.record(
                 reader, action="query", channel="study-page", patient_id=patient, query=asked, outcome="denied"
             )
-            return _message_page(403, "error.403-search", "Вашей роли поиск пациентов не разрешён.", user)
+            return message_page(403, "error.403-search", "Вашей роли поиск пациентов не разрешён.", user)
         data: dict[str, Any] = {"user": {"name": user.name, "role": user.role}, "query": asked, "results": None}
         status = 200
-        if patient is not None and not _valid_patient_id(patient):
+        if patient is not None and not valid_patient_id(patient):
             data["problem"] = "search.bad-patient"
             status = 400
         elif name is not None and (len(name) > MAX_NAME or any(ord(ch) < 0x20 for ch in name)):

@@ -326,7 +326,7 @@ def study_report(warehouse: Warehouse, study_uid: str) -> dict[str, Any]:
             report["signed"] = row
         else:
             report["amendments"].append(row)
-    folded = [_fold_report(r) for r in reports.values()]
+    folded = [fold_report(r) for r in reports.values()]
     status = max((r["status"] for r in folded), key=_STATUS_RANK.__getitem__, default="none")
     return {"study_uid": study_uid, "status": status, "reports": folded}
 
@@ -335,7 +335,7 @@ def _clinician(row: Mapping[str, Any]) -> dict[str, Any]:
     return {"code": row["clinician_code"], "name": row["clinician_name"]}
 
 
-def _fold_report(stages: Mapping[str, Any]) -> dict[str, Any]:
+def fold_report(stages: Mapping[str, Any]) -> dict[str, Any]:
     drafts: list[dict[str, Any]] = stages["drafts"]
     signed: dict[str, Any] | None = stages["signed"]
     amendments: list[dict[str, Any]] = stages["amendments"]

@@ -29,7 +29,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from projections.archive_index.fold import INSTANCES, MERGES, PATIENTS_TABLE, REPORTS_TABLE, ArchiveIndex
-from projections.archive_index.views import MAX_MERGE_HOPS, _fold_report
+from projections.archive_index.views import MAX_MERGE_HOPS, fold_report
 from schemas.codec import CodecError, decode
 from schemas.events import Event
 from streams.log import EventLog, Record
@@ -111,7 +111,7 @@ class Known:
                 report["signed"] = row
             else:
                 report["amendments"].append(row)
-        reports = [_fold_report(stages[r]) for r in sorted(stages)]
+        reports = [fold_report(stages[r]) for r in sorted(stages)]
         linked = _linked(image_patient, merges) if image_patient else set()
         return {
             "study_uid": study_uid,

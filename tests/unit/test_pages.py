@@ -14,7 +14,7 @@ import pytest
 from fastapi.responses import HTMLResponse
 
 from api.auth import User
-from api.http.web import _message_page, _search_page, _signin_page, _study_page
+from api.http.web import _search_page, _signin_page, _study_page, message_page
 
 HOSTILE = [
     '"><script>alert(1)</script><img src=x onerror=alert(2)>',
@@ -112,17 +112,17 @@ def test_the_sign_in_page_says_what_went_wrong(error: str | None, key: str | Non
 
 @pytest.mark.parametrize("value", HOSTILE)
 def test_error_text_and_user_name_are_escaped_on_the_message_page(value: str) -> None:
-    page = _message_page(404, "error.404-study", value, user(name=value))
+    page = message_page(404, "error.404-study", value, user(name=value))
     parsed = Parsed(document(page))
     assert parsed.text["message"] == value
     assert parsed.text["who"].startswith(value + " · ")
     assert page_data(page) == {"page": "message", "status": 404, "message": "error.404-study"}
-    same_shape(page, _message_page(404, "error.404-study", BENIGN, user(name=BENIGN)))
+    same_shape(page, message_page(404, "error.404-study", BENIGN, user(name=BENIGN)))
     assert page.status_code == 404
 
 
 def test_the_message_page_without_a_user_has_no_sign_out() -> None:
-    page = _message_page(503, "error.503", "Архив временно недоступен.", None)
+    page = message_page(503, "error.503", "Архив временно недоступен.", None)
     parsed = Parsed(document(page))
     assert "who" not in parsed.text and 'action="/signout"' not in document(page)
     assert parsed.text["message"] == "Архив временно недоступен." and "<h1>503</h1>" in document(page)
