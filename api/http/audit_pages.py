@@ -96,6 +96,32 @@ def _csv(entries: list[dict[str, Any]]) -> str:
     return buffer.getvalue()
 
 
+#: the "who saw this patient" question's query parameters (module level: FastAPI reads the defaults)
+_PATIENT = Query(description="the patient ID")
+_SINCE = Query(None, description="from this moment or date (ISO 8601)")
+_UNTIL = Query(None, description="up to this moment or date (a date: its end)")
+_USER = Query(None, alias="user", description="only this user's accesses")
+_ORGANISATION = Query(None, description="only accesses by this organisation's staff (its code)")
+
+
+class AccessAsked:
+    """Who saw this patient, as asked: the query parameters the list, its CSV and its signed bundle share."""
+
+    def __init__(
+        self,
+        patient: str = _PATIENT,
+        since: str | None = _SINCE,
+        until: str | None = _UNTIL,
+        user_name: str | None = _USER,
+        organisation: str | None = _ORGANISATION,
+    ) -> None:
+        self.patient = patient
+        self.since = since
+        self.until = until
+        self.user_name = user_name
+        self.organisation = organisation
+
+
 def router(
     warehouse: Warehouse,
     event_log: EventLog,
@@ -401,17 +427,11 @@ def router(
         return JSONResponse(jsonable_encoder(state))
 
     def access_query(
-        request: Request,
-        patient: str,
-        since: str | None,
-        until: str | None,
-        user_name: str | None,
-        organisation: str | None,
-        user: User,
-        action: str,
+        request: Request, question: AccessAsked, user: User, action: str
     ) -> tuple[dict[str, Any], AccessFilter]:
         api_auditor(request, user)
-        only = _filter(since, until, user_name, organisation)
+        patient = question.patient
+        only = _filter(question.since, question.until, question.user_name, question.organisation)
         found = access_list(patient, only)
         asked = {"patient": patient, **{k: v for k, v in only.to_dict().items() if v is not None}}
         record_read(
@@ -419,23 +439,15 @@ def router(
         )
         return found, only
 
-    patient_query = Query(description="the patient ID")
-    since_query = Query(None, description="from this moment or date (ISO 8601)")
-    until_query = Query(None, description="up to this moment or date (a date: its end)")
-    user_query = Query(None, alias="user", description="only this user's accesses")
-    organisation_query = Query(None, description="only accesses by this organisation's staff (its code)")
+    asked_access = Depends(AccessAsked)
 
     @routes.get("/api/audit/access", tags=["audit"], summary="who saw this patient: every access to their records")
     def access_api(
         request: Request,
-        patient: str = patient_query,
-        since: str | None = since_query,
-        until: str | None = until_query,
-        user_name: str | None = user_query,
-        organisation: str | None = organisation_query,
+        question: AccessAsked = asked_access,
         user: User = signed_in,
     ) -> JSONResponse:
-        found, _ = access_query(request, patient, since, until, user_name, organisation, user, "query")
+        found, _ = access_query(request, question, user, "query")
         return JSONResponse(jsonable_encoder(found))
 
     @routes.get(
@@ -447,14 +459,10 @@ def router(
     )
     def access_csv(
         request: Request,
-        patient: str = patient_query,
-        since: str | None = since_query,
-        until: str | None = until_query,
-        user_name: str | None = user_query,
-        organisation: str | None = organisation_query,
+        question: AccessAsked = asked_access,
         user: User = signed_in,
     ) -> Response:
-        found, _ = access_query(request, patient, since, until, user_name, organisation, user, "download")
+        found, _ = access_query(request, question, user, "download")
         headers = {"Content-Disposition": 'attachment; filename="cami-access.csv"'}
         return Response(_csv(found["entries"]), media_type="text/csv; charset=utf-8", headers=headers)
 
@@ -465,17 +473,12 @@ def router(
     )
     def access_bundle(
         request: Request,
-        patient: str = patient_query,
-        since: str | None = since_query,
-        until: str | None = until_query,
-        user_name: str | None = user_query,
-        organisation: str | None = organisation_query,
+        question: AccessAsked = asked_access,
         user: User = signed_in,
     ) -> JSONResponse:
-        found, only = access_query(request, patient, since, until, user_name, organisation, user, "download")
-        document = build(
-            warehouse, event_log, found["entries"], {"patient_id": patient, **only.to_dict()}, signing_key(home)
-        )
+        found, only = access_query(request, question, user, "download")
+        asked = {"patient_id": question.patient, **only.to_dict()}
+        document = build(warehouse, event_log, found["entries"], asked, signing_key(home))
         headers = {"Content-Disposition": 'attachment; filename="cami-access-bundle.json"'}
         return JSONResponse(document, headers=headers)
 
