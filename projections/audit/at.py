@@ -6,7 +6,7 @@ reports with their texts. Each comes from the same pure fold the warehouse is fe
 (:class:`~projections.archive_index.fold.ArchiveIndex`), kept here in memory with the tables' own
 rule for duplicates (``ReplacingMergeTree(log_version)``: per natural key the row with the highest
 ``log_version`` wins, a redelivered event replaces itself), and read with the same views'
-rules (the newest version of an instance, :func:`~projections.archive_index.views._fold_report`
+rules (the newest version of an instance, :func:`~projections.archive_index.views.fold_report`
 for a report's stages). So "at T" and "now" are the one fold over two prefixes of the log.
 
 **What "at T" means.** An event counts when the archive had recorded it by T
