@@ -25,6 +25,7 @@ from api.auth import add_user, token_hash
 from api.bootstrap import Archive, bootstrap
 from api.config import Settings
 from api.http import HttpServer, create_app
+from api.http.agents import REFUSALS_PER_MINUTE
 from schemas.codec import decode
 from schemas.events import Event
 from streams.processing import EmbeddedRunner
@@ -318,7 +319,10 @@ def test_tokens_and_roles_on_the_agent_api(side: Side) -> None:
         assert anonymous.post("/api/agent/verify", json={"instances": []}).status_code == 401
     unauthenticated = [e for e in side.since(ACCESS, before) if e.payload["outcome"] == "unauthenticated"]
     unauthenticated.sort(key=lambda e: e.envelope.recorded_at)
-    assert 1 <= len(unauthenticated) <= 10
+    # 16 refusals from one address within seconds: the first REFUSALS_PER_MINUTE are recorded, then none
+    assert len(unauthenticated) == REFUSALS_PER_MINUTE
+    paths = [json.loads(e.payload["query"])["path"] for e in unauthenticated]
+    assert paths == ["/api/agent/events"] + ["/api/agent/requests"] * (REFUSALS_PER_MINUTE - 1)
     first = unauthenticated[0]
     assert first.payload["channel"] == "api" and first.payload["action"] == "report"
     assert first.payload["remote_address"] == "127.0.0.1"
