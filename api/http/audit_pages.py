@@ -43,6 +43,7 @@ from api.access import AccessRecorder
 from api.auth import User
 from api.http.deps import require
 from api.http.errors import ApiError
+from api.http.oversight import named
 from api.http.web import html_page, message_page, page_user, reader_of, valid_patient_id
 from projections.audit.access import CSV_COLUMNS, AccessFilter, TooManyAccesses, accesses
 from projections.audit.at import UnknownRecord, parse_moment, state_at
@@ -77,14 +78,6 @@ def _filter(since: str | None, until: str | None, user: str | None, organisation
         if text is not None and (len(text) > MAX_FILTER or any(ord(ch) < 0x20 for ch in text)):
             raise _bad(name, f"at most {MAX_FILTER} characters, no control characters")
     return AccessFilter(moments["since"], moments["until"], user or None, organisation or None)
-
-
-def _named(entries: list[dict[str, Any]], directory: OrganisationDirectory) -> list[dict[str, Any]]:
-    for entry in entries:
-        code = entry.get("organisation")
-        entry["organisation_name"] = directory.display(code) if code else None
-        entry["organisation_known"] = directory.lookup(code) is not None if code else None
-    return entries
 
 
 def _csv(entries: list[dict[str, Any]]) -> str:
@@ -183,7 +176,7 @@ def router(
 
     def record_timeline(record: str, patient: bool) -> dict[str, Any]:
         found = timeline(warehouse, event_log, record, patient=patient)
-        _named(found["entries"], directory)
+        found["entries"] = named(found["entries"], directory)
         return found
 
     def study_of(entries: list[dict[str, Any]], record: str) -> str | None:
@@ -192,6 +185,22 @@ def router(
     def patient_of(entries: list[dict[str, Any]]) -> str | None:
         patients = {e["patient_id"] for e in entries if e.get("patient_id")}
         return next(iter(patients)) if len(patients) == 1 else None
+
+    def read_timeline(request: Request, user: User, record: str, as_patient: bool, channel: str) -> dict[str, Any]:
+        """The record's timeline; a read of it (entries found) is recorded on ``channel``."""
+        found = record_timeline(record, as_patient)
+        if found["entries"]:
+            record_read(
+                request,
+                user,
+                action="view",
+                channel=channel,
+                query={"audit_record": record, "patient": as_patient},
+                results=len(found["entries"]),
+                study=study_of(found["entries"], record),
+                patient=record if as_patient else patient_of(found["entries"]),
+            )
+        return found
 
     def at_state(record: str, time: str | None) -> dict[str, Any]:
         if time is None or not time.strip():
@@ -216,7 +225,7 @@ def router(
             found = accesses(warehouse, patient, only)
         except TooManyAccesses as exc:
             raise ApiError(400, "too-many-results", str(exc)) from None
-        _named(found["entries"], directory)
+        found["entries"] = named(found["entries"], directory)
         return found
 
     # -- pages ----------------------------------------------------------------------------------
@@ -251,19 +260,9 @@ def router(
         if not _valid_record(record):
             return message_page(400, "error.400-record", "Неверный идентификатор записи.", user)
         as_patient = (patient or "").lower() in ("1", "true", "yes")
-        found = record_timeline(record, as_patient)
+        found = read_timeline(request, user, record, as_patient, "audit-page")
         if not found["entries"]:
             return message_page(404, "error.404-record", "В журнале аудита нет такой записи.", user)
-        record_read(
-            request,
-            user,
-            action="view",
-            channel="audit-page",
-            query={"audit_record": record, "patient": as_patient},
-            results=len(found["entries"]),
-            study=study_of(found["entries"], record),
-            patient=record if as_patient else patient_of(found["entries"]),
-        )
         return html_page("audit_record", "Аудит записи", {}, user=user, found=found, patient=as_patient)
 
     @routes.get(
@@ -384,19 +383,9 @@ def router(
         api_auditor(request, user)
         if not _valid_record(record):
             raise _bad("record", "not a record id")
-        found = record_timeline(record, patient)
+        found = read_timeline(request, user, record, patient, "api")
         if not found["entries"]:
             raise ApiError(404, "not-found", "no audit entries for this record")
-        record_read(
-            request,
-            user,
-            action="view",
-            channel="api",
-            query={"audit_record": record, "patient": patient},
-            results=len(found["entries"]),
-            study=study_of(found["entries"], record),
-            patient=record if patient else patient_of(found["entries"]),
-        )
         return JSONResponse(jsonable_encoder(found))
 
     @routes.get(

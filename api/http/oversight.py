@@ -50,15 +50,16 @@ def _json(data: Any) -> JSONResponse:
 
 
 def named(rows: Iterable[dict[str, Any]], directory: OrganisationDirectory) -> list[dict[str, Any]]:
-    """``rows`` with the organisation's name and whether the directory knows it right after the code."""
+    """``rows`` with the organisation's name and whether the directory knows it right after the code
+    (both None where a row names no organisation)."""
     named = []
     for row in rows:
         entry: dict[str, Any] = {}
         for key, value in row.items():
             entry[key] = value
             if key == "organisation":
-                entry["organisation_name"] = directory.display(value)
-                entry["organisation_known"] = directory.lookup(value) is not None
+                entry["organisation_name"] = directory.display(value) if value else None
+                entry["organisation_known"] = directory.lookup(value) is not None if value else None
         named.append(entry)
     return named
 
