@@ -202,6 +202,21 @@ def router(
             )
         return found
 
+    def record_at_read(
+        request: Request, user: User, record: str, time: str | None, state: dict[str, Any], channel: str
+    ) -> None:
+        """Records the read of the study as it was at ``time`` on ``channel``."""
+        record_read(
+            request,
+            user,
+            action="view",
+            channel=channel,
+            query={"audit_record": record, "at": time},
+            results=len(state["then"]["instances"]),
+            study=record,
+            patient=state["now"]["patient"]["patient_id"],
+        )
+
     def at_state(record: str, time: str | None) -> dict[str, Any]:
         if time is None or not time.strip():
             raise _bad("time", "required: an ISO 8601 moment")
@@ -286,16 +301,7 @@ def router(
             except ApiError as exc:
                 status, problem = exc.status, exc.error
         if state is not None:
-            record_read(
-                request,
-                user,
-                action="view",
-                channel="audit-page",
-                query={"audit_record": record, "at": time},
-                results=len(state["then"]["instances"]),
-                study=record,
-                patient=state["now"]["patient"]["patient_id"],
-            )
+            record_at_read(request, user, record, time, state, "audit-page")
         return html_page(
             "audit_at",
             "Запись на момент",
@@ -403,16 +409,7 @@ def router(
         if not _valid_record(record):
             raise _bad("record", "not a record id")
         state = at_state(record, time)
-        record_read(
-            request,
-            user,
-            action="view",
-            channel="api",
-            query={"audit_record": record, "at": time},
-            results=len(state["then"]["instances"]),
-            study=record,
-            patient=state["now"]["patient"]["patient_id"],
-        )
+        record_at_read(request, user, record, time, state, "api")
         return JSONResponse(jsonable_encoder(state))
 
     def access_query(
