@@ -101,8 +101,12 @@ class Terminal:
         self.reader.start()
 
     def _read(self) -> None:
+        # poll, not select: a long session can hold more than FD_SETSIZE (1024) descriptors,
+        # and select() refuses a descriptor numbered above that
+        poller = select.poll()
+        poller.register(self.master, select.POLLIN)
         while True:
-            ready, _, _ = select.select([self.master], [], [], 0.5)
+            ready = poller.poll(500)
             if not ready:
                 if self.proc.poll() is not None:
                     return
