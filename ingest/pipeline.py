@@ -31,8 +31,8 @@ from schemas.codec import MAX_EVENT_BYTES, CodecError, encode
 from schemas.events import SYSTEM, Actor, Event, new_event
 from schemas.uids import is_uid
 from streams import EventLog, EventLogError
-from streams.blobs import BlobRef, BlobStore, BlobStoreError, sha256_hex
-from streams.publisher import publish
+from streams.blobs import BlobRef, BlobStore, BlobStoreError
+from streams.publisher import publish, publish_encoded
 
 log = logging.getLogger("cami.ingest")
 
@@ -90,12 +90,21 @@ class Refused(Exception):
 
 
 @dataclass(frozen=True)
+class Recorded:
+    """An object's InstanceReceived event as version 1, with its encoded bytes."""
+
+    event: Event
+    encoded: bytes
+
+
+@dataclass(frozen=True)
 class Examined:
     """An object that passed every check: it can be stored and its event written."""
 
     received: Received
     header: Dataset
     inspection: Inspection
+    first_version: Recorded
 
 
 def _malformed(exc: MalformedObject) -> Refused:
@@ -117,15 +126,17 @@ def _inspect(header: Dataset, sop_class_uid: str | None, sop_instance_uid: str |
     return inspection
 
 
-def _check_event(received: Received, inspection: Inspection, arrival: Arrival, store_name: str) -> None:
+def _check_event(received: Received, inspection: Inspection, arrival: Arrival, store_name: str) -> Recorded:
     """Build and encode the InstanceReceived event the object would get, before any blob is
-    written: a value the event cannot hold is a refusal now, not an orphan blob and a retry."""
-    blob = BlobRef(hashlib.sha256(received.part10).hexdigest(), len(received.part10))
+    written: a value the event cannot hold is a refusal now, not an orphan blob and a retry.
+    Built as version 1 (a new instance, the common case): :meth:`Ingestor._store` appends it as it is
+    when that holds, and builds another only for a new version."""
+    blob = BlobRef(received.sha256, len(received.part10))
     try:
         event = instance_received_event(
             inspection.attributes, inspection, arrival, blob, 1, received.transfer_syntax, store_name
         )
-        size = len(encode(event))
+        encoded = encode(event)
     except CodecError as exc:
         # the codec's message may quote the value (patient data): the comment names no value
         log.debug("InstanceReceived would not encode: %s", exc)
@@ -137,11 +148,12 @@ def _check_event(received: Received, inspection: Inspection, arrival: Arrival, s
             ),
             inspection,
         ) from None
-    if size > MAX_EVENT_BYTES:
+    if len(encoded) > MAX_EVENT_BYTES:
         raise Refused(
             Refusal("unrecordable", Status.DATASET_DOES_NOT_MATCH_SOP_CLASS, "attribute values too long to record"),
             inspection,
         )
+    return Recorded(event, encoded)
 
 
 def examine_dataset(
@@ -169,8 +181,7 @@ def examine_dataset(
         arrival.implementation_class_uid,
         arrival.implementation_version_name,
     )
-    _check_event(received, inspection, arrival, store_name)
-    return Examined(received, header, inspection)
+    return Examined(received, header, inspection, _check_event(received, inspection, arrival, store_name))
 
 
 def examine_file(
@@ -210,8 +221,7 @@ def examine_file(
                 ),
                 inspection,
             )
-    _check_event(received, inspection, arrival, store_name)
-    return Examined(received, header, inspection)
+    return Examined(received, header, inspection, _check_event(received, inspection, arrival, store_name))
 
 
 class Ingestor:
@@ -282,7 +292,7 @@ class Ingestor:
                 started,
             )
         return self._counted(
-            self._store(checked.received, checked.inspection, arrival, checked.header), arrival, started
+            self._store(checked, arrival), arrival, started
         )
 
     def store_file(self, data: bytes, arrival: Arrival, *, meta_must_match: bool = True) -> Outcome:
@@ -301,7 +311,7 @@ class Ingestor:
                 self.refuse(refused.refusal, arrival, data, None, None, refused.inspection), arrival, started
             )
         return self._counted(
-            self._store(checked.received, checked.inspection, arrival, checked.header), arrival, started
+            self._store(checked, arrival), arrival, started
         )
 
     # -- the write path ------------------------------------------------------------------------
@@ -316,9 +326,8 @@ class Ingestor:
             if not lock.locked():
                 self._locks.pop(sop_instance_uid, None)
 
-    def _store(
-        self, received: Received, inspection: Inspection, arrival: Arrival, header: Dataset | None = None
-    ) -> Outcome:
+    def _store(self, checked: Examined, arrival: Arrival) -> Outcome:
+        received, inspection = checked.received, checked.inspection
         attrs = inspection.attributes
         uid = attrs["SOPInstanceUID"]
         base = {
@@ -327,7 +336,7 @@ class Ingestor:
             "study_instance_uid": attrs["StudyInstanceUID"],
             "missing": inspection.missing,
         }
-        digest = sha256_hex(received.part10)
+        digest = received.sha256
         # the study lock too: two new instances of one study under two patients must not both
         # pass the check; always study first, then instance, so two arrivals cannot deadlock
         with self._instance_lock(f"study {attrs['StudyInstanceUID']}"), self._instance_lock(uid):
@@ -354,7 +363,7 @@ class Ingestor:
                 if conflict is not None:
                     return self.refuse(conflict, arrival, received.part10, inspection=inspection)
             try:
-                blob = self.blobs.put(received.part10, expected_sha256=digest)
+                blob = self.blobs.put(received.part10, known_sha256=digest)
             except BlobStoreError as exc:
                 log.error("blob store failed for %s: %s", uid, exc)
                 refusal = Refusal(
@@ -366,11 +375,15 @@ class Ingestor:
             if same is not None:  # identical bytes, whoever sends them: nothing changes
                 return Outcome(Status.SUCCESS, None, blob=blob, duplicate=True, version=same.version, **base)
             number = held[-1].version + 1 if held else 1
-            event = instance_received_event(
-                attrs, inspection, arrival, blob, number, received.transfer_syntax, self.store_name
-            )
+            if number == 1:
+                event, encoded = checked.first_version.event, checked.first_version.encoded
+            else:
+                event = instance_received_event(
+                    attrs, inspection, arrival, blob, number, received.transfer_syntax, self.store_name
+                )
+                encoded = encode(event)
             try:
-                publish(self.event_log, event)
+                publish_encoded(self.event_log, event, encoded)
             except (EventLogError, TimeoutError) as exc:
                 log.error("event log failed for %s: %s", uid, exc)
                 # the broker may have written it before failing to acknowledge: check on re-send
@@ -395,8 +408,7 @@ class Ingestor:
                 )
             )
         outcome = Outcome(Status.SUCCESS, None, blob=blob, event=event, version=number, **base)
-        if header is not None:
-            self._run_document_hooks(header, outcome, arrival)
+        self._run_document_hooks(checked.header, outcome, arrival)
         return outcome
 
     def _conflict(self, attrs: dict[str, Any], arrival: Arrival, held: Sequence[HeldInstance]) -> Refusal | None:

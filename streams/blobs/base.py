@@ -64,8 +64,10 @@ class BlobStore(abc.ABC):
     backend: str = "?"
 
     @abc.abstractmethod
-    def put(self, data: bytes, expected_sha256: str | None = None) -> BlobRef:
-        """Store ``data``; durable on return. Raises BlobIntegrityError if the hash differs."""
+    def put(self, data: bytes, expected_sha256: str | None = None, *, known_sha256: str | None = None) -> BlobRef:
+        """Store ``data``; durable on return. Raises BlobIntegrityError if the hash differs from
+        ``expected_sha256``. ``known_sha256`` is the digest the caller has just computed from these
+        very bytes (immutable ``bytes``): it is trusted, and the store does not hash them again."""
 
     @abc.abstractmethod
     def get(self, sha256: str) -> bytes:

@@ -170,11 +170,11 @@ class LocalBlobStore(BlobStore):
         if manifest.size > self.chunk_size and not self.manifest_path(manifest.sha256).is_file():
             self._write_manifest(manifest)
 
-    def put(self, data: bytes, expected_sha256: str | None = None) -> BlobRef:
+    def put(self, data: bytes, expected_sha256: str | None = None, *, known_sha256: str | None = None) -> BlobRef:
         if expected_sha256 is not None:
             check_blob_id(expected_sha256)
         view = memoryview(data)
-        sha256 = hashlib.sha256(view).hexdigest()
+        sha256 = check_blob_id(known_sha256) if known_sha256 is not None else hashlib.sha256(view).hexdigest()
         if expected_sha256 is not None and sha256 != expected_sha256:
             raise BlobIntegrityError(f"blob {expected_sha256}: received bytes hash to {sha256}")
         size = len(view)

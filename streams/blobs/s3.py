@@ -248,11 +248,12 @@ class S3BlobStore(BlobStore):
         if self._head_size(self.manifest_key_for(manifest.sha256)) is None:
             self._store_manifest(manifest)
 
-    def put(self, data: bytes, expected_sha256: str | None = None) -> BlobRef:
+    def put(self, data: bytes, expected_sha256: str | None = None, *, known_sha256: str | None = None) -> BlobRef:
         if expected_sha256 is not None:
             check_blob_id(expected_sha256)
         view = memoryview(data)
-        digest = hashlib.sha256(view).digest()
+        # a known digest still travels as ChecksumSHA256: the S3 server verifies what it received
+        digest = bytes.fromhex(check_blob_id(known_sha256)) if known_sha256 else hashlib.sha256(view).digest()
         sha256 = digest.hex()
         if expected_sha256 is not None and sha256 != expected_sha256:
             raise BlobIntegrityError(f"blob {expected_sha256}: received bytes hash to {sha256}")

@@ -35,6 +35,7 @@ from streams.blobs import (
     BlobIntegrityError,
     BlobNotFound,
     BlobStore,
+    BlobStoreError,
     BlobUnavailable,
     InvalidBlobId,
     open_blob_store,
@@ -257,6 +258,29 @@ def test_put_get_round_trip(store: BlobStore, size: int) -> None:
 def test_put_with_matching_expected_hash(store: BlobStore) -> None:
     data = random_bytes(1000)
     assert store.put(data, expected_sha256=sha(data)).sha256 == sha(data)
+
+
+def test_put_with_a_known_hash_reads_back(store: BlobStore) -> None:
+    data = random_bytes(600_000)  # a CT image's size: the ingest path hashes it once and says so
+    ref = store.put(data, known_sha256=sha(data))
+    assert (ref.sha256, ref.size, ref.created) == (sha(data), len(data), True)
+    assert store.get(sha(data)) == data
+    with pytest.raises(InvalidBlobId):
+        store.put(data, known_sha256="not-a-digest")
+
+
+def test_a_wrong_known_hash_never_serves_other_bytes(store: BlobStore) -> None:
+    """A caller's wrong digest is trusted by the local store, not by S3 (ChecksumSHA256); either
+    way no reader ever gets bytes that do not hash to the name it asked for."""
+    data = random_bytes(1000)
+    claimed = sha(b"something else")
+    try:
+        store.put(data, known_sha256=claimed)
+    except BlobStoreError:
+        assert not store.exists(claimed)
+        return
+    with pytest.raises(BlobIntegrityError):
+        store.get(claimed)
 
 
 def test_second_put_deduplicates(backend: Backend) -> None:
