@@ -291,9 +291,7 @@ class Ingestor:
                 arrival,
                 started,
             )
-        return self._counted(
-            self._store(checked, arrival), arrival, started
-        )
+        return self._counted(self._store(checked, arrival), arrival, started)
 
     def store_file(self, data: bytes, arrival: Arrival, *, meta_must_match: bool = True) -> Outcome:
         """A Part-10 file (import, STOW-RS), kept exactly as received (see :func:`examine_file`)."""
@@ -310,9 +308,7 @@ class Ingestor:
             return self._counted(
                 self.refuse(refused.refusal, arrival, data, None, None, refused.inspection), arrival, started
             )
-        return self._counted(
-            self._store(checked, arrival), arrival, started
-        )
+        return self._counted(self._store(checked, arrival), arrival, started)
 
     # -- the write path ------------------------------------------------------------------------
     @contextmanager
