@@ -225,6 +225,11 @@ class EmbeddedEventLog(EventLog):
         with self._appended:
             self._appended.notify_all()
 
+    def data_version(self) -> int:
+        """A number that changes whenever another connection (the writer thread, another process)
+        commits to the file: a consumer that has read everything reads again only when it moved."""
+        return int(self._reader().execute("PRAGMA data_version").fetchone()[0])
+
     def wait_for_append(self, timeout: float) -> None:
         """Block until this process appends something or ``timeout`` passes (consumer wake-up)."""
         with self._appended:
@@ -303,6 +308,8 @@ class EmbeddedConsumer(Consumer):
                 if t == topic:
                     self._positions[(t, p)] = committed.get(p, 0)
         self._next_slot = 0
+        #: the file's data_version when this member last found every partition read to its end
+        self._drained_at: int | None = None
 
     def poll(self, max_records: int = 500, timeout: float = 1.0) -> list[Record]:
         deadline = time.monotonic() + timeout
@@ -317,6 +324,10 @@ class EmbeddedConsumer(Consumer):
             self._log.wait_for_append(min(0.05, remaining))
 
     def _fetch(self, max_records: int) -> list[Record]:
+        # taken before reading, so that a commit landing during the reads is seen next time
+        version = self._log.data_version()
+        if version == self._drained_at:  # nothing committed since everything was read
+            return []
         out: list[Record] = []
         n = len(self._slots)
         # round-robin over partitions so one busy partition does not starve the others
@@ -329,6 +340,8 @@ class EmbeddedConsumer(Consumer):
                 self._positions[slot] = got[-1].offset + 1
                 out.extend(got)
         self._next_slot = (self._next_slot + 1) % max(n, 1)
+        # fewer than asked: every partition was read to its end
+        self._drained_at = version if len(out) < max_records else None
         return out
 
     def commit(self, records: Sequence[Record] | None = None) -> None:
@@ -343,6 +356,7 @@ class EmbeddedConsumer(Consumer):
             self._log.commit_offsets(self._group, offsets)
 
     def rewind(self) -> None:
+        self._drained_at = None
         for topic in {t for t, _ in self._slots}:
             committed = self._log.committed(self._group, topic)
             for slot in self._slots:
@@ -350,6 +364,7 @@ class EmbeddedConsumer(Consumer):
                     self._positions[slot] = committed.get(slot[1], 0)
 
     def seek_to_beginning(self) -> None:
+        self._drained_at = None
         for slot in self._positions:
             self._positions[slot] = 0
 

@@ -324,9 +324,11 @@ class EmbeddedRunner:
         if not records:
             return 0
         try:
-            deadline = time.monotonic() + linger
-            while len(records) < self._batch_size and (left := deadline - time.monotonic()) > 0:
-                records += consumer.poll(self._batch_size - len(records), left)
+            if linger > 0 and len(records) < self._batch_size:
+                # let the batch gather, then take it in one poll: polling throughout the linger
+                # would read the log again on every append, taking CPU from the ingest path
+                time.sleep(linger)
+                records += consumer.poll(self._batch_size - len(records), 0)
             settle = self.failures.get(processor.name, 0) >= SETTLE_AFTER
             result = deliver(processor, sink, [record_source(r) for r in records], settle=settle)
             consumer.commit(records)  # only after the sink has the rows (or the dead letters)

@@ -156,6 +156,30 @@ def _read_lines(proc: subprocess.Popen[str], prefix: str, count: int, timeout: f
     return lines
 
 
+def test_a_member_that_has_read_everything_sees_new_events_from_this_and_other_processes(
+    log: EventLog, log_url: str, topic: str
+) -> None:
+    """An idle member does not read the log again until something was committed to it (the
+    embedded log checks SQLite's data_version): appends by this process and by another one still
+    reach it, and a rewind delivers again what it had read."""
+    group = f"g-{uuid.uuid4().hex}"
+    log.append_many(topic, [(f"k{i}".encode(), f"before-{i}".encode()) for i in range(6)])
+    with log.consumer(group, [topic]) as member:
+        assert len(drain(member, 6)) == 6
+        assert member.poll(500, 0.3) == []  # read to the end: the next polls find nothing new
+        log.append(topic, b"k1", b"same-process")
+        assert [r.value for r in drain(member, 1)] == [b"same-process"]
+        proc = _spawn("append", log_url, topic, "3")
+        try:
+            assert len(_read_lines(proc, "acked ", 3)) == 3
+        finally:
+            os.killpg(proc.pid, signal.SIGKILL)  # it waits after its appends
+            proc.wait()
+        assert sorted(r.value for r in drain(member, 3)) == [b"event-0", b"event-1", b"event-2"]
+        member.rewind()  # nothing committed: everything comes back
+        assert len(drain(member, 10)) == 10
+
+
 def test_uncommitted_events_are_redelivered_after_a_consumer_crash(log: EventLog, log_url: str, topic: str) -> None:
     group = f"g-{uuid.uuid4().hex}"
     log.append_many(topic, [(f"k{i % 5}".encode(), f"v{i}".encode()) for i in range(40)])
