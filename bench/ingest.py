@@ -1,6 +1,7 @@
 """DICOM ingest throughput: CAMI's Storage SCP against Orthanc (and dcmtk's storescp), in one run.
 
-    python bench/ingest.py [--instances 1000] [--no-mixed] [--no-kafka] [--json]
+    python bench/ingest.py [--instances 1000] [--associations 4] [--tiny 10000]
+                           [--no-mixed] [--no-kafka] [--json]
 
 The same study — a CT series of ``--instances`` objects, 512x512 pixels of 16 bits, uncompressed
 (about 0.5 MB each) — is sent by dcmtk's ``storescu`` (``/usr/bin/storescu``, one association,
@@ -14,7 +15,13 @@ The same study — a CT series of ``--instances`` objects, 512x512 pixels of 16 
   ``CAMI_BLOBS=s3://...`` on a real broker and a real MinIO started for the run;
 * **dcmtk storescp**: the floor (writes files, nothing else), for scale.
 
-A second variant (skip with ``--no-mixed``) sends as many instances spread over every transfer
+The same CT study is then sent over ``--associations`` concurrent associations (the files split
+evenly, one storescu process each; the time is from the first start to the last exit), as many
+hospitals sending at once; every target gets the same number. ``--tiny`` 8x8-pixel CT instances
+(10 studies) go over one association: there the per-object costs (round trips, fsyncs, Python per
+message) are all there is (0 skips either variant).
+
+A further variant (skip with ``--no-mixed``) sends as many instances spread over every transfer
 syntax this interpreter can write (explicit/implicit VR, deflate, RLE, JPEG-LS and JPEG 2000
 lossless), one study per syntax, one storescu association per syntax proposing that syntax
 first (storescu proposes one preferred syntax per run; the times are summed).
@@ -30,8 +37,11 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import copy
+import dataclasses
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -72,6 +82,8 @@ CAMI = str(Path(sys.executable).with_name("cami"))
 SCU_AET = "BENCH_SCU"
 ANCHOR = "Orthanc"
 STORESCU_TIMEOUT_S = 1800
+#: UIDs of the tiny instances (a root for examples and tests)
+TINY_ROOT = "1.2.826.0.1.3680043.8.498.77."
 START_TIMEOUT_S = 120
 
 
@@ -85,6 +97,8 @@ class Corpus:
     sop_instance_uids: frozenset[str]
     #: one directory per transfer syntax (storescu proposes one preferred syntax per run)
     parts: tuple[tuple[Path, str], ...]
+    #: concurrent associations the files are split over (single-syntax corpora only)
+    associations: int = 1
 
 
 def dcmtk_env() -> dict[str, str]:
@@ -114,6 +128,32 @@ def make_corpus(name: str, directory: Path, instances: int, syntaxes: list[str],
     return Corpus(name, directory, instances, total_bytes, tuple(syntaxes), frozenset(uids), tuple(parts))
 
 
+def make_tiny_corpus(directory: Path, instances: int, seed: int, studies: int = 10) -> Corpus:
+    """``instances`` CT objects of 8x8 pixels over ``studies`` studies: all per-object cost."""
+    org = region()[0]
+    template = synthetic_study(org, "CT", instances=1, seed=seed).instances[0]
+    total_bytes = 0
+    uids: set[str] = set()
+    template.Rows = template.Columns = 8
+    template.PixelData = bytes(range(128))  # 8 x 8 x 16 bit
+    for n in range(instances):
+        ds = copy.deepcopy(template)
+        study, number = divmod(n, -(-instances // studies))
+        ds.StudyInstanceUID = f"{TINY_ROOT}{seed}.{study}"
+        ds.SeriesInstanceUID = f"{TINY_ROOT}{seed}.{study}.1"
+        ds.SOPInstanceUID = f"{TINY_ROOT}{seed}.{study}.1.{number + 1}"
+        ds.InstanceNumber = number + 1
+        ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
+        path = directory / str(study) / f"{number + 1}.dcm"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        ds.save_as(path, enforce_file_format=True)
+        total_bytes += path.stat().st_size
+        uids.add(str(ds.SOPInstanceUID))
+    syntax = str(template.file_meta.TransferSyntaxUID)
+    name = f"tiny 8x8 CT ({instances})"
+    return Corpus(name, directory, instances, total_bytes, (syntax,), frozenset(uids), ((directory, syntax),))
+
+
 # -- sending ----------------------------------------------------------------------------------------
 #: storescu's option that makes it propose a transfer syntax first (else it sends compressed files
 #: under an uncompressed context the peer prefers, and fails: it cannot decompress them)
@@ -128,7 +168,10 @@ PROPOSE = {
 
 
 def storescu(corpus: Corpus, aet: str, port: int) -> float:
-    """Send the corpus, one association per transfer syntax; returns storescu's total wall time."""
+    """Send the corpus, one association per transfer syntax (``corpus.associations`` at once for
+    a single-syntax corpus); returns storescu's total wall time."""
+    if corpus.associations > 1:
+        return _concurrent_storescu(corpus, aet, port)
     elapsed = 0.0
     for directory, syntax in corpus.parts:
         cmd = [STORESCU, "-aet", SCU_AET, "-aec", aet, "-R", *PROPOSE[syntax], "+sd", "+r"]
@@ -140,6 +183,33 @@ def storescu(corpus: Corpus, aet: str, port: int) -> float:
         elapsed += time.perf_counter() - started
         if proc.returncode != 0:
             raise RuntimeError(f"storescu ({syntax}) to {aet} exited with {proc.returncode}:\n{proc.stderr[-3000:]}")
+    return elapsed
+
+
+def _concurrent_storescu(corpus: Corpus, aet: str, port: int) -> float:
+    """``corpus.associations`` storescu processes at once, each with its share of the files."""
+    [(directory, syntax)] = corpus.parts
+    files = sorted(str(p) for p in directory.rglob("*.dcm"))
+    shares = [files[i :: corpus.associations] for i in range(corpus.associations)]
+    started = time.perf_counter()
+    procs = [
+        subprocess.Popen(
+            [STORESCU, "-aet", SCU_AET, "-aec", aet, "-R", *PROPOSE[syntax], "127.0.0.1", str(port), *share],
+            env=dcmtk_env(),
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for share in shares
+    ]
+    errors = []
+    for proc in procs:
+        _, err = proc.communicate(timeout=STORESCU_TIMEOUT_S)
+        if proc.returncode != 0:
+            errors.append(f"exit {proc.returncode}: {err[-2000:]}")
+    elapsed = time.perf_counter() - started
+    if errors:
+        raise RuntimeError(f"{len(errors)} of {len(procs)} storescu processes to {aet} failed:\n" + "\n".join(errors))
     return elapsed
 
 
@@ -271,6 +341,16 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             corpora.append(
                 make_corpus("uncompressed", tmp / "study-plain", args.instances, ["1.2.840.10008.1.2.1"], seed=9000)
             )
+        if args.associations > 1:
+            plain = corpora[0]
+            corpora.append(
+                dataclasses.replace(
+                    plain, name=f"uncompressed, {args.associations} associations", associations=args.associations
+                )
+            )
+        if args.tiny > 0:
+            with console.status(f"writing {args.tiny} tiny instances (8x8)"):
+                corpora.append(make_tiny_corpus(tmp / "study-tiny", args.tiny, seed=9300))
         if not args.no_mixed:
             syntaxes = available_transfer_syntaxes()
             with console.status(f"writing {args.instances} instances over {len(syntaxes)} transfer syntaxes"):
@@ -293,7 +373,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                     "CAMI_S3_SECRET_KEY": minio.secret_key,
                 }
             for corpus in corpora:
-                work = tmp / corpus.name.replace(" ", "-")
+                work = tmp / re.sub(r"\W+", "-", corpus.name)
                 targets: list[tuple[str, Callable[[], float]]] = [
                     (ANCHOR, partial(run_orthanc, corpus, work)),
                     ("CAMI embedded", partial(run_cami, corpus, work / "cami-embedded", {})),
@@ -336,6 +416,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--instances", type=int, default=1000, help="instances per study (default 1000)")
+    parser.add_argument(
+        "--associations", type=int, default=4, help="concurrent associations in the second run (1: skip it)"
+    )
+    parser.add_argument("--tiny", type=int, default=10_000, help="tiny (8x8) instances to send (0: skip)")
     parser.add_argument("--no-mixed", action="store_true", help="skip the variant with several transfer syntaxes")
     parser.add_argument("--no-kafka", action="store_true", help="skip CAMI on Kafka + MinIO")
     parser.add_argument("--json", action="store_true", help="print the results as JSON")
