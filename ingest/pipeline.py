@@ -359,7 +359,7 @@ class Ingestor:
                 if conflict is not None:
                     return self.refuse(conflict, arrival, received.part10, inspection=inspection)
             try:
-                blob = self.blobs.put(received.part10, known_sha256=digest)
+                blob = self.blobs.put(received.part10, known_sha256=digest, likely_new=same is None)
             except BlobStoreError as exc:
                 log.error("blob store failed for %s: %s", uid, exc)
                 refusal = Refusal(

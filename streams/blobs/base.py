@@ -64,10 +64,20 @@ class BlobStore(abc.ABC):
     backend: str = "?"
 
     @abc.abstractmethod
-    def put(self, data: bytes, expected_sha256: str | None = None, *, known_sha256: str | None = None) -> BlobRef:
+    def put(
+        self,
+        data: bytes,
+        expected_sha256: str | None = None,
+        *,
+        known_sha256: str | None = None,
+        likely_new: bool = False,
+    ) -> BlobRef:
         """Store ``data``; durable on return. Raises BlobIntegrityError if the hash differs from
         ``expected_sha256``. ``known_sha256`` is the digest the caller has just computed from these
-        very bytes (immutable ``bytes``): it is trusted, and the store does not hash them again."""
+        very bytes (immutable ``bytes``): it is trusted, and the store does not hash them again.
+        ``likely_new``: the caller knows of no copy (a new instance), so a store whose existence
+        check costs a round trip (S3's HEAD) writes at once; rewriting identical bytes is harmless,
+        and ``created`` is then True."""
 
     @abc.abstractmethod
     def get(self, sha256: str) -> bytes:

@@ -170,7 +170,14 @@ class LocalBlobStore(BlobStore):
         if manifest.size > self.chunk_size and not self.manifest_path(manifest.sha256).is_file():
             self._write_manifest(manifest)
 
-    def put(self, data: bytes, expected_sha256: str | None = None, *, known_sha256: str | None = None) -> BlobRef:
+    def put(
+        self,
+        data: bytes,
+        expected_sha256: str | None = None,
+        *,
+        known_sha256: str | None = None,
+        likely_new: bool = False,
+    ) -> BlobRef:
         if expected_sha256 is not None:
             check_blob_id(expected_sha256)
         view = memoryview(data)
@@ -179,7 +186,7 @@ class LocalBlobStore(BlobStore):
             raise BlobIntegrityError(f"blob {expected_sha256}: received bytes hash to {sha256}")
         size = len(view)
         manifest = ChunkManifest.of_bytes(view, self.chunk_size, sha256) if size > self.chunk_size else None
-        if self._existing_size(sha256) == size:
+        if self._existing_size(sha256) == size:  # a stat(): checked even when likely_new
             if manifest is not None:
                 self._ensure_manifest(manifest)
             return BlobRef(sha256, size, created=False)

@@ -248,7 +248,14 @@ class S3BlobStore(BlobStore):
         if self._head_size(self.manifest_key_for(manifest.sha256)) is None:
             self._store_manifest(manifest)
 
-    def put(self, data: bytes, expected_sha256: str | None = None, *, known_sha256: str | None = None) -> BlobRef:
+    def put(
+        self,
+        data: bytes,
+        expected_sha256: str | None = None,
+        *,
+        known_sha256: str | None = None,
+        likely_new: bool = False,
+    ) -> BlobRef:
         if expected_sha256 is not None:
             check_blob_id(expected_sha256)
         view = memoryview(data)
@@ -263,7 +270,7 @@ class S3BlobStore(BlobStore):
         manifest = ChunkManifest.of_bytes(view, self.chunk_size, sha256) if size > self.chunk_size else None
         key = self.key_for(sha256)
         with self._errors("store", sha256):
-            if self._head_size(key) == size:
+            if not likely_new and self._head_size(key) == size:
                 if manifest is not None:
                     self._ensure_manifest(manifest)
                 return BlobRef(sha256, size, created=False)

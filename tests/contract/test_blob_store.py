@@ -269,6 +269,20 @@ def test_put_with_a_known_hash_reads_back(store: BlobStore) -> None:
         store.put(data, known_sha256="not-a-digest")
 
 
+@pytest.mark.parametrize("size", [1000, 3 * MiB], ids=["small", "chunked"])
+def test_a_put_said_likely_new_of_held_bytes_keeps_one_copy(backend: Backend, size: int) -> None:
+    """The ingest path skips the existence check for new instances; bytes already held (a retry
+    after a failed event append) are simply written again, never stored twice or damaged."""
+    data = random_bytes(size)
+    backend.store.put(data)
+    count = backend.stored_count()
+    again = backend.store.put(data, known_sha256=sha(data), likely_new=True)
+    assert (again.sha256, again.size) == (sha(data), size)
+    assert backend.stored_count() == count
+    assert backend.store.get(sha(data)) == data
+    assert backend.store.read_range(sha(data), size - 10, 10) == data[-10:]
+
+
 def test_a_wrong_known_hash_never_serves_other_bytes(store: BlobStore) -> None:
     """A caller's wrong digest is trusted by the local store, not by S3 (ChecksumSHA256); either
     way no reader ever gets bytes that do not hash to the name it asked for."""
