@@ -26,6 +26,7 @@ from pydicom.dataset import Dataset
 from ingest.dicom import DEFAULT_MAX_INFLATED_BYTES, MalformedObject, Received, parse, part10, split_part10
 from ingest.sop_index import HeldInstance, SopIndex
 from ingest.statuses import Status
+from ingest.study_claims import StudyClaims
 from ingest.validation import Inspection, Refusal, inspect
 from schemas.codec import MAX_EVENT_BYTES, CodecError, encode
 from schemas.events import SYSTEM, Actor, Event, new_event
@@ -252,6 +253,7 @@ class Ingestor:
         self.counts: Counter[str] = Counter()
         #: told (channel, outcome, rejection reason, seconds) of every object (the archive's metrics)
         self.on_outcome = on_outcome
+        self._study_claims = StudyClaims()
         self._locks: dict[str, threading.Lock] = {}
         self._locks_guard = threading.Lock()
 
@@ -333,9 +335,10 @@ class Ingestor:
             "missing": inspection.missing,
         }
         digest = received.sha256
-        # the study lock too: two new instances of one study under two patients must not both
-        # pass the check; always study first, then instance, so two arrivals cannot deadlock
-        with self._instance_lock(f"study {attrs['StudyInstanceUID']}"), self._instance_lock(uid):
+        # a claim on the study first: two new instances of one study under two patients must not
+        # both pass the check (ingest.study_claims); always claim, then instance lock, so two
+        # arrivals cannot deadlock
+        with self._study_claims.claim(attrs["StudyInstanceUID"], attrs["PatientID"]), self._instance_lock(uid):
             if uid in self._uncertain and self.refresh_index is not None:
                 # a broker that died after writing but before acknowledging leaves the event in
                 # the log: learn it before deciding, so a re-send does not record it twice

@@ -19,6 +19,7 @@ import sys
 import time
 import uuid
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -349,3 +350,40 @@ def test_the_rule_holds_after_a_restart_that_rebuilds_the_index_from_the_log(rig
     assert versions == [1, 2]  # the rebuilt index knew version 1
     # files[0] is now A's version 2; the others are still served as first sent
     assert_original_visible(side, HeldStudy(held.patient_id, held.study, held.series, held.files[1:]), intruder)
+
+
+def test_one_study_sent_at_once_over_two_associations_under_two_patients_is_held_under_one(
+    rig: Rig, tmp_path: Path
+) -> None:
+    """Two associations send new instances of one study at the same moment, one under each of two
+    PatientIDs: instances of the same patient are stored side by side, and the study ends up held
+    under exactly one of the two; every instance of the other is refused as conflict-patient."""
+    side = rig.running
+    template = store_a_study(side, tmp_path / "template", instances=1).files[0].path
+    study = str(generate_uid())
+    patients = [new_patient(), new_patient()]
+    series = [str(generate_uid()), str(generate_uid())]
+    batches = [
+        [
+            variant(
+                template,
+                tmp_path / f"p{n}-{i}.dcm",
+                PatientID=patient,
+                StudyInstanceUID=study,
+                SeriesInstanceUID=series[n],
+                SOPInstanceUID=str(generate_uid()),
+            )
+            for i in range(12)
+        ]
+        for n, patient in enumerate(patients)
+    ]
+    with ThreadPoolExecutor(2) as pool:
+        statuses = list(pool.map(lambda batch: send(side, batch, ORG), batches))
+    received = [e for e in side.events(DICOM) if e.type == "InstanceReceived" and e["StudyInstanceUID"] == study]
+    [holder] = {e["PatientID"] for e in received}
+    winner = patients.index(holder)
+    assert statuses[winner] == [SUCCESS] * 12, statuses[winner]
+    assert all(refused_as_conflict(s) for s in statuses[1 - winner]), statuses[1 - winner]
+    rejected = [e for e in side.events(DICOM) if e.type == "InstanceRejected" and e["StudyInstanceUID"] == study]
+    assert sorted(e["reason"] for e in rejected) == ["conflict-patient"] * 12
+    assert len(received) == 12
