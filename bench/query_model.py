@@ -76,7 +76,8 @@ CH_DDL = (
     """CREATE TABLE qm_series (study_uid String, series_uid String, modality String, series_number Nullable(Int32),
         instance_count UInt32) ENGINE = MergeTree ORDER BY (study_uid, series_uid)""",
     """CREATE TABLE qm_instances (study_uid String, series_uid String, sop_uid String,
-        instance_number Nullable(Int32), sop_class_uid String) ENGINE = MergeTree ORDER BY (study_uid, series_uid, sop_uid)""",
+        instance_number Nullable(Int32), sop_class_uid String)
+       ENGINE = MergeTree ORDER BY (study_uid, series_uid, sop_uid)""",
 )
 
 
@@ -87,23 +88,24 @@ def build_clickhouse(warehouse: Warehouse, studies: int, instances: int) -> None
     given = "[" + ",".join(f"'{g}'" for g in GIVEN) + "]"
     modalities = "[" + ",".join(f"'{m}'" for m in MODALITIES) + "]"
     uid = f"concat('{PREFIX}', toString(s))"
+    name = f"concat(arrayElement({surnames}, p % 8 + 1), '^', arrayElement({given}, intDiv(p, 8) % 4 + 1))"
     warehouse.command(
-        f"""INSERT INTO qm_studies SELECT {uid}, concat('BP-', toString(p)),
-                concat(arrayElement({surnames}, p % 8 + 1), '^', arrayElement({given}, intDiv(p, 8) % 4 + 1)),
-                lowerUTF8(concat(arrayElement({surnames}, p % 8 + 1), '^', arrayElement({given}, intDiv(p, 8) % 4 + 1))),
+        f"""INSERT INTO qm_studies SELECT {uid}, concat('BP-', toString(p)), {name}, lowerUTF8({name}),
                 toDate32('2020-01-01') + toInt32(s * 7919 % 2400), '101500', concat('A', toString(s)),
                 [arrayElement({modalities}, s % 5 + 1)], 2, {instances}
             FROM (SELECT number AS s, intDiv(number, 2) AS p FROM numbers({studies}))"""
     )
     warehouse.command(
-        f"""INSERT INTO qm_series SELECT {uid}, concat({uid}, '.', toString(k)), arrayElement({modalities}, s % 5 + 1),
-                k, {instances // 2} FROM (SELECT intDiv(number, 2) AS s, number % 2 + 1 AS k FROM numbers({studies * 2}))"""
+        f"""INSERT INTO qm_series SELECT {uid}, concat({uid}, '.', toString(k)),
+                arrayElement({modalities}, s % 5 + 1), k, {instances // 2}
+            FROM (SELECT intDiv(number, 2) AS s, number % 2 + 1 AS k FROM numbers({studies * 2}))"""
     )
     warehouse.command(
         f"""INSERT INTO qm_instances SELECT {uid}, concat({uid}, '.', toString(i % 2 + 1)),
                 concat({uid}, '.', toString(i % 2 + 1), '.', toString(intDiv(i, 2) + 1)), intDiv(i, 2) + 1,
                 '1.2.840.10008.5.1.4.1.1.2'
-            FROM (SELECT intDiv(number, {instances}) AS s, number % {instances} AS i FROM numbers({studies * instances}))"""
+            FROM (SELECT intDiv(number, {instances}) AS s, number % {instances} AS i
+                  FROM numbers({studies * instances}))"""
     )
     warehouse.command("OPTIMIZE TABLE qm_studies FINAL")
 
@@ -290,13 +292,22 @@ def main(argv: list[str] | None = None) -> int:
         sys.stdout.write(json.dumps(report, indent=2, ensure_ascii=False) + "\n")
         return 0
     table = Table(title=f"{args.studies} studies / {report['instances']} instances, {args.repeat} draws per shape")
-    for col in ("query", "ClickHouse p50", "ClickHouse p95", "SQLite p50", "SQLite p95", "SQLite/ClickHouse", "results"):
+    for col in (
+        "query",
+        "ClickHouse p50",
+        "ClickHouse p95",
+        "SQLite p50",
+        "SQLite p95",
+        "SQLite/ClickHouse",
+        "results",
+    ):
         table.add_column(col, justify="left" if col == "query" else "right")
     for kind, ch in report["clickhouse"].items():
         sq = report["sqlite"][kind]
         table.add_row(
             kind, str(ch["p50_ms"]), str(ch["p95_ms"]), str(sq["p50_ms"]), str(sq["p95_ms"]),
-            f"{sq['p50_ms'] / ch['p50_ms']:.3f}" if ch["p50_ms"] else "—", f"{ch['mean_results']} / {sq['mean_results']}",
+            f"{sq['p50_ms'] / ch['p50_ms']:.3f}" if ch["p50_ms"] else "—",
+            f"{ch['mean_results']} / {sq['mean_results']}",
         )  # fmt: skip
     Console().print(table)
     Console().print(

@@ -2,7 +2,7 @@
 
 :func:`c_find_responses` is what the EVT_C_FIND handler of :mod:`api.dicom.qr` runs once it has
 checked the calling AE title: the identifier in, ``(status, identifier)`` pairs out. Matching is
-:mod:`projections.archive_index.matching` through :func:`projections.archive_index.find.find`, the same rules as QIDO-RS
+:mod:`projections.archive_index.matching` through :func:`projections.query_model.find.find`, the same rules as QIDO-RS
 (so ``findscu`` and a DICOMweb viewer see the same studies).
 
 Levels: PATIENT (Patient Root only), STUDY, SERIES, IMAGE. The query is answered relationally:
@@ -41,10 +41,10 @@ from pydicom.dataelem import DataElement
 from pydicom.multival import MultiValue
 
 from api.access import AccessRecorder, Reader
-from projections.archive_index.find import LEVEL_ATTRIBUTES, find
 from projections.archive_index.matching import ATTRIBUTES, Condition, MatchingError, Text, Uids, parse_condition
 from projections.archive_index.views import MAX_LIMIT
-from projections.warehouse.base import Warehouse
+from projections.query_model.find import LEVEL_ATTRIBUTES, find
+from projections.query_model.store import QueryStore
 
 PENDING = 0xFF00
 IDENTIFIER_DOES_NOT_MATCH_SOP_CLASS = 0xA900
@@ -146,7 +146,7 @@ def _query_text(asked: list[DataElement], level: str) -> dict[str, Any]:
 
 
 def c_find_responses(
-    warehouse: Warehouse,
+    store: QueryStore,
     recorder: AccessRecorder,
     reader: Reader,
     identifier: pydicom.Dataset,
@@ -165,7 +165,7 @@ def c_find_responses(
     try:
         keys, asked = _keys(identifier, level)
         returned = {e.keyword for e in asked if e.keyword in ATTRIBUTES} | set(unique_keys(level, model))
-        rows = find(warehouse, level, keys, limit=MAX_MATCHES, returned=returned)
+        rows = find(store, level, keys, limit=MAX_MATCHES, returned=returned)
     except MatchingError:
         yield UNABLE_TO_PROCESS, None
         return

@@ -7,7 +7,8 @@ is deleted: every version is a row of ``archive_instances``, and the newest vers
 log position (:data:`NEWEST_VERSION`). An instance whose newest version was filed under another
 study or series (an object re-sent with the same SOPInstanceUID under another StudyInstanceUID,
 as logs written before the write side refused that may hold) is listed and served under its new
-place only: QIDO-RS and C-FIND (:mod:`projections.archive_index.find`), C-MOVE/C-GET and WADO
+place only: QIDO-RS and C-FIND (:mod:`projections.query_model.find`, the same rule in the query
+model's fold), C-MOVE/C-GET and WADO
 (:func:`series_instances`, :func:`stored_instances`) and the study pages all read through
 :func:`newest_versions`, so no reader can list an instance another one answers 404 for.
 
