@@ -13,7 +13,8 @@ The rules are those of the archive index's views (:mod:`projections.archive_inde
 * the newest version of an instance (by SOPInstanceUID) is the highest version number, then the
   later arrival, then the later log position; only it is listed, under its own study and series;
 * a study's or series' attributes are those of its newest arrival among those newest versions
-  (arrival time, then log position);
+  (arrival time, then log position), each attribute from the newest arrival that carries it (an
+  object without a StudyDescription, say an SR, leaves the study's description as it was);
 * a study is shown under the surviving ID of its patient (merges followed) with the latest
   PatientUpdated demographics of that ID where any came; what the images say is kept beside it
   (``image_name_folded``, ``recorded_patient_id``) for the study lists, which match it too.
@@ -77,6 +78,16 @@ def _newest(rows: Sequence[Mapping[str, Any]]) -> Mapping[str, Any]:
     return max(rows, key=lambda r: (r["received_us"], r["log_version"]))
 
 
+class _Latest:
+    """Each attribute as the newest arrival that carries one (not NULL) gives it."""
+
+    def __init__(self, rows: Sequence[Mapping[str, Any]]) -> None:
+        self._rows = sorted(rows, key=lambda r: (r["received_us"], r["log_version"]), reverse=True)
+
+    def __getitem__(self, column: str) -> Any:
+        return next((r[column] for r in self._rows if r[column] is not None), None)
+
+
 def _sorted_unique(values: Sequence[str]) -> list[str]:
     return sorted({v for v in values if v})
 
@@ -91,7 +102,7 @@ class Patient:
 
 def summarise_series(instances: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
     """A series row from the newest versions of its instances (all of one series)."""
-    newest = _newest(instances)
+    newest = _Latest(instances)
     return {
         "study_uid": newest["study_uid"],
         "series_uid": newest["series_uid"],
@@ -111,7 +122,7 @@ def summarise_study(instances: Sequence[Mapping[str, Any]], stages: Sequence[str
     """A study row from the newest versions of its instances (at least one), the stages of its
     report rows and the patient it is shown under (``patient`` resolves the newest arrival's
     recorded PatientID)."""
-    newest = _newest(instances)
+    newest = _Latest(instances)
     status = report_status(stages)
     instance_missing = {m for i in instances for m in json.loads(i["missing"])}
     missing = instance_missing if status in ("signed", "amended") else instance_missing | {REPORT_MISSING}
@@ -142,8 +153,8 @@ def summarise_study(instances: Sequence[Mapping[str, Any]], stages: Sequence[str
         "emergency": int(any(i["emergency"] for i in instances)),
         "first_received_us": min(int(i["received_us"]) for i in instances),
         "last_received_us": max(int(i["received_us"]) for i in instances),
-        "newest_received_us": int(newest["received_us"]),
-        "newest_log_version": int(newest["log_version"]),
+        "newest_received_us": int(_newest(instances)["received_us"]),
+        "newest_log_version": int(_newest(instances)["log_version"]),
         "report_status": status,
         "missing": json.dumps(sorted(missing)),
     }
