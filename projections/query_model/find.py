@@ -155,9 +155,10 @@ def _prefix_range(column: str, pattern: str, param: _Params) -> str | None:
     """``column`` within the strings starting with the pattern's literal start: a range scan of its
     index, checked exactly by the LIKE beside it."""
     start = _literal_start(pattern)
-    if not start or ord(start[-1]) >= 0x10FFFF:
+    after = ord(start[-1]) + 1 if start else 0
+    if not start or after > 0x10FFFF or 0xD800 <= after <= 0xDFFF:  # no next character to bound it
         return None
-    end = start[:-1] + chr(ord(start[-1]) + 1)
+    end = start[:-1] + chr(after)
     return f"{column} >= {param(start)} AND {column} < {param(end)}"
 
 
@@ -200,10 +201,13 @@ def _match(keyword: str, condition: Condition, param: _Params) -> str | None:
             bounds = condition.dicom()
             column = f"COALESCE({column}, '')"
             tests = [f"{column} != ''"]
-        if bounds[0] is not None:
-            tests.append(f"{column} >= {param(bounds[0])}")
-        if bounds[1] is not None:
-            tests.append(f"{column} <= {param(bounds[1])}")
+        if bounds[0] is not None and bounds[0] == bounds[1]:  # one day: an equality the index seeks
+            tests.append(f"{column} = {param(bounds[0])}")
+        else:
+            if bounds[0] is not None:
+                tests.append(f"{column} >= {param(bounds[0])}")
+            if bounds[1] is not None:
+                tests.append(f"{column} <= {param(bounds[1])}")
         return "(" + " AND ".join(tests) + ")"
     if isinstance(condition, TimeRange):
         tests = [f"COALESCE({column}, '') != ''"]
