@@ -206,7 +206,8 @@ class Cami:
     def indexed(self) -> int:
         """Instances both read models hold (QIDO-RS/C-FIND read the query store)."""
         in_index = int(self.archive.warehouse.query(f"SELECT uniqExact(sop_uid) FROM {INSTANCES}").scalar() or 0)
-        in_store = int(self.archive.query_store.select("SELECT count(*) AS n FROM qm_instances")[0]["n"])
+        query = "SELECT coalesce(sum(instance_count), 0) AS n FROM qm_studies"
+        in_store = int(self.archive.query_store.select(query)[0]["n"])
         return min(in_index, in_store)
 
     def stop(self) -> None:

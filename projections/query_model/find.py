@@ -104,7 +104,7 @@ _SOURCES = {
     "STUDY": "qm_studies AS s",
     "SERIES": "qm_series AS r JOIN qm_studies AS s ON s.study_uid = r.study_uid",
     "IMAGE": (
-        "qm_instances AS i JOIN qm_series AS r ON r.study_uid = i.study_uid AND r.series_uid = i.series_uid"
+        "qm_versions AS i JOIN qm_series AS r ON r.study_uid = i.study_uid AND r.series_uid = i.series_uid"
         " JOIN qm_studies AS s ON s.study_uid = i.study_uid"
     ),
 }
@@ -277,6 +277,8 @@ def find(
             f"s.study_uid IN (SELECT s.study_uid FROM qm_studies AS s WHERE {study_where}"
             f" ORDER BY {STUDY_ORDER} LIMIT {window})"
         )
+    if level == "IMAGE":
+        where.append("i.newest = 1")  # the newest version of each instance, the one every read lists
     wanted = list(LEVEL_ATTRIBUTES[level])
     if returned is not None:
         chosen = {*returned, *keys, *_LEVEL_UIDS[level]}

@@ -6,11 +6,10 @@ Tables (``qm_`` prefix) and why they look the way they do:
 ``qm_versions``
     Every version of every instance, keyed by the archive index's natural key (study, series,
     SOP UID, version) and replaced only by a row of the same or a later log position: redelivery
-    and a rebuild give the same rows. Indexed by SOP UID (the newest-version rule looks across
-    studies).
-``qm_instances``
-    The newest version of each instance (PRIMARY KEY SOP UID), indexed by (study, series,
-    instance number): "the instances of a series" is one range scan.
+    and a rebuild give the same rows. ``newest`` marks the newest version of each SOP UID, the
+    one every query lists. Clustered by the key (WITHOUT ROWID): "the instances of a series" is
+    one range scan, and the rows are stored once. Indexed by SOP UID (the newest-version rule
+    looks across studies).
 ``qm_series``
     One row per series of the newest versions: its attributes, count and size.
 ``qm_studies``
@@ -55,7 +54,7 @@ from projections.query_model.fold import Patient, fold_name, summarise_series, s
 from projections.warehouse.base import Warehouse
 from streams.processing import DeadLetter, Row
 
-#: instance columns, in order, of ``qm_versions`` and ``qm_instances``
+#: instance columns, in order, of ``qm_versions`` (beside ``newest``, which the store maintains)
 INSTANCE_COLUMNS = (
     "study_uid", "series_uid", "sop_uid", "version", "log_version", "received_us", "patient_id", "issuer",
     "patient_name", "birth_date", "sex", "study_date", "study_time", "study_id", "study_description",
@@ -73,12 +72,15 @@ _NOT_NULL = frozenset(
 )  # fmt: skip
 
 
-def _instance_table(name: str, key: str) -> str:
+def _versions_table() -> str:
     columns = ", ".join(
         f"{c} {'INTEGER' if c in _INTEGER_COLUMNS else 'TEXT'}{' NOT NULL' if c in _NOT_NULL else ''}"
         for c in INSTANCE_COLUMNS
     )
-    return f"CREATE TABLE IF NOT EXISTS {name} ({columns}, PRIMARY KEY ({key}))"
+    return (
+        f"CREATE TABLE IF NOT EXISTS qm_versions ({columns}, newest INTEGER NOT NULL DEFAULT 0,"
+        " PRIMARY KEY (study_uid, series_uid, sop_uid, version)) WITHOUT ROWID"
+    )
 
 
 SERIES_COLUMNS = (
@@ -94,10 +96,8 @@ STUDY_COLUMNS = (
 )  # fmt: skip
 
 DDL = (
-    _instance_table("qm_versions", "study_uid, series_uid, sop_uid, version"),
+    _versions_table(),
     "CREATE INDEX IF NOT EXISTS qm_versions_sop ON qm_versions (sop_uid)",
-    _instance_table("qm_instances", "sop_uid"),
-    "CREATE INDEX IF NOT EXISTS qm_instances_series ON qm_instances (study_uid, series_uid, instance_number)",
     """CREATE TABLE IF NOT EXISTS qm_series (study_uid TEXT NOT NULL, series_uid TEXT NOT NULL,
         series_number INTEGER, series_description TEXT, modality TEXT NOT NULL, body_part TEXT NOT NULL,
         instance_count INTEGER NOT NULL, size INTEGER NOT NULL, organisations TEXT NOT NULL, missing TEXT NOT NULL,
@@ -129,7 +129,7 @@ DDL = (
     "CREATE INDEX IF NOT EXISTS qm_merges_surviving ON qm_merges (patient_id)",
 )
 TABLES = (
-    "qm_versions", "qm_instances", "qm_series", "qm_studies", "qm_study_keys", "qm_reports", "qm_demographics",
+    "qm_versions", "qm_series", "qm_studies", "qm_study_keys", "qm_reports", "qm_demographics",
     "qm_merges",
 )  # fmt: skip
 
@@ -307,23 +307,25 @@ class RowStore:
             self._recompute(db, studies)
 
     def _newest_versions(self, db: Any, sops: set[str]) -> set[str]:
-        """Make ``qm_instances`` hold the newest version of each of ``sops``; returns the studies
-        that held them before (a moved instance leaves its old study)."""
+        """Mark the newest version of each of ``sops``; returns the studies that held the ones
+        marked before (a moved instance leaves its old study)."""
         if not sops:
             return set()
         wanted = sorted(sops)
-        before = {str(r[0]) for r in _rows_in(db, "SELECT study_uid FROM qm_instances", "sop_uid", wanted)}
-        columns = ", ".join(INSTANCE_COLUMNS)
+        before = {
+            str(r[0]) for r in _rows_in(db, "SELECT study_uid FROM qm_versions WHERE newest = 1 AND", "sop_uid", wanted)
+        }
         for chunk in _chunks(wanted):
             marks = _marks(chunk)
-            db.execute(f"DELETE FROM qm_instances WHERE sop_uid IN ({marks})", _named(chunk))
+            db.execute(f"UPDATE qm_versions SET newest = 0 WHERE newest = 1 AND sop_uid IN ({marks})", _named(chunk))
             db.execute(
-                f"""INSERT INTO qm_instances ({columns})
-                    SELECT {columns} FROM (
-                        SELECT *, ROW_NUMBER() OVER (
-                            PARTITION BY sop_uid ORDER BY version DESC, received_us DESC, log_version DESC) AS newest
-                        FROM qm_versions WHERE sop_uid IN ({marks})) AS ranked
-                    WHERE newest = 1""",
+                f"""UPDATE qm_versions SET newest = 1
+                    WHERE (study_uid, series_uid, sop_uid, version) IN (
+                        SELECT study_uid, series_uid, sop_uid, version FROM (
+                            SELECT study_uid, series_uid, sop_uid, version, ROW_NUMBER() OVER (
+                                PARTITION BY sop_uid ORDER BY version DESC, received_us DESC, log_version DESC) AS rank
+                            FROM qm_versions WHERE sop_uid IN ({marks})) AS ranked
+                        WHERE rank = 1)""",
                 _named(chunk),
             )
         return before
@@ -339,7 +341,7 @@ class RowStore:
         wanted = sorted(studies)
         columns = ", ".join(INSTANCE_COLUMNS)
         by_study: dict[str, list[dict[str, Any]]] = {}
-        for found in _rows_in(db, f"SELECT {columns} FROM qm_instances", "study_uid", wanted):
+        for found in _rows_in(db, f"SELECT {columns} FROM qm_versions WHERE newest = 1 AND", "study_uid", wanted):
             values = dict(zip(INSTANCE_COLUMNS, found, strict=True))
             by_study.setdefault(values["study_uid"], []).append(values)
         stages: dict[str, list[str]] = {}
