@@ -71,8 +71,8 @@ class Settings:
     event_log_url: str
     blob_store_url: str
     warehouse_url: str
-    #: the row store DICOM queries read (``CAMI_QUERY_STORE``; default a SQLite file in ``home``)
-    query_store_url: str = ""
+    #: the row store DICOM queries read (``CAMI_QUERY_STORE``; empty: a SQLite file in ``home``)
+    query_store: str = ""
     partitions: int = 6
     senders_path: Path | None = None
     #: the regional directory of organisations (``CAMI_ORGANISATIONS``; default in ``home``)
@@ -105,6 +105,10 @@ class Settings:
     blob_store_env: Mapping[str, str] = field(default_factory=dict, repr=False)
 
     @property
+    def query_store_url(self) -> str:
+        return self.query_store or f"sqlite://{self.home}/query.db"
+
+    @property
     def senders_file(self) -> Path:
         return self.senders_path or self.home / "senders.toml"
 
@@ -126,7 +130,7 @@ class Settings:
             event_log_url=env.get("CAMI_EVENT_LOG", f"sqlite://{home}/events.db"),
             blob_store_url=env.get("CAMI_BLOBS", f"file://{home}/blobs"),
             warehouse_url=env.get("CAMI_CLICKHOUSE", f"chdb://{home}/clickhouse"),
-            query_store_url=env.get("CAMI_QUERY_STORE", f"sqlite://{home}/query.db"),
+            query_store=env.get("CAMI_QUERY_STORE", ""),
             partitions=int(env.get("CAMI_PARTITIONS", "6")),
             senders_path=Path(env["CAMI_SENDERS"]).expanduser().resolve() if env.get("CAMI_SENDERS") else None,
             dicom_host=env.get("CAMI_DICOM_HOST", "127.0.0.1"),
