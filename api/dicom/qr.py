@@ -73,6 +73,7 @@ from pydicom.uid import (
     ExplicitVRLittleEndian,
     ImplicitVRLittleEndian,
 )
+from pynetdicom import _config as pynetdicom_config
 from pynetdicom import build_context, evt
 
 from api.access import AccessRecorder, Reader
@@ -495,6 +496,10 @@ def qr_services(
     ``on_read(channel, status)`` is told of every request (the archive's metrics)."""
     recorder = recorder or AccessRecorder(event_log, socket.gethostname() or "local")
     install_stored_encoding()
+    # identifiers hold patient data: never formatted for the debug log (pynetdicom formats each one
+    # it sends or receives whether or not the log takes it, a large share of a C-FIND's cost)
+    pynetdicom_config.LOG_REQUEST_IDENTIFIERS = False
+    pynetdicom_config.LOG_RESPONSE_IDENTIFIERS = False
     deps = QrDeps(warehouse, store, blobs, recorder, senders)
     find: Handler = handle_find
     move: Handler = handle_move
