@@ -166,40 +166,6 @@ def patient_record(warehouse: Warehouse, patient_id: str) -> dict[str, Any]:
     }
 
 
-def apply_patients(warehouse: Warehouse, studies: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Show each study under its surviving patient ID with the latest demographics."""
-    resolved = resolve_patients(warehouse, {i for s in studies for i in s["patient_ids"]})
-    updates = _demographics(warehouse, set(resolved.values()))
-    for study in studies:
-        study["recorded_patient_ids"] = study.pop("patient_ids")
-        surviving = resolved[study["patient_id"]]
-        study["patient_id"] = surviving
-        for attribute, column in _DEMOGRAPHIC_COLUMNS.items():
-            value = updates.get(surviving, {}).get(attribute)
-            if value is not None:
-                study[column] = value
-    return studies
-
-
-def merge_map(warehouse: Warehouse) -> dict[str, str]:
-    """Every merged (prior) patient ID -> the surviving ID at the end of its chain."""
-    edges = {
-        str(prior): str(target)
-        for prior, target in warehouse.query(f"SELECT prior_patient_id, patient_id FROM {MERGES} FINAL").rows
-    }
-    resolved: dict[str, str] = {}
-    for prior in edges:
-        current, seen = prior, {prior}
-        for _ in range(MAX_MERGE_HOPS):
-            nxt = edges.get(current)
-            if nxt is None or nxt in seen:
-                break
-            current = nxt
-            seen.add(nxt)
-        resolved[prior] = current
-    return resolved
-
-
 # -- series and instances -----------------------------------------------------------------------------
 def study_series(warehouse: Warehouse, study_uid: str) -> list[dict[str, Any]]:
     """The series of a study (newest instance versions), by series number."""

@@ -75,14 +75,14 @@ def report_status(stages: Sequence[str]) -> str:
 
 
 def _newest(rows: Sequence[Mapping[str, Any]]) -> Mapping[str, Any]:
-    return max(rows, key=lambda r: (r["received_us"], r["log_version"]))
+    return max(rows, key=lambda r: (r["received_at"], r["log_version"]))
 
 
 class _Latest:
     """Each attribute as the newest arrival that carries one (not NULL) gives it."""
 
     def __init__(self, rows: Sequence[Mapping[str, Any]]) -> None:
-        self._rows = sorted(rows, key=lambda r: (r["received_us"], r["log_version"]), reverse=True)
+        self._rows = sorted(rows, key=lambda r: (r["received_at"], r["log_version"]), reverse=True)
 
     def __getitem__(self, column: str) -> Any:
         return next((r[column] for r in self._rows if r[column] is not None), None)
@@ -114,7 +114,7 @@ def summarise_series(instances: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
         "size": sum(int(i["size"]) for i in instances),
         "organisations": json.dumps(_sorted_unique([i["organisation"] for i in instances])),
         "missing": json.dumps(sorted({m for i in instances for m in json.loads(i["missing"])})),
-        "last_received_us": max(int(i["received_us"]) for i in instances),
+        "last_received_us": max(int(i["received_at"]) for i in instances),
     }
 
 
@@ -151,9 +151,9 @@ def summarise_study(instances: Sequence[Mapping[str, Any]], stages: Sequence[str
         "organisations": json.dumps(_sorted_unique([i["organisation"] for i in instances])),
         "pathology": int(any(i["pathology"] for i in instances)),
         "emergency": int(any(i["emergency"] for i in instances)),
-        "first_received_us": min(int(i["received_us"]) for i in instances),
-        "last_received_us": max(int(i["received_us"]) for i in instances),
-        "newest_received_us": int(_newest(instances)["received_us"]),
+        "first_received_us": min(int(i["received_at"]) for i in instances),
+        "last_received_us": max(int(i["received_at"]) for i in instances),
+        "newest_received_us": int(_newest(instances)["received_at"]),
         "newest_log_version": int(_newest(instances)["log_version"]),
         "report_status": status,
         "missing": json.dumps(sorted(missing)),

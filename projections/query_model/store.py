@@ -7,9 +7,10 @@ Tables (``qm_`` prefix) and why they look the way they do:
     Every version of every instance, keyed by the archive index's natural key (study, series,
     SOP UID, version) and replaced only by a row of the same or a later log position: redelivery
     and a rebuild give the same rows. ``newest`` marks the newest version of each SOP UID, the
-    one every query lists. Clustered by the key (WITHOUT ROWID): "the instances of a series" is
-    one range scan, and the rows are stored once. Indexed by SOP UID (the newest-version rule
-    looks across studies).
+    one every query lists, by the archive index's own rule (``views.NEWEST_VERSION``; here
+    ``received_at`` is the arrival in microseconds since the epoch). Clustered by the key
+    (WITHOUT ROWID): "the instances of a series" is one range scan, and the rows are stored once.
+    Indexed by SOP UID (the newest-version rule looks across studies).
 ``qm_series``
     One row per series of the newest versions: its attributes, count and size.
 ``qm_studies``
@@ -49,25 +50,25 @@ from urllib.parse import urlsplit
 
 from projections import dead_letters
 from projections.archive_index.fold import INSTANCES, MERGES, PATIENTS_TABLE, REPORTS_TABLE
-from projections.archive_index.views import MAX_MERGE_HOPS
+from projections.archive_index.views import MAX_MERGE_HOPS, NEWEST_VERSION
 from projections.query_model.fold import Patient, fold_name, summarise_series, summarise_study
 from projections.warehouse.base import Warehouse
 from streams.processing import DeadLetter, Row
 
 #: instance columns, in order, of ``qm_versions`` (beside ``newest``, which the store maintains)
 INSTANCE_COLUMNS = (
-    "study_uid", "series_uid", "sop_uid", "version", "log_version", "received_us", "patient_id", "issuer",
+    "study_uid", "series_uid", "sop_uid", "version", "log_version", "received_at", "patient_id", "issuer",
     "patient_name", "birth_date", "sex", "study_date", "study_time", "study_id", "study_description",
     "accession_number", "referring_physician", "series_number", "series_description", "modality", "body_part",
     "instance_number", "sop_class_uid", "transfer_syntax_uid", "image_rows", "image_columns", "frames", "size",
     "organisation", "pathology", "emergency", "missing",
 )  # fmt: skip
 _INTEGER_COLUMNS = frozenset(
-    ("version", "log_version", "received_us", "series_number", "instance_number", "image_rows", "image_columns",
+    ("version", "log_version", "received_at", "series_number", "instance_number", "image_rows", "image_columns",
      "frames", "size", "pathology", "emergency")
 )  # fmt: skip
 _NOT_NULL = frozenset(
-    ("study_uid", "series_uid", "sop_uid", "version", "log_version", "received_us", "patient_id", "modality",
+    ("study_uid", "series_uid", "sop_uid", "version", "log_version", "received_at", "patient_id", "modality",
      "body_part", "sop_class_uid", "transfer_syntax_uid", "size", "organisation", "pathology", "emergency", "missing")
 )  # fmt: skip
 
@@ -180,7 +181,7 @@ def _version_row(values: Mapping[str, Any]) -> dict[str, Any]:
         "sop_uid": values["sop_uid"],
         "version": values["version"],
         "log_version": values["log_version"],
-        "received_us": micros(values["received_at"]),
+        "received_at": micros(values["received_at"]),
         "patient_id": values["patient_id"],
         "issuer": values["issuer_of_patient_id"],
         "patient_name": values["patient_name"],
@@ -323,7 +324,7 @@ class RowStore:
                     WHERE (study_uid, series_uid, sop_uid, version) IN (
                         SELECT study_uid, series_uid, sop_uid, version FROM (
                             SELECT study_uid, series_uid, sop_uid, version, ROW_NUMBER() OVER (
-                                PARTITION BY sop_uid ORDER BY version DESC, received_us DESC, log_version DESC) AS rank
+                                PARTITION BY sop_uid ORDER BY {NEWEST_VERSION}) AS rank
                             FROM qm_versions WHERE sop_uid IN ({marks})) AS ranked
                         WHERE rank = 1)""",
                 _named(chunk),
@@ -351,7 +352,7 @@ class RowStore:
             for chunk in _chunks(wanted):
                 db.execute(f"DELETE FROM {table} WHERE study_uid IN ({_marks(chunk)})", _named(chunk))
         newest_patients = {
-            max(rows, key=lambda r: (r["received_us"], r["log_version"]))["patient_id"] for rows in by_study.values()
+            max(rows, key=lambda r: (r["received_at"], r["log_version"]))["patient_id"] for rows in by_study.values()
         }
         surviving = resolve_patients(db, newest_patients)
         demographics = _demographics(db, set(surviving.values()))
@@ -359,7 +360,7 @@ class RowStore:
         series_rows: list[dict[str, Any]] = []
         keys: list[dict[str, str]] = []
         for study_uid, rows in by_study.items():
-            recorded = max(rows, key=lambda r: (r["received_us"], r["log_version"]))["patient_id"]
+            recorded = max(rows, key=lambda r: (r["received_at"], r["log_version"]))["patient_id"]
             patient_id = surviving[recorded]
             study = summarise_study(
                 rows, stages.get(study_uid, []), Patient(patient_id, demographics.get(patient_id, {}))

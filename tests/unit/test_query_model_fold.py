@@ -12,7 +12,7 @@ from projections.query_model.fold import Patient, report_status, summarise_serie
 def instance(sop: str, series: str, received_us: int, **values: Any) -> dict[str, Any]:
     row: dict[str, Any] = {
         "study_uid": "1.2.3", "series_uid": series, "sop_uid": sop, "version": 1, "log_version": received_us,
-        "received_us": received_us, "patient_id": "P-1", "issuer": None, "patient_name": "Иванова^Анна",
+        "received_at": received_us, "patient_id": "P-1", "issuer": None, "patient_name": "Иванова^Анна",
         "birth_date": "19700101", "sex": "F", "study_date": "2026-01-10", "study_time": "1015", "study_id": "1",
         "study_description": "КТ ОГК", "accession_number": "ACC-1", "referring_physician": "Смирнов^Олег",
         "series_number": 1, "series_description": "axial", "modality": "CT", "body_part": "CHEST",
