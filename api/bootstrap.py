@@ -16,6 +16,8 @@ from ingest.senders import Senders, load_senders
 from ingest.sop_index import SopIndex, SopIndexProjection, SopIndexSink
 from ingest.tls import TlsConfigError, server_context
 from projections.changes import ChangeNotifier
+from projections.query_model.fold import QueryModel
+from projections.query_model.store import QueryModelSink, QueryStore, open_query_store
 from projections.registry import ProjectionConfig, build
 from projections.sinks import WarehouseSink
 from projections.warehouse import Warehouse, open_warehouse
@@ -33,6 +35,7 @@ class Archive:
     event_log: EventLog
     blobs: BlobStore
     _warehouse: Warehouse | None = field(default=None, repr=False)
+    _query_store: QueryStore | None = field(default=None, repr=False)
     _sop_index: SopIndex | None = field(default=None, repr=False)
     _ingestor: Ingestor | None = field(default=None, repr=False)
     #: this archive's Prometheus metrics (its own registry), served at /metrics
@@ -106,7 +109,16 @@ class Archive:
             port=self.settings.dicom_port if port is None else port,
             commitment=commitment,
             # Query/Retrieve on the same AE title and port
-            extra=[qr_services(lambda: self.warehouse, self.blobs, self.event_log, senders, on_read=self.metrics.read)],
+            extra=[
+                qr_services(
+                    lambda: self.warehouse,
+                    lambda: self.query_store,
+                    self.blobs,
+                    self.event_log,
+                    senders,
+                    on_read=self.metrics.read,
+                )
+            ],
             tls_port=self.settings.dicom_tls_port if tls_port is None else tls_port,
             ssl_context=server_context(tls) if tls.enabled else None,
             request_timeout=self.settings.dicom_request_timeout,
@@ -120,14 +132,32 @@ class Archive:
             self._warehouse = open_warehouse(self.settings.warehouse_url)
         return self._warehouse
 
+    @property
+    def query_store(self) -> QueryStore:
+        """The row store QIDO-RS, C-FIND and the study lists read (``CAMI_QUERY_STORE``)."""
+        if self._query_store is None:
+            self._query_store = open_query_store(self.settings.query_store_url)
+        return self._query_store
+
     def processors(self, names: Sequence[str] = ()) -> list[Processor]:
         return build(tuple(names), ProjectionConfig(pseudonym_key=self.settings.pseudonym_key))
 
+    def own_sinks(self, processors: Sequence[Processor]) -> dict[str, QueryModelSink]:
+        """The sinks of the projections whose tables live outside the warehouse (the query model
+        in the query store), by projection name: the live runners and rebuilds use the same."""
+        return {
+            p.name: QueryModelSink(self.query_store, self.warehouse) for p in processors if isinstance(p, QueryModel)
+        }
+
     def bindings(self, names: Sequence[str] = ()) -> list[tuple[Processor, Sink]]:
         bound: list[tuple[Processor, Sink]] = []
-        for processor in self.processors(names):
+        processors = self.processors(names)
+        own = self.own_sinks(processors)
+        for processor in processors:
             changed = self.monitoring_changes.changed if processor.name == "monitoring" else None
-            sink = WarehouseSink(self.warehouse, getattr(processor, "ddl", ()), on_write=changed)
+            sink: Sink = own.get(processor.name) or WarehouseSink(
+                self.warehouse, getattr(processor, "ddl", ()), on_write=changed
+            )
             attach = getattr(processor, "attach", None)
             if attach is not None:  # a processor with state loads it from the tables it writes
                 attach(self.warehouse)
@@ -141,6 +171,8 @@ class Archive:
         self.blobs.close()
         if self._warehouse is not None:
             self._warehouse.close()
+        if self._query_store is not None:
+            self._query_store.close()
 
 
 def _node() -> str:

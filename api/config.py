@@ -7,6 +7,7 @@ CAMI_HOME              data directory of the embedded backends      ./cami-data
 CAMI_EVENT_LOG         event log URL                                sqlite:///$CAMI_HOME/events.db
 CAMI_BLOBS             blob store URL                               file:///$CAMI_HOME/blobs
 CAMI_CLICKHOUSE        ClickHouse URL                               chdb:///$CAMI_HOME/clickhouse
+CAMI_QUERY_STORE       query store URL (QIDO-RS, C-FIND, lists)     sqlite:///$CAMI_HOME/query.db
 CAMI_PARTITIONS        partitions of newly created topics           6
 CAMI_SENDERS           who may send (AE title -> organisation)      $CAMI_HOME/senders.toml
 CAMI_ORGANISATIONS     the regional directory (code -> names)       $CAMI_HOME/organisations.toml
@@ -70,6 +71,8 @@ class Settings:
     event_log_url: str
     blob_store_url: str
     warehouse_url: str
+    #: the row store DICOM queries read (``CAMI_QUERY_STORE``; empty: a SQLite file in ``home``)
+    query_store: str = ""
     partitions: int = 6
     senders_path: Path | None = None
     #: the regional directory of organisations (``CAMI_ORGANISATIONS``; default in ``home``)
@@ -102,6 +105,10 @@ class Settings:
     blob_store_env: Mapping[str, str] = field(default_factory=dict, repr=False)
 
     @property
+    def query_store_url(self) -> str:
+        return self.query_store or f"sqlite://{self.home}/query.db"
+
+    @property
     def senders_file(self) -> Path:
         return self.senders_path or self.home / "senders.toml"
 
@@ -123,6 +130,7 @@ class Settings:
             event_log_url=env.get("CAMI_EVENT_LOG", f"sqlite://{home}/events.db"),
             blob_store_url=env.get("CAMI_BLOBS", f"file://{home}/blobs"),
             warehouse_url=env.get("CAMI_CLICKHOUSE", f"chdb://{home}/clickhouse"),
+            query_store=env.get("CAMI_QUERY_STORE", ""),
             partitions=int(env.get("CAMI_PARTITIONS", "6")),
             senders_path=Path(env["CAMI_SENDERS"]).expanduser().resolve() if env.get("CAMI_SENDERS") else None,
             dicom_host=env.get("CAMI_DICOM_HOST", "127.0.0.1"),
@@ -161,6 +169,7 @@ class Settings:
             "event_log": _mask(self.event_log_url),
             "blobs": _mask(self.blob_store_url),
             "clickhouse": _mask(self.warehouse_url),
+            "query_store": _mask(self.query_store_url),
             "tls": str(self.tls.certificate) if self.tls.enabled else "off",
         }
 

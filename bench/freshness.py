@@ -4,19 +4,20 @@
 
 Instances of a synthetic CT study are sent one at a time by dcmtk's ``/usr/bin/storescu``
 (``TCP_NODELAY=1``); the clock starts when storescu exits successfully (the "stored" answer came
-back) and stops when a study search of the archive index (``projections.archive_index.find``, as the
-API will run it) counts the instance. p50/p95 printed.
+back) and stops when a study search of the query model (``projections.query_model.find``, as
+QIDO-RS and C-FIND run it) counts the instance. p50/p95 printed.
 
 Where it is measured, and why not through ``cami serve``: chdb locks its data directory to one
 process, and the HTTP API has no read-model endpoint yet, so the bench cannot look into the
 ClickHouse of a separate ``cami serve``. It therefore composes exactly what ``cami serve`` runs on
 the embedded defaults — the Storage SCP and the embedded runner with every projection, in one
-process, through ``api.bootstrap`` — and polls that process's warehouse directly.
+process, through ``api.bootstrap`` — and polls that process's query store directly.
 
 With ``--kafka`` a broker is started (infra/kafka.sh), the projections run in a separate
 ``cami workers`` process (the Faust app), and ClickHouse is the test-only chdb HTTP endpoint
 (tests/support/chdb_http.py) that both the worker (``CAMI_CLICKHOUSE=clickhouse://...``) and the
-bench poll — a stand-in for a ClickHouse server, since chdb cannot be shared between processes.
+bench poll — a stand-in for a ClickHouse server, since chdb cannot be shared between processes; the
+worker writes the query store (a SQLite file, ``CAMI_QUERY_STORE``) that the bench reads.
 
 Anchor: the same storescu send to the same SCP without waiting for visibility (the C-STORE
 round trip itself).
@@ -44,8 +45,8 @@ from rich.table import Table  # noqa: E402
 from api.bootstrap import bootstrap  # noqa: E402
 from api.config import Settings  # noqa: E402
 from api.demo.synthetic import region, synthetic_study, write_study  # noqa: E402
-from projections.archive_index.find import search_studies  # noqa: E402
-from projections.warehouse import Warehouse  # noqa: E402
+from projections.query_model.find import search_studies  # noqa: E402
+from projections.query_model.store import QueryStore, open_query_store  # noqa: E402
 from streams.processing import EmbeddedRunner  # noqa: E402
 from tests.support.servers import free_port  # noqa: E402
 
@@ -79,20 +80,20 @@ def send(path: Path, port: int) -> float:
     return time.perf_counter() - started
 
 
-def visible(warehouse: Warehouse, study: str) -> int:
-    """Instances of the study the archive index answers with, through the query layer the API uses."""
-    found = search_studies(warehouse, study_uid=study, limit=1)
+def visible(store: QueryStore, study: str) -> int:
+    """Instances of the study the query model answers with, through the read module the API uses."""
+    found = search_studies(store, study_uid=study, limit=1)
     return int(found[0]["instance_count"]) if found else 0
 
 
-def measure(files: list[Path], study: str, port: int, warehouse: Warehouse, already: int = 0) -> dict[str, Any]:
+def measure(files: list[Path], study: str, port: int, store: QueryStore, already: int = 0) -> dict[str, Any]:
     """Send ``files`` one by one; ``already``: instances of the study visible before the first."""
     latencies: list[float] = []
     sends: list[float] = []
     for n, path in enumerate(files, start=1):
         sends.append(send(path, port))
         stored_at = time.perf_counter()
-        while visible(warehouse, study) < already + n:
+        while visible(store, study) < already + n:
             if time.perf_counter() - stored_at > TIMEOUT_S:
                 raise RuntimeError(f"instance {n} not visible after {TIMEOUT_S} s")
             time.sleep(0.005)
@@ -119,7 +120,7 @@ def run_embedded(files: list[Path], study: str, home: Path) -> dict[str, Any]:
     try:
         return {
             "backend": "embedded (SQLite log + chdb, one process)",
-            **measure(files, study, port, archive.warehouse),
+            **measure(files, study, port, archive.query_store),
         }
     finally:
         scp.stop()
@@ -128,7 +129,6 @@ def run_embedded(files: list[Path], study: str, home: Path) -> dict[str, Any]:
 
 
 def run_kafka(files: list[Path], study: str, home: Path) -> dict[str, Any]:
-    from projections.warehouse import open_warehouse
     from tests.support.chdb_http import ChdbHttpServer
     from tests.support.servers import KafkaServer
 
@@ -138,6 +138,7 @@ def run_kafka(files: list[Path], study: str, home: Path) -> dict[str, Any]:
             "CAMI_HOME": str(home),
             "CAMI_EVENT_LOG": f"kafka://{kafka.bootstrap}",
             "CAMI_CLICKHOUSE": clickhouse.url,
+            "CAMI_QUERY_STORE": f"sqlite://{home}/query.db",
         }
         archive = bootstrap(Settings.from_env(env))
         worker_home = home / "worker"
@@ -153,22 +154,25 @@ def run_kafka(files: list[Path], study: str, home: Path) -> dict[str, Any]:
         scp = archive.storage_scp(port=port)
         scp.start()
         try:
-            with open_warehouse(clickhouse.url) as warehouse:
+            store = open_query_store(env["CAMI_QUERY_STORE"])
+            try:
                 # warm up: the worker has joined its group once a first instance becomes visible
                 console.print("waiting for the Faust worker to join…")
                 send(files[0], port)
                 deadline = time.monotonic() + 180
                 while True:
                     try:
-                        if visible(warehouse, study) >= 1:
+                        if visible(store, study) >= 1:
                             break
                     except Exception:  # the worker has not created the table yet
                         pass
                     if time.monotonic() > deadline or worker.poll() is not None:
                         raise RuntimeError("the Faust worker did not project the first instance")
                     time.sleep(0.2)
-                result = measure(files[1:], study, port, warehouse, already=1)
+                result = measure(files[1:], study, port, store, already=1)
                 return {"backend": "kafka + faust worker + ClickHouse HTTP (chdb stand-in)", **result}
+            finally:
+                store.close()
         finally:
             scp.stop()
             worker.terminate()
@@ -196,7 +200,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.json:
         sys.stdout.write(json.dumps(results, indent=2) + "\n")
         return 0
-    table = Table(title="C-STORE success -> visible in the archive index")
+    table = Table(title="C-STORE success -> visible in the query model")
     for col in ("backend", "instances", "p50 ms", "p95 ms", "max ms", "anchor: C-STORE p50 ms"):
         table.add_column(col)
     for r in results:

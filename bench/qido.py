@@ -16,11 +16,11 @@ CAMI with a bearer token, and each CAMI request appends its RecordAccessed event
 answering) and over DICOM (pynetdicom, Study Root C-FIND on one open association). Result
 counts are compared between the two archives, so both answer the same question.
 
-**Growth.** CAMI alone on a synthetic archive index of ``--synthetic-studies`` studies x
-``--synthetic-instances`` instance rows (100,000 x 50 = 5,000,000 by default), inserted
-directly with ``INSERT ... SELECT FROM numbers()`` (index rows only: no blobs, no events), in
-steps (``--steps`` fractions of the total), measuring the same queries through the HTTP app and
-the Q/R SCP after each step.
+**Growth.** CAMI alone on a synthetic query model of ``--synthetic-studies`` studies x
+``--synthetic-instances`` instance rows (100,000 x 50 = 5,000,000 by default), written into the
+query store through the write path of the ``query-model`` projection's sink (the fold's instance
+rows; index rows only: no blobs, no events), in steps (``--steps`` fractions of the total),
+measuring the same queries through the HTTP app and the Q/R SCP after each step.
 
 p50/p95 are in milliseconds; "ratio" is CAMI / Orthanc (below 1: CAMI faster).
 """
@@ -37,9 +37,11 @@ import subprocess
 import sys
 import tempfile
 import time
+import uuid
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from datetime import UTC, date, datetime
 from pathlib import Path
 from typing import Any
 
@@ -59,8 +61,8 @@ from api.bootstrap import Archive, bootstrap  # noqa: E402
 from api.config import Settings  # noqa: E402
 from api.http import HttpServer, serve_http  # noqa: E402
 from ingest.scp import StorageSCP  # noqa: E402
-from projections.archive_index.fold import INSTANCES, ArchiveIndex  # noqa: E402
-from streams.processing import EmbeddedRunner  # noqa: E402
+from projections.archive_index.fold import INSTANCES  # noqa: E402
+from streams.processing import EmbeddedRunner, Row  # noqa: E402
 from tests.support.servers import OrthancServer, free_port  # noqa: E402
 
 console = Console(stderr=True)
@@ -202,7 +204,11 @@ class Cami:
         return cls(archive, embedded, scp, http, token)
 
     def indexed(self) -> int:
-        return int(self.archive.warehouse.query(f"SELECT uniqExact(sop_uid) FROM {INSTANCES}").scalar() or 0)
+        """Instances both read models hold (QIDO-RS/C-FIND read the query store)."""
+        in_index = int(self.archive.warehouse.query(f"SELECT uniqExact(sop_uid) FROM {INSTANCES}").scalar() or 0)
+        query = "SELECT coalesce(sum(instance_count), 0) AS n FROM qm_studies"
+        in_store = int(self.archive.query_store.select(query)[0]["n"])
+        return min(in_index, in_store)
 
     def stop(self) -> None:
         self.http.stop()
@@ -423,48 +429,55 @@ def side_by_side(tmp: Path, args: argparse.Namespace) -> dict[str, Any]:
 SYNTHETIC_PREFIX = f"{ROOT_UID}8."
 
 
+def synthetic_rows(first: int, last: int, instances: int) -> list[Row]:
+    """The fold's instance rows (``archive_instances``, as :class:`ArchiveIndex` makes them from
+    InstanceReceived) of studies ``first``..``last - 1``, with the facts of :func:`study_facts`."""
+    rows: list[Row] = []
+    received_at = datetime.now(UTC)
+    for s in range(first, last):
+        facts = study_facts(s, SYNTHETIC_PREFIX)
+        study_date = date.fromisoformat(f"{facts.study_date[:4]}-{facts.study_date[4:6]}-{facts.study_date[6:]}")
+        for i in range(instances):
+            series_uid = facts.series_uids[i % 2]
+            sop_uid = f"{series_uid}.{i // 2 + 1}"
+            rows.append(
+                Row(
+                    INSTANCES,
+                    {
+                        "study_uid": facts.study_uid, "series_uid": series_uid, "sop_uid": sop_uid, "version": 1,
+                        "patient_id": facts.patient_id, "issuer_of_patient_id": None,
+                        "patient_name": facts.patient_name, "patient_birth_date": "19700101", "patient_sex": "F",
+                        "study_date": study_date, "study_date_text": facts.study_date, "study_time": "101500",
+                        "study_id": "1", "study_description": "Исследование", "accession_number": facts.accession,
+                        "referring_physician": "Смирнов^Олег", "institution_name": "ОКБ",
+                        "performing_physician_code": "D-1", "performing_physician_name": "Орлова^Анна",
+                        "procedure_code": "A06", "procedure_scheme": "RU", "procedure_meaning": "КТ",
+                        "series_number": i % 2 + 1, "series_description": "series", "modality": facts.modality,
+                        "body_part": "CHEST", "instance_number": i // 2 + 1,
+                        "sop_class_uid": "1.2.840.10008.5.1.4.1.1.2", "transfer_syntax_uid": "1.2.840.10008.1.2.1",
+                        "rows": 8, "columns": 8, "frames": None, "blob_sha256": "0" * 64, "blob_size": 2048,
+                        "blob_store": "file://", "organisation": ORG, "calling_ae_title": BENCH_AE,
+                        "channel": "dicom", "pathology": True, "emergency": False, "missing": [],
+                        "received_at": received_at, "event_id": uuid.uuid4(), "topic": "cami.dicom",
+                        "partition": 0, "log_version": s * instances + i,
+                    },
+                )
+            )  # fmt: skip
+    return rows
+
+
 def insert_synthetic(cami: Cami, first: int, last: int, instances: int) -> None:
-    """Index rows of studies ``first``..``last - 1`` (the same facts as :func:`study_facts`)."""
-    surnames = "[" + ",".join(f"'{s}'" for s in SURNAMES) + "]"
-    given = "[" + ",".join(f"'{g}'" for g in GIVEN) + "]"
-    modalities = "[" + ",".join(f"'{m}'" for m in MODALITIES) + "]"
-    step = max(1, 1_000_000 // instances)
+    """Studies ``first``..``last - 1`` into the query store, through the write path the
+    ``query-model`` projection's sink uses (rows upserted, study and series rows recomputed), in
+    batches of about 25,000 instance rows (index rows only: no blobs, no events)."""
+    step = max(1, 25_000 // instances)
     for start in range(first, last, step):
-        end = min(last, start + step)
-        cami.archive.warehouse.command(
-            f"""
-            INSERT INTO {INSTANCES}
-            SELECT
-                concat({{prefix:String}}, toString(s)) AS study_uid,
-                concat(study_uid, '.', toString(i % 2 + 1)) AS series_uid,
-                concat(series_uid, '.', toString(intDiv(i, 2) + 1)) AS sop_uid,
-                1, concat('BP-', toString(p)), NULL,
-                concat(arrayElement({surnames}, p % 8 + 1), '^', arrayElement({given}, intDiv(p, 8) % 4 + 1)),
-                '19700101', 'F', toDate('2020-01-01') + toInt32(s * 7919 % 2400), '101500', '1', 'Исследование',
-                concat('A', toString(s)), 'Смирнов^Олег', 'ОКБ', 'D-1', 'Орлова^Анна', 'A06', 'RU', 'КТ',
-                i % 2 + 1, 'series', arrayElement({modalities}, s % 5 + 1), 'CHEST', intDiv(i, 2) + 1,
-                '1.2.840.10008.5.1.4.1.1.2', '1.2.840.10008.1.2.1', 8, 8, NULL,
-                lower(hex(SHA256(sop_uid))), 2048, 'file://', {{org:String}}, 'BENCH', 'dicom', true, false,
-                CAST([], 'Array(String)'), now64(6), generateUUIDv4(), 'cami.dicom', 0, number
-            FROM (SELECT number, intDiv(number, {{instances:UInt32}}) AS s, number % {{instances:UInt32}} AS i,
-                         intDiv(s, 2) AS p
-                  FROM numbers({{offset:UInt64}}, {{count:UInt64}}))
-            """,
-            {
-                "prefix": SYNTHETIC_PREFIX,
-                "org": ORG,
-                "instances": instances,
-                "offset": start * instances,
-                "count": (end - start) * instances,
-            },
-        )
+        cami.archive.query_store.apply(synthetic_rows(start, min(last, start + step), instances))
 
 
 def synthetic(tmp: Path, args: argparse.Namespace) -> list[dict[str, Any]]:
     cami = Cami.start(tmp / "cami-synthetic", runner=False)
     try:
-        for ddl in ArchiveIndex.ddl:
-            cami.archive.warehouse.command(ddl)
         target = Target(
             "CAMI",
             httpx.Client(headers={"Authorization": f"Bearer {cami.token}"}, timeout=600),

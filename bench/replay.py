@@ -39,6 +39,8 @@ sys.path.insert(0, str(ROOT))
 from rich.console import Console  # noqa: E402
 from rich.table import Table  # noqa: E402
 
+from projections.query_model.fold import QueryModel  # noqa: E402
+from projections.query_model.store import QueryModelSink, SqliteQueryStore  # noqa: E402
 from projections.registry import build  # noqa: E402
 from projections.replay import rebuild  # noqa: E402
 from projections.warehouse import open_warehouse  # noqa: E402
@@ -244,8 +246,11 @@ def measure(name: str, log: EventLog, warehouse_url: str, events: list[tuple[str
     console.print(f"[{name}] anchor: read + decode from offset 0…")
     anchor_n, anchor_s = read_decode(log, topics)
     console.print(f"[{name}] rebuilding {', '.join(p.name for p in processors)}…")
-    with open_warehouse(warehouse_url) as warehouse:
-        result = rebuild(log, warehouse, processors, batch_size=20_000, align=False)
+    with open_warehouse(warehouse_url) as warehouse, tempfile.TemporaryDirectory(prefix="cami-bench-qm-") as tmp:
+        store = SqliteQueryStore(Path(tmp) / "query.db")  # the query model's own store
+        own = {p.name: QueryModelSink(store, warehouse) for p in processors if isinstance(p, QueryModel)}
+        result = rebuild(log, warehouse, processors, batch_size=20_000, align=False, own_sinks=own)
+        store.close()
     return {
         "backend": f"{name} log + chdb",
         "events": result.events,

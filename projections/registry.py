@@ -1,8 +1,9 @@
 """Every projection the archive maintains, by name (``cami workers``/``cami replay`` use this).
 
 Each entry builds a :class:`streams.processing.Processor` whose class also declares ``ddl`` (the
-CREATE statements of its tables) and ``tables`` (their names, for rebuilds). Add a projection by
-adding one line here.
+CREATE statements of its tables) and ``tables`` (their names, for rebuilds); the ``query-model``
+writes its own store instead (:mod:`projections.query_model.store`). Add a projection by adding one
+line here.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from projections.archive_index.fold import ArchiveIndex
 from projections.audit.fold import AuditTrail
 from projections.catalogue import EventCatalogue
 from projections.monitoring.fold import Monitoring
+from projections.query_model.fold import QueryModel
 from streams.processing import Processor
 
 
@@ -30,6 +32,7 @@ PROJECTIONS: dict[str, Factory] = {
     "catalogue": lambda config: EventCatalogue(),
     "audit": lambda config: AuditTrail(),
     "archive-index": lambda config: ArchiveIndex(),
+    "query-model": lambda config: QueryModel(),
     "monitoring": lambda config: Monitoring(),
     "analytics": lambda config: Analytics(config.pseudonym_key),
 }

@@ -10,7 +10,9 @@ of it. A rebuild therefore
 3. reads every partition from offset 0 up to ``E`` with :meth:`EventLog.scan` (no consumer group:
    the live processors' committed offsets are not touched while it runs), decodes each event
    once and applies every projection being rebuilt to it, writing the rows through the same
-   :class:`projections.sinks.WarehouseSink` the live processors use.
+   :class:`projections.sinks.WarehouseSink` the live processors use. The ``query-model``
+   projection's tables live in the query store, not the warehouse: it is given its live sink
+   (``sinks``), which empties the store (``reset``) instead of the DROP/CREATE.
 
 Dead letters. The projection's open dead letters (:mod:`projections.dead_letters`) are marked
 resolved when its tables are recreated, since every event is applied again; an event that still
@@ -38,9 +40,9 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 from projections import dead_letters
 from projections.sinks import WarehouseSink
@@ -48,7 +50,10 @@ from projections.warehouse import Warehouse, WarehouseError
 from streams.log import EventLog, Record
 from streams.processing import (
     SETTLE_AFTER,
+    DeadLetter,
     Processor,
+    Row,
+    Sink,
     Source,
     backoff,
     decode_records,
@@ -105,6 +110,20 @@ class RebuildResult:
         }
 
 
+class OwnStoreSink(Protocol):
+    """The sink of a projection whose tables live outside the warehouse (the query model)."""
+
+    def write(self, rows: Sequence[Row]) -> None: ...
+
+    def write_dead_letters(self, letters: Sequence[DeadLetter]) -> None: ...
+
+    def reset(self) -> None:
+        """Drop the projection's tables and create them empty."""
+
+    def counts(self) -> dict[str, int]:
+        """Rows per table."""
+
+
 def _declared(processor: Processor, attribute: str) -> tuple[str, ...]:
     value = getattr(processor, attribute, None)
     if not value:
@@ -121,20 +140,27 @@ def rebuild(
     align: bool = True,
     on_start: Callable[[int], None] | None = None,
     on_progress: Callable[[int], None] | None = None,
+    own_sinks: Mapping[str, OwnStoreSink] | None = None,
 ) -> RebuildResult:
     """Drop, recreate and refill the tables of ``processors`` from offset 0 (see module doc).
 
     ``on_start(total_events)`` is called once the target is known, ``on_progress(n)`` after each
-    batch of ``n`` events is written."""
+    batch of ``n`` events is written. ``own_sinks`` (projection name -> sink) are the sinks of the
+    projections whose tables live outside the warehouse: they are reset instead of dropped."""
     started = time.perf_counter()
     result = RebuildResult([p.name for p in processors])
-    tables = {p.name: _declared(p, "tables") for p in processors}
-    ddl = {p.name: _declared(p, "ddl") for p in processors}
-    sinks: dict[str, WarehouseSink] = {}
+    own = {p.name: own_sinks[p.name] for p in processors if own_sinks and p.name in own_sinks}
+    tables = {p.name: _declared(p, "tables") for p in processors if p.name not in own}
+    ddl = {p.name: _declared(p, "ddl") for p in processors if p.name not in own}
+    sinks: dict[str, Sink] = {}
     for processor in processors:
-        for table in tables[processor.name]:
-            warehouse.command(f"DROP TABLE IF EXISTS {table}")
-        sinks[processor.name] = WarehouseSink(warehouse, ddl[processor.name])  # recreates them
+        if processor.name in own:
+            own[processor.name].reset()
+            sinks[processor.name] = own[processor.name]
+        else:
+            for table in tables[processor.name]:
+                warehouse.command(f"DROP TABLE IF EXISTS {table}")
+            sinks[processor.name] = WarehouseSink(warehouse, ddl[processor.name])  # recreates them
         # every event is applied again from offset 0: the old dead letters are retried with them
         # (resolved now; those that still fail are recorded again, newer than this resolution)
         retried = dead_letters.resolve(warehouse, processor.name)
@@ -158,6 +184,9 @@ def rebuild(
             on_progress(len(records))
 
     for processor in processors:
+        if processor.name in own:
+            result.table_rows.update(own[processor.name].counts())
+            continue
         for table in tables[processor.name]:
             result.table_rows[table] = _count(warehouse, table)
     if align:
@@ -169,7 +198,7 @@ def rebuild(
 def _apply(
     records: Sequence[Record],
     processors: Sequence[Processor],
-    sinks: dict[str, WarehouseSink],
+    sinks: Mapping[str, Sink],
     result: RebuildResult,
 ) -> None:
     """Decode each record once and give it to every projection reading its topic, through the

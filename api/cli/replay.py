@@ -113,6 +113,7 @@ def cmd_replay(args: argparse.Namespace) -> int:
                 batch_size=args.batch_size,
                 on_start=start,
                 on_progress=advance,
+                own_sinks=archive.own_sinks(processors),
             )
     finally:
         archive.close()

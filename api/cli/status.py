@@ -19,6 +19,7 @@ from projections import dead_letters
 from projections.catalogue import DDL as CATALOGUE_DDL
 from projections.monitoring import queries as monitoring
 from projections.monitoring.fold import Monitoring
+from projections.query_model.store import QueryStore
 from projections.status import projection_lag
 from schemas.organisations import OrganisationDirectory
 from streams.topics import SOURCE_OF_TRUTH
@@ -61,9 +62,19 @@ def archive_state(settings: Settings) -> dict[str, Any]:
                 "backend": catalogue.backend,
                 "catalogue_rows": {name: count for name, count in by_type},
             },
+            "query_store": {"backend": archive.query_store.backend, "rows": _query_rows(archive.query_store)},
         }
     finally:
         archive.close()
+
+
+def _query_rows(store: QueryStore) -> dict[str, int]:
+    """Studies, series and instances (newest versions) the query store answers from."""
+    [found] = store.select(
+        "SELECT count(*) AS studies, coalesce(sum(series_count), 0) AS series,"
+        " coalesce(sum(instance_count), 0) AS instances FROM qm_studies"
+    )
+    return {name: int(found[name]) for name in ("studies", "series", "instances")}
 
 
 def _organisations(directory: OrganisationDirectory, warehouse: Any, where: str) -> dict[str, Any]:
@@ -121,6 +132,10 @@ def render_state(state: dict[str, Any]) -> None:
         settings["clickhouse"],
         ", ".join(f"{t}: {n}" for t, n in rows.items()) or "no rows yet",
     )
+    query = state.get("query_store")
+    if query:
+        held = ", ".join(f"{name}: {n}" for name, n in query["rows"].items())
+        table.add_row("query store", query["backend"], settings.get("query_store", ""), held)
     for name, lags in state.get("projection_lag", {}).items():
         behind = sum(lags.values())
         table.add_row(f"projection {name}", "", "", f"lag {behind} events" if behind else "up to date")

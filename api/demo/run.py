@@ -327,12 +327,12 @@ def _study_links(settings: Settings, studies: Sequence[dict[str, Any]]) -> dict[
 def _read_side(archive: Archive) -> dict[str, Any]:
     """What the read models now answer: the newest studies of the archive index, the audit
     trail's chain check and today's monitoring per organisation."""
-    from projections.archive_index.find import search_studies
     from projections.audit.verify import verify_chain
     from projections.monitoring.queries import organisation_summary
+    from projections.query_model.find import search_studies
 
     warehouse = archive.warehouse
-    studies = search_studies(warehouse, limit=10_000)
+    studies = search_studies(archive.query_store, limit=10_000)
     statuses = Counter(s["report_status"] for s in studies)
     newest = [
         {

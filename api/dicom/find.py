@@ -2,7 +2,7 @@
 
 :func:`c_find_responses` is what the EVT_C_FIND handler of :mod:`api.dicom.qr` runs once it has
 checked the calling AE title: the identifier in, ``(status, identifier)`` pairs out. Matching is
-:mod:`projections.archive_index.matching` through :func:`projections.archive_index.find.find`, the same rules as QIDO-RS
+:mod:`projections.archive_index.matching` through :func:`projections.query_model.find.find`, the same rules as QIDO-RS
 (so ``findscu`` and a DICOMweb viewer see the same studies).
 
 Levels: PATIENT (Patient Root only), STUDY, SERIES, IMAGE. The query is answered relationally:
@@ -37,14 +37,15 @@ from datetime import date
 from typing import Any
 
 import pydicom
-from pydicom.dataelem import DataElement
+from pydicom.dataelem import DataElement, RawDataElement
 from pydicom.multival import MultiValue
+from pydicom.tag import BaseTag, Tag
 
 from api.access import AccessRecorder, Reader
-from projections.archive_index.find import LEVEL_ATTRIBUTES, find
 from projections.archive_index.matching import ATTRIBUTES, Condition, MatchingError, Text, Uids, parse_condition
 from projections.archive_index.views import MAX_LIMIT
-from projections.warehouse.base import Warehouse
+from projections.query_model.find import LEVEL_ATTRIBUTES, find
+from projections.query_model.store import QueryStore
 
 PENDING = 0xFF00
 IDENTIFIER_DOES_NOT_MATCH_SOP_CLASS = 0xA900
@@ -111,24 +112,53 @@ def unique_keys(level: str, model: str) -> list[str]:
     return [UNIQUE_KEYS[upper] for upper in levels[: levels.index(level) + 1]]
 
 
+class ResponseIdentifiers:
+    """The C-FIND response identifiers of one request: what each match carries is worked out once
+    from the identifier asked (the elements, their VRs, the unique keys to add), so each match only
+    fills in its values; the constant elements are shared by every response."""
+
+    def __init__(self, asked: list[DataElement], level: str, retrieve_ae_title: str, model: str = "patient") -> None:
+        self._fixed = {
+            element.tag: element
+            for element in (
+                DataElement(0x00080005, "CS", "ISO_IR 192"),  # SpecificCharacterSet
+                DataElement(0x00080052, "CS", level),  # QueryRetrieveLevel
+                DataElement(0x00080054, "AE", retrieve_ae_title),  # RetrieveAETitle
+            )
+        }
+        #: (tag, VR the archive answers in, keyword or None when the archive holds no such key, VR asked)
+        self._asked: list[tuple[BaseTag, str, str | None, str]] = []
+        for element in asked:
+            keyword = element.keyword
+            holds = keyword in ATTRIBUTES and element.VR != "SQ"
+            vr = ATTRIBUTES[keyword].vr if holds else element.VR
+            self._asked.append((element.tag, vr, keyword if holds else None, element.VR))
+        asked_tags = {element.tag for element in asked}
+        self._unique = [
+            (Tag(ATTRIBUTES[k].tag), ATTRIBUTES[k].vr, k)
+            for k in unique_keys(level, model)
+            if Tag(ATTRIBUTES[k].tag) not in asked_tags
+        ]
+
+    def __call__(self, row: Mapping[str, Any]) -> pydicom.Dataset:
+        """One match as a C-FIND response identifier."""
+        elements: dict[BaseTag, DataElement | RawDataElement] = dict(self._fixed)
+        for tag, vr, keyword, asked_vr in self._asked:
+            if keyword is not None and keyword in row:
+                elements[tag] = DataElement(tag, vr, _value(keyword, row[keyword]))
+            else:
+                elements[tag] = DataElement(tag, asked_vr, None)
+        for tag, vr, keyword in self._unique:
+            if keyword in row:
+                elements[tag] = DataElement(tag, vr, _value(keyword, row[keyword]))
+        return pydicom.Dataset(elements)
+
+
 def response_identifier(
     row: Mapping[str, Any], asked: list[DataElement], level: str, retrieve_ae_title: str, model: str = "patient"
 ) -> pydicom.Dataset:
     """One match as a C-FIND response identifier."""
-    ds = pydicom.Dataset()
-    ds.SpecificCharacterSet = "ISO_IR 192"
-    ds.QueryRetrieveLevel = level
-    ds.RetrieveAETitle = retrieve_ae_title
-    for element in asked:
-        keyword = element.keyword
-        if keyword in ATTRIBUTES and keyword in row and element.VR != "SQ":
-            ds.add_new(element.tag, ATTRIBUTES[keyword].vr, _value(keyword, row[keyword]))
-        else:
-            ds.add_new(element.tag, element.VR, None)
-    for keyword in unique_keys(level, model):
-        if keyword not in ds and keyword in row:
-            setattr(ds, keyword, _value(keyword, row[keyword]))
-    return ds
+    return ResponseIdentifiers(asked, level, retrieve_ae_title, model)(row)
 
 
 def _named_uid(keys: Mapping[str, Condition], keyword: str) -> str | None:
@@ -146,7 +176,7 @@ def _query_text(asked: list[DataElement], level: str) -> dict[str, Any]:
 
 
 def c_find_responses(
-    warehouse: Warehouse,
+    store: QueryStore,
     recorder: AccessRecorder,
     reader: Reader,
     identifier: pydicom.Dataset,
@@ -165,7 +195,7 @@ def c_find_responses(
     try:
         keys, asked = _keys(identifier, level)
         returned = {e.keyword for e in asked if e.keyword in ATTRIBUTES} | set(unique_keys(level, model))
-        rows = find(warehouse, level, keys, limit=MAX_MATCHES, returned=returned)
+        rows = find(store, level, keys, limit=MAX_MATCHES, returned=returned)
     except MatchingError:
         yield UNABLE_TO_PROCESS, None
         return
@@ -179,8 +209,9 @@ def c_find_responses(
         query=_query_text(asked, level),
         results=len(rows),
     )
+    identifiers = ResponseIdentifiers(asked, level, ae_title, model)
     for row in rows:
-        yield PENDING, response_identifier(row, asked, level, ae_title, model)
+        yield PENDING, identifiers(row)
 
 
 def _single_patient(keys: Mapping[str, Condition]) -> str | None:

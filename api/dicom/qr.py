@@ -73,6 +73,7 @@ from pydicom.uid import (
     ExplicitVRLittleEndian,
     ImplicitVRLittleEndian,
 )
+from pynetdicom import _config as pynetdicom_config
 from pynetdicom import build_context, evt
 
 from api.access import AccessRecorder, Reader
@@ -81,8 +82,9 @@ from api.dicom.stored import install_stored_encoding, move_contexts, stored_data
 from ingest.ae_titles import ae_title
 from ingest.scp import ExtraServices
 from ingest.senders import Senders
-from projections.archive_index.find import search_studies
 from projections.archive_index.views import MAX_LIMIT, series_instances, study_series
+from projections.query_model.find import search_studies
+from projections.query_model.store import QueryStore
 from projections.warehouse.base import Warehouse
 from schemas.events import Actor
 from schemas.policy import Action, may
@@ -201,14 +203,15 @@ def retrieve_level(identifier: Dataset, model: str) -> str:
     return level
 
 
-def resolve_instances(warehouse: Warehouse, identifier: Dataset, model: str) -> list[dict[str, Any]]:
-    """The instances (newest versions, index rows) a C-MOVE/C-GET identifier names."""
+def resolve_instances(warehouse: Warehouse, store: QueryStore, identifier: Dataset, model: str) -> list[dict[str, Any]]:
+    """The instances (newest versions, index rows) a C-MOVE/C-GET identifier names (a patient's
+    studies from the query store, their series and instances from the archive index)."""
     level = retrieve_level(identifier, model)
     if level == "PATIENT":
         patient_id = _one(identifier, "PatientID", level)
         if "*" in patient_id or "?" in patient_id:
             raise IdentifierError("PatientID is a unique key here: no wildcards")
-        study_uids = [s["study_uid"] for s in search_studies(warehouse, patient_id=patient_id, limit=MAX_LIMIT)]
+        study_uids = [s["study_uid"] for s in search_studies(store, patient_id=patient_id, limit=MAX_LIMIT)]
     else:
         study_uids = _values(identifier, "StudyInstanceUID")
         if not study_uids:
@@ -270,6 +273,8 @@ class QrDeps:
     senders file as loaded once when the services were built."""
 
     warehouse: Callable[[], Warehouse]
+    #: the query store C-FIND reads (opened on first use too)
+    store: Callable[[], QueryStore]
     blobs: BlobStore
     recorder: AccessRecorder
     senders: Senders
@@ -311,7 +316,7 @@ def handle_find(event: Any, deps: QrDeps) -> Iterator[tuple[Any, Dataset | None]
         return
     try:
         first = True
-        answers = c_find_responses(deps.warehouse(), deps.recorder, reader, identifier, model, deps.senders.ae_title)
+        answers = c_find_responses(deps.store(), deps.recorder, reader, identifier, model, deps.senders.ae_title)
         for code, match in answers:
             if event.is_cancelled:
                 yield QrStatus.CANCEL, None
@@ -346,7 +351,7 @@ def _plan(event: Any, deps: QrDeps, service: str, model: str, extra_query: dict[
         return _Plan([], status(QrStatus.IDENTIFIER_DOES_NOT_MATCH_SOP_CLASS, "identifier does not decode"))
     try:
         level = retrieve_level(identifier, model)
-        rows = resolve_instances(deps.warehouse(), identifier, model)
+        rows = resolve_instances(deps.warehouse(), deps.store(), identifier, model)
     except IdentifierError as exc:
         fields = _access_fields(identifier, None, [])
         fields["query"] |= extra_query
@@ -480,6 +485,7 @@ def counted(handler: Handler, channel: str, on_read: Callable[[str, str], None])
 
 def qr_services(
     warehouse: Callable[[], Warehouse],
+    store: Callable[[], QueryStore],
     blobs: BlobStore,
     event_log: EventLog,
     senders: Senders,
@@ -490,7 +496,11 @@ def qr_services(
     ``on_read(channel, status)`` is told of every request (the archive's metrics)."""
     recorder = recorder or AccessRecorder(event_log, socket.gethostname() or "local")
     install_stored_encoding()
-    deps = QrDeps(warehouse, blobs, recorder, senders)
+    # identifiers hold patient data: never formatted for the debug log (pynetdicom formats each one
+    # it sends or receives whether or not the log takes it, a large share of a C-FIND's cost)
+    pynetdicom_config.LOG_REQUEST_IDENTIFIERS = False
+    pynetdicom_config.LOG_RESPONSE_IDENTIFIERS = False
+    deps = QrDeps(warehouse, store, blobs, recorder, senders)
     find: Handler = handle_find
     move: Handler = handle_move
     get: Handler = handle_get

@@ -125,9 +125,9 @@ def create_app(
     app.include_router(metrics_router(archive))
     app.include_router(stow_router(archive.ingestor, archive.settings.home / "spool", limit))
     app.include_router(reports_router(service, recorder))
-    app.include_router(qido_router(archive.warehouse, recorder))
+    app.include_router(qido_router(archive.query_store, recorder))
     app.include_router(wado_router(archive, recorder))
-    app.include_router(web_router(archive.warehouse, recorder, organisations))
+    app.include_router(web_router(archive.warehouse, archive.query_store, recorder, organisations))
     app.include_router(oversight_router(archive.warehouse, recorder, organisations))
     app.include_router(
         monitoring_router(archive.warehouse, recorder, archive.monitoring_changes, app.state.closing, organisations)

@@ -14,9 +14,9 @@ from fastapi import FastAPI
 from fastapi.openapi.utils import get_openapi
 
 from api.http.errors import responses
-from projections.archive_index.find import LEVEL_ATTRIBUTES
 from projections.archive_index.matching import ATTRIBUTES, MAX_VALUE
 from projections.archive_index.views import MAX_LIMIT
+from projections.query_model.find import LEVEL_ATTRIBUTES
 
 DICOM_JSON = "application/dicom+json"
 #: PS3.5 9.1, as :func:`ingest.dicom.is_uid` checks it

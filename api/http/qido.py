@@ -50,7 +50,6 @@ from api.auth import User
 from api.http.base_url import base_url as public_base_url
 from api.http.deps import require
 from api.http.errors import ApiError
-from projections.archive_index.find import LEVEL_ATTRIBUTES, find
 from projections.archive_index.matching import (
     ATTRIBUTES,
     Attribute,
@@ -61,7 +60,8 @@ from projections.archive_index.matching import (
     resolve_attribute,
 )
 from projections.archive_index.views import MAX_LIMIT
-from projections.warehouse.base import Warehouse
+from projections.query_model.find import LEVEL_ATTRIBUTES, find
+from projections.query_model.store import QueryStore
 from schemas.policy import Action, may
 from schemas.uids import is_uid
 
@@ -276,8 +276,8 @@ def _named_uid(keys: Mapping[str, Condition], keyword: str) -> str | None:
     return values[0] if len(values) == 1 else None
 
 
-def router(warehouse: Warehouse, recorder: AccessRecorder) -> APIRouter:
-    """The QIDO-RS routes, searching ``warehouse``; each search recorded through ``recorder``."""
+def router(store: QueryStore, recorder: AccessRecorder) -> APIRouter:
+    """The QIDO-RS routes, searching the query ``store``; each search recorded through ``recorder``."""
     routes = APIRouter()
     signed_in = Depends(require())
 
@@ -303,7 +303,7 @@ def router(warehouse: Warehouse, recorder: AccessRecorder) -> APIRouter:
         try:
             # one more row than the page tells whether to warn that more can be asked for
             fetch = parsed.limit if parsed.limit_given else parsed.limit + 1
-            rows = find(warehouse, level, parsed.keys, limit=fetch, offset=parsed.offset, returned=keywords)
+            rows = find(store, level, parsed.keys, limit=fetch, offset=parsed.offset, returned=keywords)
         except MatchingError as exc:
             raise _bad(exc.attribute, exc.message) from None
         more = len(rows) > parsed.limit

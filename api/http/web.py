@@ -58,8 +58,9 @@ from api.auth import (
 from api.http.deps import authenticate as _authenticate
 from api.http.errors import ApiError
 from api.http.pages import render
-from projections.archive_index.find import patient_timeline, search_studies
 from projections.archive_index.views import series_instances, study_report, study_series
+from projections.query_model.find import patient_timeline, search_studies
+from projections.query_model.store import QueryStore
 from projections.warehouse.base import Warehouse
 from schemas.organisations import OrganisationDirectory
 from schemas.policy import Action, may
@@ -273,9 +274,13 @@ def install_sessions(app: FastAPI, home: Path, configured_key: str = "") -> None
 
 
 def router(
-    warehouse: Warehouse, recorder: AccessRecorder, organisations: OrganisationDirectory | None = None
+    warehouse: Warehouse,
+    store: QueryStore,
+    recorder: AccessRecorder,
+    organisations: OrganisationDirectory | None = None,
 ) -> APIRouter:
-    """The browser pages and their JSON routes, reading ``warehouse``; reads recorded through
+    """The browser pages and their JSON routes, finding studies in the query ``store`` and reading
+    their series, instances and reports from ``warehouse``; reads recorded through
     ``recorder``; organisations named from ``organisations`` (none: every code shown as unknown)."""
     routes = APIRouter()
     directory = organisations if organisations is not None else OrganisationDirectory()
@@ -371,13 +376,13 @@ def router(
                 reader, action="view", channel="study-page", study_uid=study, patient_id=patient, outcome="denied"
             )
             return message_page(403, "error.403-study", "Вашей роли просмотр исследований не разрешён.", user)
-        found = search_studies(warehouse, patient_id=patient, study_uid=study, limit=1)
+        found = search_studies(store, patient_id=patient, study_uid=study, limit=1)
         if not found:  # unknown study, or not this patient's: the same answer, nothing about either
             return message_page(404, "error.404-study", "Исследование этого пациента не найдено.", user)
         record = found[0]
         series = _series_view(warehouse, study)
         report = _report_view(study_report(warehouse, study), user)
-        earlier = patient_timeline(warehouse, record["patient_id"])
+        earlier = patient_timeline(store, record["patient_id"])
         priors = [_study_summary(s, directory) for s in earlier if s["study_uid"] != study]
         summary = _study_summary(record, directory)
         data = {
@@ -439,7 +444,7 @@ def router(
             if name is not None:
                 pattern = name.replace(" ", "^")
                 pattern = pattern if any(ch in pattern for ch in "*?") else pattern + "*"
-            studies = search_studies(warehouse, patient_id=patient, patient_name=pattern, limit=SEARCH_LIMIT)
+            studies = search_studies(store, patient_id=patient, patient_name=pattern, limit=SEARCH_LIMIT)
             data["results"] = [_study_summary(s, directory) for s in studies]
             data["truncated"] = len(studies) >= SEARCH_LIMIT
             recorder.record(

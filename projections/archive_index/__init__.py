@@ -4,7 +4,9 @@
 * :mod:`~projections.archive_index.matching`: DICOM matching values, parsed and checked;
 * :mod:`~projections.archive_index.views`: the newest-version rule, series/instance views, the
   stored instances WADO and C-MOVE/C-GET serve, patients and reports;
-* :mod:`~projections.archive_index.find`: QIDO-RS/C-FIND matching and the study lists.
+
+QIDO-RS/C-FIND matching and the study lists read the query model built from the same fold
+(:mod:`projections.query_model.find`).
 
 Import the module you need; this package imports none of them (no circles through it).
 """

@@ -1,7 +1,7 @@
 """DICOM matching values, parsed and checked before any query runs (PS3.4 C.2.2.2, PS3.18 8.3.4).
 
 Pure: text in, a :data:`Condition` out, or :class:`MatchingError` naming the attribute. The query
-layer (:mod:`projections.archive_index.find`) turns conditions into ClickHouse ``{name:Type}`` parameters;
+layer (:mod:`projections.query_model.find`) turns conditions into SQL with named parameters;
 QIDO-RS (:mod:`api.http.qido`) and C-FIND (:mod:`api.dicom.find`) both parse through here, so the two
 channels match the same way.
 

@@ -7,7 +7,8 @@ is deleted: every version is a row of ``archive_instances``, and the newest vers
 log position (:data:`NEWEST_VERSION`). An instance whose newest version was filed under another
 study or series (an object re-sent with the same SOPInstanceUID under another StudyInstanceUID,
 as logs written before the write side refused that may hold) is listed and served under its new
-place only: QIDO-RS and C-FIND (:mod:`projections.archive_index.find`), C-MOVE/C-GET and WADO
+place only: QIDO-RS and C-FIND (:mod:`projections.query_model.find`, the same rule in the query
+model's fold), C-MOVE/C-GET and WADO
 (:func:`series_instances`, :func:`stored_instances`) and the study pages all read through
 :func:`newest_versions`, so no reader can list an instance another one answers 404 for.
 
@@ -163,40 +164,6 @@ def patient_record(warehouse: Warehouse, patient_id: str) -> dict[str, Any]:
         "merged_ids": [i for i in ids if i != surviving],
         **{column: updated.get(attribute) for attribute, column in _DEMOGRAPHIC_COLUMNS.items()},
     }
-
-
-def apply_patients(warehouse: Warehouse, studies: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Show each study under its surviving patient ID with the latest demographics."""
-    resolved = resolve_patients(warehouse, {i for s in studies for i in s["patient_ids"]})
-    updates = _demographics(warehouse, set(resolved.values()))
-    for study in studies:
-        study["recorded_patient_ids"] = study.pop("patient_ids")
-        surviving = resolved[study["patient_id"]]
-        study["patient_id"] = surviving
-        for attribute, column in _DEMOGRAPHIC_COLUMNS.items():
-            value = updates.get(surviving, {}).get(attribute)
-            if value is not None:
-                study[column] = value
-    return studies
-
-
-def merge_map(warehouse: Warehouse) -> dict[str, str]:
-    """Every merged (prior) patient ID -> the surviving ID at the end of its chain."""
-    edges = {
-        str(prior): str(target)
-        for prior, target in warehouse.query(f"SELECT prior_patient_id, patient_id FROM {MERGES} FINAL").rows
-    }
-    resolved: dict[str, str] = {}
-    for prior in edges:
-        current, seen = prior, {prior}
-        for _ in range(MAX_MERGE_HOPS):
-            nxt = edges.get(current)
-            if nxt is None or nxt in seen:
-                break
-            current = nxt
-            seen.add(nxt)
-        resolved[prior] = current
-    return resolved
 
 
 # -- series and instances -----------------------------------------------------------------------------

@@ -1,8 +1,8 @@
 """The archive index on both warehouse backends (chdb and clickhouse-connect over HTTP).
 
 A synthetic event sequence goes through the real embedded log and :class:`EmbeddedRunner` into a
-:class:`WarehouseSink`; the query layer must answer from it, and redelivery and a rebuild must
-leave exactly the same rows.
+:class:`WarehouseSink` (and into the query store, which the study lists read); the query layer must
+answer from them, and redelivery and a rebuild must leave exactly the same rows.
 """
 
 from __future__ import annotations
@@ -12,7 +12,6 @@ from datetime import date, timedelta
 from pathlib import Path
 from typing import Any
 
-from projections.archive_index.find import incomplete_packages, patient_timeline, search_studies
 from projections.archive_index.fold import ArchiveIndex
 from projections.archive_index.views import (
     instance_location,
@@ -21,6 +20,7 @@ from projections.archive_index.views import (
     study_report,
     study_series,
 )
+from projections.query_model.find import incomplete_packages, patient_timeline, search_studies
 from projections.sinks import WarehouseSink
 from projections.warehouse import Warehouse
 from schemas.events import Event
@@ -39,6 +39,7 @@ from tests.support.region import (
     S5,
     T0,
     feed,
+    project_queries,
     region_events,
     uid,
 )
@@ -69,9 +70,10 @@ def snapshot(warehouse: Warehouse) -> dict[str, list[tuple[Any, ...]]]:
 
 def test_queries_answer_from_the_projected_events(warehouse: Warehouse, tmp_path: Path) -> None:
     log, _ = feed(tmp_path, warehouse, region_events())
+    store = project_queries(log, tmp_path / "query.db")
     log.close()
 
-    everything = search_studies(warehouse)
+    everything = search_studies(store)
     assert [s["study_uid"] for s in everything] == [S5, S4, S3, S1, S2]  # newest study date first
     by_uid = {s["study_uid"]: s for s in everything}
 
@@ -94,20 +96,20 @@ def test_queries_answer_from_the_projected_events(warehouse: Warehouse, tmp_path
     assert by_uid[S4]["report_status"] == "signed"
 
     # filters
-    assert [s["study_uid"] for s in search_studies(warehouse, modality="CT")] == [S5, S1]
-    assert [s["study_uid"] for s in search_studies(warehouse, organisation=ORG_B)] == [S5, S4, S2]
-    window = search_studies(warehouse, study_date_from=date(2026, 1, 12), study_date_to=date(2026, 1, 31))
+    assert [s["study_uid"] for s in search_studies(store, modality="CT")] == [S5, S1]
+    assert [s["study_uid"] for s in search_studies(store, organisation=ORG_B)] == [S5, S4, S2]
+    window = search_studies(store, study_date_from=date(2026, 1, 12), study_date_to=date(2026, 1, 31))
     assert [s["study_uid"] for s in window] == [S4, S3]
-    assert [s["study_uid"] for s in search_studies(warehouse, study_uid=S4)] == [S4]
-    assert [s["study_uid"] for s in search_studies(warehouse, patient_name="Иванова*")] == [S5, S1, S2]
-    assert [s["study_uid"] for s in search_studies(warehouse, patient_name="Петр?ва^*")] == [S5, S1]
-    assert [s["study_uid"] for s in search_studies(warehouse, limit=2, offset=1)] == [S4, S3]
-    assert search_studies(warehouse, modality="CT", organisation=ORG_A, patient_id="P-OLD")[0]["study_uid"] == S1
+    assert [s["study_uid"] for s in search_studies(store, study_uid=S4)] == [S4]
+    assert [s["study_uid"] for s in search_studies(store, patient_name="Иванова*")] == [S5, S1, S2]
+    assert [s["study_uid"] for s in search_studies(store, patient_name="Петр?ва^*")] == [S5, S1]
+    assert [s["study_uid"] for s in search_studies(store, limit=2, offset=1)] == [S4, S3]
+    assert search_studies(store, modality="CT", organisation=ORG_A, patient_id="P-OLD")[0]["study_uid"] == S1
 
     # the patient across organisations, merges followed from either ID
-    timeline = [s["study_uid"] for s in patient_timeline(warehouse, "P-1")]
+    timeline = [s["study_uid"] for s in patient_timeline(store, "P-1")]
     assert timeline == [S5, S1, S2]
-    assert [s["study_uid"] for s in patient_timeline(warehouse, "P-OLD")] == timeline
+    assert [s["study_uid"] for s in patient_timeline(store, "P-OLD")] == timeline
     assert patient_record(warehouse, "P-OLD") == {
         "patient_id": "P-1",
         "merged_ids": ["P-OLD"],
@@ -140,25 +142,26 @@ def test_queries_answer_from_the_projected_events(warehouse: Warehouse, tmp_path
     assert study_report(warehouse, S3)["reports"][0]["conclusion_text"] == "—"
     assert study_report(warehouse, S5) == {"study_uid": S5, "status": "none", "reports": []}
 
-    assert [s["study_uid"] for s in incomplete_packages(warehouse)] == [S5, S3, S2]
-    assert [s["study_uid"] for s in incomplete_packages(warehouse, ORG_A)] == [S3]
+    assert [s["study_uid"] for s in incomplete_packages(store)] == [S5, S3, S2]
+    assert [s["study_uid"] for s in incomplete_packages(store, ORG_A)] == [S3]
 
 
 def test_hostile_parameters_match_literally(warehouse: Warehouse, tmp_path: Path) -> None:
     log, _ = feed(tmp_path, warehouse, region_events())
+    store = project_queries(log, tmp_path / "query.db")
     log.close()
 
-    assert [s["study_uid"] for s in search_studies(warehouse, patient_name=HOSTILE_NAME)] == [S3]
-    assert [s["study_uid"] for s in search_studies(warehouse, patient_name="O'Brien^100%*")] == [S3]
-    assert [s["study_uid"] for s in search_studies(warehouse, patient_name="O'Brien^100??*")] == [S4, S3]
-    assert [s["study_uid"] for s in search_studies(warehouse, patient_name="*\\ан")] == [S4, S3]
-    assert search_studies(warehouse, patient_name="O'Brien^100%") == []  # % is no wildcard
-    assert [s["study_uid"] for s in search_studies(warehouse, patient_id=HOSTILE_ID)] == [S3]
-    assert search_studies(warehouse, patient_id="P'5\\%_") == []
-    assert [s["study_uid"] for s in search_studies(warehouse, accession=HOSTILE_ACCESSION)] == [S3]
-    assert search_studies(warehouse, accession="ACC'%") == []
-    assert search_studies(warehouse, study_uid="' OR 1=1 --") == []
-    assert search_studies(warehouse, organisation="x') OR ('1'='1") == []
+    assert [s["study_uid"] for s in search_studies(store, patient_name=HOSTILE_NAME)] == [S3]
+    assert [s["study_uid"] for s in search_studies(store, patient_name="O'Brien^100%*")] == [S3]
+    assert [s["study_uid"] for s in search_studies(store, patient_name="O'Brien^100??*")] == [S4, S3]
+    assert [s["study_uid"] for s in search_studies(store, patient_name="*\\ан")] == [S4, S3]
+    assert search_studies(store, patient_name="O'Brien^100%") == []  # % is no wildcard
+    assert [s["study_uid"] for s in search_studies(store, patient_id=HOSTILE_ID)] == [S3]
+    assert search_studies(store, patient_id="P'5\\%_") == []
+    assert [s["study_uid"] for s in search_studies(store, accession=HOSTILE_ACCESSION)] == [S3]
+    assert search_studies(store, accession="ACC'%") == []
+    assert search_studies(store, study_uid="' OR 1=1 --") == []
+    assert search_studies(store, organisation="x') OR ('1'='1") == []
     assert study_report(warehouse, "'; DROP TABLE archive_reports; --")["reports"] == []
     assert instance_location(warehouse, "\\' OR ''='") is None
     assert study_series(warehouse, S1)  # the tables are still there

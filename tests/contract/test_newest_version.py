@@ -1,4 +1,5 @@
-"""One newest-version rule for every read of the archive index, on both warehouse backends.
+"""One newest-version rule for every read of the archive index and the query model, on both
+warehouse backends.
 
 An instance is identified by its SOPInstanceUID. When the log holds a newer version of it filed
 under another study (an object re-sent with the same SOPInstanceUID under another
@@ -10,12 +11,12 @@ instances WADO serves (:func:`stored_instances`) list it under its new study onl
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from datetime import timedelta
 from pathlib import Path
 
 import pytest
 
-from projections.archive_index.find import find, search_studies
 from projections.archive_index.matching import ATTRIBUTES, Condition, parse_condition
 from projections.archive_index.views import (
     instance_location,
@@ -23,9 +24,11 @@ from projections.archive_index.views import (
     stored_instances,
     study_series,
 )
+from projections.query_model.find import find, search_studies
+from projections.query_model.store import QueryStore
 from projections.warehouse import Warehouse
 from schemas.events import Event
-from tests.support.region import ORG_A, T0, feed, received, uid
+from tests.support.region import ORG_A, T0, feed, project_queries, received, uid
 
 OLD, NEW, GONE = uid(7, 1), uid(7, 2), uid(7, 3)
 OLD_SERIES, NEW_SERIES, GONE_SERIES = uid(7, 1, 1), uid(7, 2, 1), uid(7, 3, 1)
@@ -56,10 +59,13 @@ def moved_events() -> list[Event]:
 
 
 @pytest.fixture
-def moved(warehouse: Warehouse, tmp_path: Path) -> Warehouse:
+def moved(warehouse: Warehouse, tmp_path: Path) -> Iterator[tuple[Warehouse, QueryStore]]:
+    """The archive index (warehouse) and the query model of the same log."""
     log, _ = feed(tmp_path, warehouse, moved_events())
+    store = project_queries(log, tmp_path / "query.db")
     log.close()
-    return warehouse
+    yield warehouse, store
+    store.close()
 
 
 def keys(**values: str) -> dict[str, Condition]:
@@ -70,8 +76,10 @@ def sops(rows: list[dict[str, object]], key: str = "SOPInstanceUID") -> list[str
     return sorted(str(r[key]) for r in rows)
 
 
-def test_qido_and_c_find_list_a_moved_instance_under_its_new_study_only(moved: Warehouse) -> None:
-    w = moved
+def test_qido_and_c_find_list_a_moved_instance_under_its_new_study_only(
+    moved: tuple[Warehouse, QueryStore],
+) -> None:
+    _, w = moved
     # the study that lost its only instance is gone; the others count what they hold now
     studies = {s["StudyInstanceUID"]: s for s in find(w, "STUDY", {})}
     assert sorted(studies) == sorted([OLD, NEW])
@@ -103,8 +111,10 @@ def test_qido_and_c_find_list_a_moved_instance_under_its_new_study_only(moved: W
     assert (listed[OLD]["instance_count"], listed[NEW]["instance_count"]) == (1, 3)
 
 
-def test_wado_and_c_move_serve_a_moved_instance_from_its_new_study_only(moved: Warehouse) -> None:
-    w = moved
+def test_wado_and_c_move_serve_a_moved_instance_from_its_new_study_only(
+    moved: tuple[Warehouse, QueryStore],
+) -> None:
+    w, _ = moved
     # what C-MOVE/C-GET resolve a study or series identifier to
     assert [s["series_uid"] for s in study_series(w, OLD)] == [OLD_SERIES]
     assert study_series(w, OLD)[0]["instance_count"] == 1

@@ -1,21 +1,22 @@
-"""DICOM matching (QIDO-RS and C-FIND) through the query layer, on both warehouse backends.
+"""DICOM matching (QIDO-RS and C-FIND) through the query model's read module.
 
 The region of :mod:`tests.support.region` (five studies, two organisations, a merge,
-a demographics update, hostile values) is projected by the real runner; :func:`find` must answer
-each matching rule at each level as DICOM defines it, follow merges, and never let a value act as
-SQL.
+a demographics update, hostile values) is projected by the real runner into the query store;
+:func:`find` must answer each matching rule at each level as DICOM defines it, follow merges, and
+never let a value act as SQL.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from projections.archive_index.find import find, search_studies
 from projections.archive_index.matching import ATTRIBUTES, Condition, MatchingError, parse_condition
-from projections.warehouse import Warehouse
+from projections.query_model.find import find, search_studies
+from projections.query_model.store import QueryStore
 from tests.support.region import (
     DECOY_NAME,
     HOSTILE_ACCESSION,
@@ -26,7 +27,8 @@ from tests.support.region import (
     S3,
     S4,
     S5,
-    feed,
+    project_queries,
+    publish,
     region_events,
     uid,
 )
@@ -36,18 +38,20 @@ def keys(**values: str | list[str]) -> dict[str, Condition]:
     return {k: parse_condition(ATTRIBUTES[k], v, separators="\\,") for k, v in values.items()}
 
 
-def studies(warehouse: Warehouse, **values: str | list[str]) -> list[str]:
-    return [r["StudyInstanceUID"] for r in find(warehouse, "STUDY", keys(**values))]
+def studies(store: QueryStore, **values: str | list[str]) -> list[str]:
+    return [r["StudyInstanceUID"] for r in find(store, "STUDY", keys(**values))]
 
 
 @pytest.fixture
-def region(warehouse: Warehouse, tmp_path: Path) -> Warehouse:
-    log, _ = feed(tmp_path, warehouse, region_events())
+def region(tmp_path: Path) -> Iterator[QueryStore]:
+    log = publish(tmp_path, region_events())
+    store = project_queries(log, tmp_path / "query.db")
     log.close()
-    return warehouse
+    yield store
+    store.close()
 
 
-def test_study_level_matching(region: Warehouse) -> None:
+def test_study_level_matching(region: QueryStore) -> None:
     w = region
     assert studies(w) == [S5, S4, S3, S1, S2]  # universal: everything, newest first
     # single value, list (comma and backslash), wildcard, case
@@ -81,7 +85,7 @@ def test_study_level_matching(region: Warehouse) -> None:
     assert studies(w, ModalitiesInStudy="CT", StudyDate="-20260131") == [S1]
 
 
-def test_merges_and_demographics_are_followed(region: Warehouse) -> None:
+def test_merges_and_demographics_are_followed(region: QueryStore) -> None:
     w = region
     # asking for the prior or the surviving ID finds the whole merged patient
     assert studies(w, PatientID="P-OLD") == [S5, S1, S2]
@@ -110,7 +114,7 @@ def test_merges_and_demographics_are_followed(region: Warehouse) -> None:
     assert find(w, "PATIENT", keys(PatientName="Иванова*")) == []  # the patient is called Петрова now
 
 
-def test_series_and_instance_levels(region: Warehouse) -> None:
+def test_series_and_instance_levels(region: QueryStore) -> None:
     w = region
     series = find(w, "SERIES", keys(StudyInstanceUID=S1))
     assert [(s["SeriesNumber"], s["NumberOfSeriesRelatedInstances"]) for s in series] == [(1, 3), (2, 2)]
@@ -151,7 +155,7 @@ def test_series_and_instance_levels(region: Warehouse) -> None:
     assert pages == every
 
 
-def test_hostile_values_match_literally(region: Warehouse) -> None:
+def test_hostile_values_match_literally(region: QueryStore) -> None:
     w = region
     assert studies(w, PatientName=HOSTILE_NAME.replace("\\", "?")) == [S3]
     assert studies(w, PatientName="o'brien^100%*") == [S3]  # % is literal, case folded
@@ -167,7 +171,7 @@ def test_hostile_values_match_literally(region: Warehouse) -> None:
     assert search_studies(w)  # the tables are still there
 
 
-def test_keys_outside_the_level_are_refused(region: Warehouse) -> None:
+def test_keys_outside_the_level_are_refused(region: QueryStore) -> None:
     with pytest.raises(MatchingError) as caught:
         find(region, "STUDY", keys(SOPInstanceUID=uid(1, 1, 1, 0)))
     assert caught.value.attribute == "SOPInstanceUID"

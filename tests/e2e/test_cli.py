@@ -93,6 +93,9 @@ def test_demo_on_embedded_defaults_stores_and_projects_studies(tmp_path: Path) -
     )
     assert status.returncode == 0, status.stderr
     assert json.loads(status.stdout)["event_log"]["events_per_topic"]["cami.dicom"] == stored + 2
+    query_store = json.loads(status.stdout)["query_store"]
+    assert query_store["backend"] == "sqlite"
+    assert query_store["rows"]["studies"] == index["studies"] and query_store["rows"]["instances"] == stored
 
     # a second demo re-sends the same (seeded) region: all acknowledged, no second event, no second report
     again = subprocess.run(

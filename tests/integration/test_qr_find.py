@@ -70,7 +70,7 @@ def c_find(scene: Scene, ds: Dataset, model: str = "study") -> list[tuple[int, D
     side = scene.side
     recorder = AccessRecorder(side.archive.event_log, source_node="qr-scp:test")
     ae_title = side.archive.senders().ae_title
-    answers = list(c_find_responses(side.archive.warehouse, recorder, WORKSTATION, ds, model, ae_title))
+    answers = list(c_find_responses(side.archive.query_store, recorder, WORKSTATION, ds, model, ae_title))
     return [(status, wire(found) if found is not None else None) for status, found in answers]
 
 

@@ -3,9 +3,10 @@
 Every projection registered in ``projections.registry`` takes part: a synthetic but varied event
 sequence (instances in several studies and series, rejections, reports drafted/signed/amended,
 transfers, patient updates and merges, accesses, orders) is projected live by the embedded
-runner into ClickHouse, every table is snapshotted (``SELECT * FROM t FINAL ORDER BY ALL``), the
-tables are dropped and rebuilt by ``cami replay``'s :func:`rebuild`, and the snapshots compared.
-On chdb in this process and through clickhouse-connect (the test-only chdb HTTP endpoint).
+runner into ClickHouse (the query model into its SQLite store), every table is snapshotted
+(``SELECT * FROM t FINAL ORDER BY ALL``), the tables are dropped and rebuilt by ``cami replay``'s
+:func:`rebuild`, and the snapshots compared. On chdb in this process and through clickhouse-connect
+(the test-only chdb HTTP endpoint).
 """
 
 from __future__ import annotations
@@ -20,8 +21,11 @@ from typing import Any
 
 import pytest
 
+from projections.query_model.fold import QueryModel
+from projections.query_model.store import TABLES as QUERY_TABLES
+from projections.query_model.store import QueryModelSink, QueryStore, SqliteQueryStore
 from projections.registry import PROJECTIONS, build
-from projections.replay import rebuild
+from projections.replay import OwnStoreSink, rebuild
 from projections.sinks import WarehouseSink
 from projections.status import FAUST_GROUP, projection_lag
 from projections.warehouse import Warehouse, open_warehouse
@@ -55,6 +59,13 @@ def warehouse(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Wareho
 
 
 @pytest.fixture
+def store(tmp_path: Path) -> Iterator[QueryStore]:
+    query_store = SqliteQueryStore(tmp_path / "query.db")
+    yield query_store
+    query_store.close()
+
+
+@pytest.fixture
 def event_log(tmp_path: Path) -> Iterator[EmbeddedEventLog]:
     log = open_event_log(f"sqlite://{tmp_path}/events.db")
     assert isinstance(log, EmbeddedEventLog)
@@ -63,14 +74,25 @@ def event_log(tmp_path: Path) -> Iterator[EmbeddedEventLog]:
     log.close()
 
 
-def live_bindings(warehouse: Warehouse) -> tuple[list[Processor], list[tuple[Processor, Sink]]]:
+def own(store: QueryStore, warehouse: Warehouse) -> dict[str, OwnStoreSink]:
+    """The query model's sink, for the live runner and the rebuild alike."""
+    return {QueryModel.name: QueryModelSink(store, warehouse)}
+
+
+def live_bindings(warehouse: Warehouse, store: QueryStore) -> tuple[list[Processor], list[tuple[Processor, Sink]]]:
     processors = build()
-    return processors, [(p, WarehouseSink(warehouse, getattr(p, "ddl", ()))) for p in processors]
+    sinks = own(store, warehouse)
+    return processors, [(p, sinks.get(p.name) or WarehouseSink(warehouse, getattr(p, "ddl", ()))) for p in processors]
 
 
-def snapshot(warehouse: Warehouse, processors: Sequence[Processor]) -> dict[str, list[tuple[Any, ...]]]:
-    tables = [t for p in processors for t in p.tables]  # type: ignore[attr-defined]
-    return {t: warehouse.query(f"SELECT * FROM {t} FINAL ORDER BY ALL").rows for t in tables}
+def snapshot(
+    warehouse: Warehouse, store: QueryStore, processors: Sequence[Processor]
+) -> dict[str, list[tuple[Any, ...]]]:
+    tables = [t for p in processors if not isinstance(p, QueryModel) for t in p.tables]  # type: ignore[attr-defined]
+    found = {t: warehouse.query(f"SELECT * FROM {t} FINAL ORDER BY ALL").rows for t in tables}
+    for table in QUERY_TABLES:  # the query store's rows, in a stable order
+        found[table] = sorted((tuple(r.values()) for r in store.select(f"SELECT * FROM {table}")), key=repr)
+    return found
 
 
 def reset_groups(event_log: EmbeddedEventLog, processors: Sequence[Processor]) -> None:
@@ -83,13 +105,17 @@ def reset_groups(event_log: EmbeddedEventLog, processors: Sequence[Processor]) -
 def test_every_registered_projection_declares_what_a_rebuild_needs() -> None:
     for processor in build():
         assert processor.name in PROJECTIONS
+        if isinstance(processor, QueryModel):  # its tables live in the query store, reset by its sink
+            continue
         assert getattr(processor, "tables", ()), f"{processor.name} declares no tables"
         assert getattr(processor, "ddl", ()), f"{processor.name} declares no ddl"
     assert FAUST_GROUP == DEFAULT_APP_ID  # the lag of `cami workers` is read from the group it uses
 
 
-def test_rebuild_equals_live_and_redelivery(warehouse: Warehouse, event_log: EmbeddedEventLog) -> None:
-    processors, bindings = live_bindings(warehouse)
+def test_rebuild_equals_live_and_redelivery(
+    warehouse: Warehouse, store: QueryStore, event_log: EmbeddedEventLog
+) -> None:
+    processors, bindings = live_bindings(warehouse, store)
     first, second = synthetic_sequence(1), synthetic_sequence(2)
     publish_many(event_log, first)
     event_log.append(DICOM, b"broken", b"\xc3\x01not-an-event")  # skipped the same way on both paths
@@ -97,41 +123,41 @@ def test_rebuild_equals_live_and_redelivery(warehouse: Warehouse, event_log: Emb
     runner.catch_up()
     publish_many(event_log, second)
     runner.catch_up()
-    live = snapshot(warehouse, processors)
+    live = snapshot(warehouse, store, processors)
     assert live["event_catalogue"], "the live processors wrote nothing"
     assert len(live["event_catalogue"]) == len(first) + len(second)
 
     # redelivery: everything again through the live path; the tables must not change
     reset_groups(event_log, processors)
     EmbeddedRunner(event_log, bindings, batch_size=50).catch_up()
-    assert snapshot(warehouse, processors) == live
+    assert snapshot(warehouse, store, processors) == live
 
     # rebuild from offset 0 with fresh processors: row for row the same
-    result = rebuild(event_log, warehouse, build(), batch_size=40)
+    result = rebuild(event_log, warehouse, build(), batch_size=40, own_sinks=own(store, warehouse))
     assert result.events == len(first) + len(second) + 1
     assert result.undecodable == 1
-    rebuilt = snapshot(warehouse, processors)
+    rebuilt = snapshot(warehouse, store, processors)
     assert rebuilt.keys() == live.keys()
     for table, rows in live.items():
         assert rebuilt[table] == rows, f"{table} differs after the rebuild"
     assert result.table_rows == {t: len(rows) for t, rows in live.items()}
 
     # and a rebuild applied twice (redelivery of the rebuild itself) changes nothing
-    rebuild(event_log, warehouse, build(), batch_size=1000)
-    assert snapshot(warehouse, processors) == live
+    rebuild(event_log, warehouse, build(), batch_size=1000, own_sinks=own(store, warehouse))
+    assert snapshot(warehouse, store, processors) == live
 
 
 def test_rebuild_aligns_the_live_groups_and_loses_nothing_after(
-    warehouse: Warehouse, event_log: EmbeddedEventLog
+    warehouse: Warehouse, store: QueryStore, event_log: EmbeddedEventLog
 ) -> None:
-    processors, bindings = live_bindings(warehouse)
+    processors, bindings = live_bindings(warehouse, store)
     publish_many(event_log, synthetic_sequence(3))
     EmbeddedRunner(event_log, bindings).catch_up()
     behind = synthetic_sequence(4, studies=3)
     publish_many(event_log, behind)  # the live processors have not seen these yet
     assert all(sum(lags.values()) > 0 for lags in projection_lag(event_log, processors).values())
 
-    result = rebuild(event_log, warehouse, processors)
+    result = rebuild(event_log, warehouse, processors, own_sinks=own(store, warehouse))
     # the live groups were moved to the rebuild's end, so nothing is applied twice ...
     assert set(result.aligned_groups) == {group_id(p) for p in processors}
     assert all(sum(lags.values()) == 0 for lags in projection_lag(event_log, processors).values())
@@ -143,31 +169,33 @@ def test_rebuild_aligns_the_live_groups_and_loses_nothing_after(
     publish_many(event_log, later)
     done = runner.catch_up()
     assert done["catalogue"] == len(later)
-    live = snapshot(warehouse, processors)
-    rebuild(event_log, warehouse, build())
-    assert snapshot(warehouse, processors) == live
+    live = snapshot(warehouse, store, processors)
+    rebuild(event_log, warehouse, build(), own_sinks=own(store, warehouse))
+    assert snapshot(warehouse, store, processors) == live
 
 
-def test_rebuild_while_the_live_runner_keeps_running(tmp_path: Path, event_log: EmbeddedEventLog) -> None:
+def test_rebuild_while_the_live_runner_keeps_running(
+    tmp_path: Path, store: QueryStore, event_log: EmbeddedEventLog
+) -> None:
     """A live runner writing during the rebuild loses nothing (target taken after the drop)."""
     warehouse = open_warehouse(f"chdb://{tmp_path / 'clickhouse'}")
     try:
-        processors, bindings = live_bindings(warehouse)
+        processors, bindings = live_bindings(warehouse, store)
         publish_many(event_log, synthetic_sequence(6))
         runner = EmbeddedRunner(event_log, bindings, linger=0.05)
         runner.start()
         try:
             for seed in range(7, 10):
                 publish_many(event_log, synthetic_sequence(seed, studies=2))
-                rebuild(event_log, warehouse, build(), batch_size=25, align=False)
+                rebuild(event_log, warehouse, build(), batch_size=25, align=False, own_sinks=own(store, warehouse))
         finally:
             runner.stop()
         EmbeddedRunner(event_log, bindings).catch_up()
-        during = snapshot(warehouse, processors)
+        during = snapshot(warehouse, store, processors)
         total = sum(sum(event_log.end_offsets(t).values()) for t in processors[0].topics)
         assert len(during["event_catalogue"]) == total
-        rebuild(event_log, warehouse, build())
-        assert snapshot(warehouse, processors) == during
+        rebuild(event_log, warehouse, build(), own_sinks=own(store, warehouse))
+        assert snapshot(warehouse, store, processors) == during
     finally:
         warehouse.close()
 

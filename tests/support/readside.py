@@ -28,7 +28,8 @@ from api.bootstrap import Archive, bootstrap
 from api.config import Settings
 from api.http import HttpServer, serve_http
 from ingest.scp import StorageSCP
-from projections.archive_index.find import search_studies
+from projections.archive_index.views import study_series
+from projections.query_model.find import search_studies
 from schemas.codec import decode
 from schemas.events import Event
 from streams.processing import EmbeddedRunner
@@ -141,11 +142,13 @@ class ReadSide:
         return files
 
     def wait_indexed(self, study_uid: str, instances: int, timeout: float = 30.0) -> dict[str, Any]:
-        """Until the archive index counts ``instances`` instances of the study; returns the study."""
+        """Until the query model and the archive index (QIDO-RS/C-FIND read the one, WADO and
+        C-MOVE the other) both count ``instances`` instances of the study; returns the study."""
         deadline = time.monotonic() + timeout
         while True:
-            found = search_studies(self.archive.warehouse, study_uid=study_uid, limit=1)
-            if found and found[0]["instance_count"] >= instances:
+            found = search_studies(self.archive.query_store, study_uid=study_uid, limit=1)
+            indexed = sum(s["instance_count"] for s in study_series(self.archive.warehouse, study_uid))
+            if found and found[0]["instance_count"] >= instances and indexed >= instances:
                 return found[0]
             if time.monotonic() > deadline:
                 raise AssertionError(f"study {study_uid} not indexed with {instances} instances in {timeout} s")

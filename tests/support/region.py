@@ -1,6 +1,7 @@
 """A small region's events for the archive-index contract tests: five studies from two
 organisations, a merge, reports, and hostile values (quotes, LIKE metacharacters, backslashes,
-Cyrillic); ``feed`` projects them into a warehouse through the embedded runner."""
+Cyrillic); ``feed`` projects them into a warehouse through the embedded runner, ``project_queries``
+the events of a log into a query store the same way."""
 
 from __future__ import annotations
 
@@ -10,10 +11,12 @@ from pathlib import Path
 from typing import Any
 
 from projections.archive_index.fold import ArchiveIndex
+from projections.query_model.fold import QueryModel
+from projections.query_model.store import QueryModelSink, SqliteQueryStore
 from projections.sinks import WarehouseSink
 from projections.warehouse import Warehouse
 from schemas.events import Actor, Event, new_event
-from streams import open_event_log
+from streams import EventLog, open_event_log
 from streams.processing import EmbeddedRunner
 from streams.publisher import publish_many
 from streams.topics import archive_topics
@@ -250,10 +253,26 @@ def region_events() -> list[Event]:
     return events
 
 
-def feed(tmp_path: Path, warehouse: Warehouse, events: list[Event]) -> tuple[Any, WarehouseSink]:
+def publish(tmp_path: Path, events: list[Event]) -> EventLog:
+    """An embedded log in ``tmp_path`` holding ``events`` (the caller closes it)."""
     log = open_event_log(f"sqlite://{tmp_path}/events.db")
     log.ensure_topics(archive_topics(3))
     publish_many(log, events)
+    return log
+
+
+def project_queries(log: EventLog, path: Path, *, group: str = "query-model") -> SqliteQueryStore:
+    """The query model of what ``log`` holds, in the store at ``path``, through the live runner
+    (small batches); ``group`` names the consumer group (another name delivers everything again)."""
+    store = SqliteQueryStore(path)
+    model = QueryModel()
+    model.name = group
+    EmbeddedRunner(log, [(model, QueryModelSink(store))], batch_size=7).catch_up()
+    return store
+
+
+def feed(tmp_path: Path, warehouse: Warehouse, events: list[Event]) -> tuple[Any, WarehouseSink]:
+    log = publish(tmp_path, events)
     sink = WarehouseSink(warehouse, ArchiveIndex.ddl)
     EmbeddedRunner(log, [(ArchiveIndex(), sink)], batch_size=7).catch_up()
     return log, sink

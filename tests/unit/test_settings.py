@@ -62,6 +62,7 @@ def test_every_variable_in_the_readme_table_changes_a_setting(tmp_path: Path) ->
         "CAMI_EVENT_LOG": "kafka://b1:9092",
         "CAMI_BLOBS": "s3://bucket",
         "CAMI_CLICKHOUSE": "clickhouse://h:8123/cami",
+        "CAMI_QUERY_STORE": "sqlite:///srv/fast/query.db",
         "CAMI_PARTITIONS": "12",
         "CAMI_PSEUDONYM_KEY": "x" * 40,
         "CAMI_ENV": "production",
