@@ -75,15 +75,41 @@ def _code(item: Dataset | None) -> tuple[str | None, str | None, str | None]:
     return text(item, "CodeValue"), text(item, "CodingSchemeDesignator"), text(item, "CodeMeaning")
 
 
-def _private(ds: Dataset, element: int) -> str | None:
-    try:
-        block = ds.private_block(PRIVATE_GROUP, PRIVATE_CREATOR)
-        value = block[element].value
-    except Exception:  # absent, or a creator/value that does not decode: no mark
-        return None
-    if isinstance(value, bytes):
-        value = value.decode("ascii", "replace")
-    return str(value).strip().upper() or None
+def _private_marks(ds: Dataset) -> dict[int, str]:
+    """CAMI's private elements present in ``ds`` (pathology, priority), by element number, their
+    values stripped and upper-cased. Found by the private creator "CAMI" in whichever block of
+    group 0011 the sender reserved. Only the group's creator elements present are looked at
+    (pydicom's ``private_block`` tries all 240 slots, twice per object)."""
+    base = PRIVATE_GROUP << 16
+    block = None
+    # the tags only: iterating a Dataset itself would convert every element
+    creators = sorted(int(t) for t in ds.keys() if base | 0x10 <= int(t) <= base | 0xFF)  # noqa: SIM118
+    for tag in creators:
+        try:
+            creator = ds[tag].value
+        except Exception:  # a creator that does not decode: not ours
+            continue
+        if isinstance(creator, bytes):
+            creator = creator.decode("ascii", "replace")
+        if isinstance(creator, str) and creator.strip() == PRIVATE_CREATOR:
+            block = tag & 0xFF
+            break
+    if block is None:
+        return {}
+    marks: dict[int, str] = {}
+    for element in (PATHOLOGY_ELEMENT, PRIORITY_ELEMENT):
+        tag = base | (block << 8) | element
+        if tag not in ds:
+            continue
+        try:
+            value = ds[tag].value
+        except Exception:  # a value that does not decode: no mark
+            continue
+        if isinstance(value, bytes):
+            value = value.decode("ascii", "replace")
+        if value is not None and (mark := str(value).strip().upper()):
+            marks[element] = mark
+    return marks
 
 
 def _clean_identifier(value: str) -> bool:
@@ -219,11 +245,12 @@ def inspect(
         ("ProcedureCodeMeaning", procedure_meaning),
     ]
     missing = [name for name, value in checks if value is None]
+    marks = _private_marks(ds)
     return Inspection(
         attributes=attributes,
         missing=missing,
-        pathology=_private(ds, PATHOLOGY_ELEMENT) == "Y",
-        emergency=_private(ds, PRIORITY_ELEMENT) == "EMERGENCY",
+        pathology=marks.get(PATHOLOGY_ELEMENT) == "Y",
+        emergency=marks.get(PRIORITY_ELEMENT) == "EMERGENCY",
     )
 
 

@@ -100,6 +100,9 @@ class ChdbWarehouse(Warehouse):
     def __init__(self, path: str | None = None) -> None:
         self.path = path
         self._lock = threading.Lock()
+        #: column types by table, as DESCRIBE TABLE gave them: asked once, not before every insert
+        #: (a processor writes several tables per batch); forgotten on every command (DDL)
+        self._types: dict[str, dict[str, str]] = {}
         try:
             self._session: Any = _Session(path if path else ":memory:")
         except Exception as exc:  # chdb raises RuntimeError for a locked/conflicting directory
@@ -138,6 +141,7 @@ class ChdbWarehouse(Warehouse):
 
     def command(self, sql: str, parameters: Mapping[str, Any] | None = None) -> None:
         context = self._context(sql, parameters)
+        self._types.clear()
         self._run(str(context.final_query), "TabSeparated", _engine_params(context.bind_params))
 
     def query(self, sql: str, parameters: Mapping[str, Any] | None = None) -> QueryResult:
@@ -164,8 +168,12 @@ class ChdbWarehouse(Warehouse):
         if not columns:
             raise WarehouseError(f"insert into {table}: no columns given")
         target = qualified_table(table)
-        types = self._column_types(target)
+        types = self._types.get(target) or self._column_types(target)
         unknown = [c for c in columns if c not in types]
+        if unknown and target in self._types:  # changed since it was described: look again
+            types = self._column_types(target)
+            unknown = [c for c in columns if c not in types]
+        self._types[target] = types
         if unknown:
             raise WarehouseError(f"insert into {table}: unknown columns {unknown}")
         context = InsertContext(

@@ -152,6 +152,24 @@ def test_mergetree_ddl_insert_and_count(warehouse: Warehouse) -> None:
     assert tables.scalar() == "MergeTree"
 
 
+def test_inserts_follow_the_table_as_ddl_changes_it(warehouse: Warehouse) -> None:
+    """Column types may be remembered between inserts, but never past a change of the table."""
+    warehouse.command("CREATE TABLE evolving (id UInt32, name String) ENGINE = MergeTree ORDER BY id")
+    warehouse.insert("evolving", ["id", "name"], [(1, "one")])
+    warehouse.command("ALTER TABLE evolving ADD COLUMN size UInt64 DEFAULT 0")
+    warehouse.insert("evolving", ["id", "name", "size"], [(2, "two", 2_000)])
+    assert warehouse.query("SELECT id, name, size FROM evolving ORDER BY id").rows == [
+        (1, "one", 0),
+        (2, "two", 2_000),
+    ]
+    warehouse.command("DROP TABLE evolving")
+    warehouse.command("CREATE TABLE evolving (id UInt32, taken DateTime64(3, 'UTC')) ENGINE = MergeTree ORDER BY id")
+    with pytest.raises(WarehouseError):  # the column is gone
+        warehouse.insert("evolving", ["id", "name"], [(3, "three")])
+    warehouse.insert("evolving", ["id", "taken"], [(3, datetime(2026, 11, 30, 10, 0, tzinfo=UTC))])
+    assert warehouse.query("SELECT id FROM evolving").rows == [(3,)]
+
+
 def test_replacing_mergetree_final_keeps_latest_version(warehouse: Warehouse) -> None:
     warehouse.command(
         "CREATE TABLE study_index (study_uid String, status String, version UInt64) "

@@ -15,8 +15,11 @@ from pydicom import config
 from pydicom.datadict import dictionary_VR, tag_for_keyword
 from pydicom.dataelem import DataElement, RawDataElement
 from pydicom.dataset import Dataset
+from pydicom.filebase import DicomBytesIO
+from pydicom.filewriter import write_dataset
 from pydicom.tag import Tag
 
+from ingest.dicom import parse
 from ingest.validation import PRIVATE_CREATOR, PRIVATE_GROUP, Inspection, Refusal, inspect
 
 CT_IMAGE = "1.2.840.10008.5.1.4.1.1.2"
@@ -452,6 +455,27 @@ def test_pathology_and_emergency_travel_in_the_cami_private_block(
 def test_the_same_elements_under_another_private_creator_mark_nothing() -> None:
     found = inspect(_marked("Y", "EMERGENCY", creator="OTHER VENDOR"))
     assert (found.pathology, found.emergency) == (False, False)
+
+
+@pytest.mark.parametrize("little_endian_syntax", ["1.2.840.10008.1.2", "1.2.840.10008.1.2.1"])
+def test_the_cami_block_is_found_after_another_vendors_block_in_received_bytes(little_endian_syntax: str) -> None:
+    """As a sender's bytes arrive (implicit VR too: no VR on the wire), with another vendor's
+    block reserved first, so CAMI's marks sit at (0011,11xx)."""
+    ds = complete()
+    other = ds.private_block(PRIVATE_GROUP, "OTHER VENDOR", create=True)
+    other.add_new(0x10, "CS", "N")  # the same element numbers in the other block mark nothing
+    other.add_new(0x11, "CS", "ROUTINE")
+    ours = ds.private_block(PRIVATE_GROUP, PRIVATE_CREATOR + " ", create=True)  # padded as LO values are
+    ours.add_new(0x10, "CS", "Y")
+    ours.add_new(0x11, "CS", "EMERGENCY")
+    assert ours.get_tag(0x10) == 0x00111110
+    implicit = little_endian_syntax == "1.2.840.10008.1.2"
+    buffer = DicomBytesIO()
+    buffer.is_implicit_VR, buffer.is_little_endian = implicit, True
+    write_dataset(buffer, ds)
+    found = inspect(parse(buffer.getvalue(), little_endian_syntax))
+    assert found.refusal is None
+    assert (found.pathology, found.emergency) == (True, True)
 
 
 def test_marks_do_not_save_an_object_the_rules_refuse() -> None:
