@@ -15,6 +15,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections import OrderedDict
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -120,17 +121,48 @@ class BatchResult:
     dead_letters: list[DeadLetter] = field(default_factory=list)
 
 
+class SharedDecoding:
+    """The events most recently decoded by any processor of one runner, by log position: the
+    processors of a runner read the same records within a linger of each other, and decoding an
+    InstanceReceived once instead of once per processor is most of their CPU per event. Events
+    are immutable, so they can be shared (as ``cami replay`` shares them). Bounded; a miss (a
+    processor far behind the others) decodes again. A hit must carry the same bytes."""
+
+    def __init__(self, capacity: int = 2048) -> None:
+        self._capacity = capacity
+        self._events: OrderedDict[tuple[str, int, int], tuple[bytes, Event]] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def __call__(self, source: Source, value: bytes) -> Event:
+        key = (source.topic, source.partition, source.offset)
+        with self._lock:
+            known = self._events.get(key)
+            if known is not None:
+                self._events.move_to_end(key)
+        if known is not None and known[0] == value:
+            return known[1]
+        event = decode(value)  # outside the lock: processors decode side by side
+        with self._lock:
+            self._events[key] = (value, event)
+            self._events.move_to_end(key)
+            while len(self._events) > self._capacity:
+                self._events.popitem(last=False)
+        return event
+
+
 def decode_records(
     records: Sequence[tuple[Source, bytes]],
+    decoder: Callable[[Source, bytes], Event] | None = None,
 ) -> tuple[list[tuple[Event, Source]], list[tuple[Source, str]]]:
     """The batch's events, and apart the records that could not be decoded, with the error. The
     log is the source of truth and written only by our codec; an undecodable record is an
-    operational alarm (logged with its position), but one bad record must not stop the archive."""
+    operational alarm (logged with its position), but one bad record must not stop the archive.
+    ``decoder`` (a :class:`SharedDecoding`) may answer from events another processor decoded."""
     decoded: list[tuple[Event, Source]] = []
     undecodable: list[tuple[Source, str]] = []
     for source, value in records:
         try:
-            decoded.append((decode(value), source))
+            decoded.append((decoder(source, value) if decoder is not None else decode(value), source))
         except CodecError as exc:
             log.error("undecodable record %s/%s@%s: %s", source.topic, source.partition, source.offset, exc)
             undecodable.append((source, str(exc)))
@@ -161,6 +193,7 @@ def deliver(
     *,
     settle: bool = False,
     prepare: bool = True,
+    decoder: Callable[[Source, bytes], Event] | None = None,
 ) -> BatchResult:
     """Apply a batch and write its rows so that afterwards every event is either written or
     recorded as a dead letter; only then may the caller commit past the batch. Raises
@@ -180,7 +213,7 @@ def deliver(
       event is retried, never skipped. Undecodable records are set aside the same way, or, for
       a sink without dead letters, logged and skipped as before (they carry no event to apply).
     """
-    decoded, undecodable = decode_records(records)
+    decoded, undecodable = decode_records(records, decoder)
     return deliver_decoded(processor, sink, decoded, undecodable, settle=settle, prepare=prepare)
 
 
@@ -304,6 +337,7 @@ class EmbeddedRunner:
         #: how long a running processor gathers events before applying them: a few large sink
         #: writes instead of one per arriving event (read models stay well under a second behind)
         self._linger = linger
+        self._decoding = SharedDecoding()
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
         self.processed: dict[str, int] = {p.name: 0 for p, _ in self._bindings}
@@ -330,7 +364,8 @@ class EmbeddedRunner:
                 time.sleep(linger)
                 records += consumer.poll(self._batch_size - len(records), 0)
             settle = self.failures.get(processor.name, 0) >= SETTLE_AFTER
-            result = deliver(processor, sink, [record_source(r) for r in records], settle=settle)
+            sources = [record_source(r) for r in records]
+            result = deliver(processor, sink, sources, settle=settle, decoder=self._decoding)
             consumer.commit(records)  # only after the sink has the rows (or the dead letters)
         except BaseException as exc:
             self.failures[processor.name] = self.failures.get(processor.name, 0) + 1
