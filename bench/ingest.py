@@ -1,7 +1,7 @@
 """DICOM ingest throughput: CAMI's Storage SCP against Orthanc (and dcmtk's storescp), in one run.
 
     python bench/ingest.py [--instances 1000] [--associations 4] [--tiny 10000]
-                           [--no-mixed] [--no-kafka] [--json]
+                           [--no-mixed] [--no-kafka] [--floors] [--json]
 
 The same study — a CT series of ``--instances`` objects, 512x512 pixels of 16 bits, uncompressed
 (about 0.5 MB each) — is sent by dcmtk's ``storescu`` (``/usr/bin/storescu``, one association,
@@ -13,7 +13,10 @@ The same study — a CT series of ``--instances`` objects, 512x512 pixels of 16 
   blobs in a local directory, processors running), ``CAMI_HOME`` in a temporary directory;
 * **CAMI kafka+minio**: ``cami serve`` with ``CAMI_EVENT_LOG=kafka://...`` and
   ``CAMI_BLOBS=s3://...`` on a real broker and a real MinIO started for the run;
-* **dcmtk storescp**: the floor (writes files, nothing else), for scale.
+* **dcmtk storescp**: the practical limit (writes files, nothing else), for scale;
+* with ``--floors``, a bare **pynetdicom** Storage SCP with CAMI's network settings
+  (bench/pynetdicom_scp.py) that stores nothing, and one that writes and fsyncs each data set:
+  what the library CAMI's SCP is built on costs before CAMI does anything.
 
 The same CT study is then sent over ``--associations`` concurrent associations (the files split
 evenly, one storescu process each; the time is from the first start to the last exit), as many
@@ -30,7 +33,9 @@ After every run the target is asked how many instances it holds — Orthanc's ``
 CAMI's SOP index, its InstanceReceived events and its blob store, storescp's output directory — and
 the run fails unless every instance arrived exactly once, so a fast failure is never reported as
 speed. Figures are instances/s and MB/s (file bytes over storescu's wall time, association set-up
-included) and the ratio to Orthanc measured in the same run (> 1: CAMI is faster).
+included), the CPU time the receiving process used meanwhile per instance (all its threads: for
+CAMI the DICOM listener and the processors in ``cami serve``; not the broker's or MinIO's) and the
+ratio to Orthanc measured in the same run (> 1: CAMI is faster).
 """
 
 from __future__ import annotations
@@ -245,31 +250,87 @@ def process(cmd: list[str], env: dict[str, str], port: int, log: Path, what: str
                 proc.wait(10)
 
 
+# -- CPU of the receiving process ------------------------------------------------------------------
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time a process (all its threads) has used so far."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def listening_pid(port: int) -> int:
+    """The process listening on a loopback TCP port (Orthanc runs detached from the bench)."""
+    inodes = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        with contextlib.suppress(FileNotFoundError):
+            for line in Path(table).read_text().splitlines()[1:]:
+                fields = line.split()
+                if fields[3] == "0A" and int(fields[1].rsplit(":", 1)[1], 16) == port:  # LISTEN
+                    inodes.add(fields[9])
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        with contextlib.suppress(OSError):
+            for fd in (entry / "fd").iterdir():
+                target = os.readlink(fd)
+                if target.startswith("socket:[") and target[8:-1] in inodes:
+                    return int(entry.name)
+    raise RuntimeError(f"no process found listening on port {port}")
+
+
+@dataclass(frozen=True)
+class Sent:
+    """One target's run: storescu's wall time and the receiving process's CPU time meanwhile."""
+
+    seconds: float
+    cpu_seconds: float
+
+
+def timed_storescu(corpus: Corpus, aet: str, port: int, pid: int) -> Sent:
+    before = cpu_seconds(pid)
+    seconds = storescu(corpus, aet, port)
+    return Sent(seconds, cpu_seconds(pid) - before)
+
+
 # -- targets ----------------------------------------------------------------------------------------
-def run_orthanc(corpus: Corpus, workdir: Path) -> float:
+def run_orthanc(corpus: Corpus, workdir: Path) -> Sent:
     pacs = OrthancServer(workdir / "orthanc", aet="ORTHANC", modalities={"bench": (SCU_AET, "127.0.0.1", 104)})
     pacs.start()
     try:
-        seconds = storescu(corpus, "ORTHANC", pacs.dicom_port)
+        sent = timed_storescu(corpus, "ORTHANC", pacs.dicom_port, listening_pid(pacs.dicom_port))
         held = int(pacs.rest("GET", "/statistics")["CountInstances"])
     finally:
         pacs.stop()
     if held != corpus.instances:
         raise RuntimeError(f"Orthanc holds {held} of {corpus.instances} instances")
-    return seconds
+    return sent
 
 
-def run_storescp(corpus: Corpus, workdir: Path) -> float:
+def run_floor(corpus: Corpus, workdir: Path, mode: str) -> Sent:
+    """A bare pynetdicom Storage SCP with CAMI's network settings (bench/pynetdicom_scp.py)."""
+    out = workdir / f"pynetdicom-{mode}"
+    port = free_port()
+    cmd = [sys.executable, str(ROOT / "bench" / "pynetdicom_scp.py"), str(port), mode, str(out)]
+    workdir.mkdir(parents=True, exist_ok=True)
+    with process(cmd, dcmtk_env(), port, workdir / f"pynetdicom-{mode}.log", f"pynetdicom {mode}") as proc:
+        sent = timed_storescu(corpus, "FLOOR", port, proc.pid)
+    if mode == "write":
+        held = sum(1 for p in out.iterdir() if p.is_file())
+        if held != corpus.instances:
+            raise RuntimeError(f"the pynetdicom SCP wrote {held} of {corpus.instances} files")
+    return sent
+
+
+def run_storescp(corpus: Corpus, workdir: Path) -> Sent:
     out = workdir / "storescp"
     out.mkdir(parents=True)
     port = free_port()
     cmd = [STORESCP, "-aet", "STORESCP", "+xa", "-od", str(out), str(port)]
-    with process(cmd, dcmtk_env(), port, workdir / "storescp.log", "storescp"):
-        seconds = storescu(corpus, "STORESCP", port)
+    with process(cmd, dcmtk_env(), port, workdir / "storescp.log", "storescp") as proc:
+        sent = timed_storescu(corpus, "STORESCP", port, proc.pid)
     held = sum(1 for p in out.iterdir() if p.is_file())
     if held != corpus.instances:
         raise RuntimeError(f"storescp wrote {held} of {corpus.instances} files")
-    return seconds
+    return sent
 
 
 def write_senders(home: Path) -> None:
@@ -281,15 +342,15 @@ def write_senders(home: Path) -> None:
     )
 
 
-def run_cami(corpus: Corpus, home: Path, backends: dict[str, str]) -> float:
+def run_cami(corpus: Corpus, home: Path, backends: dict[str, str]) -> Sent:
     write_senders(home)
     env = {**os.environ, "CAMI_HOME": str(home), "CAMI_HTTP_PORT": str(free_port()), **backends}
     env.pop("CAMI_SENDERS", None)
     port = free_port()
-    with process([CAMI, "serve", "--dicom-port", str(port)], env, port, home / "serve.log", "cami serve"):
-        seconds = storescu(corpus, "CAMI", port)
+    with process([CAMI, "serve", "--dicom-port", str(port)], env, port, home / "serve.log", "cami serve") as proc:
+        sent = timed_storescu(corpus, "CAMI", port, proc.pid)
     verify_cami(corpus, home, env)
-    return seconds
+    return sent
 
 
 def verify_cami(corpus: Corpus, home: Path, env: dict[str, str]) -> None:
@@ -374,27 +435,31 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 }
             for corpus in corpora:
                 work = tmp / re.sub(r"\W+", "-", corpus.name)
-                targets: list[tuple[str, Callable[[], float]]] = [
+                targets: list[tuple[str, Callable[[], Sent]]] = [
                     (ANCHOR, partial(run_orthanc, corpus, work)),
                     ("CAMI embedded", partial(run_cami, corpus, work / "cami-embedded", {})),
                 ]
                 if kafka_backends:
                     targets.append(("CAMI kafka+minio", partial(run_cami, corpus, work / "cami-kafka", kafka_backends)))
+                if args.floors and corpus.transfer_syntaxes == ("1.2.840.10008.1.2.1",):
+                    targets.append(("pynetdicom, no storage", partial(run_floor, corpus, work, "null")))
+                    targets.append(("pynetdicom, write + fsync", partial(run_floor, corpus, work, "write")))
                 targets.append(("dcmtk storescp", partial(run_storescp, corpus, work)))
                 for name, send in targets:
                     with console.status(f"{corpus.name}: {corpus.instances} instances to {name}"):
                         try:
-                            seconds = send()
+                            sent = send()
                         except Exception as exc:  # report the others; the run still exits non-zero
                             failures.setdefault(corpus.name, {})[name] = f"{type(exc).__name__}: {exc}"
                             console.print(f"[red]{corpus.name}: {name} failed: {exc}[/red]")
                             continue
                     results.setdefault(corpus.name, {})[name] = {
-                        "seconds": seconds,
-                        "instances_per_s": corpus.instances / seconds,
-                        "mb_per_s": corpus.bytes / seconds / 1e6,
+                        "seconds": sent.seconds,
+                        "instances_per_s": corpus.instances / sent.seconds,
+                        "mb_per_s": corpus.bytes / sent.seconds / 1e6,
+                        "server_cpu_ms_per_instance": 1000 * sent.cpu_seconds / corpus.instances,
                     }
-                    console.print(f"{corpus.name}: {name} {corpus.instances / seconds:,.0f} instances/s")
+                    console.print(f"{corpus.name}: {name} {corpus.instances / sent.seconds:,.0f} instances/s")
         finally:
             for server in reversed(servers):
                 server.stop()
@@ -422,6 +487,11 @@ def main() -> int:
     parser.add_argument("--tiny", type=int, default=10_000, help="tiny (8x8) instances to send (0: skip)")
     parser.add_argument("--no-mixed", action="store_true", help="skip the variant with several transfer syntaxes")
     parser.add_argument("--no-kafka", action="store_true", help="skip CAMI on Kafka + MinIO")
+    parser.add_argument(
+        "--floors",
+        action="store_true",
+        help="also send to a bare pynetdicom Storage SCP (nothing stored; write + fsync): pynetdicom's own cost",
+    )
     parser.add_argument("--json", action="store_true", help="print the results as JSON")
     args = parser.parse_args()
     if args.instances < 1:
@@ -437,7 +507,7 @@ def main() -> int:
             title=f"storescu -> target, {info['instances']} instances, {info['mb']:.0f} MB ({corpus}); "
             "ratio = target / Orthanc"
         )
-        for col in ("target", "seconds", "instances/s", "MB/s", "ratio"):
+        for col in ("target", "seconds", "instances/s", "MB/s", "server CPU ms/instance", "ratio"):
             table.add_column(col, justify="right")
         for name, r in rows.items():
             table.add_row(
@@ -445,10 +515,11 @@ def main() -> int:
                 f"{r['seconds']:.2f}",
                 f"{r['instances_per_s']:,.0f}",
                 f"{r['mb_per_s']:,.1f}",
+                f"{r['server_cpu_ms_per_instance']:.2f}",
                 f"{report['ratio_to_orthanc'].get(corpus, {}).get(name, float('nan')):.2f}",
             )
         for name, error in report["failures"].get(corpus, {}).items():
-            table.add_row(name, "failed", "", "", "", style="red")
+            table.add_row(name, "failed", "", "", "", "", style="red")
             console.print(f"[red]{corpus} -> {name}: {error}[/red]")
         Console().print(table)
     return status
