@@ -121,8 +121,9 @@ class LocalBlobStore(BlobStore):
             except FileExistsError:
                 if not directory.is_dir():
                     raise
-            else:
-                _fsync_dir(parent)
+            # also when another writer made it a moment ago: its fsync of the parent may not
+            # have happened yet, and a blob renamed into the directory must not outlive its name
+            _fsync_dir(parent)
         self._known_dirs.add(directory)
 
     # -- writing -------------------------------------------------------------------------------------
