@@ -11,6 +11,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import io
+import re
 import struct
 import zlib
 from collections.abc import Iterator
@@ -18,7 +19,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from pydicom import config as pydicom_config
-from pydicom.datadict import dictionary_VR
+from pydicom.charset import convert_encodings
+from pydicom.datadict import dictionary_VR, tag_for_keyword
 from pydicom.dataelem import DataElement, RawDataElement
 from pydicom.dataset import Dataset
 from pydicom.filereader import data_element_generator, read_preamble
@@ -442,6 +444,137 @@ def integer(ds: Dataset, keyword: str) -> int | None:
         return None if value in (None, "", b"") else int(value)
     except Exception:
         return None
+
+
+#: VRs whose values are in the object's character set / always in the default repertoire
+_CHARSET_VRS = frozenset(("SH", "LO", "ST", "LT", "UC", "UT", "PN"))
+_DEFAULT_VRS = frozenset(("CS", "DA", "TM", "DT", "AS", "AE", "UI", "IS", "DS", "UR"))
+#: text VRs with a single value by definition: a backslash is part of the value
+_ONE_VALUE_VRS = frozenset(("ST", "LT", "UT", "UR"))
+_IS = frozenset(("IS",))
+#: binary integer VRs read here when they hold exactly one value
+_BINARY_INTEGERS = {"US": "H", "SS": "h", "UL": "I", "SL": "i"}
+_INTEGER = re.compile(r"[+-]?[0-9]{1,12}")
+
+
+@functools.lru_cache(maxsize=512)
+def _tag(keyword: str) -> int | None:
+    return tag_for_keyword(keyword)
+
+
+@functools.lru_cache(maxsize=512)
+def _vr(tag: int) -> str | None:
+    try:
+        return dictionary_VR(tag)
+    except KeyError:
+        return None
+
+
+class HeaderValues:
+    """:func:`text` and :func:`integer` for the top level of one parsed header, decoded straight
+    from the raw bytes where that is plain: one value in a character set with a single Python
+    codec (no ISO 2022 code extensions), a text VR. Anything else -- several values, code
+    extensions, a value that does not decode, a binary VR, a sequence -- goes to pydicom as
+    before. The regional rules read about 35 attributes per object, and pydicom's conversion of
+    each (keyword look-up, character set looked up again, the element converted and stored back)
+    was the largest part of examining one. ``tests/unit/test_header_values.py`` holds the two
+    paths to the same answers on pydicom's own test files."""
+
+    __slots__ = ("_codec", "_ds")
+
+    def __init__(self, ds: Dataset) -> None:
+        self._ds = ds
+        self._codec = self._single_codec()
+
+    def _single_codec(self) -> str | None:
+        try:
+            element = self._ds.get_item(0x00080005)
+        except Exception:  # an element that does not even read: let pydicom decide everything
+            return None
+        if element is None or not element.value:
+            return "latin_1"  # pydicom's default repertoire (it decodes ISO_IR 6 as ISO 8859-1)
+        raw = element.value
+        if not isinstance(raw, bytes):
+            return None
+        terms = [term.strip() for term in raw.decode("latin_1").strip("\x00 ").split("\\")]
+        if len(terms) != 1 or not terms[0] or "2022" in terms[0]:
+            return None
+        try:
+            [codec] = convert_encodings(terms[0])
+        except Exception:  # an unknown or several encodings: pydicom warns and copes
+            return None
+        return str(codec)
+
+    def _plain(self, keyword: str, vrs: frozenset[str] = _CHARSET_VRS | _DEFAULT_VRS) -> tuple[bool, str | None]:
+        """(True, the value stripped) when read here; (False, None) when pydicom must decode it
+        (or when its VR is not one of ``vrs``)."""
+        tag = _tag(keyword)
+        if tag is None or self._codec is None:
+            return False, None
+        try:
+            element = self._ds.get_item(tag)
+        except Exception:
+            return False, None
+        if element is None:
+            return True, None
+        if not isinstance(element, RawDataElement):  # already converted: pydicom's value is at hand
+            return False, None
+        vr = element.VR or _vr(tag)
+        if vr not in vrs:
+            return False, None
+        raw = element.value
+        if raw is None or not isinstance(raw, bytes):
+            return (True, None) if raw is None else (False, None)
+        if b"\x1b" in raw:  # an escape sequence: pydicom switches character sets on it
+            return False, None
+        if vr in _CHARSET_VRS:
+            codec = self._codec
+        elif vr in _DEFAULT_VRS:
+            codec = "latin_1"
+        else:
+            return False, None
+        try:
+            value = raw.decode(codec)
+        except (UnicodeDecodeError, LookupError):
+            return False, None
+        if "\\" in value and vr not in _ONE_VALUE_VRS:
+            return False, None
+        if vr == "PN" and "=" in value:  # component groups: PersonName renders them
+            return False, None
+        rendered = value.rstrip("\x00 ").strip().strip("\x00")
+        return True, rendered or None
+
+    def _binary(self, keyword: str) -> int | None:
+        """A single US/SS/UL/SL value in the header's byte order; None when not one (pydicom decides)."""
+        tag = _tag(keyword)
+        if tag is None:
+            return None
+        try:
+            element = self._ds.get_item(tag)
+        except Exception:
+            return None
+        if not isinstance(element, RawDataElement) or not isinstance(element.value, bytes):
+            return None
+        code = _BINARY_INTEGERS.get(element.VR or _vr(tag) or "")
+        _, little = self._ds.original_encoding
+        if code is None or little is None or len(element.value) != struct.calcsize(code):
+            return None
+        return int(struct.unpack(("<" if little else ">") + code, element.value)[0])
+
+    def text(self, keyword: str) -> str | None:
+        done, value = self._plain(keyword)
+        return value if done else text(self._ds, keyword)
+
+    def integer(self, keyword: str) -> int | None:
+        number = self._binary(keyword)
+        if number is not None:
+            return number
+        done, value = self._plain(keyword, _IS)
+        if not done:
+            return integer(self._ds, keyword)
+        if value is None:
+            return None
+        return int(value) if _INTEGER.fullmatch(value) else integer(self._ds, keyword)
 
 
 def first_item(ds: Dataset, *path: str) -> Dataset | None:

@@ -22,7 +22,7 @@ from pydicom.dataset import Dataset
 from pydicom.multival import MultiValue
 from pydicom.tag import Tag
 
-from ingest.dicom import first_item, integer, text, uid
+from ingest.dicom import HeaderValues, first_item, text, uid
 from ingest.statuses import Status
 from schemas.uids import is_uid
 
@@ -129,6 +129,7 @@ def _several_values(ds: Dataset, keyword: str) -> bool:
 def inspect(
     ds: Dataset, *, request_sop_class_uid: str | None = None, request_sop_instance_uid: str | None = None
 ) -> Inspection:
+    values = HeaderValues(ds)  # the top level's values; items are read by text() below
     uids: dict[str, str] = {}
     for keyword, tag in _REQUIRED_UIDS.items():
         value = uid(ds, keyword)
@@ -169,7 +170,7 @@ def inspect(
                 (0x00080016,),
             )
         )
-    patient_id = text(ds, "PatientID")
+    patient_id = values.text("PatientID")
     if patient_id is None:
         return Inspection(
             refusal=Refusal(
@@ -190,7 +191,7 @@ def inspect(
         )
 
     for keyword, tag in _INTEGERS.items():
-        number = integer(ds, keyword)
+        number = values.integer(keyword)
         if number is not None and not _INT32_MIN <= number <= _INT32_MAX:
             return Inspection(
                 refusal=Refusal(
@@ -203,33 +204,33 @@ def inspect(
 
     doctor = first_item(ds, "PerformingPhysicianIdentificationSequence", "PersonIdentificationCodeSequence")
     doctor_code = text(doctor, "CodeValue") if doctor is not None else None
-    doctor_name = text(ds, "PerformingPhysicianName")
+    doctor_name = values.text("PerformingPhysicianName")
     procedure = first_item(ds, "ProcedureCodeSequence") or first_item(ds, "RequestedProcedureCodeSequence")
     procedure_code, procedure_scheme, procedure_meaning = _code(procedure)
 
     attributes: dict[str, Any] = {
         **uids,
         "PatientID": patient_id,
-        "IssuerOfPatientID": text(ds, "IssuerOfPatientID"),
-        "PatientName": text(ds, "PatientName"),
-        "PatientBirthDate": text(ds, "PatientBirthDate"),
-        "PatientSex": text(ds, "PatientSex"),
+        "IssuerOfPatientID": values.text("IssuerOfPatientID"),
+        "PatientName": values.text("PatientName"),
+        "PatientBirthDate": values.text("PatientBirthDate"),
+        "PatientSex": values.text("PatientSex"),
         "SpecificCharacterSet": _charset(ds),
-        "StudyDate": text(ds, "StudyDate"),
-        "StudyTime": text(ds, "StudyTime"),
-        "AccessionNumber": text(ds, "AccessionNumber"),
-        "StudyID": text(ds, "StudyID"),
-        "StudyDescription": text(ds, "StudyDescription"),
-        "ReferringPhysicianName": text(ds, "ReferringPhysicianName"),
-        "Modality": text(ds, "Modality"),
-        "SeriesNumber": integer(ds, "SeriesNumber"),
-        "SeriesDescription": text(ds, "SeriesDescription"),
-        "BodyPartExamined": text(ds, "BodyPartExamined"),
-        "InstanceNumber": integer(ds, "InstanceNumber"),
-        "NumberOfFrames": integer(ds, "NumberOfFrames"),
-        "Rows": integer(ds, "Rows"),
-        "Columns": integer(ds, "Columns"),
-        "InstitutionName": text(ds, "InstitutionName"),
+        "StudyDate": values.text("StudyDate"),
+        "StudyTime": values.text("StudyTime"),
+        "AccessionNumber": values.text("AccessionNumber"),
+        "StudyID": values.text("StudyID"),
+        "StudyDescription": values.text("StudyDescription"),
+        "ReferringPhysicianName": values.text("ReferringPhysicianName"),
+        "Modality": values.text("Modality"),
+        "SeriesNumber": values.integer("SeriesNumber"),
+        "SeriesDescription": values.text("SeriesDescription"),
+        "BodyPartExamined": values.text("BodyPartExamined"),
+        "InstanceNumber": values.integer("InstanceNumber"),
+        "NumberOfFrames": values.integer("NumberOfFrames"),
+        "Rows": values.integer("Rows"),
+        "Columns": values.integer("Columns"),
+        "InstitutionName": values.text("InstitutionName"),
         "PerformingPhysician": {"code": doctor_code, "name": doctor_name},
         "ProcedureCodeValue": procedure_code,
         "ProcedureCodingScheme": procedure_scheme,
