@@ -17,6 +17,14 @@ those two sleeps (and only those: pynetdicom's other sleeps keep their meaning) 
 the thread polls for, up to :data:`POLL_CAP` seconds: the DUL thread until its socket has data or
 a PDU is queued for sending (a pipe woken by ``send_pdu``), the reactor until a DIMSE message is
 queued. pynetdicom's loops are unchanged; they only no longer sleep past the moment there is work.
+
+Once it has sent an A-ABORT or A-RELEASE-RP (state Sta13, awaiting the transport's close),
+pynetdicom closes the socket as soon as nothing is waiting to be read. If the peer's next PDU is
+still on its way, that close discards it unread, the kernel answers with a reset, and the peer
+can lose the abort it has not yet read: it reports a broken pipe, not "association aborted".
+Here the DUL first sends its end of the connection (FIN after the last PDU) and gives the peer up
+to :data:`CLOSE_GRACE` seconds to send what it was sending or to close, which pynetdicom then
+reads and drops as the standard says (PS3.8 9.2, Sta13).
 """
 
 from __future__ import annotations
@@ -24,6 +32,7 @@ from __future__ import annotations
 import contextlib
 import os
 import select as _select
+import socket as _socket
 import ssl
 import threading
 import time as _time
@@ -39,6 +48,8 @@ from pynetdicom.dul import DULServiceProvider
 #: the longest a waiting thread sleeps before it looks again (timers, kill flags, releases): work
 #: that arrives wakes it at once
 POLL_CAP = 0.005
+#: how long a connection being closed after an A-ABORT or A-RELEASE-RP waits for the peer (Sta13)
+CLOSE_GRACE = 0.5
 
 _READ = _select.POLLIN | _select.POLLPRI
 _WRITE = _select.POLLOUT
@@ -155,6 +166,23 @@ def _reactor_wait(assoc: Any, timeout: float) -> None:
 
 _run_reactor = DULServiceProvider.run_reactor
 _send_pdu = DULServiceProvider.send_pdu
+_is_transport_event = DULServiceProvider._is_transport_event
+
+
+def _closing_gently(self: Any) -> bool:
+    """pynetdicom's transport check, but in Sta13 the peer gets its grace before the close."""
+    if self.state_machine.current_state == "Sta13" and not getattr(self, "_cami_closing", False):
+        self._cami_closing = True
+        sock = getattr(self.socket, "socket", None)
+        if sock is not None:
+            if not isinstance(sock, ssl.SSLSocket):  # TLS: the session must stay readable
+                with contextlib.suppress(OSError):
+                    sock.shutdown(_socket.SHUT_WR)
+            poller = _select.poll()
+            with contextlib.suppress(ValueError, OSError):
+                poller.register(sock, _READ)
+                poller.poll(CLOSE_GRACE * 1000)
+    return bool(_is_transport_event(self))
 
 
 def _waking_run_reactor(self: Any) -> None:
@@ -185,6 +213,7 @@ def install() -> None:
         provider: Any = DULServiceProvider
         provider.run_reactor = _waking_run_reactor
         provider.send_pdu = _waking_send_pdu
+        provider._is_transport_event = _closing_gently
     association: Any = pynetdicom.association
     if not isinstance(association.time, _Clock):
         # the reactor's own sleep between looks at its DIMSE queue (pynetdicom's other sleeps
