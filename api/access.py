@@ -134,7 +134,21 @@ class PendingAccess:
         try:
             await asyncio.wait_for(asyncio.wrap_future(self._future), timeout)
         except TimeoutError as exc:
-            raise EventLogUnavailable(f"append to {self._topic!r} not confirmed within {timeout} s") from exc
+            raise self._unavailable(timeout) from exc
+        self._durable()
+
+    def wait(self, timeout: float = APPEND_TIMEOUT) -> None:
+        """:meth:`confirmed` for a thread of its own (the DICOM services)."""
+        try:
+            self._future.result(timeout)
+        except TimeoutError as exc:
+            raise self._unavailable(timeout) from exc
+        self._durable()
+
+    def _unavailable(self, timeout: float) -> EventLogUnavailable:
+        return EventLogUnavailable(f"append to {self._topic!r} not confirmed within {timeout} s")
+
+    def _durable(self) -> None:
         if self._log.on_append is not None:
             self._log.on_append(self._topic, time.perf_counter() - self._started)
 
@@ -177,8 +191,9 @@ class AccessRecorder:
         query: Mapping[str, Any] | None = None,
         results: int = 0,
     ) -> PendingAccess:
-        """:meth:`record` for a read served on the event loop: the event is built and handed to
-        the log at once; the caller awaits :meth:`PendingAccess.confirmed` before the data leaves."""
+        """:meth:`record` for a read that prepares its answer meanwhile: the event is built and
+        handed to the log at once; the caller waits for :meth:`PendingAccess.confirmed` (or
+        :meth:`PendingAccess.wait`) before any data leaves."""
         event = self._event(reader, action, channel, study_uid, series_uid, None, patient_id, query, results, "ok")
         return PendingAccess(self._log, event)
 

@@ -52,6 +52,8 @@ IDENTIFIER_DOES_NOT_MATCH_SOP_CLASS = 0xA900
 UNABLE_TO_PROCESS = 0xC000
 
 MAX_MATCHES = MAX_LIMIT
+#: responses built while the request's access event is made durable (about as long as that takes)
+BUILT_AHEAD = 16
 
 #: the levels each information model has
 MODEL_LEVELS = {"patient": ("PATIENT", "STUDY", "SERIES", "IMAGE"), "study": ("STUDY", "SERIES", "IMAGE")}
@@ -199,7 +201,7 @@ def c_find_responses(
     except MatchingError:
         yield UNABLE_TO_PROCESS, None
         return
-    recorder.record(
+    access = recorder.begin(
         reader,
         action="query",
         channel="c-find",
@@ -210,7 +212,12 @@ def c_find_responses(
         results=len(rows),
     )
     identifiers = ResponseIdentifiers(asked, level, ae_title, model)
-    for row in rows:
+    # the first responses are built while the access event becomes durable; none leaves before it is
+    ahead = [identifiers(row) for row in rows[:BUILT_AHEAD]]
+    access.wait()
+    for response in ahead:
+        yield PENDING, response
+    for row in rows[BUILT_AHEAD:]:
         yield PENDING, identifiers(row)
 
 
