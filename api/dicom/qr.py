@@ -316,7 +316,10 @@ def handle_find(event: Any, deps: QrDeps) -> Iterator[tuple[Any, Dataset | None]
         return
     try:
         first = True
-        answers = c_find_responses(deps.store(), deps.recorder, reader, identifier, model, deps.senders.ae_title)
+        syntax = str(event.context.transfer_syntax)
+        answers = c_find_responses(
+            deps.store(), deps.recorder, reader, identifier, model, deps.senders.ae_title, syntax
+        )
         for code, match in answers:
             if event.is_cancelled:
                 yield QrStatus.CANCEL, None
