@@ -35,15 +35,22 @@ read fails (503) instead of handing out patient data that no one could trace. A 
 
 from __future__ import annotations
 
+import asyncio
 import json
+import time
 from collections.abc import Mapping
+from concurrent.futures import Future
 from dataclasses import dataclass
 from typing import Any
 
-from schemas.events import Actor, new_event
+from schemas.events import Actor, Event, new_event
 from schemas.policy import Action, may
-from streams.log import EventLog
-from streams.publisher import publish
+from streams.log import EventLog, EventLogUnavailable, Position
+from streams.publisher import publish, publish_async
+from streams.topics import topic_for
+
+#: how long a read waits for its access event to become durable before it fails (as EventLog.append)
+APPEND_TIMEOUT = 30.0
 
 #: what ``action`` and ``channel`` say in a RecordAccessed event
 #: (``report``: a transfer agent posting its events, recorded when its token is refused;
@@ -111,6 +118,41 @@ def access_channel(method: str, path: str) -> str:
     return "api" if path.startswith("/api/") else "web"
 
 
+class PendingAccess:
+    """A RecordAccessed event handed to the log and not yet known to be durable: the read that
+    made it may prepare its answer meanwhile, and sends it only once :meth:`confirmed` returned."""
+
+    def __init__(self, log: EventLog, event: Event) -> None:
+        self._log = log
+        self._topic = topic_for(event.type)
+        self._started = time.perf_counter()
+        self._future: Future[Position] = publish_async(log, event)
+
+    async def confirmed(self, timeout: float = APPEND_TIMEOUT) -> None:
+        """Returns once the event is durable; raises (the read must fail) when the log cannot
+        make it so, as :meth:`AccessRecorder.record` does."""
+        try:
+            await asyncio.wait_for(asyncio.wrap_future(self._future), timeout)
+        except TimeoutError as exc:
+            raise self._unavailable(timeout) from exc
+        self._durable()
+
+    def wait(self, timeout: float = APPEND_TIMEOUT) -> None:
+        """:meth:`confirmed` for a thread of its own (the DICOM services)."""
+        try:
+            self._future.result(timeout)
+        except TimeoutError as exc:
+            raise self._unavailable(timeout) from exc
+        self._durable()
+
+    def _unavailable(self, timeout: float) -> EventLogUnavailable:
+        return EventLogUnavailable(f"append to {self._topic!r} not confirmed within {timeout} s")
+
+    def _durable(self) -> None:
+        if self._log.on_append is not None:
+            self._log.on_append(self._topic, time.perf_counter() - self._started)
+
+
 class AccessRecorder:
     """Appends RecordAccessed events; one per read request, durable before the data is sent."""
 
@@ -132,6 +174,42 @@ class AccessRecorder:
         results: int = 0,
         outcome: str = "ok",
     ) -> None:
+        event = self._event(
+            reader, action, channel, study_uid, series_uid, sop_uid, patient_id, query, results, outcome
+        )
+        publish(self._log, event)  # raises when the log cannot make it durable: the read must fail
+
+    def begin(
+        self,
+        reader: Reader,
+        *,
+        action: str,
+        channel: str,
+        study_uid: str | None = None,
+        series_uid: str | None = None,
+        patient_id: str | None = None,
+        query: Mapping[str, Any] | None = None,
+        results: int = 0,
+    ) -> PendingAccess:
+        """:meth:`record` for a read that prepares its answer meanwhile: the event is built and
+        handed to the log at once; the caller waits for :meth:`PendingAccess.confirmed` (or
+        :meth:`PendingAccess.wait`) before any data leaves."""
+        event = self._event(reader, action, channel, study_uid, series_uid, None, patient_id, query, results, "ok")
+        return PendingAccess(self._log, event)
+
+    def _event(
+        self,
+        reader: Reader,
+        action: str,
+        channel: str,
+        study_uid: str | None,
+        series_uid: str | None,
+        sop_uid: str | None,
+        patient_id: str | None,
+        query: Mapping[str, Any] | None,
+        results: int,
+        outcome: str,
+    ) -> Event:
         if action not in ACTIONS:
             raise ValueError(f"unknown access action {action!r}")
         if channel not in CHANNELS:
@@ -148,7 +226,7 @@ class AccessRecorder:
             "remote_address": reader.remote_address,
             "outcome": outcome,
         }
-        event = new_event(
+        return new_event(
             "RecordAccessed",
             payload,
             aggregate_id=aggregate_for(study_uid, patient_id, reader),
@@ -156,4 +234,3 @@ class AccessRecorder:
             organisation=reader.organisation,
             actor=reader.actor,
         )
-        publish(self._log, event)  # raises when the log cannot make it durable: the read must fail

@@ -7,19 +7,20 @@ alone on a large synthetic index.
 
 **Side by side.** ``--studies`` small studies (``--instances`` 8x8 CT instances each, in two
 series; 5,000 x 20 = 100,000 by default) are written once and sent with dcmtk's storescu to both
-archives started in this run: CAMI as ``cami serve`` runs on the embedded defaults (Storage and
-Q/R SCP, the embedded runner with every projection, the HTTP app, one process, composed through
-``api.bootstrap``) and Orthanc (Debian package, infra/orthanc.sh, SQLite index, DICOMweb plugin).
+archives started in this run, each in its own process: CAMI as ``cami serve`` on the embedded
+defaults (Storage and Q/R SCP, the embedded runner with every projection, the HTTP app) and
+Orthanc (Debian package, infra/orthanc.sh, SQLite index, DICOMweb plugin).
 Once both hold every instance, each kind of query below runs ``--repeat`` times with parameters
 drawn from the data (the same draws for both), over HTTP (httpx, one keep-alive connection;
 CAMI with a bearer token, and each CAMI request appends its RecordAccessed event before
-answering) and over DICOM (pynetdicom, Study Root C-FIND on one open association). Result
+answering) and over DICOM (pynetdicom, Study Root C-FIND on one open association, its standard
+log handlers off as findscu formats nothing). Result
 counts are compared between the two archives, so both answer the same question.
 
 **Growth.** CAMI alone on a synthetic query model of ``--synthetic-studies`` studies x
 ``--synthetic-instances`` instance rows (100,000 x 50 = 5,000,000 by default), written into the
-query store through the write path of the ``query-model`` projection's sink (the fold's instance
-rows; index rows only: no blobs, no events), in steps (``--steps`` fractions of the total),
+query store of a running ``cami serve`` through the write path of the ``query-model`` projection's
+sink (the fold's instance rows; index rows only: no blobs, no events), in steps (``--steps`` fractions of the total),
 measuring the same queries through the HTTP app and the Q/R SCP after each step.
 
 p50/p95 are in milliseconds; "ratio" is CAMI / Orthanc (below 1: CAMI faster).
@@ -28,10 +29,12 @@ p50/p95 are in milliseconds; "ratio" is CAMI / Orthanc (below 1: CAMI faster).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import random
 import socket
+import sqlite3
 import statistics
 import subprocess
 import sys
@@ -53,17 +56,16 @@ import numpy as np  # noqa: E402
 from pydicom.dataset import Dataset, FileMetaDataset  # noqa: E402
 from pydicom.uid import ExplicitVRLittleEndian  # noqa: E402
 from pynetdicom import AE  # noqa: E402
+from pynetdicom import _config as pynetdicom_config  # noqa: E402
 from rich.console import Console  # noqa: E402
 from rich.table import Table  # noqa: E402
 
 from api.auth import add_user  # noqa: E402
-from api.bootstrap import Archive, bootstrap  # noqa: E402
 from api.config import Settings  # noqa: E402
-from api.http import HttpServer, serve_http  # noqa: E402
-from ingest.scp import StorageSCP  # noqa: E402
 from projections.archive_index.fold import INSTANCES  # noqa: E402
-from streams.processing import EmbeddedRunner, Row  # noqa: E402
-from tests.support.servers import OrthancServer, free_port  # noqa: E402
+from projections.query_model.store import QueryStore, open_query_store  # noqa: E402
+from streams.processing import Row  # noqa: E402
+from tests.support.servers import OrthancServer, free_port, free_ports  # noqa: E402
 
 console = Console(stderr=True)
 STORESCU = "/usr/bin/storescu"
@@ -175,15 +177,28 @@ def send_all(chunks: Sequence[Path], port: int, called: str) -> float:
 
 # -- CAMI ---------------------------------------------------------------------------------------------------
 @dataclass
+class CamiHttp:
+    url: str
+
+
+@dataclass
+class CamiDicom:
+    port: int
+
+
+@dataclass
 class Cami:
-    archive: Archive
-    runner: EmbeddedRunner | None
-    scp: StorageSCP
-    http: HttpServer
+    """``cami serve`` on the embedded defaults under ``home``, in its own process as Orthanc runs
+    in its own: the measuring client (httpx, pynetdicom) shares no interpreter with the server."""
+
+    home: Path
+    process: subprocess.Popen[bytes]
+    scp: CamiDicom
+    http: CamiHttp
     token: str
 
     @classmethod
-    def start(cls, home: Path, *, runner: bool = True) -> Cami:
+    def start(cls, home: Path) -> Cami:
         home.mkdir(parents=True, exist_ok=True)
         (home / "senders.toml").write_text(
             '[archive]\nae_title = "CAMI"\n\n'
@@ -194,28 +209,58 @@ class Cami:
         _, token = add_user(
             home / "users.toml", "bench", role="radiologist", organisation=ORG, doctor_code="R-1", doctor_name="Тест^Т"
         )
-        archive = bootstrap(Settings.from_env({"CAMI_HOME": str(home)}))
-        embedded = EmbeddedRunner(archive.event_log, archive.bindings()) if runner else None
-        if embedded is not None:
-            embedded.start()
-        scp = archive.storage_scp(port=free_port())
-        scp.start()
-        http = serve_http(archive, host="127.0.0.1", port=0)
-        return cls(archive, embedded, scp, http, token)
+        dicom_port, http_port = free_ports(2)
+        env = {
+            **os.environ,
+            "PYTHONPATH": str(ROOT),
+            "CAMI_HOME": str(home),
+            "CAMI_DICOM_PORT": str(dicom_port),
+            "CAMI_HTTP_PORT": str(http_port),
+            "TCP_NODELAY": "1",
+        }
+        with (home / "serve.log").open("wb") as log:
+            process = subprocess.Popen(
+                [sys.executable, "-m", "api.cli", "serve"], cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT
+            )
+        cami = cls(home, process, CamiDicom(dicom_port), CamiHttp(f"http://127.0.0.1:{http_port}"), token)
+        deadline = time.monotonic() + 180
+        while not cami._answers():
+            if process.poll() is not None or time.monotonic() > deadline:
+                cami.stop()
+                tail = (home / "serve.log").read_text(errors="replace")[-2000:]
+                raise RuntimeError(f"cami serve did not start: {tail}")
+            time.sleep(0.2)
+        return cami
+
+    def _answers(self) -> bool:
+        try:
+            with socket.create_connection(("127.0.0.1", self.scp.port), timeout=1):
+                pass
+            return httpx.get(f"{self.http.url}/openapi.json", timeout=2).status_code == 200
+        except (OSError, httpx.HTTPError):
+            return False
+
+    def query_store(self) -> QueryStore:
+        """The query store ``cami serve`` reads (SQLite: this process may write it beside the server)."""
+        return open_query_store(Settings.from_env({"CAMI_HOME": str(self.home)}).query_store_url)
 
     def indexed(self) -> int:
-        """Instances both read models hold (QIDO-RS/C-FIND read the query store)."""
-        in_index = int(self.archive.warehouse.query(f"SELECT uniqExact(sop_uid) FROM {INSTANCES}").scalar() or 0)
-        query = "SELECT coalesce(sum(instance_count), 0) AS n FROM qm_studies"
-        in_store = int(self.archive.query_store.select(query)[0]["n"])
-        return min(in_index, in_store)
+        """Instances the query store holds (QIDO-RS and C-FIND read it), read from its file."""
+        with contextlib.closing(sqlite3.connect(f"file:{self.home / 'query.db'}?mode=ro", uri=True)) as db:
+            try:
+                row = db.execute("SELECT coalesce(sum(instance_count), 0) FROM qm_studies").fetchone()
+            except sqlite3.OperationalError:  # not created yet
+                return 0
+        return int(row[0])
 
     def stop(self) -> None:
-        self.http.stop()
-        self.scp.stop()
-        if self.runner is not None:
-            self.runner.stop()
-        self.archive.close()
+        if self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
 
 
 # -- measuring ------------------------------------------------------------------------------------------------
@@ -327,6 +372,9 @@ def c_find(assoc: Any, ds: Dataset) -> tuple[float, int]:
 
 
 def associate(target: Target) -> Any:
+    # the client formats nothing it sends or receives (as findscu): pynetdicom's standard handlers
+    # would format every PDU and message of both archives' answers in this process
+    pynetdicom_config.LOG_HANDLER_LEVEL = "none"
     ae = AE(ae_title=BENCH_AE)
     ae.add_requested_context(STUDY_ROOT_FIND)
     assoc = ae.associate("127.0.0.1", target.dicom_port, ae_title=target.called_ae)
@@ -466,17 +514,18 @@ def synthetic_rows(first: int, last: int, instances: int) -> list[Row]:
     return rows
 
 
-def insert_synthetic(cami: Cami, first: int, last: int, instances: int) -> None:
+def insert_synthetic(store: QueryStore, first: int, last: int, instances: int) -> None:
     """Studies ``first``..``last - 1`` into the query store, through the write path the
     ``query-model`` projection's sink uses (rows upserted, study and series rows recomputed), in
     batches of about 25,000 instance rows (index rows only: no blobs, no events)."""
     step = max(1, 25_000 // instances)
     for start in range(first, last, step):
-        cami.archive.query_store.apply(synthetic_rows(start, min(last, start + step), instances))
+        store.apply(synthetic_rows(start, min(last, start + step), instances))
 
 
 def synthetic(tmp: Path, args: argparse.Namespace) -> list[dict[str, Any]]:
-    cami = Cami.start(tmp / "cami-synthetic", runner=False)
+    cami = Cami.start(tmp / "cami-synthetic")
+    store = cami.query_store()
     try:
         target = Target(
             "CAMI",
@@ -491,7 +540,7 @@ def synthetic(tmp: Path, args: argparse.Namespace) -> list[dict[str, Any]]:
             studies = max(1, round(args.synthetic_studies * fraction))
             console.print(f"synthetic index: inserting studies {done}..{studies - 1}…")
             started = time.perf_counter()
-            insert_synthetic(cami, done, studies, args.synthetic_instances)
+            insert_synthetic(store, done, studies, args.synthetic_instances)
             inserted = time.perf_counter() - started
             done = studies
             rng = random.Random(7)
@@ -508,6 +557,7 @@ def synthetic(tmp: Path, args: argparse.Namespace) -> list[dict[str, Any]]:
         target.http.close()
         return out
     finally:
+        store.close()
         cami.stop()
 
 

@@ -37,6 +37,7 @@ from datetime import date
 from typing import Any
 
 import pydicom
+from pydicom.charset import convert_encodings
 from pydicom.dataelem import DataElement, RawDataElement
 from pydicom.multival import MultiValue
 from pydicom.tag import BaseTag, Tag
@@ -52,6 +53,8 @@ IDENTIFIER_DOES_NOT_MATCH_SOP_CLASS = 0xA900
 UNABLE_TO_PROCESS = 0xC000
 
 MAX_MATCHES = MAX_LIMIT
+#: responses built while the request's access event is made durable (about as long as that takes)
+BUILT_AHEAD = 16
 
 #: the levels each information model has
 MODEL_LEVELS = {"patient": ("PATIENT", "STUDY", "SERIES", "IMAGE"), "study": ("STUDY", "SERIES", "IMAGE")}
@@ -112,20 +115,50 @@ def unique_keys(level: str, model: str) -> list[str]:
     return [UNIQUE_KEYS[upper] for upper in levels[: levels.index(level) + 1]]
 
 
+#: the transfer syntaxes whose response identifiers are written here, element by element, as the
+#: bytes pydicom would write (implicit VR or not; both little endian)
+_PRE_ENCODED = {"1.2.840.10008.1.2": True, "1.2.840.10008.1.2.1": False}
+#: the answer's character set, as pydicom names its codec
+_UTF8 = convert_encodings(["ISO_IR 192"])
+
+
+def _raw_value(vr: str, value: Any) -> bytes:
+    """A value of ``vr`` (as :func:`_value` gives it) as the bytes of its element, padded to even."""
+    if value is None:
+        return b""
+    values = value if isinstance(value, list) else [value]
+    if vr == "US":
+        return b"".join(int(v).to_bytes(2, "little") for v in values)
+    raw = "\\".join(str(v) for v in values).encode("utf-8")
+    if len(raw) % 2:
+        raw += b"\0" if vr == "UI" else b" "
+    return raw
+
+
 class ResponseIdentifiers:
     """The C-FIND response identifiers of one request: what each match carries is worked out once
     from the identifier asked (the elements, their VRs, the unique keys to add), so each match only
-    fills in its values; the constant elements are shared by every response."""
+    fills in its values; the constant elements are shared by every response.
 
-    def __init__(self, asked: list[DataElement], level: str, retrieve_ae_title: str, model: str = "patient") -> None:
-        self._fixed = {
-            element.tag: element
-            for element in (
-                DataElement(0x00080005, "CS", "ISO_IR 192"),  # SpecificCharacterSet
-                DataElement(0x00080052, "CS", level),  # QueryRetrieveLevel
-                DataElement(0x00080054, "AE", retrieve_ae_title),  # RetrieveAETitle
-            )
-        }
+    Given the presentation context's ``transfer_syntax`` (implicit or explicit VR little endian),
+    each value is written here as its element's bytes, in a data set marked as already in that
+    encoding: pynetdicom's encoder (pydicom) then copies them instead of converting each value,
+    half of each match's cost. Anything else (another syntax, an ambiguous VR asked) is answered
+    with ordinary elements."""
+
+    def __init__(
+        self,
+        asked: list[DataElement],
+        level: str,
+        retrieve_ae_title: str,
+        model: str = "patient",
+        transfer_syntax: str | None = None,
+    ) -> None:
+        fixed = (
+            (Tag(0x00080005), "CS", "ISO_IR 192"),  # SpecificCharacterSet
+            (Tag(0x00080052), "CS", level),  # QueryRetrieveLevel
+            (Tag(0x00080054), "AE", retrieve_ae_title),  # RetrieveAETitle
+        )
         #: (tag, VR the archive answers in, keyword or None when the archive holds no such key, VR asked)
         self._asked: list[tuple[BaseTag, str, str | None, str]] = []
         for element in asked:
@@ -139,19 +172,34 @@ class ResponseIdentifiers:
             for k in unique_keys(level, model)
             if Tag(ATTRIBUTES[k].tag) not in asked_tags
         ]
+        self._implicit = _PRE_ENCODED.get(str(transfer_syntax)) if transfer_syntax is not None else None
+        if any(len(asked_vr) != 2 for *_, asked_vr in self._asked):
+            self._implicit = None  # an ambiguous VR ("US or SS") is pydicom's to resolve
+        self._fixed: dict[BaseTag, DataElement | RawDataElement] = {
+            tag: self._element(tag, vr, value) for tag, vr, value in fixed
+        }
+
+    def _element(self, tag: BaseTag, vr: str, value: Any) -> DataElement | RawDataElement:
+        if self._implicit is None:
+            return DataElement(tag, vr, value)
+        raw = _raw_value(vr, value)
+        return RawDataElement(tag, vr, len(raw), raw, 0, self._implicit, True)
 
     def __call__(self, row: Mapping[str, Any]) -> pydicom.Dataset:
         """One match as a C-FIND response identifier."""
         elements: dict[BaseTag, DataElement | RawDataElement] = dict(self._fixed)
         for tag, vr, keyword, asked_vr in self._asked:
             if keyword is not None and keyword in row:
-                elements[tag] = DataElement(tag, vr, _value(keyword, row[keyword]))
+                elements[tag] = self._element(tag, vr, _value(keyword, row[keyword]))
             else:
-                elements[tag] = DataElement(tag, asked_vr, None)
+                elements[tag] = self._element(tag, asked_vr, None)
         for tag, vr, keyword in self._unique:
             if keyword in row:
-                elements[tag] = DataElement(tag, vr, _value(keyword, row[keyword]))
-        return pydicom.Dataset(elements)
+                elements[tag] = self._element(tag, vr, _value(keyword, row[keyword]))
+        identifier = pydicom.Dataset(elements)
+        if self._implicit is not None:
+            identifier.set_original_encoding(self._implicit, True, _UTF8)
+        return identifier
 
 
 def response_identifier(
@@ -182,10 +230,12 @@ def c_find_responses(
     identifier: pydicom.Dataset,
     model: str,
     ae_title: str,
+    transfer_syntax: str | None = None,
 ) -> Iterator[tuple[int, pydicom.Dataset | None]]:
     """Answer one C-FIND request: ``model`` is ``"patient"`` (Patient Root) or ``"study"``
-    (Study Root); ``ae_title`` is the archive's own (the RetrieveAETitle of every match). See
-    the module documentation for the statuses."""
+    (Study Root); ``ae_title`` is the archive's own (the RetrieveAETitle of every match);
+    ``transfer_syntax`` the presentation context's, which the responses are encoded in (see
+    :class:`ResponseIdentifiers`). See the module documentation for the statuses."""
     if model not in MODEL_LEVELS:
         raise ValueError(f"unknown information model {model!r}")
     level = str(identifier.get("QueryRetrieveLevel", "") or "").strip().upper()
@@ -199,7 +249,7 @@ def c_find_responses(
     except MatchingError:
         yield UNABLE_TO_PROCESS, None
         return
-    recorder.record(
+    access = recorder.begin(
         reader,
         action="query",
         channel="c-find",
@@ -209,8 +259,13 @@ def c_find_responses(
         query=_query_text(asked, level),
         results=len(rows),
     )
-    identifiers = ResponseIdentifiers(asked, level, ae_title, model)
-    for row in rows:
+    identifiers = ResponseIdentifiers(asked, level, ae_title, model, transfer_syntax)
+    # the first responses are built while the access event becomes durable; none leaves before it is
+    ahead = [identifiers(row) for row in rows[:BUILT_AHEAD]]
+    access.wait()
+    for response in ahead:
+        yield PENDING, response
+    for row in rows[BUILT_AHEAD:]:
         yield PENDING, identifiers(row)
 
 

@@ -316,7 +316,10 @@ def handle_find(event: Any, deps: QrDeps) -> Iterator[tuple[Any, Dataset | None]
         return
     try:
         first = True
-        answers = c_find_responses(deps.store(), deps.recorder, reader, identifier, model, deps.senders.ae_title)
+        syntax = str(event.context.transfer_syntax)
+        answers = c_find_responses(
+            deps.store(), deps.recorder, reader, identifier, model, deps.senders.ae_title, syntax
+        )
         for code, match in answers:
             if event.is_cancelled:
                 yield QrStatus.CANCEL, None
@@ -500,6 +503,10 @@ def qr_services(
     # it sends or receives whether or not the log takes it, a large share of a C-FIND's cost)
     pynetdicom_config.LOG_REQUEST_IDENTIFIERS = False
     pynetdicom_config.LOG_RESPONSE_IDENTIFIERS = False
+    # pynetdicom's standard handlers format every PDU and DIMSE message sent or received, logged
+    # or not (a C-FIND pays it twice per match); kept only when CAMI runs verbose (``cami -v``)
+    if not logging.getLogger("pynetdicom").isEnabledFor(logging.INFO):
+        pynetdicom_config.LOG_HANDLER_LEVEL = "none"
     deps = QrDeps(warehouse, store, blobs, recorder, senders)
     find: Handler = handle_find
     move: Handler = handle_move

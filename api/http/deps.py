@@ -10,10 +10,11 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 
 from fastapi import Depends, Request
 from fastapi.security import APIKeyCookie, HTTPAuthorizationCredentials, HTTPBearer
+from starlette.concurrency import run_in_threadpool
 
 from api.access import AccessRecorder, Reader, access_channel
 from api.auth import SESSION_COOKIE, User, UserDirectory, UsersFileError, session_user
@@ -65,6 +66,11 @@ def authenticate(request: Request) -> User:
     return user
 
 
+def _bearer(request: Request) -> bool:
+    """The request carries an ``Authorization`` header (checked against the users file alone)."""
+    return bool(request.headers.get("authorization"))
+
+
 def record_refusal(request: Request, user: User) -> None:
     """Records that ``user``'s role was refused ``request`` (a RecordAccessed event with outcome
     ``denied``: the path asked for, by whom, from where), before the 403 is answered, so an auditor
@@ -87,37 +93,44 @@ def require(
     *,
     session: bool = True,
     on_unauthenticated: Callable[[Request], None] | None = None,
-) -> Callable[..., User]:
+) -> Callable[..., Awaitable[User]]:
     """Dependency: the signed-in user (401 otherwise), whose role may do ``action`` by the policy
     table (403 otherwise; None: any signed-in user, the route checks and records the refusal
     itself). ``session=False`` for writes, which the session cookie does not authorise.
     ``on_unauthenticated`` is told of each 401 before it is answered (e.g. to record it)."""
 
-    def check(request: Request) -> User:
+    async def check(request: Request) -> User:
+        # on the event loop, not in the thread pool: a bearer token is checked in microseconds
+        # (a stat of the users file and a SHA-256), and each hop to a worker thread and back costs
+        # more than that under load. Whatever may wait on a disk (the session revocations, the
+        # durable RecordAccessed of a refusal) still runs in the pool.
         try:
-            user = authenticate(request)
+            if _bearer(request):
+                user = authenticate(request)
+            else:
+                user = await run_in_threadpool(authenticate, request)
         except ApiError as exc:
             if exc.status == 401 and on_unauthenticated is not None:
-                on_unauthenticated(request)
+                await run_in_threadpool(on_unauthenticated, request)
             raise
         if action is not None and not may(user.role, action):
-            record_refusal(request, user)
+            await run_in_threadpool(record_refusal, request, user)
             allowed = ", ".join(sorted(roles_that(action)))
             raise ApiError(403, "forbidden", f"role {user.role} may not do this (allowed: {allowed})")
         return user
 
     if not session:
 
-        def bearer_only(request: Request, _token: HTTPAuthorizationCredentials | None = _TOKEN) -> User:
-            return check(request)
+        async def bearer_only(request: Request, _token: HTTPAuthorizationCredentials | None = _TOKEN) -> User:
+            return await check(request)
 
         return bearer_only
 
-    def bearer_or_session(
+    async def bearer_or_session(
         request: Request,
         _token: HTTPAuthorizationCredentials | None = _TOKEN,
         _cookie: str | None = _COOKIE,
     ) -> User:
-        return check(request)
+        return await check(request)
 
     return bearer_or_session

@@ -33,17 +33,20 @@ one), appended before the answer leaves.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+import functools
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import date
 from enum import Enum
 from typing import Any
 
+import orjson
 from fastapi import APIRouter, Depends, Request
-from fastapi.responses import JSONResponse
+from fastapi.responses import Response
 from pydicom.datadict import dictionary_has_tag
 from pydicom.datadict import tag_for_keyword as keyword_tag
 from pydicom.valuerep import PersonName
+from starlette.concurrency import run_in_threadpool
 
 from api.access import AccessRecorder, Reader
 from api.auth import User
@@ -212,24 +215,44 @@ def _include_fields(level: str, values: Sequence[str]) -> set[str]:
 # -- answering -------------------------------------------------------------------------------------
 def dicom_json_value(attribute: Attribute, value: Any) -> dict[str, Any]:
     """One attribute as DICOM JSON (PS3.18 F.2): ``{"vr": ..., "Value": [...]}``, no Value if empty."""
-    element: dict[str, Any] = {"vr": attribute.vr}
-    if value is None or value == "" or value == []:
-        return element
-    values = value if isinstance(value, list) else [value]
-    if attribute.vr == "PN":
-        element["Value"] = [person_name_json(str(v)) for v in values]
-    elif attribute.vr in ("IS", "US"):
-        element["Value"] = [int(v) for v in values]
-    elif attribute.vr == "DA":
-        element["Value"] = [v.strftime("%Y%m%d") if isinstance(v, date) else str(v) for v in values]
-    else:
-        element["Value"] = [str(v) for v in values]
+    return _converter(attribute.vr)(value)
+
+
+def _text(value: Any) -> str:
+    return str(value)
+
+
+def _date(value: Any) -> str:
+    return f"{value.year:04d}{value.month:02d}{value.day:02d}" if isinstance(value, date) else str(value)
+
+
+def _person_name(value: Any) -> dict[str, str]:
+    return person_name_json(str(value))
+
+
+#: how a value of each VR goes into a DICOM JSON "Value" array (every other VR: as text)
+_VALUE_OF_VR: dict[str, Callable[[Any], Any]] = {"PN": _person_name, "IS": int, "US": int, "DA": _date}
+
+
+def _converter(vr: str) -> Callable[[Any], dict[str, Any]]:
+    """The DICOM JSON element of a value of ``vr`` (``value`` may be a list for several values)."""
+    one: Callable[[Any], Any] = _VALUE_OF_VR.get(vr, _text)
+
+    def element(value: Any) -> dict[str, Any]:
+        if value is None or value == "" or value == []:
+            return {"vr": vr}
+        if isinstance(value, list):
+            return {"vr": vr, "Value": [one(v) for v in value]}
+        return {"vr": vr, "Value": [one(value)]}
+
     return element
 
 
 def person_name_json(value: str) -> dict[str, str]:
     """A person name as PS3.18 F.2.2 components: the ``=``-separated groups go to "Alphabetic",
     "Ideographic" and "Phonetic", as pydicom writes them in WADO-RS metadata (one model for both)."""
+    if "=" not in value:  # one group, the usual case: pydicom would answer (value,) too
+        return {"Alphabetic": value}
     groups = PersonName(value).components
     return dict(zip(PERSON_NAME_GROUPS, groups, strict=False))
 
@@ -252,22 +275,50 @@ def returned_keywords(search: Search, scoped: Sequence[str]) -> list[str]:
     return list(dict.fromkeys(wanted))
 
 
+#: what one tag of a QIDO-RS data set is made from: (keyword, its converter), a constant element,
+#: or None for the row's retrieve URL
+_Slot = tuple[str, Callable[[Any], dict[str, Any]]] | dict[str, Any] | None
+
+
+class DatasetWriter:
+    """The DICOM JSON data sets of one search: the tags, their order and how each value is written
+    are worked out once from the returned keywords, so each row only fills in its values."""
+
+    def __init__(self, keywords: Sequence[str], level: str, base_url: str) -> None:
+        self._level = level
+        self._base = f"{base_url}/dicomweb/studies/"
+        fixed: dict[str, _Slot] = {
+            SPECIFIC_CHARACTER_SET: {"vr": "CS", "Value": ["ISO_IR 192"]},
+            INSTANCE_AVAILABILITY: {"vr": "CS", "Value": ["ONLINE"]},
+            RETRIEVE_URL: None,  # the row's own URL
+        }
+        slots: dict[str, _Slot] = dict(fixed)
+        for keyword in keywords:
+            attribute = ATTRIBUTES[keyword]
+            slots.setdefault(f"{attribute.tag:08X}", (keyword, _converter(attribute.vr)))
+        #: (tag, keyword and converter, or the constant element, or None for the retrieve URL), in tag order
+        self._slots = sorted(slots.items())
+
+    def __call__(self, row: Mapping[str, Any]) -> dict[str, Any]:
+        url = self._base + str(row.get("StudyInstanceUID"))
+        if self._level in ("SERIES", "IMAGE"):
+            url += f"/series/{row['SeriesInstanceUID']}"
+        if self._level == "IMAGE":
+            url += f"/instances/{row['SOPInstanceUID']}"
+        out: dict[str, Any] = {}
+        for tag, slot in self._slots:
+            if slot is None:
+                out[tag] = {"vr": "UR", "Value": [url]}
+            elif isinstance(slot, tuple):
+                out[tag] = slot[1](row.get(slot[0]))
+            else:
+                out[tag] = slot  # the same constant for every row: the encoder only reads it
+        return out
+
+
 def dataset(row: Mapping[str, Any], keywords: Sequence[str], level: str, base_url: str) -> dict[str, Any]:
-    study = row.get("StudyInstanceUID")
-    url = f"{base_url}/dicomweb/studies/{study}"
-    if level in ("SERIES", "IMAGE"):
-        url += f"/series/{row['SeriesInstanceUID']}"
-    if level == "IMAGE":
-        url += f"/instances/{row['SOPInstanceUID']}"
-    out: dict[str, Any] = {
-        SPECIFIC_CHARACTER_SET: {"vr": "CS", "Value": ["ISO_IR 192"]},
-        INSTANCE_AVAILABILITY: {"vr": "CS", "Value": ["ONLINE"]},
-        RETRIEVE_URL: {"vr": "UR", "Value": [url]},
-    }
-    for keyword in keywords:
-        attribute = ATTRIBUTES[keyword]
-        out[f"{attribute.tag:08X}"] = dicom_json_value(attribute, row.get(keyword))
-    return dict(sorted(out.items()))
+    """One row as a DICOM JSON data set, the tags in order."""
+    return DatasetWriter(keywords, level, base_url)(row)
 
 
 def _named_uid(keys: Mapping[str, Condition], keyword: str) -> str | None:
@@ -277,11 +328,17 @@ def _named_uid(keys: Mapping[str, Condition], keyword: str) -> str | None:
 
 
 def router(store: QueryStore, recorder: AccessRecorder) -> APIRouter:
-    """The QIDO-RS routes, searching the query ``store``; each search recorded through ``recorder``."""
+    """The QIDO-RS routes, searching the query ``store``; each search recorded through ``recorder``.
+
+    A search runs on the event loop, not in the thread pool: the look-up is a B-tree search of a
+    fraction of a millisecond to a few, and the hops to a worker thread and back (with the wait
+    for the access event between them) cost more than that on a loaded host. The access event is
+    handed to the log as soon as the rows are known, and the answer is built while it is made
+    durable; it leaves only once it is."""
     routes = APIRouter()
     signed_in = Depends(require())
 
-    def search(request: Request, user: User, level: str, path: dict[str, str]) -> JSONResponse:
+    async def search(request: Request, user: User, level: str, path: dict[str, str]) -> Response:
         items = list(request.query_params.multi_items())
         asked: dict[str, Any] = {}
         for name, value in items:
@@ -289,13 +346,16 @@ def router(store: QueryStore, recorder: AccessRecorder) -> APIRouter:
         query = {k: v[0] if len(v) == 1 else v for k, v in asked.items()} | path
         reader = Reader(user.actor, user.organisation, request.client.host if request.client else None)
         if not may(user.role, Action.READ_PATIENT_DATA):
-            recorder.record(
-                reader,
-                action="query",
-                channel="qido-rs",
-                study_uid=path.get("StudyInstanceUID"),
-                query=query,
-                outcome="denied",
+            await run_in_threadpool(
+                functools.partial(
+                    recorder.record,
+                    reader,
+                    action="query",
+                    channel="qido-rs",
+                    study_uid=path.get("StudyInstanceUID"),
+                    query=query,
+                    outcome="denied",
+                )
             )
             raise ApiError(403, "forbidden", f"role {user.role} may not search patient data")
         parsed = parse_search(level, items, path)
@@ -308,7 +368,7 @@ def router(store: QueryStore, recorder: AccessRecorder) -> APIRouter:
             raise _bad(exc.attribute, exc.message) from None
         more = len(rows) > parsed.limit
         rows = rows[: parsed.limit]
-        recorder.record(
+        access = recorder.begin(
             reader,
             action="query",
             channel="qido-rs",
@@ -317,43 +377,46 @@ def router(store: QueryStore, recorder: AccessRecorder) -> APIRouter:
             query=query,
             results=len(rows),
         )
-        body = [dataset(row, keywords, level, public_base_url(request)) for row in rows]
+        write = DatasetWriter(keywords, level, public_base_url(request))
+        body = [write(row) for row in rows]
         warnings = []
         if parsed.fuzzy:
             warnings.append('299 CAMI "The fuzzymatching parameter is not supported. Only literal matching was done."')
         if more and not parsed.limit_given:
             warnings.append('299 CAMI "There are additional results that can be requested."')
         headers = {"Warning": ", ".join(warnings)} if warnings else None
-        return JSONResponse(body, media_type=DICOM_JSON, headers=headers)
+        response = Response(orjson.dumps(body), media_type=DICOM_JSON, headers=headers)  # encoded here
+        await access.confirmed()  # the event is durable before a byte of the answer leaves
+        return response
 
     tags: list[str | Enum] = ["DICOMweb"]
 
     @routes.get("/dicomweb/studies", tags=tags, summary="QIDO-RS: search for studies")
-    def search_studies(request: Request, user: User = signed_in) -> JSONResponse:
-        return search(request, user, "STUDY", {})
+    async def search_studies(request: Request, user: User = signed_in) -> Response:
+        return await search(request, user, "STUDY", {})
 
     @routes.get("/dicomweb/series", tags=tags, summary="QIDO-RS: search for series")
-    def search_series(request: Request, user: User = signed_in) -> JSONResponse:
-        return search(request, user, "SERIES", {})
+    async def search_series(request: Request, user: User = signed_in) -> Response:
+        return await search(request, user, "SERIES", {})
 
     @routes.get("/dicomweb/studies/{study}/series", tags=tags, summary="QIDO-RS: search for series of a study")
-    def search_study_series(request: Request, study: str, user: User = signed_in) -> JSONResponse:
-        return search(request, user, "SERIES", {"StudyInstanceUID": study})
+    async def search_study_series(request: Request, study: str, user: User = signed_in) -> Response:
+        return await search(request, user, "SERIES", {"StudyInstanceUID": study})
 
     @routes.get("/dicomweb/instances", tags=tags, summary="QIDO-RS: search for instances")
-    def search_instances(request: Request, user: User = signed_in) -> JSONResponse:
-        return search(request, user, "IMAGE", {})
+    async def search_instances(request: Request, user: User = signed_in) -> Response:
+        return await search(request, user, "IMAGE", {})
 
     @routes.get("/dicomweb/studies/{study}/instances", tags=tags, summary="QIDO-RS: search for instances of a study")
-    def search_study_instances(request: Request, study: str, user: User = signed_in) -> JSONResponse:
-        return search(request, user, "IMAGE", {"StudyInstanceUID": study})
+    async def search_study_instances(request: Request, study: str, user: User = signed_in) -> Response:
+        return await search(request, user, "IMAGE", {"StudyInstanceUID": study})
 
     @routes.get(
         "/dicomweb/studies/{study}/series/{series}/instances",
         tags=tags,
         summary="QIDO-RS: search for instances of a series",
     )
-    def search_series_instances(request: Request, study: str, series: str, user: User = signed_in) -> JSONResponse:
-        return search(request, user, "IMAGE", {"StudyInstanceUID": study, "SeriesInstanceUID": series})
+    async def search_series_instances(request: Request, study: str, series: str, user: User = signed_in) -> Response:
+        return await search(request, user, "IMAGE", {"StudyInstanceUID": study, "SeriesInstanceUID": series})
 
     return routes

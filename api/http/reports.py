@@ -57,7 +57,7 @@ class AmendReport(BaseModel):
     conclusion_text: str | None = None
 
 
-def json_body(model: type[Body], caller: Callable[..., User]) -> Callable[..., Awaitable[Body]]:
+def json_body(model: type[Body], caller: Callable[..., Awaitable[User]]) -> Callable[..., Awaitable[Body]]:
     """Dependency: the JSON body as ``model``, read only once ``caller`` (the route's own user
     dependency, run once) has let the request through: FastAPI parses its body parameters before
     any dependency runs, which would answer 400 before 401."""
