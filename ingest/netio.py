@@ -162,6 +162,11 @@ def _reactor_wait(assoc: Any, timeout: float) -> None:
     with messages.not_empty:
         if not messages._qsize():
             messages.not_empty.wait(timeout)
+        if messages._qsize():
+            # Queue.put wakes one waiter, and an SCU's thread may be waiting in get() for this
+            # very response (pynetdicom's send_c_*): if the wake-up came here, pass it on, or
+            # that thread sleeps out its DIMSE timeout with the response in the queue
+            messages.not_empty.notify()
 
 
 _run_reactor = DULServiceProvider.run_reactor

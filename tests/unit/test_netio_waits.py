@@ -3,7 +3,10 @@ wake a bounded number of times, and work that arrives is handled without waiting
 
 from __future__ import annotations
 
+import queue
+import threading
 import time
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
@@ -70,3 +73,29 @@ def test_an_idle_association_waits_instead_of_polling_every_millisecond(counted_
         assoc.release()
     finally:
         server.shutdown()
+
+
+def test_a_wake_up_meant_for_an_scu_waiting_on_the_same_queue_reaches_it() -> None:
+    """The reactor's wait shares the DIMSE queue's condition with an SCU thread waiting in get()
+    for its response (pynetdicom's send_c_*). Queue.put wakes the first waiter only: when that is
+    the reactor, it must pass the wake-up on, or the SCU sleeps out its DIMSE timeout with the
+    response queued (the demo's C-STOREs stalled 30 s and were aborted that way)."""
+    messages: queue.Queue[str] = queue.Queue()
+    assoc = SimpleNamespace(dimse=SimpleNamespace(msg_queue=messages))
+    reactor = threading.Thread(target=netio._reactor_wait, args=(assoc, 30.0))
+    reactor.start()
+    while not messages.not_empty._waiters:  # type: ignore[attr-defined]
+        time.sleep(0.001)  # the reactor waits first, so put() wakes it, not the SCU
+    received = threading.Event()
+
+    def scu() -> None:
+        messages.get(timeout=30)
+        received.set()
+
+    threading.Thread(target=scu, daemon=True).start()
+    while len(messages.not_empty._waiters) < 2:  # type: ignore[attr-defined]
+        time.sleep(0.001)
+    messages.put("C-STORE-RSP")
+    assert received.wait(10)  # passed on at once; without that, only after the SCU's 30 s
+    reactor.join(10)
+    assert not reactor.is_alive()
