@@ -75,40 +75,34 @@ def _code(item: Dataset | None) -> tuple[str | None, str | None, str | None]:
     return text(item, "CodeValue"), text(item, "CodingSchemeDesignator"), text(item, "CodeMeaning")
 
 
+def _private_text(ds: Dataset, tag: int) -> str | None:
+    """A private element's value as text, stripped (bytes when its VR is unknown: read as ASCII);
+    None when absent, empty or not decodable."""
+    try:
+        value = ds[tag].value if tag in ds else None
+    except Exception:  # a value that does not decode: as if absent
+        return None
+    if isinstance(value, bytes):
+        value = value.decode("ascii", "replace")
+    return (str(value).strip() or None) if value is not None else None
+
+
 def _private_marks(ds: Dataset) -> dict[int, str]:
     """CAMI's private elements present in ``ds`` (pathology, priority), by element number, their
     values stripped and upper-cased. Found by the private creator "CAMI" in whichever block of
     group 0011 the sender reserved. Only the group's creator elements present are looked at
     (pydicom's ``private_block`` tries all 240 slots, twice per object)."""
     base = PRIVATE_GROUP << 16
-    block = None
     # the tags only: iterating a Dataset itself would convert every element
     creators = sorted(int(t) for t in ds.keys() if base | 0x10 <= int(t) <= base | 0xFF)  # noqa: SIM118
-    for tag in creators:
-        try:
-            creator = ds[tag].value
-        except Exception:  # a creator that does not decode: not ours
-            continue
-        if isinstance(creator, bytes):
-            creator = creator.decode("ascii", "replace")
-        if isinstance(creator, str) and creator.strip() == PRIVATE_CREATOR:
-            block = tag & 0xFF
-            break
+    block = next((tag & 0xFF for tag in creators if _private_text(ds, tag) == PRIVATE_CREATOR), None)
     if block is None:
         return {}
     marks: dict[int, str] = {}
     for element in (PATHOLOGY_ELEMENT, PRIORITY_ELEMENT):
-        tag = base | (block << 8) | element
-        if tag not in ds:
-            continue
-        try:
-            value = ds[tag].value
-        except Exception:  # a value that does not decode: no mark
-            continue
-        if isinstance(value, bytes):
-            value = value.decode("ascii", "replace")
-        if value is not None and (mark := str(value).strip().upper()):
-            marks[element] = mark
+        mark = _private_text(ds, base | (block << 8) | element)
+        if mark:
+            marks[element] = mark.upper()
     return marks
 
 
