@@ -104,9 +104,11 @@ def decode(data: bytes) -> Event:
     body = io.BytesIO(bytes(data[HEADER_SIZE:]))
     size = len(data) - HEADER_SIZE
     try:
-        envelope = avro_record(schemaless_reader(body, writer.envelope, reader.envelope))
+        # no reader schema when the writer's is current: fastavro then skips schema resolution
+        same = writer is reader
+        envelope = avro_record(schemaless_reader(body, writer.envelope, None if same else reader.envelope))
         payload_start = body.tell()
-        payload = avro_record(schemaless_reader(body, writer.payload, reader.payload))
+        payload = avro_record(schemaless_reader(body, writer.payload, None if same else reader.payload))
     except Exception as exc:
         raise MalformedEvent(f"{writer.event_type}: bytes do not decode ({type(exc).__name__}: {exc})") from None
     end = body.tell()

@@ -53,9 +53,10 @@ class EventSchema:
     doc: str
 
 
-def parse(schema: Any) -> Schema:
-    """Parse a self-contained schema document (no shared named types)."""
-    parsed = parse_schema(schema, named_schemas={})
+def parse(schema: Any, named: dict[str, Schema] | None = None) -> Schema:
+    """Parse a self-contained schema document (``named``: the named types it may use, and where
+    the ones it defines are added)."""
+    parsed = parse_schema(schema, named_schemas={} if named is None else named)
     if not isinstance(parsed, dict):
         raise ValueError("an event schema must be an Avro record")
     return parsed
@@ -79,7 +80,19 @@ def _split(parsed: Schema) -> tuple[Schema, Schema]:
 
 def _version(event_type: str, version: int, parsed: Schema) -> SchemaVersion:
     envelope, payload = _split(parsed)
-    return SchemaVersion(event_type, version, schema_fingerprint(parsed), parsed, envelope, payload)
+    # fastavro re-parses on every call a schema it has not marked as parsed, and the fields of a
+    # parsed record are not marked: parsed once here, the envelope and the payload decode twice
+    # as fast. They share one name table: a named type defined in the envelope may be used again
+    # by the payload.
+    named: dict[str, Schema] = {}
+    return SchemaVersion(
+        event_type,
+        version,
+        schema_fingerprint(parsed),
+        parsed,
+        parse(envelope, named),
+        parse(payload, named),
+    )
 
 
 def _raw_types() -> dict[str, Schema]:

@@ -200,3 +200,13 @@ def test_occurred_at_is_kept_and_recorded_at_is_the_archive_clock() -> None:
     )
     assert event.envelope.occurred_at == when
     assert event.envelope.recorded_at > when
+
+
+def test_every_schema_version_is_parsed_once_not_on_each_call() -> None:
+    """fastavro parses again, on every read and write, a schema it has not marked as parsed;
+    the envelope and payload schemas of every known version (old ones included, which decode
+    through schema resolution) must be handed over parsed, with the named types they use."""
+    for version in registry().by_fingerprint.values():
+        for part in (version.envelope, version.payload):
+            assert "__fastavro_parsed" in part, (version.event_type, version.version)
+            assert "__named_schemas" in part
