@@ -45,6 +45,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from projections import dead_letters
+from projections.replay_lanes import QUERY_MODEL_LANE, LaneReport, Lanes, run_lanes
 from projections.sinks import WarehouseSink
 from projections.warehouse import Warehouse, WarehouseError
 from streams.log import EventLog, Record
@@ -141,12 +142,14 @@ def rebuild(
     on_start: Callable[[int], None] | None = None,
     on_progress: Callable[[int], None] | None = None,
     own_sinks: Mapping[str, OwnStoreSink] | None = None,
+    lanes: Lanes | None = None,
 ) -> RebuildResult:
     """Drop, recreate and refill the tables of ``processors`` from offset 0 (see module doc).
 
     ``on_start(total_events)`` is called once the target is known, ``on_progress(n)`` after each
     batch of ``n`` events is written. ``own_sinks`` (projection name -> sink) are the sinks of the
-    projections whose tables live outside the warehouse: they are reset instead of dropped."""
+    projections whose tables live outside the warehouse: they are reset instead of dropped.
+    ``lanes``: read, decode and fold in worker processes (:mod:`projections.replay_lanes`)."""
     started = time.perf_counter()
     result = RebuildResult([p.name for p in processors])
     own = {p.name: own_sinks[p.name] for p in processors if own_sinks and p.name in own_sinks}
@@ -171,17 +174,19 @@ def rebuild(
     result.ends = {t: event_log.end_offsets(t) for t in topics}
     if on_start is not None:
         on_start(sum(sum(e.values()) for e in result.ends.values()))
-    readers = {t: [p for p in processors if t in p.topics] for t in topics}
-
-    for records in event_log.scan(result.ends, batch_size):
-        by_topic: dict[str, list[Record]] = {}
-        for record in records:
-            by_topic.setdefault(record.topic, []).append(record)
-        for topic, topic_records in by_topic.items():
-            _apply(topic_records, readers[topic], sinks, result)
-        result.events += len(records)
-        if on_progress is not None:
-            on_progress(len(records))
+    if lanes is not None:
+        _rebuild_in_lanes(warehouse, processors, own, lanes, batch_size, on_progress, result)
+    else:
+        readers = {t: [p for p in processors if t in p.topics] for t in topics}
+        for records in event_log.scan(result.ends, batch_size):
+            by_topic: dict[str, list[Record]] = {}
+            for record in records:
+                by_topic.setdefault(record.topic, []).append(record)
+            for topic, topic_records in by_topic.items():
+                _apply(topic_records, readers[topic], sinks, result)
+            result.events += len(records)
+            if on_progress is not None:
+                on_progress(len(records))
 
     for processor in processors:
         if processor.name in own:
@@ -193,6 +198,34 @@ def rebuild(
         result.aligned_groups = align_embedded_groups(event_log, processors, result.ends)
     result.seconds = time.perf_counter() - started
     return result
+
+
+def _rebuild_in_lanes(
+    warehouse: Warehouse,
+    processors: Sequence[Processor],
+    own: Mapping[str, OwnStoreSink],
+    lanes: Lanes,
+    batch_size: int,
+    on_progress: Callable[[int], None] | None,
+    result: RebuildResult,
+) -> None:
+    """The scan-and-apply step in worker processes; their reports are added up into ``result``.
+    Events are counted once: the warehouse lanes read every topic of the projections they
+    rebuild, the query-model lane the same events again (it counts only when rebuilt alone)."""
+    alone = all(p.name in own for p in processors)
+
+    def counted(report: LaneReport) -> None:
+        result.undecodable += report.undecodable if report.lane != QUERY_MODEL_LANE or alone else 0
+        for table, n in report.rows.items():
+            result.rows_written[table] = result.rows_written.get(table, 0) + n
+        for name, n in report.dead_letters.items():
+            result.dead_letters[name] = result.dead_letters.get(name, 0) + n
+        if report.lane != QUERY_MODEL_LANE or alone:
+            result.events += report.events
+            if on_progress is not None:
+                on_progress(report.events)
+
+    run_lanes(warehouse, processors, own, result.ends, lanes, batch_size, counted)
 
 
 def _apply(

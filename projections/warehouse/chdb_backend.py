@@ -176,23 +176,30 @@ class ChdbWarehouse(Warehouse):
         self._types[target] = types
         if unknown:
             raise WarehouseError(f"insert into {table}: unknown columns {unknown}")
-        context = InsertContext(
-            target,
-            list(columns),
-            [get_from_name(types[c]) for c in columns],
-            data=rows,
-            server_tz=UTC,
-        )
         col_list = ", ".join(quote_identifier(c) for c in columns)
         fd, payload = tempfile.mkstemp(prefix="cami-insert-", suffix=".native")
         try:
             with os.fdopen(fd, "wb") as out:
-                self._encode(table, context, out)
-            infile = payload.replace("\\", "\\\\").replace("'", "\\'")
-            self._run(f"INSERT INTO {target} ({col_list}) FROM INFILE '{infile}' FORMAT Native", "TabSeparated")
+                encode_native(table, target, columns, types, rows, out)
+            self._load(target, col_list, payload)
         finally:
             os.unlink(payload)
         return len(rows)
+
+    def insert_native_file(self, table: str, columns: Sequence[str], path: str) -> None:
+        """Load rows another process encoded with :class:`NativeFileWriter` (a rebuild lane)."""
+        self._load(qualified_table(table), ", ".join(quote_identifier(c) for c in columns), path)
+
+    def column_types(self, table: str) -> dict[str, str]:
+        """Column -> ClickHouse type of ``table``'s insertable columns."""
+        target = qualified_table(table)
+        types = self._column_types(target)
+        self._types[target] = types
+        return dict(types)
+
+    def _load(self, target: str, col_list: str, path: str) -> None:
+        infile = path.replace("\\", "\\\\").replace("'", "\\'")
+        self._run(f"INSERT INTO {target} ({col_list}) FROM INFILE '{infile}' FORMAT Native", "TabSeparated")
 
     # -- helpers -------------------------------------------------------------------------------
 
@@ -213,20 +220,43 @@ class ChdbWarehouse(Warehouse):
                 types[str(row["name"])] = str(row["type"])
         return types
 
-    @staticmethod
-    def _encode(table: str, context: InsertContext, out: Any) -> None:
-        """Write the Native payload; a Python value that does not fit its column -> WarehouseError."""
-        errors: list[Exception] = []
-        first = True
-        try:
-            for chunk in NativeTransform.build_insert(context, errors.append):
-                if errors:
-                    break
-                if first:  # the body starts "INSERT INTO ... FORMAT Native\n"; INFILE wants data only
-                    chunk = chunk[chunk.index(b"\n") + 1 :]
-                    first = False
-                out.write(chunk)
-        except Exception as exc:  # the encoder raises whatever a bad value provokes
-            errors.append(exc)
-        if errors:
-            raise WarehouseError(f"insert into {table}: cannot encode rows: {errors[0]!r}") from errors[0]
+
+def encode_native(
+    table: str, target: str, columns: Sequence[str], types: Mapping[str, str], rows: Sequence[Sequence[Any]], out: Any
+) -> None:
+    """Write ``rows`` as ClickHouse Native data (no statement) into the file ``out``; a Python
+    value that does not fit its column -> WarehouseError."""
+    context = InsertContext(target, list(columns), [get_from_name(types[c]) for c in columns], data=rows, server_tz=UTC)
+    errors: list[Exception] = []
+    first = True
+    try:
+        for chunk in NativeTransform.build_insert(context, errors.append):
+            if errors:
+                break
+            if first:  # the body starts "INSERT INTO ... FORMAT Native\n"; INFILE wants data only
+                chunk = chunk[chunk.index(b"\n") + 1 :]
+                first = False
+            out.write(chunk)
+    except Exception as exc:  # the encoder raises whatever a bad value provokes
+        errors.append(exc)
+    if errors:
+        raise WarehouseError(f"insert into {table}: cannot encode rows: {errors[0]!r}") from errors[0]
+
+
+class NativeFileWriter:
+    """Encodes inserts for an embedded warehouse in another process: the table's column types
+    are given (asked of the warehouse by its owner), the rows checked and encoded as
+    :meth:`ChdbWarehouse.insert` does, and the owner loads the file
+    (:meth:`ChdbWarehouse.insert_native_file`)."""
+
+    def __init__(self, types: Mapping[str, Mapping[str, str]]) -> None:
+        self._types = {table: dict(columns) for table, columns in types.items()}
+
+    def write(self, table: str, columns: Sequence[str], rows: Sequence[Sequence[Any]], out: Any) -> None:
+        types = self._types.get(table)
+        if types is None:
+            raise WarehouseError(f"insert into {table}: no column types for it")
+        unknown = [c for c in columns if c not in types]
+        if unknown:
+            raise WarehouseError(f"insert into {table}: unknown columns {unknown}")
+        encode_native(table, qualified_table(table), columns, types, rows, out)
