@@ -14,7 +14,8 @@ Once both hold every instance, each kind of query below runs ``--repeat`` times 
 drawn from the data (the same draws for both), over HTTP (httpx, one keep-alive connection;
 CAMI with a bearer token, and each CAMI request appends its RecordAccessed event before
 answering) and over DICOM (pynetdicom, Study Root C-FIND on one open association, its standard
-log handlers off as findscu formats nothing). Result
+log handlers off as findscu formats nothing, and its polling sleeps replaced by waits as in
+CAMI's own SCUs: ``ingest/netio.py``). Result
 counts are compared between the two archives, so both answer the same question.
 
 **Growth.** CAMI alone on a synthetic query model of ``--synthetic-studies`` studies x
@@ -62,6 +63,7 @@ from rich.table import Table  # noqa: E402
 
 from api.auth import add_user  # noqa: E402
 from api.config import Settings  # noqa: E402
+from ingest import netio  # noqa: E402
 from projections.archive_index.fold import INSTANCES  # noqa: E402
 from projections.query_model.store import QueryStore, open_query_store  # noqa: E402
 from streams.processing import Row  # noqa: E402
@@ -375,6 +377,11 @@ def associate(target: Target) -> Any:
     # the client formats nothing it sends or receives (as findscu): pynetdicom's standard handlers
     # would format every PDU and message of both archives' answers in this process
     pynetdicom_config.LOG_HANDLER_LEVEL = "none"
+    # and, like findscu, it does not sleep between looks at its socket: stock pynetdicom's two
+    # 1 ms polling sleeps per association thread would add a few ms to every response of either
+    # archive (most of a C-FIND's time at 10-100 matches), so the client waits as CAMI's own
+    # SCUs do (ingest/netio.py)
+    netio.install()
     ae = AE(ae_title=BENCH_AE)
     ae.add_requested_context(STUDY_ROOT_FIND)
     assoc = ae.associate("127.0.0.1", target.dicom_port, ae_title=target.called_ae)

@@ -1,13 +1,15 @@
 """Rebuild throughput: every projection replayed from offset 0, per event-log backend.
 
-    python bench/replay.py [--events 1000000] [--kafka] [--bootstrap HOST:PORT] [--json]
+    python bench/replay.py [--events 1000000] [--kafka] [--bootstrap HOST:PORT] [--lanes 0,2] [--json]
 
 Builds N synthetic events (InstanceReceived-heavy, like a real archive: per study ~60-250
 instances in 1-4 series, plus a transfer queued/started/completed, a report drafted and signed
 and an access), appends them to the embedded log (SQLite, in a temporary directory) and, with
 ``--kafka``, to a Kafka broker (started on loopback by infra/kafka.sh unless ``--bootstrap``),
 then runs ``cami replay``'s :func:`rebuild` of *all registered projections* into embedded
-ClickHouse (chdb) and prints events/s.
+ClickHouse (chdb) and prints events/s: once per ``--lanes`` count, 0 meaning in this one
+process, N meaning N worker processes over shares of the log's partitions plus one for the query
+model (:mod:`projections.replay_lanes`).
 
 Anchor (measured in the same run, on the same backend): reading and decoding every event from
 offset 0 with nothing applied or written. The ratio says what the projections and ClickHouse
@@ -43,6 +45,7 @@ from projections.query_model.fold import QueryModel  # noqa: E402
 from projections.query_model.store import QueryModelSink, SqliteQueryStore  # noqa: E402
 from projections.registry import build  # noqa: E402
 from projections.replay import rebuild  # noqa: E402
+from projections.replay_lanes import Lanes  # noqa: E402
 from projections.warehouse import open_warehouse  # noqa: E402
 from schemas.codec import decode, encode  # noqa: E402
 from schemas.events import Actor, new_event  # noqa: E402
@@ -237,7 +240,14 @@ def read_decode(log: EventLog, topics: list[str]) -> tuple[int, float]:
     return n, time.perf_counter() - start
 
 
-def measure(name: str, log: EventLog, warehouse_url: str, events: list[tuple[str, bytes, bytes]]) -> dict[str, Any]:
+def measure(
+    name: str,
+    log_url: str,
+    log: EventLog,
+    warehouse_url: str,
+    events: list[tuple[str, bytes, bytes]],
+    lane_counts: list[int],
+) -> list[dict[str, Any]]:
     log.ensure_topics(archive_topics(PARTITIONS))
     console.print(f"[{name}] appending {len(events):,} events…")
     append_s = append_all(log, events)
@@ -245,23 +255,31 @@ def measure(name: str, log: EventLog, warehouse_url: str, events: list[tuple[str
     topics = list(dict.fromkeys(t for p in processors for t in p.topics))
     console.print(f"[{name}] anchor: read + decode from offset 0…")
     anchor_n, anchor_s = read_decode(log, topics)
-    console.print(f"[{name}] rebuilding {', '.join(p.name for p in processors)}…")
-    with open_warehouse(warehouse_url) as warehouse, tempfile.TemporaryDirectory(prefix="cami-bench-qm-") as tmp:
-        store = SqliteQueryStore(Path(tmp) / "query.db")  # the query model's own store
-        own = {p.name: QueryModelSink(store, warehouse) for p in processors if isinstance(p, QueryModel)}
-        result = rebuild(log, warehouse, processors, batch_size=20_000, align=False, own_sinks=own)
-        store.close()
-    return {
-        "backend": f"{name} log + chdb",
-        "events": result.events,
-        "projections": result.projections,
-        "append_events_per_s": round(len(events) / append_s),
-        "anchor_read_decode_events_per_s": round(anchor_n / anchor_s),
-        "rebuild_seconds": round(result.seconds, 1),
-        "rebuild_events_per_s": round(result.events_per_second),
-        "ratio_to_anchor": round(result.events_per_second / (anchor_n / anchor_s), 3),
-        "table_rows": result.table_rows,
-    }
+    results = []
+    for lanes in lane_counts:
+        how = f"{lanes} lanes" if lanes else "in one process"
+        console.print(f"[{name}] rebuilding {', '.join(p.name for p in processors)} {how}…")
+        with tempfile.TemporaryDirectory(prefix="cami-bench-qm-") as tmp, open_warehouse(warehouse_url) as warehouse:
+            store = SqliteQueryStore(Path(tmp) / "query.db")  # the query model's own store
+            own = {p.name: QueryModelSink(store, warehouse) for p in processors if isinstance(p, QueryModel)}
+            plan = Lanes(log_url, warehouse_url, lanes, query_store_url=f"sqlite://{tmp}/query.db") if lanes else None
+            result = rebuild(log, warehouse, build(), batch_size=20_000, align=False, own_sinks=own, lanes=plan)
+            store.close()
+        results.append(
+            {
+                "backend": f"{name} log + chdb",
+                "lanes": lanes,
+                "events": result.events,
+                "projections": result.projections,
+                "append_events_per_s": round(len(events) / append_s),
+                "anchor_read_decode_events_per_s": round(anchor_n / anchor_s),
+                "rebuild_seconds": round(result.seconds, 1),
+                "rebuild_events_per_s": round(result.events_per_second),
+                "ratio_to_anchor": round(result.events_per_second / (anchor_n / anchor_s), 3),
+                "table_rows": result.table_rows,
+            }
+        )
+    return results
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -269,8 +287,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--events", type=int, default=1_000_000)
     parser.add_argument("--kafka", action="store_true", help="also on Kafka (a broker is started unless --bootstrap)")
     parser.add_argument("--bootstrap", help="use this Kafka broker instead of starting one")
+    parser.add_argument(
+        "--lanes",
+        default="0,2",
+        help="rebuild with these numbers of lanes (worker processes; 0: in one process), comma-separated",
+    )
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args(argv)
+    lane_counts = [int(n) for n in args.lanes.split(",")]
 
     start = time.perf_counter()
     events = make_events(args.events)
@@ -283,7 +307,7 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="cami-bench-replay-") as tmp:
         warehouse_url = f"chdb://{tmp}/clickhouse"  # one chdb directory per process: shared, rebuilt each time
         with open_event_log(f"sqlite://{tmp}/events.db") as log:
-            results.append(measure("embedded", log, warehouse_url, events))
+            results += measure("embedded", f"sqlite://{tmp}/events.db", log, warehouse_url, events, lane_counts)
         if args.kafka or args.bootstrap:
             server = None
             bootstrap = args.bootstrap
@@ -295,7 +319,7 @@ def main(argv: list[str] | None = None) -> int:
                 bootstrap = server.bootstrap
             try:
                 with open_event_log(f"kafka://{bootstrap}") as log:
-                    results.append(measure("kafka", log, warehouse_url, events))
+                    results += measure("kafka", f"kafka://{bootstrap}", log, warehouse_url, events, lane_counts)
             finally:
                 if server is not None:
                     server.stop()
@@ -305,6 +329,7 @@ def main(argv: list[str] | None = None) -> int:
     table = Table(title=f"Rebuild of all projections from offset 0 ({len(events):,} events)")
     for col in (
         "backend",
+        "lanes",
         "projections",
         "append ev/s",
         "anchor: read+decode ev/s",
@@ -316,6 +341,7 @@ def main(argv: list[str] | None = None) -> int:
     for r in results:
         table.add_row(
             r["backend"],
+            str(r["lanes"] or "-"),
             ", ".join(r["projections"]),
             f"{r['append_events_per_s']:,}",
             f"{r['anchor_read_decode_events_per_s']:,}",

@@ -41,6 +41,13 @@ def register(subparsers: Any) -> None:
         help="projection to rebuild (repeatable; 'all' or none given: every projection)",
     )
     p.add_argument("--batch-size", type=count(1), default=DEFAULT_BATCH, help="events per write (default %(default)s)")
+    p.add_argument(
+        "--lanes",
+        type=count(0),
+        default=0,
+        help="read, decode and fold in this many worker processes, each over a share of the log's "
+        "partitions (0: in this process; default %(default)s)",
+    )
     p.add_argument("--json", action="store_true", help="print the result as JSON on stdout")
     p.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None, help="draw a progress bar")
     p.set_defaults(func=cmd_replay)
@@ -61,7 +68,8 @@ def cmd_replay(args: argparse.Namespace) -> int:
 
     from api.bootstrap import bootstrap
     from api.config import Settings
-    from projections.registry import PROJECTIONS
+    from projections.registry import PROJECTIONS, ProjectionConfig
+    from projections.replay_lanes import Lanes
 
     console = Console(stderr=True, force_terminal=True if args.progress else None)
     names = tuple(n for n in (args.projection or ()) if n != "all")
@@ -69,7 +77,8 @@ def cmd_replay(args: argparse.Namespace) -> int:
     if unknown:
         console.print(f"cami replay: unknown projection(s) {', '.join(unknown)}; known: {', '.join(PROJECTIONS)}")
         return 2
-    archive = bootstrap(Settings.from_env())
+    settings = Settings.from_env()
+    archive = bootstrap(settings)
     try:
         processors = archive.processors(names)
         try:
@@ -114,6 +123,15 @@ def cmd_replay(args: argparse.Namespace) -> int:
                 on_start=start,
                 on_progress=advance,
                 own_sinks=archive.own_sinks(processors),
+                lanes=Lanes(
+                    settings.event_log_url,
+                    settings.warehouse_url,
+                    args.lanes,
+                    ProjectionConfig(pseudonym_key=settings.pseudonym_key),
+                    settings.query_store_url,
+                )
+                if args.lanes
+                else None,
             )
     finally:
         archive.close()

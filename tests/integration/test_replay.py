@@ -285,6 +285,14 @@ def test_cami_replay_command(tmp_path: Path) -> None:
     assert human.returncode == 0, human.stderr
     assert f"{len(events)} events" in human.stdout
 
+    # in worker processes: the same tables, the same counts
+    laned = cami("replay", "--lanes", "2", "--json")
+    assert laned.returncode == 0, laned.stderr
+    in_lanes = json.loads(laned.stdout)
+    assert in_lanes["events"] == len(events)
+    assert in_lanes["table_rows"]["event_catalogue"] == len(events)
+    assert in_lanes["table_rows"]["qm_studies"] == 4
+
     wrong = cami("replay", "--projection", "no-such-thing")
     assert wrong.returncode == 2
     assert "unknown projection" in wrong.stderr
