@@ -38,31 +38,25 @@ and is redelivered). After the rebuild the live group is *aligned*:
 
 from __future__ import annotations
 
-import logging
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from projections import dead_letters
-from projections.replay_lanes import QUERY_MODEL_LANE, LaneReport, Lanes, run_lanes
+from projections.replay_lanes import QUERY_MODEL_LANE, LaneReport, Lanes, apply_with_retries, run_lanes
 from projections.sinks import WarehouseSink
 from projections.warehouse import Warehouse, WarehouseError
 from streams.log import EventLog, Record
 from streams.processing import (
-    SETTLE_AFTER,
     DeadLetter,
     Processor,
     Row,
     Sink,
     Source,
-    backoff,
     decode_records,
-    deliver_decoded,
     group_id,
 )
-
-log = logging.getLogger("cami.replay")
 
 #: events read, decoded and written per step (one insert per table per step)
 DEFAULT_BATCH = 5_000
@@ -241,25 +235,7 @@ def _apply(
     decoded, undecodable = decode_records([(Source(r.topic, r.partition, r.offset, r.value), r.value) for r in records])
     result.undecodable += len(undecodable)
     for processor in processors:
-        failures = 0
-        while True:
-            try:
-                # no prepare: the rebuilt tables start empty, the processor's state with them
-                done = deliver_decoded(
-                    processor,
-                    sinks[processor.name],
-                    decoded,
-                    undecodable,
-                    settle=failures >= SETTLE_AFTER,
-                    prepare=False,
-                )
-                break
-            except Exception as exc:
-                failures += 1
-                if failures > SETTLE_AFTER:
-                    raise
-                log.warning("replay %s: batch not applied (%s); retrying", processor.name, exc)
-                time.sleep(backoff(failures))
+        done = apply_with_retries(processor, sinks[processor.name], decoded, undecodable)
         for row in done.rows:
             result.rows_written[row.table] = result.rows_written.get(row.table, 0) + 1
         if done.dead_letters:

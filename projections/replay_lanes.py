@@ -46,9 +46,11 @@ from projections.registry import ProjectionConfig, build
 from projections.sinks import WarehouseSink
 from projections.warehouse import Warehouse, WarehouseError, open_warehouse
 from projections.warehouse.chdb_backend import ChdbWarehouse, NativeFileWriter
+from schemas.events import Event
 from streams import open_event_log
 from streams.processing import (
     SETTLE_AFTER,
+    BatchResult,
     Processor,
     Sink,
     Source,
@@ -149,36 +151,36 @@ class ShippingWarehouse(Warehouse):
         return shipped
 
 
-def run_lane(
-    name: str,
-    lanes: Lanes,
-    share: dict[str, dict[int, int]],
-    projections: tuple[str, ...],
-    types: dict[str, dict[str, str]],
-    directory: str,
-    batch_size: int,
-    reports: Any,
-) -> None:
-    """A lane's process: scan ``share``, apply ``projections``, report each step (see module doc)."""
+@dataclass(frozen=True)
+class LaneTask:
+    """One lane's work, handed to its process."""
+
+    name: str
+    lanes: Lanes
+    #: the slots it reads, up to the rebuild's target (the shape :meth:`EventLog.scan` takes)
+    share: dict[str, dict[int, int]]
+    projections: tuple[str, ...]
+    #: column types of the warehouse tables, for a lane that ships its inserts
+    types: dict[str, dict[str, str]]
+    #: where a shipping lane leaves its Native files
+    directory: str
+    batch_size: int
+
+
+def run_lane(task: LaneTask, reports: Any) -> None:
+    """A lane's process: scan its share, apply its projections, report each step (see module doc)."""
     try:
-        for report in _lane_steps(name, lanes, share, projections, types, directory, batch_size):
+        for report in _lane_steps(task):
             reports.put(report)
-        reports.put(LaneReport(name, done=True))
+        reports.put(LaneReport(task.name, done=True))
     except BaseException as exc:  # the parent fails the rebuild with it
-        reports.put(LaneReport(name, done=True, error=f"{exc!r}\n{traceback.format_exc()}"))
+        reports.put(LaneReport(task.name, done=True, error=f"{exc!r}\n{traceback.format_exc()}"))
 
 
-def _lane_steps(
-    name: str,
-    lanes: Lanes,
-    share: dict[str, dict[int, int]],
-    projections: tuple[str, ...],
-    types: dict[str, dict[str, str]],
-    directory: str,
-    batch_size: int,
-) -> Iterator[LaneReport]:
-    processors = build(projections, lanes.config)
-    shipping = ShippingWarehouse(types, directory) if lanes.warehouse_url.startswith("chdb:") else None
+def _lane_steps(task: LaneTask) -> Iterator[LaneReport]:
+    lanes = task.lanes
+    processors = build(task.projections, lanes.config)
+    shipping = ShippingWarehouse(task.types, task.directory) if lanes.warehouse_url.startswith("chdb:") else None
     warehouse: Warehouse = shipping if shipping is not None else open_warehouse(lanes.warehouse_url)
     store: QueryStore | None = None
     sinks: dict[str, Sink] = {}
@@ -190,14 +192,18 @@ def _lane_steps(
             sinks[processor.name] = WarehouseSink(warehouse)  # the parent created the tables
     event_log = open_event_log(lanes.event_log_url)
     try:
-        for records in event_log.scan(share, batch_size):
-            report = LaneReport(name, events=len(records))
+        for records in event_log.scan(task.share, task.batch_size):
+            report = LaneReport(task.name, events=len(records))
             decoded, undecodable = decode_records(
                 [(Source(r.topic, r.partition, r.offset, r.value), r.value) for r in records]
             )
             report.undecodable = len(undecodable)
             for processor in processors:
-                apply_with_retries(processor, sinks[processor.name], decoded, undecodable, report)
+                done = apply_with_retries(processor, sinks[processor.name], decoded, undecodable)
+                for row in done.rows:
+                    report.rows[row.table] = report.rows.get(row.table, 0) + 1
+                if done.dead_letters:
+                    report.dead_letters[processor.name] = len(done.dead_letters)
             if shipping is not None:
                 report.inserts = shipping.take()
             yield report
@@ -212,30 +218,25 @@ def _lane_steps(
 def apply_with_retries(
     processor: Processor,
     sink: Sink,
-    decoded: Sequence[Any],
+    decoded: Sequence[tuple[Event, Source]],
     undecodable: Sequence[tuple[Source, str]],
-    report: LaneReport,
-) -> None:
-    """One projection over one step of a rebuild, as the sequential rebuild does it: an outage
-    is retried with backoff a few times, then fails the rebuild; a bad event becomes a dead letter."""
+) -> BatchResult:
+    """One projection over one step of a rebuild (in a lane or in the rebuilding process): an
+    outage is retried with backoff a few times, then fails the rebuild; a bad event becomes a
+    dead letter (:func:`streams.processing.deliver_decoded`)."""
     failures = 0
     while True:
         try:
             # no prepare: the rebuilt tables start empty, the processor's state with them
-            done = deliver_decoded(
+            return deliver_decoded(
                 processor, sink, decoded, undecodable, settle=failures >= SETTLE_AFTER, prepare=False
             )
-            break
         except Exception as exc:
             failures += 1
             if failures > SETTLE_AFTER:
                 raise
             log.warning("replay %s: batch not applied (%s); retrying", processor.name, exc)
             time.sleep(backoff(failures))
-    for row in done.rows:
-        report.rows[row.table] = report.rows.get(row.table, 0) + 1
-    if done.dead_letters:
-        report.dead_letters[processor.name] = report.dead_letters.get(processor.name, 0) + len(done.dead_letters)
 
 
 def run_lanes(
@@ -269,7 +270,7 @@ def run_lanes(
         workers = [
             context.Process(
                 target=run_lane,
-                args=(name, lanes, share, names, types, directory, batch_size, reports),
+                args=(LaneTask(name, lanes, share, names, types, directory, batch_size), reports),
                 name=f"cami-replay-{name}",
                 daemon=True,
             )
