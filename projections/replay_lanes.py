@@ -37,7 +37,7 @@ import time
 import traceback
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from projections import dead_letters
 from projections.query_model.fold import QueryModel
@@ -45,7 +45,6 @@ from projections.query_model.store import QueryModelSink, QueryStore, open_query
 from projections.registry import ProjectionConfig, build
 from projections.sinks import WarehouseSink
 from projections.warehouse import Warehouse, WarehouseError, open_warehouse
-from projections.warehouse.chdb_backend import ChdbWarehouse, NativeFileWriter
 from schemas.events import Event
 from streams import open_event_log
 from streams.processing import (
@@ -58,6 +57,9 @@ from streams.processing import (
     decode_records,
     deliver_decoded,
 )
+
+if TYPE_CHECKING:
+    from projections.warehouse.chdb_backend import ChdbWarehouse
 
 log = logging.getLogger("cami.replay")
 
@@ -122,6 +124,8 @@ class ShippingWarehouse(Warehouse):
     backend = "chdb-lane"
 
     def __init__(self, types: Mapping[str, Mapping[str, str]], directory: str) -> None:
+        from projections.warehouse.chdb_backend import NativeFileWriter  # chdb: only where it is used
+
         self._writer = NativeFileWriter(types)
         self._directory = directory
         self.shipped: list[tuple[str, list[str], str]] = []
@@ -254,8 +258,9 @@ def run_lanes(
     in_warehouse = tuple(p.name for p in processors if p.name not in own)
     tables = [t for p in processors if p.name not in own for t in getattr(p, "tables", ())]
     types: dict[str, dict[str, str]] = {}
-    if isinstance(warehouse, ChdbWarehouse):  # the lanes encode what the parent loads
-        types = {t: warehouse.column_types(t) for t in (*tables, dead_letters.TABLE)}
+    embedded = _embedded(warehouse)
+    if embedded is not None:  # the lanes encode what the parent loads
+        types = {t: embedded.column_types(t) for t in (*tables, dead_letters.TABLE)}
     context = multiprocessing.get_context("spawn")  # no fork: the parent runs chdb's threads
     reports: Any = context.Queue(maxsize=IN_FLIGHT * (lanes.lanes + 1))
     plans: list[tuple[str, dict[str, dict[int, int]], tuple[str, ...]]] = []
@@ -306,13 +311,14 @@ def _load(warehouse: Warehouse, inserts: Sequence[tuple[str, list[str], str]]) -
     """Load a lane's shipped inserts into the embedded warehouse, in the order they were made."""
     if not inserts:
         return
-    if not isinstance(warehouse, ChdbWarehouse):
+    embedded = _embedded(warehouse)
+    if embedded is None:
         raise WarehouseError(f"a lane shipped inserts but the warehouse is {warehouse.backend}")
     for table, columns, path in inserts:
         failures = 0
         while True:
             try:
-                warehouse.insert_native_file(table, columns, path)
+                embedded.insert_native_file(table, columns, path)
                 break
             except WarehouseError as exc:
                 failures += 1
@@ -321,3 +327,13 @@ def _load(warehouse: Warehouse, inserts: Sequence[tuple[str, list[str], str]]) -
                 log.warning("replay: loading %s failed (%s); retrying", table, exc)
                 time.sleep(backoff(failures))
         os.unlink(path)
+
+
+def _embedded(warehouse: Warehouse) -> ChdbWarehouse | None:
+    """The warehouse as embedded ClickHouse, or None. chdb is imported only when the warehouse is
+    one (every ``cami`` command imports this module; loading chdb costs ~240 MB of memory)."""
+    if warehouse.backend != "chdb":
+        return None
+    from projections.warehouse.chdb_backend import ChdbWarehouse
+
+    return warehouse if isinstance(warehouse, ChdbWarehouse) else None
