@@ -305,6 +305,10 @@ def run_lanes(
                 if worker.is_alive():
                     worker.terminate()
                 worker.join(timeout=10)
+            # its pipe now, not whenever the collector gets to it: a descriptor freed later, in
+            # the middle of other work, is a surprise (and the lowest number, reused next)
+            reports.close()
+            reports.join_thread()
 
 
 def _load(warehouse: Warehouse, inserts: Sequence[tuple[str, list[str], str]]) -> None:

@@ -9,6 +9,7 @@ echoscu and storescu, and a pynetdicom SCU in this same process, must still succ
 
 from __future__ import annotations
 
+import gc
 import os
 import resource
 import subprocess
@@ -31,6 +32,7 @@ def crowded() -> Iterator[None]:
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     if soft < 4096:
         resource.setrlimit(resource.RLIMIT_NOFILE, (min(4096, hard), hard))
+    gc.collect()  # descriptors only garbage still holds are closed now, not below the crowd later
     held = [os.open(os.devnull, os.O_RDONLY) for _ in range(EXTRA_DESCRIPTORS)]
     assert max(held) >= 1024  # the next sockets will be numbered above select()'s limit
     try:
