@@ -18,6 +18,7 @@ from ingest.tls import TlsConfigError, server_context
 from projections.changes import ChangeNotifier
 from projections.query_model.fold import QueryModel
 from projections.query_model.store import QueryModelSink, QueryStore, open_query_store
+from projections.rebuild_online import OnlineRebuilds
 from projections.registry import ProjectionConfig, build
 from projections.sinks import WarehouseSink
 from projections.warehouse import Warehouse, open_warehouse
@@ -38,6 +39,7 @@ class Archive:
     _query_store: QueryStore | None = field(default=None, repr=False)
     _sop_index: SopIndex | None = field(default=None, repr=False)
     _ingestor: Ingestor | None = field(default=None, repr=False)
+    _rebuilds: OnlineRebuilds | None = field(default=None, repr=False)
     #: this archive's Prometheus metrics (its own registry), served at /metrics
     metrics: ArchiveMetrics = field(default_factory=ArchiveMetrics, repr=False)
     #: signalled after the monitoring projection writes in this process (the dashboard's live stream)
@@ -138,6 +140,13 @@ class Archive:
         if self._query_store is None:
             self._query_store = open_query_store(self.settings.query_store_url)
         return self._query_store
+
+    @property
+    def rebuilds(self) -> OnlineRebuilds:
+        """Rebuilds while serving, in this process (which owns the warehouse and the query store)."""
+        if self._rebuilds is None:
+            self._rebuilds = OnlineRebuilds(self.event_log, lambda: self.warehouse, self.processors, self.own_sinks)
+        return self._rebuilds
 
     def processors(self, names: Sequence[str] = ()) -> list[Processor]:
         return build(tuple(names), ProjectionConfig(pseudonym_key=self.settings.pseudonym_key))

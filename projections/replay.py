@@ -118,8 +118,17 @@ class OwnStoreSink(Protocol):
     def counts(self) -> dict[str, int]:
         """Rows per table."""
 
+    def shadow(self) -> OwnStoreSink:
+        """A sink into a new, empty store beside this one (a rebuild while serving)."""
 
-def _declared(processor: Processor, attribute: str) -> tuple[str, ...]:
+    def swap_in(self, rebuilt: Any) -> None:  # Any: each store swaps in only its own kind of shadow
+        """Make this sink's store hold what ``rebuilt`` (its :meth:`shadow`) holds, then discard it."""
+
+    def discard(self) -> None:
+        """Close the store and delete what it holds (an abandoned shadow)."""
+
+
+def declared(processor: Processor, attribute: str) -> tuple[str, ...]:
     value = getattr(processor, attribute, None)
     if not value:
         raise ValueError(f"projection {processor.name!r} declares no {attribute}; it cannot be rebuilt")
@@ -147,8 +156,8 @@ def rebuild(
     started = time.perf_counter()
     result = RebuildResult([p.name for p in processors])
     own = {p.name: own_sinks[p.name] for p in processors if own_sinks and p.name in own_sinks}
-    tables = {p.name: _declared(p, "tables") for p in processors if p.name not in own}
-    ddl = {p.name: _declared(p, "ddl") for p in processors if p.name not in own}
+    tables = {p.name: declared(p, "tables") for p in processors if p.name not in own}
+    ddl = {p.name: declared(p, "ddl") for p in processors if p.name not in own}
     sinks: dict[str, Sink] = {}
     for processor in processors:
         if processor.name in own:
@@ -171,23 +180,9 @@ def rebuild(
     if lanes is not None:
         _rebuild_in_lanes(warehouse, processors, own, lanes, batch_size, on_progress, result)
     else:
-        readers = {t: [p for p in processors if t in p.topics] for t in topics}
-        for records in event_log.scan(result.ends, batch_size):
-            by_topic: dict[str, list[Record]] = {}
-            for record in records:
-                by_topic.setdefault(record.topic, []).append(record)
-            for topic, topic_records in by_topic.items():
-                _apply(topic_records, readers[topic], sinks, result)
-            result.events += len(records)
-            if on_progress is not None:
-                on_progress(len(records))
+        apply_scan(event_log, {}, result.ends, processors, sinks, result, batch_size, on_progress)
 
-    for processor in processors:
-        if processor.name in own:
-            result.table_rows.update(own[processor.name].counts())
-            continue
-        for table in tables[processor.name]:
-            result.table_rows[table] = _count(warehouse, table)
+    result.table_rows.update(table_rows(warehouse, processors, own, tables))
     if align:
         result.aligned_groups = align_embedded_groups(event_log, processors, result.ends)
     result.seconds = time.perf_counter() - started
@@ -222,7 +217,33 @@ def _rebuild_in_lanes(
     run_lanes(warehouse, processors, own, result.ends, lanes, batch_size, counted)
 
 
-def _apply(
+def apply_scan(
+    event_log: EventLog,
+    starts: Mapping[str, Mapping[int, int]],
+    ends: Mapping[str, Mapping[int, int]],
+    processors: Sequence[Processor],
+    sinks: Mapping[str, Sink],
+    result: RebuildResult,
+    batch_size: int,
+    on_progress: Callable[[int], None] | None = None,
+) -> None:
+    """Apply every event from ``starts`` (default offset 0) to ``ends`` to the projections reading
+    its topic, batch by batch, counting into ``result``; ``on_progress(n)`` after each batch."""
+    readers: dict[str, list[Processor]] = {}
+    for records in event_log.scan(ends, batch_size, starts=starts):
+        by_topic: dict[str, list[Record]] = {}
+        for record in records:
+            by_topic.setdefault(record.topic, []).append(record)
+        for topic, topic_records in by_topic.items():
+            if topic not in readers:
+                readers[topic] = [p for p in processors if topic in p.topics]
+            apply_records(topic_records, readers[topic], sinks, result)
+        result.events += len(records)
+        if on_progress is not None:
+            on_progress(len(records))
+
+
+def apply_records(
     records: Sequence[Record],
     processors: Sequence[Processor],
     sinks: Mapping[str, Sink],
@@ -242,7 +263,23 @@ def _apply(
             result.dead_letters[processor.name] = result.dead_letters.get(processor.name, 0) + len(done.dead_letters)
 
 
-def _count(warehouse: Warehouse, table: str) -> int:
+def table_rows(
+    warehouse: Warehouse,
+    processors: Sequence[Processor],
+    own: Mapping[str, OwnStoreSink],
+    tables: Mapping[str, Sequence[str]],
+) -> dict[str, int]:
+    """Rows in each rebuilt table (own stores count their own)."""
+    rows: dict[str, int] = {}
+    for processor in processors:
+        if processor.name in own:
+            rows.update(own[processor.name].counts())
+        else:
+            rows.update({table: count_rows(warehouse, table) for table in tables[processor.name]})
+    return rows
+
+
+def count_rows(warehouse: Warehouse, table: str) -> int:
     try:
         return int(warehouse.query(f"SELECT count() FROM {table} FINAL").scalar())
     except WarehouseError:  # an engine without FINAL (plain MergeTree) has nothing to collapse

@@ -38,6 +38,8 @@ class Action(StrEnum):
     REPORT_TRANSFERS = "report-transfers"
     #: ask a hospital's agent for a patient's or a study's full set (a full-import request)
     REQUEST_TRANSFERS = "request-transfers"
+    #: rebuild read models from the event log while the archive keeps serving
+    REBUILD = "rebuild"
 
 
 #: role -> what it may do. An analyst works in ClickHouse on pseudonymised tables and may do
@@ -67,6 +69,7 @@ POLICY: Final = MappingProxyType(
                 Action.MONITOR,
                 Action.AUDIT,
                 Action.REQUEST_TRANSFERS,
+                Action.REBUILD,
             }
         ),
         "modality": frozenset({Action.STORE}),

@@ -251,15 +251,25 @@ class KafkaEventLog(EventLog):
             self._reader_at = (topic, partition, out[-1].offset + 1) if out else None
             return out
 
-    def scan(self, ends: Mapping[str, Mapping[int, int]], batch_size: int = 1000) -> Iterator[list[Record]]:
+    def scan(
+        self,
+        ends: Mapping[str, Mapping[int, int]],
+        batch_size: int = 1000,
+        starts: Mapping[str, Mapping[int, int]] | None = None,
+    ) -> Iterator[list[Record]]:
         """All partitions assigned at once and streamed to their ends (one fetch pipeline instead
         of a seek per read)."""
-        pending = {(t, p): end for t, per_partition in ends.items() for p, end in per_partition.items() if end > 0}
+        first = {
+            (t, p): (starts or {}).get(t, {}).get(p, 0) for t, per_partition in ends.items() for p in per_partition
+        }
+        pending = {
+            (t, p): end for t, per_partition in ends.items() for p, end in per_partition.items() if end > first[(t, p)]
+        }
         if not pending:
             return
         scanner = self._group_consumer(f"cami-scan-{uuid.uuid4()}")
         try:
-            scanner.assign([TopicPartition(t, p, 0) for t, p in pending])
+            scanner.assign([TopicPartition(t, p, first[(t, p)]) for t, p in pending])
             idle_since = time.monotonic()
             while pending:
                 batch = []

@@ -165,10 +165,21 @@ class EventLog(abc.ABC):
     def close(self) -> None:
         """Flush what is pending and release resources."""
 
-    def scan(self, ends: Mapping[str, Mapping[int, int]], batch_size: int = 1000) -> Iterator[list[Record]]:
-        """Every record from offset 0 up to (not including) ``ends`` (per topic, per partition),
-        in batches, each partition in offset order; no consumer group (rebuilds, audits)."""
-        positions = {(t, p): 0 for t, per_partition in ends.items() for p, end in per_partition.items() if end > 0}
+    def scan(
+        self,
+        ends: Mapping[str, Mapping[int, int]],
+        batch_size: int = 1000,
+        starts: Mapping[str, Mapping[int, int]] | None = None,
+    ) -> Iterator[list[Record]]:
+        """Every record from ``starts`` (per topic, per partition; default offset 0) up to (not
+        including) ``ends``, in batches, each partition in offset order; no consumer group
+        (rebuilds, audits)."""
+        positions = {
+            (t, p): _start(starts, t, p)
+            for t, per_partition in ends.items()
+            for p, end in per_partition.items()
+            if end > _start(starts, t, p)
+        }
         while positions:
             for slot in list(positions):  # round-robin: no partition waits for another
                 topic, partition = slot
@@ -195,3 +206,7 @@ class EventLog(abc.ABC):
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def _start(starts: Mapping[str, Mapping[int, int]] | None, topic: str, partition: int) -> int:
+    return starts.get(topic, {}).get(partition, 0) if starts else 0

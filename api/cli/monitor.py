@@ -31,6 +31,7 @@ from rich.table import Table
 from rich.text import Text
 
 from api.cli.output import console, out, print_json
+from api.cli.remote import default_url, read_token
 
 DASHBOARD_PATH = "/api/monitoring/dashboard"
 STREAM_PATH = "/api/monitoring/stream"
@@ -63,34 +64,16 @@ def register(subparsers: Any) -> None:
     p.set_defaults(func=cmd_monitor)
 
 
-def _default_url() -> str:
-    from api.config import Settings
-
-    settings = Settings.from_env()
-    host = settings.http_host
-    if host in ("0.0.0.0", "::", ""):  # listening everywhere: this machine answers on loopback
-        host = "127.0.0.1"
-    if ":" in host:
-        host = f"[{host}]"
-    return f"{'https' if settings.http_tls else 'http'}://{host}:{settings.http_port}"
-
-
-def _token(path: Path) -> str | None:
-    text = sys.stdin.read() if str(path) == "-" else path.read_text(encoding="utf-8")
-    token = text.strip()
-    return token or None
-
-
 def cmd_monitor(args: argparse.Namespace) -> int:
     try:
-        token = _token(args.token_file)
+        token = read_token(args.token_file)
     except OSError as exc:
         sys.stderr.write(f"cami monitor: cannot read the token file: {exc}\n")
         return 2
     if token is None:
         sys.stderr.write("cami monitor: the token file is empty\n")
         return 2
-    url = (args.url or _default_url()).rstrip("/")
+    url = (args.url or default_url()).rstrip("/")
     client = httpx.Client(
         base_url=url,
         headers={"Authorization": f"Bearer {token}", "Accept": "application/json"},

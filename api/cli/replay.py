@@ -6,7 +6,13 @@ The engine (what a rebuild does, dead letters, live processors' offsets) is
 In embedded mode the ClickHouse directory (chdb) is locked by the process that owns it, so a
 running ``cami serve``/``cami workers`` must be stopped first (the command says so if it is not).
 
-Exit codes: 0 rebuilt; 1 failed (the tables may be partly rebuilt: run it again); 2 usage error.
+``--online`` rebuilds while the archive keeps serving instead: the running ``cami serve`` (which
+owns the tables) rebuilds into shadow tables and swaps them in (:mod:`projections.rebuild_online`);
+this command asks it to over HTTP (``POST /api/rebuilds``, an administrator's token) and follows
+its progress until it is done.
+
+Exit codes: 0 rebuilt; 1 failed (the tables may be partly rebuilt: run it again; online: the live
+tables are untouched, run it again); 2 usage error.
 """
 
 from __future__ import annotations
@@ -15,6 +21,7 @@ import argparse
 import json
 import sys
 import time
+from pathlib import Path
 from typing import Any
 
 from api.cli.output import count
@@ -48,13 +55,26 @@ def register(subparsers: Any) -> None:
         help="read, decode and fold in this many worker processes, each over a share of the log's "
         "partitions (0: in this process; default %(default)s)",
     )
+    p.add_argument(
+        "--online",
+        action="store_true",
+        help="rebuild inside the running `cami serve` into shadow tables, swapped in at the end: "
+        "viewers keep their answers throughout (needs --token-file)",
+    )
+    p.add_argument("--url", help="with --online: the archive's HTTP address (default: from CAMI_HTTP_HOST/PORT/TLS)")
+    p.add_argument(
+        "--token-file",
+        type=Path,
+        metavar="FILE",
+        help="with --online: a file holding an administrator's bearer token ('-': read it from stdin)",
+    )
+    p.add_argument("--ca", metavar="FILE", help="with --online: the CA certificate to trust for HTTPS")
     p.add_argument("--json", action="store_true", help="print the result as JSON on stdout")
     p.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None, help="draw a progress bar")
     p.set_defaults(func=cmd_replay)
 
 
-def cmd_replay(args: argparse.Namespace) -> int:
-    from rich.console import Console
+def _progress_bar(console: Any, show: bool) -> Any:
     from rich.progress import (
         BarColumn,
         MofNCompleteColumn,
@@ -64,7 +84,26 @@ def cmd_replay(args: argparse.Namespace) -> int:
         TimeElapsedColumn,
         TimeRemainingColumn,
     )
-    from rich.table import Table
+
+    return Progress(
+        TextColumn("replay {task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("events"),
+        TaskProgressColumn(),
+        TextColumn("{task.fields[rate]:>10} ev/s"),
+        TimeElapsedColumn(),
+        TextColumn("ETA"),
+        TimeRemainingColumn(),
+        console=console,
+        disable=not show,
+    )
+
+
+def cmd_replay(args: argparse.Namespace) -> int:
+    if args.online:
+        return _replay_online(args)
+    from rich.console import Console
 
     from api.bootstrap import bootstrap
     from api.config import Settings
@@ -88,19 +127,7 @@ def cmd_replay(args: argparse.Namespace) -> int:
                 f"{exc} (in embedded mode stop `cami serve`/`cami workers` first: they own the ClickHouse directory)"
             ) from exc
         show = console.is_terminal if args.progress is None else bool(args.progress)
-        progress = Progress(
-            TextColumn("replay {task.description}"),
-            BarColumn(),
-            MofNCompleteColumn(),
-            TextColumn("events"),
-            TaskProgressColumn(),
-            TextColumn("{task.fields[rate]:>10} ev/s"),
-            TimeElapsedColumn(),
-            TextColumn("ETA"),
-            TimeRemainingColumn(),
-            console=console,
-            disable=not show,
-        )
+        progress = _progress_bar(console, show)
         task = progress.add_task(", ".join(p.name for p in processors), total=None, rate="-")
         began = time.perf_counter()
         done = 0
@@ -135,33 +162,97 @@ def cmd_replay(args: argparse.Namespace) -> int:
             )
     finally:
         archive.close()
-    if args.json:
-        sys.stdout.write(json.dumps(result.to_dict(), ensure_ascii=False, indent=2) + "\n")
+    return _report(result.to_dict(), args.json)
+
+
+def _report(result: dict[str, Any], as_json: bool, how: str = "from offset 0") -> int:
+    """The rebuild's result (:meth:`projections.replay.RebuildResult.to_dict`) as a table, or JSON."""
+    from rich.console import Console
+    from rich.table import Table
+
+    if as_json:
+        sys.stdout.write(json.dumps(result, ensure_ascii=False, indent=2) + "\n")
         return 0
-    table = Table(title=f"Rebuilt {', '.join(result.projections)} from offset 0")
+    table = Table(title=f"Rebuilt {', '.join(result['projections'])} {how}")
     table.add_column("table")
     table.add_column("rows written", justify="right")
     table.add_column("rows now", justify="right")
-    for name, rows in result.table_rows.items():
-        table.add_row(name, str(result.rows_written.get(name, 0)), str(rows))
+    for name, rows in result["table_rows"].items():
+        table.add_row(name, str(result["rows_written"].get(name, 0)), str(rows))
     Console().print(table)
+    retried, failing, aligned = result["retried_dead_letters"], result["dead_letters"], result["aligned_groups"]
     Console().print(
-        f"{result.events} events in {result.seconds:.1f} s ({result.events_per_second:,.0f} events/s)"
-        + (f", {result.undecodable} undecodable skipped" if result.undecodable else "")
-        + (
-            f"; dead letters retried: {sum(result.retried_dead_letters.values())}"
-            if result.retried_dead_letters
-            else ""
-        )
-        + (
-            "; still failing (dead letters): " + ", ".join(f"{p} {n}" for p, n in result.dead_letters.items())
-            if result.dead_letters
-            else ""
-        )
-        + (
-            f"; live groups moved to the rebuild's end: {', '.join(result.aligned_groups)}"
-            if result.aligned_groups
-            else ""
-        )
+        f"{result['events']} events in {result['seconds']:.1f} s ({result['events_per_second']:,.0f} events/s)"
+        + (f", {result['undecodable']} undecodable skipped" if result["undecodable"] else "")
+        + (f"; dead letters retried: {sum(retried.values())}" if retried else "")
+        + ("; still failing (dead letters): " + ", ".join(f"{p} {n}" for p, n in failing.items()) if failing else "")
+        + (f"; live groups moved to the rebuild's end: {', '.join(aligned)}" if aligned else "")
     )
     return 0
+
+
+# -- online: inside the running ``cami serve`` ---------------------------------------------------
+#: seconds between two looks at the running rebuild's progress
+POLL = 0.5
+
+
+def _replay_online(args: argparse.Namespace) -> int:
+    import httpx
+    from rich.console import Console
+
+    from api.cli.remote import default_url, read_token
+
+    console = Console(stderr=True, force_terminal=True if args.progress else None)
+    if args.token_file is None:
+        console.print("cami replay --online: --token-file is needed (an administrator's token: cami users add)")
+        return 2
+    try:
+        token = read_token(args.token_file)
+    except OSError as exc:
+        console.print(f"cami replay --online: cannot read the token file: {exc}")
+        return 2
+    if token is None:
+        console.print("cami replay --online: the token file is empty")
+        return 2
+    names = [n for n in (args.projection or ()) if n != "all"]
+    url = (args.url or default_url()).rstrip("/")
+    show = console.is_terminal if args.progress is None else bool(args.progress)
+    with httpx.Client(
+        base_url=url, headers={"Authorization": f"Bearer {token}"}, verify=args.ca or True, timeout=30.0
+    ) as client:
+        try:
+            answer = client.post("/api/rebuilds", json={"projections": names, "batch_size": args.batch_size})
+            if answer.status_code != 202:
+                console.print(f"cami replay --online: {url} answered {answer.status_code}: {_detail(answer)}")
+                return 2 if answer.status_code in (400, 401, 403, 409) else 1
+            state = answer.json()
+            progress = _progress_bar(console, show)
+            task = progress.add_task(", ".join(state["projections"]) + " (online)", total=None, rate="-")
+            with progress:
+                while state["phase"] not in ("done", "failed"):
+                    time.sleep(POLL)
+                    answer = client.get("/api/rebuilds/current")
+                    answer.raise_for_status()
+                    state = answer.json()
+                    progress.update(
+                        task,
+                        total=state["events_total"] or None,
+                        completed=state["events_done"],
+                        rate=f"{state['events_per_second']:,.0f}",
+                        description=f"{', '.join(state['projections'])} ({state['phase']})",
+                    )
+        except httpx.HTTPError as exc:
+            console.print(f"cami replay --online: {url}: {exc}")
+            return 1
+    if state["phase"] == "failed":
+        console.print(f"cami replay --online: the rebuild failed, the live tables are untouched: {state['error']}")
+        return 1
+    return _report(state["result"], args.json, "while serving (shadow tables swapped in)")
+
+
+def _detail(answer: Any) -> str:
+    try:
+        body = answer.json()
+    except ValueError:
+        return str(answer.text)[:200]
+    return str(body.get("detail") or body.get("error") or body)

@@ -40,6 +40,7 @@ from api.http.monitoring_pages import router as monitoring_router
 from api.http.openapi import document as openapi_document
 from api.http.oversight import router as oversight_router
 from api.http.qido import router as qido_router
+from api.http.rebuilds import router as rebuilds_router
 from api.http.reports import router as reports_router
 from api.http.stow import router as stow_router
 from api.http.wado import router as wado_router
@@ -145,6 +146,7 @@ def create_app(
             source_node=f"http:{_node()}",
         )
     )
+    app.include_router(rebuilds_router(archive.rebuilds))
     app.openapi = lambda: openapi_document(app)  # type: ignore[method-assign]
     return app
 

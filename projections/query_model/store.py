@@ -229,6 +229,17 @@ class QueryStore(Protocol):
     def counts(self) -> dict[str, int]:
         """Rows per table."""
 
+    def shadow(self) -> QueryStore:
+        """A new, empty store of the same engine beside this one, for a rebuild while this one keeps
+        answering (:mod:`projections.rebuild_online`); anything left by an earlier one is dropped."""
+
+    def replace_with(self, rebuilt: QueryStore) -> None:
+        """Make this store's tables hold exactly what ``rebuilt`` (one of its shadows) holds,
+        in one transaction: readers see the old rows until it commits, then the new."""
+
+    def discard(self) -> None:
+        """Close this store and delete what it holds (a shadow once swapped in, or abandoned)."""
+
     def close(self) -> None: ...
 
 
@@ -505,6 +516,51 @@ class SqliteQueryStore(RowStore):
                 db.close()
             self._connections.clear()
 
+    # -- rebuild while serving ----------------------------------------------------------------------
+    def shadow(self) -> SqliteQueryStore:
+        path = self.path.with_name(f"{self.path.stem}.rebuild{self.path.suffix}")
+        for file in _sqlite_files(path):  # a shadow left by an interrupted rebuild
+            file.unlink(missing_ok=True)
+        return SqliteQueryStore(path)
+
+    def replace_with(self, rebuilt: QueryStore) -> None:
+        """The rebuilt rows are copied in, not the file renamed: this store's readers (threads of
+        this process, other processes) keep their connections, and a rename beside WAL files
+        could pair the new file with the old one's log. Every table is emptied and refilled in one
+        write transaction; in WAL mode readers go on seeing the old rows until it commits."""
+        if not isinstance(rebuilt, SqliteQueryStore):
+            raise TypeError(f"a SQLite query store is replaced from another one, not {type(rebuilt).__name__}")
+        with rebuilt._write_lock:
+            rebuilt._write.execute("PRAGMA wal_checkpoint(TRUNCATE)")  # everything in the main file
+        with self._write_lock:
+            db = self._write
+            db.execute("ATTACH DATABASE ? AS rebuilt", (str(rebuilt.path),))
+            try:
+                db.execute("BEGIN IMMEDIATE")
+                try:
+                    for table in TABLES:
+                        columns = ", ".join(
+                            str(row[1]) for row in db.execute(f"PRAGMA rebuilt.table_info({table})").fetchall()
+                        )
+                        db.execute(f"DELETE FROM main.{table}")
+                        db.execute(f"INSERT INTO main.{table} ({columns}) SELECT {columns} FROM rebuilt.{table}")
+                except BaseException:
+                    db.execute("ROLLBACK")
+                    raise
+                db.execute("COMMIT")
+            finally:
+                db.execute("DETACH DATABASE rebuilt")
+
+    def discard(self) -> None:
+        self.close()
+        for file in _sqlite_files(self.path):
+            file.unlink(missing_ok=True)
+
+
+def _sqlite_files(path: Path) -> list[Path]:
+    """The database file and the files SQLite keeps beside it."""
+    return [path, *(path.with_name(path.name + suffix) for suffix in ("-wal", "-shm", "-journal"))]
+
 
 def open_query_store(url: str) -> QueryStore:
     """``sqlite:///path/query.db`` -> the store (the only engine so far)."""
@@ -542,3 +598,13 @@ class QueryModelSink:
 
     def counts(self) -> dict[str, int]:
         return self.store.counts()
+
+    def shadow(self) -> QueryModelSink:
+        return QueryModelSink(self.store.shadow(), self.warehouse)
+
+    def swap_in(self, rebuilt: QueryModelSink) -> None:
+        self.store.replace_with(rebuilt.store)
+        rebuilt.discard()
+
+    def discard(self) -> None:
+        self.store.discard()

@@ -15,6 +15,8 @@ import json
 import os
 import subprocess
 import sys
+import threading
+import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -24,6 +26,7 @@ import pytest
 from projections.query_model.fold import QueryModel
 from projections.query_model.store import TABLES as QUERY_TABLES
 from projections.query_model.store import QueryModelSink, QueryStore, SqliteQueryStore
+from projections.rebuild_online import SHADOW, Progress, rebuild_online, shadow_statement
 from projections.registry import PROJECTIONS, build
 from projections.replay import OwnStoreSink, rebuild
 from projections.replay_lanes import Lanes
@@ -296,3 +299,137 @@ def test_cami_replay_command(tmp_path: Path) -> None:
     wrong = cami("replay", "--projection", "no-such-thing")
     assert wrong.returncode == 2
     assert "unknown projection" in wrong.stderr
+
+
+# -- rebuilding while serving ------------------------------------------------------------------
+class Watcher:
+    """Reads what viewers read, over and over, while a rebuild runs: the instances of the archive
+    index (warehouse) and the studies of the query model (query store)."""
+
+    def __init__(self, warehouse: Warehouse, store: QueryStore) -> None:
+        self.warehouse, self.store = warehouse, store
+        self.lowest: dict[str, int] = {}
+        self.errors: list[str] = []
+        self.looks = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._watch, daemon=True)
+
+    def counts(self) -> dict[str, int]:
+        return {
+            "archive_instances": int(self.warehouse.query("SELECT uniqExact(sop_uid) FROM archive_instances").scalar()),
+            "qm_studies": int(self.store.select("SELECT count(*) AS n FROM qm_studies")[0]["n"]),
+        }
+
+    def _watch(self) -> None:
+        while not self._stop.is_set():
+            try:
+                for name, n in self.counts().items():
+                    self.lowest[name] = min(self.lowest.get(name, n), n)
+                self.looks += 1
+            except Exception as exc:
+                self.errors.append(f"{type(exc).__name__}: {exc}")
+            time.sleep(0.002)
+
+    def __enter__(self) -> Watcher:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+
+def shadows_left(warehouse: Warehouse) -> list[str]:
+    found = warehouse.query(
+        f"SELECT name FROM system.tables WHERE database = currentDatabase() AND endsWith(name, '{SHADOW}')"
+    )
+    return [str(r[0]) for r in found.rows]
+
+
+def test_online_rebuild_keeps_answering_and_equals_live(
+    warehouse: Warehouse, store: QueryStore, event_log: EmbeddedEventLog, tmp_path: Path
+) -> None:
+    """Rebuild while serving: the live runner keeps applying new events, more arrive while the
+    shadows wait for the swap, readers never see fewer rows than before; afterwards the tables are
+    row for row what a rebuild from nothing gives, and no shadow is left."""
+    processors, bindings = live_bindings(warehouse, store)
+    publish_many(event_log, synthetic_sequence(21, studies=12))
+    EmbeddedRunner(event_log, bindings).catch_up()
+    watcher = Watcher(warehouse, store)
+    before = watcher.counts()
+    assert before["archive_instances"] > 0 and before["qm_studies"] == 12
+
+    runner = EmbeddedRunner(event_log, bindings, linger=0.02)
+    runner.start()
+    late = synthetic_sequence(23, studies=3)
+
+    def arrive_late() -> None:  # after the shadows' last catch-up: only the final pass brings them
+        publish_many(event_log, late)
+
+    progress = Progress([p.name for p in processors])
+    try:
+        with watcher:
+            publish_many(event_log, synthetic_sequence(22, studies=4))  # the live runner applies these
+            result = rebuild_online(
+                event_log,
+                warehouse,
+                build(),
+                own_sinks=own(store, warehouse),
+                batch_size=20,  # many steps: the readers look in between
+                progress=progress,
+                before_swap=arrive_late,
+            )
+    finally:
+        runner.stop()
+    EmbeddedRunner(event_log, bindings).catch_up()
+
+    assert watcher.errors == []
+    assert watcher.looks > 10
+    assert watcher.lowest["archive_instances"] >= before["archive_instances"]
+    assert watcher.lowest["qm_studies"] >= before["qm_studies"]
+    assert shadows_left(warehouse) == []
+    assert not (tmp_path / "query.rebuild.db").exists()
+    state = progress.to_dict()
+    assert state["phase"] == "done" and state["events_done"] == result.events > 0
+    total = sum(sum(event_log.end_offsets(t).values()) for t in processors[0].topics)
+    online = snapshot(warehouse, store, processors)
+    assert len(online["event_catalogue"]) == total
+    assert len(store.select("SELECT study_uid FROM qm_studies")) == 12 + 4 + 3
+
+    rebuild(event_log, warehouse, build(), own_sinks=own(store, warehouse))  # from nothing, offline
+    offline = snapshot(warehouse, store, processors)
+    for table, rows in offline.items():
+        assert online[table] == rows, f"{table} differs between the online and the offline rebuild"
+
+
+def test_online_rebuild_that_fails_leaves_the_live_tables(
+    warehouse: Warehouse, store: QueryStore, event_log: EmbeddedEventLog, tmp_path: Path
+) -> None:
+    processors, bindings = live_bindings(warehouse, store)
+    publish_many(event_log, synthetic_sequence(24, studies=5))
+    EmbeddedRunner(event_log, bindings).catch_up()
+    live = snapshot(warehouse, store, processors)
+
+    def fail() -> None:
+        raise RuntimeError("stopped before the swap")
+
+    with pytest.raises(RuntimeError, match="before the swap"):
+        rebuild_online(event_log, warehouse, build(), own_sinks=own(store, warehouse), before_swap=fail)
+    assert snapshot(warehouse, store, processors) == live
+    assert shadows_left(warehouse) == []
+    assert not (tmp_path / "query.rebuild.db").exists()
+
+
+@pytest.mark.parametrize(
+    ("statement", "expected"),
+    [
+        (
+            "CREATE TABLE IF NOT EXISTS t (x UInt8) ENGINE = Log",
+            "CREATE TABLE IF NOT EXISTS t__rebuild (x UInt8) ENGINE = Log",
+        ),
+        ("ALTER TABLE t ADD COLUMN IF NOT EXISTS t UInt8", "ALTER TABLE t__rebuild ADD COLUMN IF NOT EXISTS t UInt8"),
+        ("create table other (t String)", "create table other (t String)"),
+    ],
+)
+def test_shadow_statement_renames_only_the_tables_named(statement: str, expected: str) -> None:
+    assert shadow_statement(statement, ["t"]) == expected

@@ -15,6 +15,8 @@ def test_every_action_is_granted_to_someone_and_the_administrator_may_not_write_
     assert may("administrator", Action.AMEND_REPORTS)
     # full-import requests are the administrator's; an agent only answers them
     assert roles_that(Action.REQUEST_TRANSFERS) == {"administrator"}
+    # rebuilding read models while serving is the administrator's alone
+    assert roles_that(Action.REBUILD) == {"administrator"}
 
 
 def test_reading_images_implies_reading_patient_data() -> None:
