@@ -78,6 +78,7 @@ from pynetdicom import build_context, evt
 
 from api.access import AccessRecorder, Reader
 from api.dicom.find import MODEL_LEVELS, c_find_responses
+from api.dicom.pending import PENDING_CODES, PendingResponses
 from api.dicom.stored import install_stored_encoding, move_contexts, stored_dataset
 from ingest.ae_titles import ae_title
 from ingest.scp import ExtraServices
@@ -320,6 +321,7 @@ def handle_find(event: Any, deps: QrDeps) -> Iterator[tuple[Any, Dataset | None]
         answers = c_find_responses(
             deps.store(), deps.recorder, reader, identifier, model, deps.senders.ae_title, syntax
         )
+        pending = PendingResponses(event)
         for code, match in answers:
             if event.is_cancelled:
                 yield QrStatus.CANCEL, None
@@ -327,6 +329,8 @@ def handle_find(event: Any, deps: QrDeps) -> Iterator[tuple[Any, Dataset | None]
             if first and int(code) not in (QrStatus.PENDING, QrStatus.SUCCESS):
                 _deny(deps, event, service, identifier)  # a refused identifier: qr_find recorded nothing
             first = False
+            if match is not None and isinstance(code, int) and code in PENDING_CODES and pending.send(code, match):
+                continue  # sent as one PDU (api/dicom/pending.py)
             yield code, match
     except Exception as exc:  # an answer is owed: the index or the event log is not available
         log.exception("C-FIND failed")

@@ -33,6 +33,7 @@ from schemas.events import Event
 from tests.support.readside import ORG, ORG_B, ROOT_UID, SENDER_AE, ReadSide
 from tests.support.studies import DCMTK_ENV, SentFile, write_study
 
+STUDY_ROOT_FIND = "1.2.840.10008.5.1.4.1.2.2.1"  # Study Root Query/Retrieve Information Model - FIND
 RADIOLOGIST_AE = "RAD_WS1"
 AUDITOR_AE = "AUDIT_WS"
 DEST_AE = "DEST"
@@ -196,6 +197,61 @@ def test_patient_root_find_at_patient_level(side: ReadSide, tmp_path: Path) -> N
     responses = [dcmread(p) for p in sorted(tmp_path.glob("rsp*.dcm"))]
     assert [r.PatientID for r in responses] == ["QR-PAT-7"], output
     assert len(_accesses(side, "c-find", seen)) == 1
+
+
+def test_image_level_matches_arrive_whole_at_findscu_and_at_peers_with_small_pdus(
+    side: ReadSide, tmp_path: Path
+) -> None:
+    """A pending response leaves as one PDU (its command and its identifier, api/dicom/pending.py)
+    when it fits the peer's maximum PDU length, and through pynetdicom's fragments when it does
+    not: findscu, pynetdicom SCUs with no limit, 16 KiB and 256 bytes all get every match, with
+    the same values, then Success."""
+    study_uid, sent = _study(side, 5, patient_id="QR-FIND-PDU")
+    series_uid = str(dcmread(sent[0].path, stop_before_pixels=True).SeriesInstanceUID)
+    expected = sorted(f.sop_instance_uid for f in sent)
+    output = _dcmtk(
+        "findscu",
+        side,
+        "-S",
+        "-X",
+        "-od",
+        str(tmp_path),
+        "-k",
+        "QueryRetrieveLevel=IMAGE",
+        "-k",
+        f"StudyInstanceUID={study_uid}",
+        "-k",
+        f"SeriesInstanceUID={series_uid}",
+        "-k",
+        "SOPInstanceUID",
+        "-k",
+        "InstanceNumber",
+    )
+    by_findscu = [dcmread(p) for p in tmp_path.glob("rsp*.dcm")]
+    assert sorted(str(r.SOPInstanceUID) for r in by_findscu) == expected, output[-3000:]
+    assert _final_status(output) == 0x0000
+    numbers = {str(r.SOPInstanceUID): int(r.InstanceNumber) for r in by_findscu}
+
+    query = Dataset()
+    query.QueryRetrieveLevel = "IMAGE"
+    query.StudyInstanceUID = study_uid
+    query.SeriesInstanceUID = series_uid
+    query.SOPInstanceUID = ""
+    query.InstanceNumber = ""
+    for largest in (0, 16_384, 256):
+        ae = AE(ae_title=RADIOLOGIST_AE)
+        ae.maximum_pdu_size = largest
+        ae.add_requested_context(STUDY_ROOT_FIND)
+        assoc = ae.associate("127.0.0.1", side.dicom_port, ae_title="CAMI")
+        assert assoc.is_established
+        try:
+            answers = list(assoc.send_c_find(query, STUDY_ROOT_FIND))
+        finally:
+            assoc.release()
+        statuses = [int(s.Status) for s, _ in answers]
+        assert statuses == [0xFF00] * len(expected) + [0x0000], (largest, statuses)
+        found = {str(d.SOPInstanceUID): int(d.InstanceNumber) for _, d in answers if d is not None}
+        assert found == numbers, largest
 
 
 def test_a_find_at_a_level_the_model_lacks_is_0xA900_and_recorded(side: ReadSide) -> None:
