@@ -104,6 +104,9 @@ class EmbeddedEventLog(EventLog):
         self._local = threading.local()
         self._queue: queue.Queue[_Pending | None] = queue.Queue()
         self._appended = threading.Condition()
+        #: batches this process appended, per topic: a consumer woken by an append to another
+        #: topic goes back to waiting without reading the file (:meth:`appends_to`)
+        self._appends: dict[str, int] = {}
         self._closed = False
         self._writer = threading.Thread(target=self._write_loop, name="cami-eventlog-writer", daemon=True)
         self._writer.start()
@@ -223,12 +226,20 @@ class EmbeddedEventLog(EventLog):
             else:
                 item.future.set_result(outcome)
         with self._appended:
+            for item, outcome in results:
+                if not isinstance(outcome, Exception):
+                    self._appends[item.topic] = self._appends.get(item.topic, 0) + 1
             self._appended.notify_all()
 
     def data_version(self) -> int:
         """A number that changes whenever another connection (the writer thread, another process)
         commits to the file: a consumer that has read everything reads again only when it moved."""
         return int(self._reader().execute("PRAGMA data_version").fetchone()[0])
+
+    def appends_to(self, topics: Sequence[str]) -> tuple[int, ...]:
+        """Per topic, how many batches this process has appended to it (changes on each)."""
+        with self._appended:
+            return tuple(self._appends.get(t, 0) for t in topics)
 
     def wait_for_append(self, timeout: float) -> None:
         """Block until this process appends something or ``timeout`` passes (consumer wake-up)."""
@@ -296,6 +307,10 @@ class EmbeddedEventLog(EventLog):
             self._local.conn = None
 
 
+#: how often a waiting consumer looks at the file for what other processes appended (seconds)
+OTHERS_EVERY = 0.05
+
+
 class EmbeddedConsumer(Consumer):
     def __init__(self, log: EmbeddedEventLog, group: str, topics: Sequence[str]) -> None:
         self._log = log
@@ -307,16 +322,27 @@ class EmbeddedConsumer(Consumer):
             for t, p in self._slots:
                 if t == topic:
                     self._positions[(t, p)] = committed.get(p, 0)
+        self._topics = tuple(dict.fromkeys(topics))
         self._next_slot = 0
         #: the file's data_version when this member last found every partition read to its end
         self._drained_at: int | None = None
+        #: this process's appends to our topics, and when the file was last looked at: an append
+        #: by this process to another topic wakes every consumer, and only those it concerns read
+        #: (another process's appends are seen by the look every ``OTHERS_EVERY`` seconds)
+        self._appends_seen: tuple[int, ...] | None = None
+        self._looked_at = 0.0
 
     def poll(self, max_records: int = 500, timeout: float = 1.0) -> list[Record]:
         deadline = time.monotonic() + timeout
         while True:
-            records = self._fetch(max_records)
-            if records:
-                return records
+            appends = self._log.appends_to(self._topics)
+            now = time.monotonic()
+            behind = self._drained_at is None  # the last read stopped short of an end
+            if behind or appends != self._appends_seen or now - self._looked_at >= OTHERS_EVERY:
+                self._appends_seen, self._looked_at = appends, now
+                records = self._fetch(max_records)
+                if records:
+                    return records
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 return []

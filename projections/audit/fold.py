@@ -46,6 +46,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+from collections import OrderedDict
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -334,7 +335,9 @@ class AuditTrail:
 
     def __init__(self, retained_links: int = DEFAULT_RETAINED_LINKS) -> None:
         self._heads: dict[ChainId, Link] = {}
-        self._links: dict[Position, Link] = {}
+        # ordered by insertion, oldest dropped first: an OrderedDict, as a plain dict's first key
+        # is found by stepping over every entry deleted before it (quadratic once the limit is hit)
+        self._links: OrderedDict[Position, Link] = OrderedDict()
         self._retained = retained_links
         #: per (topic, partition): the offset after the last event this processor applied
         self._next: dict[tuple[str, int], int] = {}
@@ -394,8 +397,8 @@ class AuditTrail:
     def _remember(self, link: Link) -> None:
         self._heads[link.chain] = link
         self._links[link.position] = link
-        while len(self._links) > self._retained:  # dicts keep insertion order: drop the oldest
-            del self._links[next(iter(self._links))]
+        while len(self._links) > self._retained:
+            self._links.popitem(last=False)
 
 
 def link_from_row(row: Sequence[Any]) -> Link:
