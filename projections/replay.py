@@ -44,7 +44,14 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from projections import dead_letters
-from projections.replay_lanes import QUERY_MODEL_LANE, LaneReport, Lanes, apply_with_retries, run_lanes
+from projections.replay_lanes import (
+    QUERY_MODEL_LANE,
+    LaneReport,
+    Lanes,
+    apply_with_retries,
+    collected_per_batch,
+    run_lanes,
+)
 from projections.sinks import WarehouseSink
 from projections.warehouse import Warehouse, WarehouseError
 from streams.log import EventLog, Record
@@ -230,17 +237,19 @@ def apply_scan(
     """Apply every event from ``starts`` (default offset 0) to ``ends`` to the projections reading
     its topic, batch by batch, counting into ``result``; ``on_progress(n)`` after each batch."""
     readers: dict[str, list[Processor]] = {}
-    for records in event_log.scan(ends, batch_size, starts=starts):
-        by_topic: dict[str, list[Record]] = {}
-        for record in records:
-            by_topic.setdefault(record.topic, []).append(record)
-        for topic, topic_records in by_topic.items():
-            if topic not in readers:
-                readers[topic] = [p for p in processors if topic in p.topics]
-            apply_records(topic_records, readers[topic], sinks, result)
-        result.events += len(records)
-        if on_progress is not None:
-            on_progress(len(records))
+    with collected_per_batch() as collect:
+        for records in event_log.scan(ends, batch_size, starts=starts):
+            by_topic: dict[str, list[Record]] = {}
+            for record in records:
+                by_topic.setdefault(record.topic, []).append(record)
+            for topic, topic_records in by_topic.items():
+                if topic not in readers:
+                    readers[topic] = [p for p in processors if topic in p.topics]
+                apply_records(topic_records, readers[topic], sinks, result)
+            result.events += len(records)
+            collect()
+            if on_progress is not None:
+                on_progress(len(records))
 
 
 def apply_records(

@@ -28,6 +28,7 @@ parent stops the others. Nothing is committed to a consumer group by lanes.
 
 from __future__ import annotations
 
+import gc
 import logging
 import multiprocessing
 import os
@@ -36,6 +37,7 @@ import tempfile
 import time
 import traceback
 from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -46,7 +48,7 @@ from projections.registry import ProjectionConfig, build
 from projections.sinks import WarehouseSink
 from projections.warehouse import Warehouse, WarehouseError, open_warehouse
 from schemas.events import Event
-from streams import open_event_log
+from streams import EventLog, open_event_log
 from streams.processing import (
     SETTLE_AFTER,
     BatchResult,
@@ -171,6 +173,26 @@ class LaneTask:
     batch_size: int
 
 
+@contextmanager
+def collected_per_batch() -> Iterator[Callable[[], object]]:
+    """Garbage collection for a rebuild: automatic collection off, the young generations collected
+    after each batch (the caller calls what this yields), a full collection at the end.
+
+    A rebuild keeps large long-lived state (the audit chains' heads and links, a benchmark's
+    events) and allocates each batch's rows, which live just long enough to be promoted to the
+    oldest generation: the automatic full collections over that heap took 35-55 % of a
+    1,000,000-event rebuild. The rows hold no reference cycles, so the young collections free
+    what little cyclic garbage a batch makes before it can pile up."""
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield lambda: gc.collect(1)
+    finally:
+        if enabled:
+            gc.enable()
+        gc.collect()
+
+
 def run_lane(task: LaneTask, reports: Any) -> None:
     """A lane's process: scan its share, apply its projections, report each step (see module doc)."""
     try:
@@ -196,27 +218,40 @@ def _lane_steps(task: LaneTask) -> Iterator[LaneReport]:
             sinks[processor.name] = WarehouseSink(warehouse)  # the parent created the tables
     event_log = open_event_log(lanes.event_log_url)
     try:
-        for records in event_log.scan(task.share, task.batch_size):
-            report = LaneReport(task.name, events=len(records))
-            decoded, undecodable = decode_records(
-                [(Source(r.topic, r.partition, r.offset, r.value), r.value) for r in records]
-            )
-            report.undecodable = len(undecodable)
-            for processor in processors:
-                done = apply_with_retries(processor, sinks[processor.name], decoded, undecodable)
-                for row in done.rows:
-                    report.rows[row.table] = report.rows.get(row.table, 0) + 1
-                if done.dead_letters:
-                    report.dead_letters[processor.name] = len(done.dead_letters)
-            if shipping is not None:
-                report.inserts = shipping.take()
-            yield report
+        with collected_per_batch() as collect:
+            yield from _lane_batches(task, event_log, processors, sinks, shipping, collect)
     finally:
         event_log.close()
         if store is not None:
             store.close()
         if shipping is None:
             warehouse.close()
+
+
+def _lane_batches(
+    task: LaneTask,
+    event_log: EventLog,
+    processors: Sequence[Processor],
+    sinks: Mapping[str, Sink],
+    shipping: ShippingWarehouse | None,
+    collect: Callable[[], object],
+) -> Iterator[LaneReport]:
+    for records in event_log.scan(task.share, task.batch_size):
+        report = LaneReport(task.name, events=len(records))
+        decoded, undecodable = decode_records(
+            [(Source(r.topic, r.partition, r.offset, r.value), r.value) for r in records]
+        )
+        report.undecodable = len(undecodable)
+        for processor in processors:
+            done = apply_with_retries(processor, sinks[processor.name], decoded, undecodable)
+            for row in done.rows:
+                report.rows[row.table] = report.rows.get(row.table, 0) + 1
+            if done.dead_letters:
+                report.dead_letters[processor.name] = len(done.dead_letters)
+        if shipping is not None:
+            report.inserts = shipping.take()
+        collect()
+        yield report
 
 
 def apply_with_retries(
