@@ -105,7 +105,12 @@ def test_kafka_broker_runs_with_the_configured_settings(kafka: KafkaServer) -> N
     # num.partitions=6 is the broker default for new topics.
     topic = "infra-defaults"
     admin.create_topics([NewTopic(topic, num_partitions=-1, replication_factor=-1)])[topic].result(timeout=30)
-    assert len(admin.list_topics(timeout=10).topics[topic].partitions) == 6
+    # the controller has the topic once the call returns; the metadata a broker answers with may
+    # lag it by a moment
+    deadline = time.monotonic() + 30
+    while topic not in (listed := admin.list_topics(timeout=10).topics) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert len(listed[topic].partitions) == 6
 
     # auto.create.topics.enable=false: producing to an unknown topic fails and creates nothing.
     errors: list[KafkaError | None] = []
