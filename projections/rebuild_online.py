@@ -190,13 +190,15 @@ def rebuild_online(
 
     progress.moved(phase="shadows")
     shadows: dict[str, Sink] = {}
+    live: dict[str, Sink] = {}
     own_shadows: dict[str, OwnStoreSink] = {}
     try:
         for processor in processors:
             if processor.name in own:
                 own_shadows[processor.name] = shadows[processor.name] = own[processor.name].shadow()
+                live[processor.name] = own[processor.name]
             else:
-                WarehouseSink(warehouse, ddl[processor.name])  # the live tables exist (a first run)
+                live[processor.name] = WarehouseSink(warehouse, ddl[processor.name])  # creates them on a first run
                 shadows[processor.name] = ShadowSink(warehouse, ddl[processor.name], tables[processor.name])
             retried = dead_letters.resolve(warehouse, processor.name)
             if retried:
@@ -233,9 +235,6 @@ def rebuild_online(
                 for table in tables[processor.name]:
                     exchange(warehouse, table, shadow_name(table))
 
-        live: dict[str, Sink] = {
-            p.name: own[p.name] if p.name in own else WarehouseSink(warehouse, ()) for p in processors
-        }
         final = {t: event_log.end_offsets(t) for t in topics}
         apply(ends, final, live, "final")
         result.ends = final
