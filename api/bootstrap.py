@@ -5,17 +5,24 @@ from __future__ import annotations
 import socket
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from zoneinfo import ZoneInfo
 
 from api.config import Settings
 from api.dicom.qr import qr_services
 from ingest.commitment import StorageCommitment
+from ingest.hl7.listener import MllpListener
+from ingest.hl7.receiver import HL7Receiver
 from ingest.pipeline import Ingestor
 from ingest.reports import DocumentReportHook
+from ingest.reports.rules import ReportError, ReportState
+from ingest.reports.service import ReportService
+from ingest.reports.store import ReportStore
 from ingest.scp import StorageSCP
 from ingest.senders import Senders, load_senders
 from ingest.sop_index import SopIndex, SopIndexProjection, SopIndexSink
 from ingest.tls import TlsConfigError, server_context
 from projections.changes import ChangeNotifier
+from projections.query_model.find import study_of_accession
 from projections.query_model.fold import QueryModel
 from projections.query_model.store import QueryModelSink, QueryStore, open_query_store
 from projections.rebuild_online import OnlineRebuilds
@@ -40,6 +47,7 @@ class Archive:
     _sop_index: SopIndex | None = field(default=None, repr=False)
     _ingestor: Ingestor | None = field(default=None, repr=False)
     _rebuilds: OnlineRebuilds | None = field(default=None, repr=False)
+    _hl7_reports: ReportService | None = field(default=None, repr=False)
     #: this archive's Prometheus metrics (its own registry), served at /metrics
     metrics: ArchiveMetrics = field(default_factory=ArchiveMetrics, repr=False)
     #: signalled after the monitoring projection writes in this process (the dashboard's live stream)
@@ -127,6 +135,43 @@ class Archive:
             max_associations=self.settings.dicom_max_associations,
         )
 
+    def hl7_listener(self, port: int | None = None) -> MllpListener | None:
+        """The HL7 v2 (MLLP) port for the MIS (``port`` overrides CAMI_HL7_PORT; 0 picks a free
+        one), or None when it is off. Results (ORU) go through a report store of its own."""
+        port = self.settings.hl7_port if port is None else port
+        if port is None:
+            return None
+        directory = self.organisations()
+        if self._hl7_reports is None:
+            self._hl7_reports = ReportService(
+                ReportStore(self.settings.home / "reports-hl7.db"),
+                self.event_log,
+                node=f"{_node()}-hl7",
+                source_node="hl7",
+            )
+        reports = self._hl7_reports
+
+        def report_state(report_id: str) -> ReportState | None:
+            try:
+                return reports.get(report_id)
+            except ReportError:
+                return None
+
+        def organisation_of(facility: str) -> str | None:
+            found = directory.lookup(facility)
+            return found.code if found is not None else None
+
+        receiver = HL7Receiver(
+            self.event_log,
+            organisation_of=organisation_of,
+            study_of_accession=lambda accession: study_of_accession(self.query_store, accession),
+            report_state=report_state,
+            zone=ZoneInfo(self.settings.timezone),
+            default_charset=self.settings.hl7_charset,
+            application=self.senders().ae_title,
+        )
+        return MllpListener(receiver, host=self.settings.hl7_host, port=port)
+
     @property
     def warehouse(self) -> Warehouse:
         # opened on first use: chdb locks its directory, and not every command needs it
@@ -174,6 +219,8 @@ class Archive:
         return bound
 
     def close(self) -> None:
+        if self._hl7_reports is not None:
+            self._hl7_reports.close()
         if self._sop_index is not None:
             self._sop_index.close()
         self.event_log.close()

@@ -15,6 +15,12 @@ CAMI_DICOM_HOST        address the DICOM services listen on         127.0.0.1
 CAMI_DICOM_PORT        port of the DICOM services                   11112
 CAMI_HTTP_HOST         address the HTTP API listens on              127.0.0.1
 CAMI_HTTP_PORT         port of the HTTP API (DICOMweb, reports)     8042
+CAMI_HL7_HOST          address the HL7 v2 (MLLP) listener uses      127.0.0.1
+CAMI_HL7_PORT          port of the HL7 v2 listener (``off``: none)  2575
+CAMI_HL7_CHARSET       character set of HL7 messages whose MSH-18   UTF-8
+                       declares none (e.g. CP1251 for an old MIS)
+CAMI_TIMEZONE          the region's time zone (IANA name): HL7      UTC
+                       times without an offset, worklist times
 CAMI_PSEUDONYM_KEY     HMAC key for patient pseudonyms (analytics)  a development key (set it!)
 CAMI_TLS_CERT          PEM certificate chain of the archive         none: no TLS
 CAMI_TLS_KEY           PEM private key of that certificate          the key in CAMI_TLS_CERT
@@ -46,8 +52,11 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from ingest.dicom import DEFAULT_MAX_INFLATED_BYTES
+from ingest.hl7.listener import DEFAULT_PORT as DEFAULT_HL7_PORT
+from ingest.hl7.wire import CHARSETS
 from ingest.importer import ImportLimits
 from ingest.scp import DEFAULT_MAX_ASSOCIATIONS, DEFAULT_REQUEST_TIMEOUT
 from ingest.tls import TlsSettings
@@ -81,6 +90,12 @@ class Settings:
     dicom_port: int | None = 11112  # None: no plain DICOM port (TLS only)
     http_host: str = "127.0.0.1"
     http_port: int = 8042
+    hl7_host: str = "127.0.0.1"
+    hl7_port: int | None = DEFAULT_HL7_PORT  # None: no HL7 listener
+    #: the Python codec for HL7 messages that declare no character set in MSH-18
+    hl7_charset: str = "utf-8"
+    #: the region's time zone (IANA name)
+    timezone: str = "UTC"
     pseudonym_key: bytes = DEVELOPMENT_PSEUDONYM_KEY
     tls: TlsSettings = field(default_factory=TlsSettings)
     dicom_tls_port: int | None = None  # None: no DICOM TLS port
@@ -137,6 +152,10 @@ class Settings:
             dicom_port=_port_or_off(env.get("CAMI_DICOM_PORT", "11112")),
             http_host=env.get("CAMI_HTTP_HOST", "127.0.0.1"),
             http_port=int(env.get("CAMI_HTTP_PORT", "8042")),
+            hl7_host=env.get("CAMI_HL7_HOST", "127.0.0.1"),
+            hl7_port=_port_or_off(env.get("CAMI_HL7_PORT", str(DEFAULT_HL7_PORT))),
+            hl7_charset=_hl7_charset(env.get("CAMI_HL7_CHARSET", "")),
+            timezone=_timezone(env.get("CAMI_TIMEZONE", "")),
             pseudonym_key=env.get("CAMI_PSEUDONYM_KEY", "").encode() or DEVELOPMENT_PSEUDONYM_KEY,
             tls=tls,
             dicom_tls_port=_port_or_off(env.get("CAMI_DICOM_TLS_PORT", "2762")) if tls.enabled else None,
@@ -172,6 +191,24 @@ class Settings:
             "query_store": _mask(self.query_store_url),
             "tls": str(self.tls.certificate) if self.tls.enabled else "off",
         }
+
+
+def _hl7_charset(name: str) -> str:
+    if not name.strip():
+        return "utf-8"
+    codec = CHARSETS.get(name.strip().upper())
+    if codec is None:
+        raise ConfigError(f"CAMI_HL7_CHARSET={name!r}: one of {', '.join(sorted(CHARSETS))}")
+    return codec
+
+
+def _timezone(name: str) -> str:
+    name = name.strip() or "UTC"
+    try:
+        ZoneInfo(name)
+    except (ZoneInfoNotFoundError, ValueError):
+        raise ConfigError(f"CAMI_TIMEZONE={name!r} is not a time zone (e.g. Europe/Moscow)") from None
+    return name
 
 
 def _path(env: Mapping[str, str], variable: str) -> Path | None:

@@ -40,10 +40,15 @@ class Action(StrEnum):
     REQUEST_TRANSFERS = "request-transfers"
     #: rebuild read models from the event log while the archive keeps serving
     REBUILD = "rebuild"
+    #: place and cancel imaging orders (HL7 ORM/OMI from the MIS)
+    PLACE_ORDERS = "place-orders"
+    #: register, update and merge patients (HL7 ADT from the MIS)
+    UPDATE_PATIENTS = "update-patients"
 
 
 #: role -> what it may do. An analyst works in ClickHouse on pseudonymised tables and may do
-#: nothing here; a modality only sends; a hospital's transfer agent sends and reports its transfers.
+#: nothing here; a modality only sends; a hospital's transfer agent sends and reports its transfers;
+#: the MIS (over HL7) places orders, keeps patients' records and sends results.
 POLICY: Final = MappingProxyType(
     {
         "radiologist": frozenset(
@@ -74,6 +79,8 @@ POLICY: Final = MappingProxyType(
         ),
         "modality": frozenset({Action.STORE}),
         "agent": frozenset({Action.STORE, Action.REPORT_TRANSFERS}),
+        # the hospital's medical information system over HL7 v2: its results become reports
+        "mis": frozenset({Action.PLACE_ORDERS, Action.UPDATE_PATIENTS, Action.WRITE_REPORTS, Action.AMEND_REPORTS}),
     }
 )
 

@@ -16,7 +16,8 @@ ACCESS = "cami.access"
 SOURCE_OF_TRUTH = (DICOM, REPORTS, ORDERS, TRANSFERS, PATIENTS, ACCESS)
 
 #: event type -> topic. The event's aggregate id is the key: StudyInstanceUID for the study's
-#: events (so they stay in order), the organisation for transfers, the PatientID for patients.
+#: events (so they stay in order), the organisation for transfers, the PatientID for patients,
+#: the placer order number for orders, the sending MIS for its refused messages.
 TOPIC_OF_EVENT = {
     "InstanceReceived": DICOM,
     "InstanceRejected": DICOM,
@@ -28,6 +29,7 @@ TOPIC_OF_EVENT = {
     "OrderPlaced": ORDERS,
     "OrderCancelled": ORDERS,
     "ProcedureStepChanged": ORDERS,
+    "MessageRejected": ORDERS,
     "TransferQueued": TRANSFERS,
     "TransferStarted": TRANSFERS,
     "TransferCompleted": TRANSFERS,

@@ -24,6 +24,7 @@ def register(subparsers: Any) -> None:
     p.add_argument(
         "--dicom-tls-port", type=int, help="DICOM TLS port (default CAMI_DICOM_TLS_PORT or 2762; needs CAMI_TLS_CERT)"
     )
+    p.add_argument("--hl7-port", type=int, help="HL7 v2 (MLLP) port (default CAMI_HL7_PORT or 2575)")
     p.add_argument(
         "--production",
         action="store_true",
@@ -56,6 +57,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from api.http import serve_http
 
     http = serve_http(archive)  # DICOMweb STOW-RS and the reports API, CAMI_HTTP_HOST:CAMI_HTTP_PORT
+    hl7 = archive.hl7_listener(port=args.hl7_port)  # ADT, ORM/OMI, ORU from the MIS
+    if hl7 is not None:
+        hl7.start()
     senders = archive.senders()
     pilot = ", pilot mode: unknown callers accepted" if senders.accept_unknown else ""
     known = len(senders.senders)
@@ -66,12 +70,16 @@ def cmd_serve(args: argparse.Namespace) -> int:
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     console.print(f"CAMI HTTP (DICOMweb, study pages, reports) on {http.url}")
     console.print(f"MIS link: {http.url}/study?patient=<PatientID>&study=<StudyInstanceUID>")
+    if hl7 is not None:
+        console.print(f"CAMI HL7 v2 over MLLP (ADT, ORM, OMI, ORU) on {hl7.host}:{hl7.port}")
     # what is alive now lives as long as the process: left out of the collector's full passes,
     # which otherwise walk it all (~0.1 s with every thread stopped; pynetdicom's server also
     # asks for one every 60 rounds of its accept loop)
     gc.freeze()
     with contextlib.suppress(KeyboardInterrupt):
         stop.wait()
+    if hl7 is not None:
+        hl7.stop()
     http.stop()
     scp.stop()
     if runner is not None:

@@ -172,7 +172,9 @@ def draft(
     author: Author,
     *,
     accession_number: str | None = None,
+    patient_id: str | None = None,
     source_node: str = "http",
+    source: str = "http",
 ) -> Event:
     _require_role(author, Action.WRITE_REPORTS, "create reports")
     if not is_uid(study_instance_uid):
@@ -184,11 +186,12 @@ def draft(
             "report_id": report_id,
             "StudyInstanceUID": study_instance_uid,
             "AccessionNumber": accession_number,
+            "PatientID": patient_id,
             "protocol_text": protocol_text,
             "conclusion_text": conclusion_text,
             "author": author.clinician,
             "revision": 1,
-            "source": "http",
+            "source": source,
         },
         aggregate_id=study_instance_uid,
         source_node=source_node,
@@ -237,8 +240,10 @@ def sign(
     *,
     expected_revision: int | None = None,
     source_node: str = "http",
+    source: str | None = None,
 ) -> Event:
-    """``now`` is the archive's clock: the signing time never comes from the client."""
+    """``now`` is the archive's clock: the signing time never comes from the client. ``source``
+    says how the signature came (http unless given: hl7 for an MIS's final result)."""
     _require_role(author, Action.WRITE_REPORTS, "sign reports")
     state = existing(state)
     if state.signed:
@@ -259,7 +264,7 @@ def sign(
             "signed_at": now,
             "content_sha256": content_sha256(state.protocol_text, state.conclusion_text),
             "SOPInstanceUID": state.sop_instance_uid,
-            "source": "http",
+            "source": source or "http",
             "document": state.document,
         },
         aggregate_id=state.study_instance_uid,

@@ -268,6 +268,8 @@ def summarise(event: Event) -> str:
         return f"patient {g('PatientID')} demographics updated ({g('source')})"
     if t == "PatientsMerged":
         return f"patient {g('PriorPatientID')} merged into {g('PatientID')} ({g('source')})"
+    if t == "MessageRejected":
+        return f"HL7 {g('message_type') or 'message'} refused ({g('ack_code')} {g('reason')}): {g('error_text')}"
     if t == "RecordAccessed":
         return f"{g('action')} via {g('channel')}: {g('outcome')}, {g('results')} result(s)"
     return t

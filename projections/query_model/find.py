@@ -433,6 +433,15 @@ def search_studies(
     return _studies(store, where, param, limit, offset)
 
 
+def study_of_accession(store: QueryStore, accession: str) -> str | None:
+    """The one study recorded under ``accession`` (None: none, or more than one)."""
+    rows = store.select(
+        "SELECT study_uid FROM qm_studies WHERE accession_number = :accession ORDER BY study_uid LIMIT 2",
+        {"accession": accession},
+    )
+    return str(rows[0]["study_uid"]) if len(rows) == 1 else None
+
+
 def patient_timeline(store: QueryStore, patient_id: str, *, limit: int = 1000) -> list[dict[str, Any]]:
     """Every study of the patient across organisations, newest first, merges followed."""
     return search_studies(store, patient_id=patient_id, limit=limit)

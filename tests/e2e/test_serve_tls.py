@@ -73,6 +73,7 @@ def serve(tmp_path: Path) -> Iterator[tuple[dict[str, int], TestCA, Issued]]:
         "CAMI_DICOM_PORT": "off",  # TLS only
         "CAMI_DICOM_TLS_PORT": str(dicom_tls),
         "CAMI_HTTP_PORT": str(http),
+        "CAMI_HL7_PORT": "0",
         "PYTHONPATH": str(ROOT),
     }
     log = tmp_path / "serve.log"

@@ -105,6 +105,9 @@ class Cami:
     http_port: int
     agent_ae_title: str
     agent_port: int
+    #: more settings (CAMI_HL7_PORT...) and more senders.toml entries ([[qr_caller]]...)
+    env_extra: dict[str, str] = field(default_factory=dict)
+    senders_extra: str = ""
     process: Process = field(init=False)
 
     def __post_init__(self) -> None:
@@ -125,7 +128,7 @@ class Cami:
         (self.home / "senders.toml").write_text(
             '[archive]\nae_title = "CAMI"\nemergency_ae_title = "CAMI_URGENT"\naccept_unknown = false\n\n'
             f'[[sender]]\nae_title = "{self.agent_ae_title}"\norganisation = "{ORGANISATION}"\n'
-            f'name = "hospital agent"\nhost = "127.0.0.1"\nport = {self.agent_port}\n',
+            f'name = "hospital agent"\nhost = "127.0.0.1"\nport = {self.agent_port}\n\n' + self.senders_extra,
             encoding="utf-8",
         )
         env = _clean_env(
@@ -133,6 +136,8 @@ class Cami:
                 "CAMI_HOME": str(self.home),
                 "CAMI_DICOM_PORT": str(self.dicom_port),
                 "CAMI_HTTP_PORT": str(self.http_port),
+                "CAMI_HL7_PORT": "off",
+                **self.env_extra,
             }
         )
         self.process = Process(["serve"], env, self.home / "serve.log")

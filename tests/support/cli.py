@@ -26,4 +26,5 @@ def run_cami(*args: str, env: dict[str, str] | None = None, timeout: float = 300
 def embedded_env(tmp_path: Path) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("CAMI_")}
     env["CAMI_HOME"] = str(tmp_path / "home")
+    env["CAMI_HL7_PORT"] = "0"  # `cami serve` in parallel tests: a free port, never the shared 2575
     return env

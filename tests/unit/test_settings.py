@@ -6,7 +6,9 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from api.config import Settings
+import pytest
+
+from api.config import ConfigError, Settings
 from ingest.importer import ImportLimits
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -74,6 +76,10 @@ def test_every_variable_in_the_readme_table_changes_a_setting(tmp_path: Path) ->
         "CAMI_DICOM_PORT": "104",
         "CAMI_HTTP_HOST": "0.0.0.0",
         "CAMI_HTTP_PORT": "8080",
+        "CAMI_HL7_HOST": "0.0.0.0",
+        "CAMI_HL7_PORT": "6661",
+        "CAMI_HL7_CHARSET": "CP1251",
+        "CAMI_TIMEZONE": "Europe/Moscow",
         "CAMI_DICOM_REQUEST_TIMEOUT": "9.5",
         "CAMI_DICOM_MAX_ASSOCIATIONS": "64",
         "CAMI_MAX_INFLATED_BYTES": "1000",
@@ -120,3 +126,12 @@ def test_the_values_reach_their_fields() -> None:
     elsewhere = Settings.from_env({"CAMI_HOME": "/srv/cami", "CAMI_ORGANISATIONS": "/etc/cami/orgs.toml"})
     assert elsewhere.organisations_file == Path("/etc/cami/orgs.toml")
     assert "access" not in repr(settings)  # credentials stay out of logs
+
+
+def test_hl7_settings_refuse_what_they_cannot_use() -> None:
+    assert Settings.from_env({"CAMI_HL7_PORT": "off"}).hl7_port is None
+    assert Settings.from_env({"CAMI_HL7_CHARSET": "windows-1251"}).hl7_charset == "cp1251"
+    with pytest.raises(ConfigError, match="CAMI_HL7_CHARSET"):
+        Settings.from_env({"CAMI_HL7_CHARSET": "EBCDIC"})
+    with pytest.raises(ConfigError, match="CAMI_TIMEZONE"):
+        Settings.from_env({"CAMI_TIMEZONE": "Mars/Olympus"})
