@@ -55,7 +55,7 @@ APPEND_TIMEOUT = 30.0
 #: what ``action`` and ``channel`` say in a RecordAccessed event
 #: (``report``: a transfer agent posting its events, recorded when its token is refused;
 #: ``request``: any other state-changing call a role was refused; channel ``web``: a page other
-#: than the study page and the auditor's pages)
+#: than the study page and the auditor's pages; ``mwl``: the modality worklist, a C-FIND of its own model)
 ACTIONS = ("query", "view", "retrieve", "download", "move", "get", "report", "request")
 CHANNELS = (
     "qido-rs",
@@ -65,6 +65,7 @@ CHANNELS = (
     "c-find",
     "c-move",
     "c-get",
+    "mwl",
     "api",
     "web",
     "stow-rs",

@@ -12,6 +12,7 @@ from api.dicom.qr import qr_services
 from ingest.commitment import StorageCommitment
 from ingest.hl7.listener import MllpListener
 from ingest.hl7.receiver import HL7Receiver
+from ingest.mpps import ProcedureSteps, StepStore
 from ingest.pipeline import Ingestor
 from ingest.reports import DocumentReportHook
 from ingest.reports.rules import ReportError, ReportState
@@ -111,6 +112,9 @@ class Archive:
                 " but the archive asks for none: set CAMI_TLS_CERT, CAMI_TLS_KEY and CAMI_TLS_CA"
             )
         commitment = StorageCommitment(self.sop_index, self.blobs, senders)
+        steps = ProcedureSteps(
+            self.event_log, senders, StepStore(self.settings.home / "mpps.db"), ZoneInfo(self.settings.timezone)
+        )
         return StorageSCP(
             self.ingestor,
             senders,
@@ -118,7 +122,8 @@ class Archive:
             host=self.settings.dicom_host,
             port=self.settings.dicom_port if port is None else port,
             commitment=commitment,
-            # Query/Retrieve on the same AE title and port
+            procedure_steps=steps,
+            # Query/Retrieve (and the modality worklist) on the same AE title and port
             extra=[
                 qr_services(
                     lambda: self.warehouse,
@@ -127,6 +132,7 @@ class Archive:
                     self.event_log,
                     senders,
                     on_read=self.metrics.read,
+                    zone=ZoneInfo(self.settings.timezone),
                 )
             ],
             tls_port=self.settings.dicom_tls_port if tls_port is None else tls_port,

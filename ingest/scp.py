@@ -2,7 +2,8 @@
 
 Accepts C-ECHO, C-STORE for every standard storage SOP class in every transfer syntax
 pynetdicom knows (compressed ones included: objects are kept as received, never transcoded),
-and Storage Commitment (push model) when a commitment service is given. Of the syntaxes a peer
+Storage Commitment (push model) when a commitment service is given, and Modality Performed
+Procedure Step (``ingest.mpps``) when a procedure-step service is given. Of the syntaxes a peer
 proposes in one context, its first choice the archive supports is accepted
 (:func:`follow_proposed_order`).
 
@@ -97,6 +98,7 @@ class StorageSCP:
         host: str = "127.0.0.1",
         port: int | None = 11112,
         commitment: Any | None = None,
+        procedure_steps: Any | None = None,
         extra: Sequence[ExtraServices] = (),
         tls_port: int | None = None,
         ssl_context: ssl.SSLContext | None = None,
@@ -140,6 +142,12 @@ class StorageSCP:
 
             self.ae.add_supported_context(STORAGE_COMMITMENT_PUSH)
             self.handlers.append((evt.EVT_N_ACTION, handle_n_action, [commitment]))
+        if procedure_steps is not None:  # MPPS: what a modality reports it performed
+            from ingest.mpps import MPPS_SOP_CLASS, handle_n_create, handle_n_set
+
+            self.ae.add_supported_context(MPPS_SOP_CLASS)
+            self.handlers.append((evt.EVT_N_CREATE, handle_n_create, [procedure_steps]))
+            self.handlers.append((evt.EVT_N_SET, handle_n_set, [procedure_steps]))
         for services in extra:
             for abstract_syntax, transfer_syntaxes in services.contexts:
                 self.ae.add_supported_context(abstract_syntax, list(transfer_syntaxes))

@@ -16,6 +16,7 @@ from projections.archive_index.fold import ArchiveIndex
 from projections.audit.fold import AuditTrail
 from projections.catalogue import EventCatalogue
 from projections.monitoring.fold import Monitoring
+from projections.orders.fold import Orders
 from projections.query_model.fold import QueryModel
 from streams.processing import Processor
 
@@ -35,6 +36,7 @@ PROJECTIONS: dict[str, Factory] = {
     "query-model": lambda config: QueryModel(),
     "monitoring": lambda config: Monitoring(),
     "analytics": lambda config: Analytics(config.pseudonym_key),
+    "orders": lambda config: Orders(),
 }
 
 

@@ -44,10 +44,12 @@ class Action(StrEnum):
     PLACE_ORDERS = "place-orders"
     #: register, update and merge patients (HL7 ADT from the MIS)
     UPDATE_PATIENTS = "update-patients"
+    #: read the modality worklist (the scheduled steps of orders: patient names, procedures)
+    READ_WORKLIST = "read-worklist"
 
 
 #: role -> what it may do. An analyst works in ClickHouse on pseudonymised tables and may do
-#: nothing here; a modality only sends; a hospital's transfer agent sends and reports its transfers;
+#: nothing here; a modality sends and reads its worklist; a hospital's transfer agent sends and reports its transfers;
 #: the MIS (over HL7) places orders, keeps patients' records and sends results.
 POLICY: Final = MappingProxyType(
     {
@@ -59,6 +61,7 @@ POLICY: Final = MappingProxyType(
                 Action.WRITE_REPORTS,
                 Action.AMEND_REPORTS,
                 Action.READ_DRAFTS,
+                Action.READ_WORKLIST,
             }
         ),
         "referring-doctor": frozenset({Action.READ_PATIENT_DATA, Action.READ_IMAGES}),
@@ -75,9 +78,10 @@ POLICY: Final = MappingProxyType(
                 Action.AUDIT,
                 Action.REQUEST_TRANSFERS,
                 Action.REBUILD,
+                Action.READ_WORKLIST,
             }
         ),
-        "modality": frozenset({Action.STORE}),
+        "modality": frozenset({Action.STORE, Action.READ_WORKLIST}),
         "agent": frozenset({Action.STORE, Action.REPORT_TRANSFERS}),
         # the hospital's medical information system over HL7 v2: its results become reports
         "mis": frozenset({Action.PLACE_ORDERS, Action.UPDATE_PATIENTS, Action.WRITE_REPORTS, Action.AMEND_REPORTS}),

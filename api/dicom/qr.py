@@ -62,6 +62,7 @@ import logging
 import socket
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
+from datetime import UTC, tzinfo
 from enum import IntEnum
 from typing import Any
 
@@ -80,6 +81,7 @@ from api.access import AccessRecorder, Reader
 from api.dicom.find import MODEL_LEVELS, c_find_responses
 from api.dicom.pending import PENDING_CODES, PendingResponses
 from api.dicom.stored import install_stored_encoding, move_contexts, stored_dataset
+from api.dicom.worklist import MODALITY_WORKLIST_FIND, handle_worklist_find
 from ingest.ae_titles import ae_title
 from ingest.scp import ExtraServices
 from ingest.senders import Senders
@@ -279,6 +281,8 @@ class QrDeps:
     blobs: BlobStore
     recorder: AccessRecorder
     senders: Senders
+    #: the region's time zone (worklist dates and times are local)
+    zone: tzinfo = UTC
 
 
 def _deny(
@@ -304,7 +308,12 @@ def _identifier(event: Any) -> Dataset | None:
 
 
 def handle_find(event: Any, deps: QrDeps) -> Iterator[tuple[Any, Dataset | None]]:
-    """EVT_C_FIND: matching is :func:`api.dicom.find.c_find_responses` (it records the access)."""
+    """EVT_C_FIND: matching is :func:`api.dicom.find.c_find_responses` (it records the access);
+    a worklist query goes to :func:`api.dicom.worklist.handle_worklist_find` (one C-FIND handler
+    per AE: pynetdicom binds one)."""
+    if str(event.request.AffectedSOPClassUID) == MODALITY_WORKLIST_FIND:
+        yield from handle_worklist_find(event, deps.warehouse, deps.recorder, deps.senders, deps.zone)
+        return
     model, service = QR_SOP_CLASSES[str(event.request.AffectedSOPClassUID)]
     identifier = _identifier(event)
     reader = reader_for(event.assoc, deps.senders)
@@ -498,6 +507,7 @@ def qr_services(
     senders: Senders,
     recorder: AccessRecorder | None = None,
     on_read: Callable[[str, str], None] | None = None,
+    zone: tzinfo = UTC,
 ) -> ExtraServices:
     """Query/Retrieve as extra services of the Storage SCP (see :class:`ingest.scp.ExtraServices`);
     ``on_read(channel, status)`` is told of every request (the archive's metrics)."""
@@ -511,7 +521,7 @@ def qr_services(
     # or not (a C-FIND pays it twice per match); kept only when CAMI runs verbose (``cami -v``)
     if not logging.getLogger("pynetdicom").isEnabledFor(logging.INFO):
         pynetdicom_config.LOG_HANDLER_LEVEL = "none"
-    deps = QrDeps(warehouse, store, blobs, recorder, senders)
+    deps = QrDeps(warehouse, store, blobs, recorder, senders, zone)
     find: Handler = handle_find
     move: Handler = handle_move
     get: Handler = handle_get
@@ -522,7 +532,7 @@ def qr_services(
             counted(get, "c-get", on_read),
         )
     return ExtraServices(
-        contexts=[(uid, IDENTIFIER_SYNTAXES) for uid in QR_SOP_CLASSES],
+        contexts=[(uid, IDENTIFIER_SYNTAXES) for uid in (*QR_SOP_CLASSES, MODALITY_WORKLIST_FIND)],
         handlers=[
             (evt.EVT_C_FIND, find, [deps]),
             (evt.EVT_C_MOVE, move, [deps]),

@@ -290,7 +290,12 @@ def _order(group: dict[str, hl7.Segment], pid: hl7.Segment | None, context: Cont
     common = _common(context, placer)
     if control in _CANCEL:
         reason = value(orc, 16, 2) or value(orc, 16, 1) or None
-        cancelled = {"placer_order_number": placer, "AccessionNumber": accession, "reason": reason}
+        cancelled = {
+            "placer_order_number": placer,
+            "AccessionNumber": accession,
+            "reason": reason,
+            "placer_application": context.sender.name,
+        }
         return new_event("OrderCancelled", cancelled, **common)
     if control not in _PLACE:
         raise MessageRefused(

@@ -152,6 +152,7 @@ def test_the_filler_assigns_the_same_accession_and_study_uid_every_time(receiver
         "placer_order_number": "PL1",
         "AccessionNumber": first["AccessionNumber"],
         "reason": "wrong patient",
+        "placer_application": "MIS@ORG01",
     }
 
 

@@ -40,7 +40,7 @@ from streams.processing import EmbeddedRunner, Processor, Sink, group_id
 from streams.publisher import publish_many
 from streams.topics import DICOM, archive_topics
 from tests.support.chdb_http import ChdbHttpServer
-from tests.support.events import synthetic_sequence
+from tests.support.events import order_sequence, synthetic_sequence
 from tests.support.paths import ROOT
 
 
@@ -199,9 +199,9 @@ def test_rebuild_aligns_the_live_groups_and_loses_nothing_after(
     warehouse: Warehouse, store: QueryStore, event_log: EmbeddedEventLog
 ) -> None:
     processors, bindings = live_bindings(warehouse, store)
-    publish_many(event_log, synthetic_sequence(3))
+    publish_many(event_log, synthetic_sequence(3) + order_sequence(3))
     EmbeddedRunner(event_log, bindings).catch_up()
-    behind = synthetic_sequence(4, studies=3)
+    behind = synthetic_sequence(4, studies=3) + order_sequence(4)
     publish_many(event_log, behind)  # the live processors have not seen these yet
     assert all(sum(lags.values()) > 0 for lags in projection_lag(event_log, processors).values())
 

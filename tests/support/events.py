@@ -44,6 +44,41 @@ T0 = datetime(2026, 3, 2, 8, 0, tzinfo=UTC)
 RADIOLOGIST = Actor("dr.orlova", "radiologist")
 
 
+def order_sequence(seed: int, orders: int = 4) -> list[Event]:
+    """Orders the MIS placed for synthetic_sequence's studies (same accession numbers), every
+    other one cancelled, the first one performed (MPPS in progress, then completed)."""
+    mis = Actor("hl7:MIS@ORG", "mis")
+    events: list[Event] = []
+    for s in range(orders):
+        placer, accession = f"PL-{seed}-{s}", f"A-{seed}-{s}"
+        study = f"1.2.826.0.1.3680043.8.498.{seed}.{s + 1}"
+        common = {
+            "aggregate_id": placer,
+            "source_node": "hl7:MIS@ORG",
+            "organisation": ORGS[s % len(ORGS)],
+            "actor": mis,
+        }
+        events.append(
+            new_event(
+                "OrderPlaced",
+                {"placer_order_number": placer, "AccessionNumber": accession, "StudyInstanceUID": study,
+                 "PatientID": f"P-{seed}-{s % 5}", "PatientName": "Кузнецова^Мария", "Modality": "CT",
+                 "ScheduledStationAETitle": "CT1", "ScheduledProcedureStepStartDateTime": T0 + timedelta(hours=s),
+                 "placer_application": "MIS@ORG"},
+                **common,
+            )
+        )  # fmt: skip
+        if s % 2:
+            cancelled = {"placer_order_number": placer, "AccessionNumber": accession, "placer_application": "MIS@ORG"}
+            events.append(new_event("OrderCancelled", cancelled, **common))
+    step = f"1.2.826.0.1.3680043.8.498.{seed}.999"
+    for status in ("IN PROGRESS", "COMPLETED"):
+        performed = {"AffectedSOPInstanceUID": step, "PerformedProcedureStepStatus": status,
+                     "AccessionNumber": f"A-{seed}-0", "number_of_series": 2, "number_of_instances": 6}  # fmt: skip
+        events.append(new_event("ProcedureStepChanged", performed, aggregate_id=step, source_node="CT1"))
+    return events
+
+
 def synthetic_sequence(seed: int, studies: int = 8) -> list[Event]:
     """A region's worth of varied events, in the order the archive would record them."""
     events: list[Event] = []

@@ -17,6 +17,8 @@ def test_every_action_is_granted_to_someone_and_the_administrator_may_not_write_
     assert roles_that(Action.REQUEST_TRANSFERS) == {"administrator"}
     # rebuilding read models while serving is the administrator's alone
     assert roles_that(Action.REBUILD) == {"administrator"}
+    # orders and patients' records come from the MIS alone (over HL7)
+    assert roles_that(Action.PLACE_ORDERS) == roles_that(Action.UPDATE_PATIENTS) == {"mis"}
 
 
 def test_reading_images_implies_reading_patient_data() -> None:
@@ -29,7 +31,8 @@ def test_reading_images_implies_reading_patient_data() -> None:
     [
         ("auditor", {Action.READ_PATIENT_DATA, Action.AUDIT}),
         ("regional-it", {Action.MONITOR}),
-        ("modality", {Action.STORE}),
+        ("modality", {Action.STORE, Action.READ_WORKLIST}),
+        ("mis", {Action.PLACE_ORDERS, Action.UPDATE_PATIENTS, Action.WRITE_REPORTS, Action.AMEND_REPORTS}),
         ("agent", {Action.STORE, Action.REPORT_TRANSFERS}),
         ("analyst", set()),
         ("referring-doctor", {Action.READ_PATIENT_DATA, Action.READ_IMAGES}),

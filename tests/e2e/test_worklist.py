@@ -1,0 +1,181 @@
+"""The modality's side of an order: the MIS places orders over HL7 (``mllp_send``), the device
+asks its worklist with dcmtk's ``findscu -W`` and gets exactly its scheduled steps with the
+Cyrillic names right in the character set it asked for; a cancelled order leaves the worklist;
+the device reports the step with MPPS (a pynetdicom SCU, N-CREATE then N-SET COMPLETED), which
+takes it off the worklist and is recorded as ProcedureStepChanged events."""
+
+from __future__ import annotations
+
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+
+import pydicom
+import pytest
+from pydicom.dataset import Dataset
+from pydicom.sequence import Sequence as DicomSequence
+from pynetdicom import AE
+
+from streams.topics import ORDERS
+from tests.support.agent_region import Cami, ports, wait_for
+from tests.support.hl7 import ack_fields, message, mllp_send, pid, segment
+
+pytestmark = pytest.mark.slow
+
+CT_AE, MR_AE = "CT_ROOM1", "MR_ROOM2"
+MPPS = "1.2.840.10008.3.1.2.3.3"
+
+
+@pytest.fixture()
+def cami(tmp_path: Path) -> Iterator[tuple[Cami, int]]:
+    dicom_port, http_port, agent_port, hl7_port = ports(4)
+    modalities = "".join(
+        f'[[sender]]\nae_title = "{ae}"\norganisation = "ORG01"\nname = "{ae}"\n\n' for ae in (CT_AE, MR_AE)
+    )
+    server = Cami(
+        tmp_path / "cami",
+        dicom_port,
+        http_port,
+        "OKB_AGENT",
+        agent_port,
+        env_extra={"CAMI_HL7_PORT": str(hl7_port), "CAMI_TIMEZONE": "Europe/Moscow"},
+        senders_extra=modalities,
+    )
+    server.start()
+    try:
+        yield server, hl7_port
+    finally:
+        server.process.stop()
+
+
+def order(control: str, placer: str, accession: str, name: str, station: str, modality: str, start: str) -> bytes:
+    return message(
+        "OMI^O23",
+        pid(f"P-{placer}", name, "19620704", "F"),
+        segment("ORC", {1: control, 2: placer, 12: "D7^Терапевтов^Илья"}),
+        segment("TQ1", {7: start, 9: "R"}),
+        segment("OBR", {1: "1", 2: placer, 4: "A06.09.005^КТ органов грудной полости^RGC"}),
+        segment("IPC", {1: accession, 2: f"RP{placer}", 4: f"SPS{placer}", 5: modality, 9: station}),
+        control_id=f"{control}-{placer}",
+        charset="UNICODE UTF-8",
+    ).encode()
+
+
+def findscu(server: Cami, out: Path, station: str, charset: str) -> list[pydicom.Dataset]:
+    """dcmtk's findscu -W as the device ``station``: its steps for 1-2 December 2026."""
+    out.mkdir(parents=True, exist_ok=True)
+    for old in out.iterdir():
+        old.unlink()
+    subprocess.run(
+        ["/usr/bin/findscu", "-W", "-aet", station, "-aec", "CAMI", "-X", "-od", str(out),
+         "-k", f"SpecificCharacterSet={charset}",
+         "-k", "PatientName", "-k", "PatientID", "-k", "AccessionNumber", "-k", "StudyInstanceUID",
+         "-k", f"ScheduledProcedureStepSequence[0].ScheduledStationAETitle={station}",
+         "-k", "ScheduledProcedureStepSequence[0].ScheduledProcedureStepStartDate=20261201-20261202",
+         "-k", "ScheduledProcedureStepSequence[0].ScheduledProcedureStepStartTime",
+         "-k", "ScheduledProcedureStepSequence[0].Modality",
+         "-k", "ScheduledProcedureStepSequence[0].ScheduledProcedureStepID",
+         "127.0.0.1", str(server.dicom_port)],
+        check=True, capture_output=True, timeout=60,
+    )  # fmt: skip
+    return [pydicom.dcmread(p) for p in sorted(out.iterdir())]
+
+
+def mpps(server: Cami, study: str, accession: str, status: str, uid: str | None = None) -> str:
+    """N-CREATE (uid None) or N-SET of the step, as the CT modality reports it."""
+    ae = AE(ae_title=CT_AE)
+    ae.add_requested_context(MPPS)
+    assoc = ae.associate("127.0.0.1", server.dicom_port, ae_title="CAMI")
+    assert assoc.is_established
+    try:
+        ds = Dataset()
+        ds.PerformedProcedureStepStatus = status
+        if uid is None:
+            scheduled = Dataset()
+            scheduled.StudyInstanceUID = study
+            scheduled.AccessionNumber = accession
+            ds.ScheduledStepAttributesSequence = DicomSequence([scheduled])
+            ds.PatientID = "P-PL1"
+            ds.Modality = "CT"
+            ds.PerformedStationAETitle = CT_AE
+            ds.PerformedProcedureStepStartDate = "20261201"
+            ds.PerformedProcedureStepStartTime = "093000"
+            uid = pydicom.uid.generate_uid()
+            answer, _ = assoc.send_n_create(ds, MPPS, uid)
+        else:
+            ds.PerformedProcedureStepEndDate = "20261201"
+            ds.PerformedProcedureStepEndTime = "094500"
+            series = Dataset()
+            series.SeriesInstanceUID = pydicom.uid.generate_uid()
+            images = []
+            for _ in range(3):
+                image = Dataset()
+                image.ReferencedSOPClassUID = "1.2.840.10008.5.1.4.1.1.2"
+                image.ReferencedSOPInstanceUID = pydicom.uid.generate_uid()
+                images.append(image)
+            series.ReferencedImageSequence = DicomSequence(images)
+            ds.PerformedSeriesSequence = DicomSequence([series])
+            answer, _ = assoc.send_n_set(ds, MPPS, uid)
+        assert answer.Status == 0x0000, hex(answer.Status)
+        return uid
+    finally:
+        assoc.release()
+
+
+def test_a_device_gets_its_worklist_and_reports_what_it_performed(cami: tuple[Cami, int], tmp_path: Path) -> None:
+    server, hl7_port = cami
+    placed = [
+        order("NW", "PL1", "ACC-W1", "Смирнова^Ольга^Петровна", CT_AE, "CT", "20261201093000"),
+        order("NW", "PL2", "ACC-W2", "Кузнецов^Иван", CT_AE, "CT", "20261201110000"),
+        order("NW", "PL3", "ACC-W3", "Попов^Олег", MR_AE, "MR", "20261201100000"),
+        order("NW", "PL4", "ACC-W4", "Лебедев^Пётр", CT_AE, "CT", "20261205100000"),  # another day
+    ]
+    acks = mllp_send(hl7_port, placed, tmp_path)
+    assert [ack_fields(a)["MSA-1"] for a in acks] == ["AA"] * 4
+
+    def ct_steps() -> list[pydicom.Dataset] | None:
+        found = findscu(server, tmp_path / "ct", CT_AE, "ISO_IR 144")
+        return found if len(found) == 2 else None
+
+    found = wait_for("the CT room's two steps in its worklist", ct_steps, timeout=60)
+    assert [str(d.AccessionNumber) for d in found] == ["ACC-W1", "ACC-W2"]  # earliest first
+    assert [str(d.PatientName) for d in found] == ["Смирнова^Ольга^Петровна", "Кузнецов^Иван"]
+    assert all(d.SpecificCharacterSet == "ISO_IR 144" for d in found)  # the set the device asked for
+    step = found[0].ScheduledProcedureStepSequence[0]
+    assert (step.ScheduledStationAETitle, step.Modality, step.ScheduledProcedureStepID) == (CT_AE, "CT", "SPSPL1")
+    assert (step.ScheduledProcedureStepStartDate, step.ScheduledProcedureStepStartTime) == ("20261201", "093000")
+    mr = findscu(server, tmp_path / "mr", MR_AE, "ISO_IR 192")
+    assert [(str(d.AccessionNumber), str(d.PatientName)) for d in mr] == [("ACC-W3", "Попов^Олег")]
+
+    # the MIS cancels the second CT order: it leaves the worklist
+    (cancel_ack,) = mllp_send(hl7_port, [order("CA", "PL2", "ACC-W2", "", CT_AE, "CT", "")], tmp_path)
+    assert ack_fields(cancel_ack)["MSA-1"] == "AA"
+    after_cancel = wait_for(
+        "the cancelled step gone",
+        lambda: (lambda f: f if len(f) == 1 else None)(findscu(server, tmp_path / "ct", CT_AE, "ISO_IR 192")),
+        timeout=60,
+    )
+    assert [str(d.AccessionNumber) for d in after_cancel] == ["ACC-W1"]
+
+    # the device performs the first: MPPS IN PROGRESS, then COMPLETED
+    study = str(after_cancel[0].StudyInstanceUID)
+    uid = mpps(server, study, "ACC-W1", "IN PROGRESS")
+    in_progress = wait_for(
+        "the step shown as started",
+        lambda: (lambda f: f if f and f[0].ScheduledProcedureStepSequence[0].ScheduledProcedureStepStatus == "STARTED"
+                 else None)(findscu(server, tmp_path / "ct", CT_AE, "ISO_IR 192")),
+        timeout=60,
+    )  # fmt: skip
+    assert str(in_progress[0].AccessionNumber) == "ACC-W1"
+    mpps(server, study, "ACC-W1", "COMPLETED", uid)
+    wait_for(
+        "the completed step off the worklist",
+        lambda: findscu(server, tmp_path / "ct", CT_AE, "ISO_IR 192") == [] or None,
+        timeout=60,
+    )
+    changes = [e for e in server.events(ORDERS) if e.type == "ProcedureStepChanged"]
+    assert [e["PerformedProcedureStepStatus"] for e in changes] == ["IN PROGRESS", "COMPLETED"]
+    completed = changes[1]
+    assert (completed["AccessionNumber"], completed["StudyInstanceUID"]) == ("ACC-W1", study)
+    assert (completed["number_of_series"], completed["number_of_instances"]) == (1, 3)
+    assert completed.envelope.actor.user == CT_AE and completed.envelope.organisation == "ORG01"
