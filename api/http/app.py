@@ -38,6 +38,7 @@ from api.http.metrics import ReadRequestsMiddleware
 from api.http.metrics import router as metrics_router
 from api.http.monitoring_pages import router as monitoring_router
 from api.http.openapi import document as openapi_document
+from api.http.orders import router as orders_router
 from api.http.oversight import router as oversight_router
 from api.http.qido import router as qido_router
 from api.http.rebuilds import router as rebuilds_router
@@ -147,6 +148,7 @@ def create_app(
         )
     )
     app.include_router(rebuilds_router(archive.rebuilds))
+    app.include_router(orders_router(archive.warehouse, archive.query_store, recorder))
     app.openapi = lambda: openapi_document(app)  # type: ignore[method-assign]
     return app
 

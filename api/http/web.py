@@ -39,6 +39,7 @@ from typing import Any
 from urllib.parse import quote, urlencode, urlsplit
 
 from fastapi import APIRouter, FastAPI, Request
+from fastapi.encoders import jsonable_encoder
 from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
 from fastapi.staticfiles import StaticFiles
 
@@ -59,6 +60,7 @@ from api.http.deps import authenticate as _authenticate
 from api.http.errors import ApiError
 from api.http.pages import render
 from projections.archive_index.views import series_instances, study_report, study_series
+from projections.orders.queries import status_of
 from projections.query_model.find import patient_timeline, search_studies
 from projections.query_model.store import QueryStore
 from projections.warehouse.base import Warehouse
@@ -385,6 +387,7 @@ def router(
         earlier = patient_timeline(store, record["patient_id"])
         priors = [_study_summary(s, directory) for s in earlier if s["study_uid"] != study]
         summary = _study_summary(record, directory)
+        accession = record.get("accession_number")
         data = {
             "user": {"name": user.name, "role": user.role},
             "patient": {
@@ -405,6 +408,8 @@ def router(
             "series": series,
             "report": report,
             "priors": priors,
+            # the order this study was made for, and how far it has come (None: no order from the MIS)
+            "order": jsonable_encoder(status_of(warehouse, store, accession)) if accession else None,
         }
         recorder.record(
             reader,

@@ -20,8 +20,9 @@ reports folded from their stages. Every value from a caller travels as a ClickHo
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
 from projections.archive_index.fold import INSTANCES, MERGES, PATIENTS_TABLE, REPORTS_TABLE
@@ -296,6 +297,18 @@ def study_report(warehouse: Warehouse, study_uid: str) -> dict[str, Any]:
     folded = [fold_report(r) for r in reports.values()]
     status = max((r["status"] for r in folded), key=_STATUS_RANK.__getitem__, default="none")
     return {"study_uid": study_uid, "status": status, "reports": folded}
+
+
+def report_milestones(warehouse: Warehouse, study_uids: Sequence[str]) -> dict[str, datetime]:
+    """When the studies' reports first reached each stage (draft, signed, amended)."""
+    if not study_uids:
+        return {}
+    rows = warehouse.query(
+        f"SELECT stage, min(at) AS first FROM {REPORTS_TABLE} FINAL"
+        " WHERE study_uid IN {studies:Array(String)} GROUP BY stage",
+        {"studies": list(study_uids)},
+    ).dicts()
+    return {str(r["stage"]): r["first"] for r in rows}
 
 
 def _clinician(row: Mapping[str, Any]) -> dict[str, Any]:

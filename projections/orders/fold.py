@@ -30,6 +30,15 @@ ORDERS = "orders"
 CANCELLATIONS = "order_cancellations"
 STEPS = "procedure_steps"
 
+#: the columns of ``orders``, in order
+ORDER_COLUMNS = (
+    "placer_application", "placer_order_number", "accession_number", "study_uid", "requested_procedure_id",
+    "scheduled_step_id", "patient_id", "issuer", "patient_name", "birth_date", "sex", "procedure_code",
+    "procedure_scheme", "procedure_meaning", "step_description", "modality", "station_ae_title", "scheduled_start",
+    "referring_name", "referring_code", "referring_organisation", "priority", "organisation", "placed_at", "topic",
+    "partition", "offset",
+)  # fmt: skip
+
 DDL = (
     f"""
 CREATE TABLE IF NOT EXISTS {ORDERS} (

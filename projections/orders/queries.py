@@ -1,6 +1,6 @@
-"""Reads of the orders read model (:mod:`projections.orders.fold`): the modality worklist and
-one order by accession number. Exact at query time over ``FINAL`` rows; every value travels as a
-``{name:Type}`` parameter.
+"""Reads of the orders read model (:mod:`projections.orders.fold`): the modality worklist, one
+order by accession number, and its status with what it became (images, reports). Exact at query
+time over ``FINAL`` rows; every value travels as a ``{name:Type}`` parameter.
 
 An order is **cancelled** when its latest cancellation comes after its latest placement in the
 log; its procedure step's **state** is the latest MPPS status of the steps naming its accession
@@ -12,14 +12,18 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from projections.orders.fold import CANCELLATIONS, ORDERS, STEPS
+from projections.archive_index.views import report_milestones
+from projections.orders.fold import CANCELLATIONS, ORDER_COLUMNS, ORDERS, STEPS
+from projections.orders.status import order_status
+from projections.query_model.find import search_studies
+from projections.query_model.store import QueryStore
 from projections.warehouse.base import Warehouse
 
 #: the worklist answers at most this many scheduled steps
 MAX_WORKLIST = 1000
 
 _ORDER_STATE = f"""
-SELECT o.*,
+SELECT {", ".join(f"o.{c} AS {c}" for c in ORDER_COLUMNS)},
        c.cancels > 0 AND c.cancel_offset > o.offset AS cancelled,
        if(c.cancels > 0, c.reason, NULL) AS cancel_reason,
        if(c.cancels > 0, c.cancelled_at, NULL) AS cancelled_at,
@@ -114,3 +118,18 @@ GROUP BY step_uid ORDER BY created_at
 SETTINGS prefer_column_name_to_alias = 1
 """
     return warehouse.query(sql, {"accession": accession_number, "study": study_uid}).dicts()
+
+
+def status_of(warehouse: Warehouse, store: QueryStore, accession_number: str) -> dict[str, Any] | None:
+    """The order's status (:func:`projections.orders.status.order_status`): the order, its steps,
+    the studies of its accession number or study UID (the query model), their reports' stages
+    (the archive index). None when no order has this accession number."""
+    placed = order(warehouse, accession_number)
+    if placed is None:
+        return None
+    studies = {s["study_uid"]: s for s in search_studies(store, accession=accession_number)}
+    if placed["study_uid"] and placed["study_uid"] not in studies:
+        studies |= {s["study_uid"]: s for s in search_studies(store, study_uid=placed["study_uid"])}
+    performed = steps(warehouse, accession_number, placed["study_uid"])
+    reports = report_milestones(warehouse, sorted(studies))
+    return order_status(placed, performed, list(studies.values()), reports)

@@ -84,6 +84,7 @@ def figures(warehouse: Warehouse) -> None:
     assert [r["accession_number"] for r in worklist(warehouse, start_to=DAY.replace(hour=11))] == ["A3", "A4"]
     cancelled = order(warehouse, "A2")
     assert cancelled is not None and cancelled["cancelled"] and cancelled["patient_name"] == "Смирнова^Ольга"
+    assert (cancelled["placer_order_number"], cancelled["placer_application"]) == ("PL2", "MIS@ORG01")
     again = order(warehouse, "A5")
     assert again is not None and not again["cancelled"]
     done = order(warehouse, "A1")

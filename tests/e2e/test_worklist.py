@@ -2,22 +2,32 @@
 asks its worklist with dcmtk's ``findscu -W`` and gets exactly its scheduled steps with the
 Cyrillic names right in the character set it asked for; a cancelled order leaves the worklist;
 the device reports the step with MPPS (a pynetdicom SCU, N-CREATE then N-SET COMPLETED), which
-takes it off the worklist and is recorded as ProcedureStepChanged events."""
+takes it off the worklist and is recorded as ProcedureStepChanged events. An order's status
+(``GET /api/orders/{accession}``) walks through every stage as it happens -- placed, the step
+begun, images stored with storescu, a draft and a final result over HL7 -- and a doctor's browser
+sees it on the study page."""
 
 from __future__ import annotations
 
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
+import httpx
 import pydicom
 import pytest
+from pydicom.data import get_testdata_file
 from pydicom.dataset import Dataset
 from pydicom.sequence import Sequence as DicomSequence
 from pynetdicom import AE
+from selenium.webdriver.common.by import By
+from selenium.webdriver.remote.webdriver import WebDriver
+from selenium.webdriver.support.ui import WebDriverWait
 
 from streams.topics import ORDERS
-from tests.support.agent_region import Cami, ports, wait_for
+from tests.support.agent_region import ADMIN_TOKEN, ADMIN_USER, Cami, ports, storescu, wait_for
+from tests.support.browser import WAIT, chromium, shot
 from tests.support.hl7 import ack_fields, message, mllp_send, pid, segment
 
 pytestmark = pytest.mark.slow
@@ -48,14 +58,16 @@ def cami(tmp_path: Path) -> Iterator[tuple[Cami, int]]:
         server.process.stop()
 
 
-def order(control: str, placer: str, accession: str, name: str, station: str, modality: str, start: str) -> bytes:
+def order(
+    control: str, placer: str, accession: str, name: str, station: str, modality: str, start: str, study: str = ""
+) -> bytes:
     return message(
         "OMI^O23",
         pid(f"P-{placer}", name, "19620704", "F"),
         segment("ORC", {1: control, 2: placer, 12: "D7^Терапевтов^Илья"}),
         segment("TQ1", {7: start, 9: "R"}),
         segment("OBR", {1: "1", 2: placer, 4: "A06.09.005^КТ органов грудной полости^RGC"}),
-        segment("IPC", {1: accession, 2: f"RP{placer}", 4: f"SPS{placer}", 5: modality, 9: station}),
+        segment("IPC", {1: accession, 2: f"RP{placer}", 3: study, 4: f"SPS{placer}", 5: modality, 9: station}),
         control_id=f"{control}-{placer}",
         charset="UNICODE UTF-8",
     ).encode()
@@ -179,3 +191,82 @@ def test_a_device_gets_its_worklist_and_reports_what_it_performed(cami: tuple[Ca
     assert (completed["AccessionNumber"], completed["StudyInstanceUID"]) == ("ACC-W1", study)
     assert (completed["number_of_series"], completed["number_of_instances"]) == (1, 3)
     assert completed.envelope.actor.user == CT_AE and completed.envelope.organisation == "ORG01"
+
+
+@pytest.fixture()
+def browser(monkeypatch: pytest.MonkeyPatch) -> Iterator[WebDriver]:
+    driver = chromium(monkeypatch)
+    try:
+        yield driver
+    finally:
+        driver.quit()
+
+
+def result(status: str, conclusion: str, accession: str) -> bytes:
+    return message(
+        "ORU^R01",
+        pid("P-PL9"),
+        segment("OBR", {1: "1", 2: "PL9", 18: accession, 25: status, 32: "D9&Рентгенов&Пётр"}),
+        segment("OBX", {1: "1", 2: "TX", 3: "GDT^Описание", 5: "Очаговых изменений нет"}),
+        segment("OBX", {1: "2", 2: "TX", 3: "IMP^Заключение", 5: conclusion}),
+        control_id=f"R-{status}",
+        charset="UNICODE UTF-8",
+    ).encode()
+
+
+def test_an_order_walks_through_every_status(cami: tuple[Cami, int], tmp_path: Path, browser: WebDriver) -> None:
+    server, hl7_port = cami
+    client = httpx.Client(base_url=server.base_url, headers={"Authorization": f"Bearer {ADMIN_TOKEN}"}, timeout=10)
+    seen: list[str] = []
+
+    def reaches(status: str) -> dict[str, Any]:
+        def probe() -> dict[str, Any] | None:
+            answer = client.get("/api/orders/ACC-S9")
+            if answer.status_code != 200:
+                return None
+            found: dict[str, Any] = answer.json()
+            if not seen or seen[-1] != found["status"]:
+                seen.append(found["status"])
+            return found if found["status"] == status else None
+
+        return wait_for(f"the order {status}", probe, timeout=60)
+
+    assert client.get("/api/orders/ACC-S9").status_code == 404
+    study = pydicom.uid.generate_uid()
+    placed = order("NW", "PL9", "ACC-S9", "Смирнова^Ольга", CT_AE, "CT", "20261201093000", study=study)
+    assert [ack_fields(a)["MSA-1"] for a in mllp_send(hl7_port, [placed], tmp_path)] == ["AA"]
+    scheduled = reaches("scheduled")
+    assert scheduled["study_uid"] == study and scheduled["patient"]["name"] == "Смирнова^Ольга"
+    step = mpps(server, study, "ACC-S9", "IN PROGRESS")
+    reaches("in-progress")
+    mpps(server, study, "ACC-S9", "COMPLETED", step)
+    ds = pydicom.dcmread(str(get_testdata_file("CT_small.dcm")))
+    ds.PatientID, ds.StudyInstanceUID, ds.AccessionNumber = "P-PL9", study, "ACC-S9"
+    ds.SeriesInstanceUID = pydicom.uid.generate_uid()
+    ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = pydicom.uid.generate_uid()
+    ds.save_as(tmp_path / "ct.dcm")
+    storescu(CT_AE, "CAMI", server.dicom_port, [tmp_path / "ct.dcm"])
+    images = reaches("images")
+    assert next(s for s in images["stages"] if s["stage"] == "images")["detail"]["instances"] == 1
+    assert [
+        ack_fields(a)["MSA-1"] for a in mllp_send(hl7_port, [result("P", "Предварительно", "ACC-S9")], tmp_path)
+    ] == ["AA"]
+    reaches("draft")
+    assert [ack_fields(a)["MSA-1"] for a in mllp_send(hl7_port, [result("F", "Норма", "ACC-S9")], tmp_path)] == ["AA"]
+    done = reaches("available")
+    assert seen == ["scheduled", "in-progress", "images", "draft", "available"]
+    reached = [s["stage"] for s in done["stages"] if s["at"] is not None]
+    assert reached == ["referral", "scheduled", "in-progress", "images", "draft", "signed", "available"]
+
+    # the study page shows it to a doctor in a browser
+    browser.get(server.base_url + f"/study?patient=P-PL9&study={study}")
+    WebDriverWait(browser, WAIT).until(lambda d: d.find_elements(By.ID, "signin-form"))
+    browser.find_element(By.ID, "user").send_keys(ADMIN_USER)
+    browser.find_element(By.ID, "token").send_keys(ADMIN_TOKEN)
+    browser.find_element(By.ID, "signin-submit").click()
+    shown = WebDriverWait(browser, WAIT).until(lambda d: d.find_elements(By.ID, "order-status"))
+    assert shown[0].get_attribute("data-status") == "available"
+    assert shown[0].text == "Доступно в регионе"
+    stages = browser.find_elements(By.CSS_SELECTOR, "#order .order-stages li.reached")
+    assert [s.get_attribute("data-stage") for s in stages] == reached
+    shot(browser, "order-status-available")

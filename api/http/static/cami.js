@@ -64,6 +64,10 @@
       "series": "Серии", "series.images": "снимков", "series.frames": "кадров",
       "priors": "Другие исследования пациента", "priors.none": "Других исследований нет.",
       "priors.newer": "новее", "priors.compare": "открыть для сравнения",
+      "order": "Заявка", "order.referral": "Направление", "order.scheduled": "Назначено",
+      "order.in-progress": "Выполняется", "order.images": "Снимки получены", "order.draft": "Черновик заключения",
+      "order.signed": "Заключение подписано", "order.available": "Доступно в регионе",
+      "order.cancelled": "Заявка отменена", "order.discontinued": "Исследование прервано",
       "viewer.window": "Окно", "viewer.default": "Из файла", "viewer.lung": "Лёгкие",
       "viewer.mediastinum": "Средостение", "viewer.bone": "Кости", "viewer.brain": "Мозг",
       "viewer.t1": "T1", "viewer.t2": "T2", "viewer.custom": "Своё", "viewer.center": "Ц", "viewer.width": "Ш",
@@ -165,6 +169,10 @@
       "series": "Series", "series.images": "images", "series.frames": "frames",
       "priors": "Other studies of the patient", "priors.none": "No other studies.",
       "priors.newer": "newer", "priors.compare": "open for comparison",
+      "order": "Order", "order.referral": "Referral", "order.scheduled": "Scheduled",
+      "order.in-progress": "In progress", "order.images": "Images received", "order.draft": "Report draft",
+      "order.signed": "Report signed", "order.available": "Available in the region",
+      "order.cancelled": "Order cancelled", "order.discontinued": "Procedure discontinued",
       "viewer.window": "Window", "viewer.default": "From file", "viewer.lung": "Lung",
       "viewer.mediastinum": "Mediastinum", "viewer.bone": "Bone", "viewer.brain": "Brain",
       "viewer.t1": "T1", "viewer.t2": "T2", "viewer.custom": "Custom", "viewer.center": "C", "viewer.width": "W",
@@ -459,7 +467,16 @@
             el("div", { cls: "sub" }, orgs(s)));
         }))
         : el("p", { cls: "hint", text: t("priors.none") });
-      return el("aside", { cls: "panel info" }, patientCard, studyCard,
+      const order = data.order;
+      const orderCard = order ? el("section", { cls: "card order", id: "order", "data-accession": order.accession_number },
+        el("h2", { text: t("order") + " " + order.accession_number }),
+        el("div", { cls: "order-status " + order.status, id: "order-status", "data-status": order.status, text: t("order." + order.status) }),
+        el("ol", { cls: "order-stages" }, order.stages.map(function (s) {
+          const count = s.stage === "images" && s.at ? " (" + s.detail.instances + ")" : "";
+          return el("li", { cls: s.at ? "reached" : "pending", "data-stage": s.stage },
+            t("order." + s.stage) + count + (s.at ? " · " + fmtDateTime(s.at) : ""));
+        }))) : null;
+      return el("aside", { cls: "panel info" }, patientCard, studyCard, orderCard,
         el("section", { cls: "card" }, el("h2", { text: t("series") }), list),
         el("section", { cls: "card" }, el("h2", { text: t("priors") }), priorList));
     }
