@@ -11,6 +11,7 @@ from api.config import Settings
 from api.dicom.qr import qr_services
 from ingest.commitment import StorageCommitment
 from ingest.hl7.listener import MllpListener
+from ingest.hl7.outbound import OrderNotices, SentNotices, StatusNotifier
 from ingest.hl7.receiver import HL7Receiver
 from ingest.mpps import ProcedureSteps, StepStore
 from ingest.pipeline import Ingestor
@@ -23,6 +24,7 @@ from ingest.senders import Senders, load_senders
 from ingest.sop_index import SopIndex, SopIndexProjection, SopIndexSink
 from ingest.tls import TlsConfigError, server_context
 from projections.changes import ChangeNotifier
+from projections.orders.queries import orders_by_accession
 from projections.query_model.find import study_of_accession
 from projections.query_model.fold import QueryModel
 from projections.query_model.store import QueryModelSink, QueryStore, open_query_store
@@ -33,8 +35,9 @@ from projections.warehouse import Warehouse, open_warehouse
 from schemas.organisations import OrganisationDirectory, load_organisations
 from streams import EventLog, open_event_log
 from streams.blobs import BlobStore, open_blob_store
+from streams.log import Record
 from streams.metrics import ArchiveMetrics
-from streams.processing import EmbeddedRunner, Processor, Sink
+from streams.processing import EmbeddedRunner, Processor, Sink, group_id
 from streams.topics import archive_topics
 
 
@@ -177,6 +180,33 @@ class Archive:
             application=self.senders().ae_title,
         )
         return MllpListener(receiver, host=self.settings.hl7_host, port=port)
+
+    def order_notifier(self) -> EmbeddedRunner | None:
+        """The runner that sends orders' status to the MIS listed as ``[[mis]]`` in the senders
+        file (None: none asked). The first time it starts at the log's end: history is not news."""
+        senders = self.senders()
+        if not senders.mis:
+            return None
+        path = self.settings.home / "order-notices.db"
+        fresh = not path.exists()
+        processor = OrderNotices()
+        if fresh:  # commit the offset after each partition's last record: the end itself
+            marks = [
+                Record(topic, partition, end - 1, b"", b"", 0)
+                for topic in processor.topics
+                for partition, end in self.event_log.end_offsets(topic).items()
+                if end > 0
+            ]
+            if marks:
+                with self.event_log.consumer(group_id(processor), processor.topics) as consumer:
+                    consumer.commit(marks)
+        notifier = StatusNotifier(
+            senders.mis,
+            lambda accessions: orders_by_accession(self.warehouse, accessions),
+            SentNotices(path),
+            sender=senders.ae_title,
+        )
+        return EmbeddedRunner(self.event_log, [(processor, notifier)])
 
     @property
     def warehouse(self) -> Warehouse:

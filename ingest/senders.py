@@ -48,6 +48,15 @@ answered 0xA801 (move destination unknown)::
     ae_title = "RAD_WS1_STORE"
     host = "10.1.2.40"
     port = 11112
+
+An MIS that wants its orders' status back over HL7 (ORM^O01, ORC-1 ``SC``) is a ``[[mis]]``:
+``application`` is how its orders name it (MSH-3@MSH-4 of the messages it sends), ``host`` and
+``port`` its MLLP listener::
+
+    [[mis]]
+    application = "MIS@1.2.643.5.1.13.13.12.2.50.1001"
+    host = "10.1.2.7"
+    port = 2576
 """
 
 from __future__ import annotations
@@ -134,6 +143,15 @@ class Destination:
 
 
 @dataclass(frozen=True)
+class MisEndpoint:
+    """Where an MIS takes its orders' status updates (HL7 over MLLP)."""
+
+    application: str
+    host: str
+    port: int
+
+
+@dataclass(frozen=True)
 class Senders:
     ae_title: str = "CAMI"
     accept_unknown: bool = False
@@ -141,6 +159,8 @@ class Senders:
     senders: dict[str, Sender] = field(default_factory=dict)
     qr_callers: dict[str, QrCaller] = field(default_factory=dict)
     destinations: dict[str, Destination] = field(default_factory=dict)
+    #: MIS that take their orders' status over HL7, by application (MSH-3@MSH-4)
+    mis: dict[str, MisEndpoint] = field(default_factory=dict)
 
     def lookup(self, ae_title: str) -> Sender | None:
         return self.senders.get(ae_title.strip())
@@ -300,6 +320,15 @@ def _destination(raw: dict[str, Any], index: int) -> Destination:
     return Destination(ae_title, host, port)
 
 
+def _mis(raw: dict[str, Any], index: int) -> MisEndpoint:
+    application = str(raw.get("application", "")).strip()
+    if not application or "@" not in application:
+        raise SenderConfigError(f"mis #{index + 1}: 'application' must be MSH-3@MSH-4, e.g. \"MIS@ORG01\"")
+    host, port = _address(raw, f"mis {application}", required=True)
+    assert host is not None and port is not None  # required=True checked both
+    return MisEndpoint(application, host, port)
+
+
 def _table(data: dict[str, Any], name: str) -> list[dict[str, Any]]:
     entries = data.get(name, [])
     if not isinstance(entries, list) or not all(isinstance(e, dict) for e in entries):
@@ -327,6 +356,12 @@ def parse_senders(data: dict[str, Any]) -> Senders:
         if destination.ae_title in destinations:
             raise SenderConfigError(f"destination AE title {destination.ae_title} is listed twice")
         destinations[destination.ae_title] = destination
+    mis: dict[str, MisEndpoint] = {}
+    for index, raw in enumerate(_table(data, "mis")):
+        endpoint = _mis(raw, index)
+        if endpoint.application in mis:
+            raise SenderConfigError(f"mis {endpoint.application} is listed twice")
+        mis[endpoint.application] = endpoint
     return Senders(
         ae_title=str(archive.get("ae_title", "CAMI")),
         accept_unknown=bool(archive.get("accept_unknown", False)),
@@ -334,6 +369,7 @@ def parse_senders(data: dict[str, Any]) -> Senders:
         senders=senders,
         qr_callers=qr_callers,
         destinations=destinations,
+        mis=mis,
     )
 
 

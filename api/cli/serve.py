@@ -60,6 +60,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
     hl7 = archive.hl7_listener(port=args.hl7_port)  # ADT, ORM/OMI, ORU from the MIS
     if hl7 is not None:
         hl7.start()
+    notifier = archive.order_notifier()  # orders' status back to the MIS that asked ([[mis]])
+    if notifier is not None:
+        notifier.start()
     senders = archive.senders()
     pilot = ", pilot mode: unknown callers accepted" if senders.accept_unknown else ""
     known = len(senders.senders)
@@ -78,6 +81,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
     gc.freeze()
     with contextlib.suppress(KeyboardInterrupt):
         stop.wait()
+    if notifier is not None:
+        notifier.stop()
     if hl7 is not None:
         hl7.stop()
     http.stop()

@@ -9,6 +9,7 @@ number (else its Study Instance UID), each attribute of a step its latest non-em
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
 
@@ -92,6 +93,15 @@ def order(warehouse: Warehouse, accession_number: str) -> dict[str, Any] | None:
     )
     rows = warehouse.query(sql, {"accession": accession_number}).dicts()
     return rows[0] if rows else None
+
+
+def orders_by_accession(warehouse: Warehouse, accession_numbers: Sequence[str]) -> dict[str, dict[str, Any]]:
+    """The latest placed order of each accession number (cancelled or not)."""
+    if not accession_numbers:
+        return {}
+    sql = f"SELECT * FROM ({_ORDER_STATE}) WHERE accession_number IN {{accessions:Array(String)}} ORDER BY placed_at"
+    rows = warehouse.query(sql, {"accessions": list(accession_numbers)}).dicts()
+    return {row["accession_number"]: row for row in rows}
 
 
 def steps(warehouse: Warehouse, accession_number: str, study_uid: str) -> list[dict[str, Any]]:
