@@ -49,6 +49,8 @@ class User:
     organisation: str | None = None
     doctor_code: str | None = None
     doctor_name: str | None = None
+    #: a radiologist's specialty (e.g. neuroradiology): second opinions may be asked of it
+    specialty: str | None = None
 
     @property
     def actor(self) -> Actor:
@@ -108,6 +110,7 @@ def _parse(raw: Mapping[str, Any]) -> dict[str, tuple[str, User]]:
             _clean(entry.get("organisation"), "organisation", i),
             _clean(entry.get("doctor_code"), "doctor_code", i),
             _clean(entry.get("doctor_name"), "doctor_name", i),
+            _clean(entry.get("specialty"), "specialty", i),
         )
         by_hash[digest] = (digest, user)
     return by_hash
@@ -172,6 +175,7 @@ def add_user(
     organisation: str | None = None,
     doctor_code: str | None = None,
     doctor_name: str | None = None,
+    specialty: str | None = None,
 ) -> tuple[User, str]:
     """Append a user to the file; returns the user and the new token (shown once, stored hashed)."""
     if role not in ROLES:
@@ -190,6 +194,7 @@ def add_user(
         "organisation": organisation,
         "doctor_code": doctor_code,
         "doctor_name": doctor_name,
+        "specialty": specialty,
         "token_sha256": token_hash(token),
     }
     lines = ["", "[[user]]"]
@@ -204,7 +209,7 @@ def add_user(
         handle.flush()
         os.fsync(handle.fileno())
     _parse(_read(path))  # the file must still be valid
-    user = User(name, role, organisation, doctor_code, doctor_name)
+    user = User(name, role, organisation, doctor_code, doctor_name, specialty)
     return user, token
 
 

@@ -25,7 +25,7 @@ from ingest.sop_index import SopIndex, SopIndexProjection, SopIndexSink
 from ingest.tls import TlsConfigError, server_context
 from projections.changes import ChangeNotifier
 from projections.orders.queries import orders_by_accession
-from projections.query_model.find import study_of_accession
+from projections.query_model.find import search_studies, study_of_accession
 from projections.query_model.fold import QueryModel
 from projections.query_model.store import QueryModelSink, QueryStore, open_query_store
 from projections.rebuild_online import OnlineRebuilds
@@ -180,6 +180,14 @@ class Archive:
             application=self.senders().ae_title,
         )
         return MllpListener(receiver, host=self.settings.hl7_host, port=port)
+
+    def double_read(self, study_instance_uid: str) -> bool:
+        """Whether the study is read twice: one of its modalities is in CAMI_DOUBLE_READ."""
+        screened = self.settings.double_read_modalities
+        if not screened:
+            return False
+        found = search_studies(self.query_store, study_uid=study_instance_uid, limit=1)
+        return bool(found and set(found[0]["modalities"]) & set(screened))
 
     def order_notifier(self) -> EmbeddedRunner | None:
         """The runner that sends orders' status to the MIS listed as ``[[mis]]`` in the senders

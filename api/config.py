@@ -21,6 +21,8 @@ CAMI_HL7_CHARSET       character set of HL7 messages whose MSH-18   UTF-8
                        declares none (e.g. CP1251 for an old MIS)
 CAMI_TIMEZONE          the region's time zone (IANA name): HL7      UTC
                        times without an offset, worklist times
+CAMI_DOUBLE_READ       modalities whose studies are read twice,     none
+                       independently (screening: e.g. MG,DX)
 CAMI_PSEUDONYM_KEY     HMAC key for patient pseudonyms (analytics)  a development key (set it!)
 CAMI_TLS_CERT          PEM certificate chain of the archive         none: no TLS
 CAMI_TLS_KEY           PEM private key of that certificate          the key in CAMI_TLS_CERT
@@ -96,6 +98,8 @@ class Settings:
     hl7_charset: str = "utf-8"
     #: the region's time zone (IANA name)
     timezone: str = "UTC"
+    #: modalities whose studies get two independent readings (ingest/reports/readings.py)
+    double_read_modalities: tuple[str, ...] = ()
     pseudonym_key: bytes = DEVELOPMENT_PSEUDONYM_KEY
     tls: TlsSettings = field(default_factory=TlsSettings)
     dicom_tls_port: int | None = None  # None: no DICOM TLS port
@@ -156,6 +160,7 @@ class Settings:
             hl7_port=_port_or_off(env.get("CAMI_HL7_PORT", str(DEFAULT_HL7_PORT))),
             hl7_charset=_hl7_charset(env.get("CAMI_HL7_CHARSET", "")),
             timezone=_timezone(env.get("CAMI_TIMEZONE", "")),
+            double_read_modalities=_modalities(env.get("CAMI_DOUBLE_READ", "")),
             pseudonym_key=env.get("CAMI_PSEUDONYM_KEY", "").encode() or DEVELOPMENT_PSEUDONYM_KEY,
             tls=tls,
             dicom_tls_port=_port_or_off(env.get("CAMI_DICOM_TLS_PORT", "2762")) if tls.enabled else None,
@@ -200,6 +205,14 @@ def _hl7_charset(name: str) -> str:
     if codec is None:
         raise ConfigError(f"CAMI_HL7_CHARSET={name!r}: one of {', '.join(sorted(CHARSETS))}")
     return codec
+
+
+def _modalities(value: str) -> tuple[str, ...]:
+    codes = tuple(sorted({c.strip().upper() for c in value.split(",") if c.strip()}))
+    bad = [c for c in codes if not c.isalnum() or len(c) > 16]
+    if bad:
+        raise ConfigError(f"CAMI_DOUBLE_READ: {', '.join(bad)} is not a DICOM modality code (e.g. MG,DX)")
+    return codes
 
 
 def _timezone(name: str) -> str:

@@ -128,11 +128,18 @@ CREATE TABLE IF NOT EXISTS {REPORTS_TABLE} ({_POSITION}
     revision UInt32,
     amendment_number UInt32,
     clinician_code String,
-    source LowCardinality(String)
+    source LowCardinality(String),
+    reading LowCardinality(String),
+    assessment LowCardinality(String)
 ) ENGINE = ReplacingMergeTree
 PARTITION BY toYYYYMM(at)
 ORDER BY (organisation, study_key, topic, partition, offset)
 """
+#: warehouses made before double reading: its two columns (empty on the rows already there)
+REPORTS_UPGRADE = (
+    f"ALTER TABLE {REPORTS_TABLE} ADD COLUMN IF NOT EXISTS reading LowCardinality(String),"
+    " ADD COLUMN IF NOT EXISTS assessment LowCardinality(String)"
+)
 
 #: stage: queued, started, completed, failed (one row per event of the transfer).
 TRANSFERS_DDL = f"""
@@ -212,7 +219,16 @@ def age_band(birth_date: str | None, on: date) -> str:
 class Analytics:
     name = "analytics"
     topics: Sequence[str] = (DICOM, REPORTS, TRANSFERS, PATIENTS)
-    ddl = (INSTANCES_DDL, INSTANCES_UPGRADE, STUDIES_DDL, REPORTS_DDL, TRANSFERS_DDL, REJECTIONS_DDL, MERGES_DDL)
+    ddl = (
+        INSTANCES_DDL,
+        INSTANCES_UPGRADE,
+        STUDIES_DDL,
+        REPORTS_DDL,
+        REPORTS_UPGRADE,
+        TRANSFERS_DDL,
+        REJECTIONS_DDL,
+        MERGES_DDL,
+    )
     #: the tables a rebuild drops and refills (the studies view reads them and needs no rebuild)
     tables = (INSTANCES, REPORTS_TABLE, TRANSFERS_TABLE, REJECTIONS, PATIENT_MERGES)
 
@@ -312,6 +328,9 @@ class Analytics:
                 "amendment_number": p.get("amendment_number") or 0,
                 "clinician_code": clinician.get("code") or "",
                 "source": p.get("source") or ("http" if t in ("ReportDrafted", "ReportSigned") else ""),
+                # what reading it is and its finding's code (double reading's concordance); no text
+                "reading": p.get("reading") or "",
+                "assessment": (p.get("assessment") or "").casefold(),
             },
         )
 

@@ -22,6 +22,7 @@ def cmd_users_add(args: argparse.Namespace) -> int:
             organisation=args.organisation,
             doctor_code=args.doctor_code,
             doctor_name=args.doctor_name,
+            specialty=args.specialty,
         )
     except UsersFileError as exc:
         sys.stderr.write(f"cami users add: {exc}\n")
@@ -64,6 +65,7 @@ def register(subparsers: Any) -> None:
     a.add_argument("--organisation", help="regional code of the user's medical organisation")
     a.add_argument("--doctor-code", help="the doctor's code in the regional directory (radiologists)")
     a.add_argument("--doctor-name", help="the doctor's name, DICOM PN form Family^Given^Middle (radiologists)")
+    a.add_argument("--specialty", help="a radiologist's specialty (second opinions may be asked of it)")
     a.add_argument("--json", action="store_true", help="print name, role and token as JSON")
     a.set_defaults(func=cmd_users_add)
 

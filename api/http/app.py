@@ -21,6 +21,7 @@ import socket
 import threading
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from typing import Any
 
 from fastapi import FastAPI
 from starlette.datastructures import MutableHeaders
@@ -28,7 +29,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from starlette.types import Message as AsgiMessage
 
 from api.access import AccessRecorder
-from api.auth import UserDirectory
+from api.auth import User, UserDirectory
 from api.bootstrap import Archive
 from api.http.agents import AgentEventIds
 from api.http.agents import router as agents_router
@@ -87,7 +88,11 @@ def create_app(
     organisations = archive.organisations()
     if reports is None:
         reports = ReportService(
-            ReportStore(archive.settings.home / "reports.db"), archive.event_log, node=_node(), source_node="http"
+            ReportStore(archive.settings.home / "reports.db"),
+            archive.event_log,
+            node=_node(),
+            source_node="http",
+            double_read=archive.double_read,
         )
     service = reports
     limit = max_body if max_body is not None else archive.settings.http_max_body
@@ -129,7 +134,16 @@ def create_app(
     app.include_router(reports_router(service, recorder))
     app.include_router(qido_router(archive.query_store, recorder))
     app.include_router(wado_router(archive, recorder))
-    app.include_router(web_router(archive.warehouse, archive.query_store, recorder, organisations))
+
+    def readings(study_uid: str, user: User) -> dict[str, dict[str, Any]]:
+        states = service.for_study(study_uid)
+        hidden = service.hidden(states, user.name, user.role)
+        return {
+            s.report_id: {"reading": s.reading, "assessment": s.assessment, "hidden": s.report_id in hidden}
+            for s in states
+        }
+
+    app.include_router(web_router(archive.warehouse, archive.query_store, recorder, organisations, readings))
     app.include_router(oversight_router(archive.warehouse, recorder, organisations))
     app.include_router(
         monitoring_router(archive.warehouse, recorder, archive.monitoring_changes, app.state.closing, organisations)

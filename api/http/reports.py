@@ -40,6 +40,19 @@ class CreateReport(BaseModel):
     protocol_text: str = ""
     conclusion_text: str = ""
     accession_number: str | None = Field(default=None, max_length=16)
+    #: primary (default), double-reading (set by the archive on a double-read study),
+    #: second-opinion or arbitration (with the request's or task's id as request_id)
+    reading: str | None = Field(default=None, max_length=32)
+    request_id: str | None = Field(default=None, max_length=64)
+    #: the reading's overall finding (required to sign a double reading): normal, abnormal, BI-RADS...
+    assessment: str | None = Field(default=None, max_length=16)
+
+
+class SecondOpinionRequest(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+    to_organisation: str | None = Field(default=None, max_length=64)
+    to_specialty: str | None = Field(default=None, max_length=64)
+    reason: str = Field(min_length=1, max_length=4000)
 
 
 class EditReport(BaseModel):
@@ -48,6 +61,7 @@ class EditReport(BaseModel):
     conclusion_text: str
     #: optimistic concurrency: refuse (409) unless the report is still at this revision
     revision: int | None = None
+    assessment: str | None = Field(default=None, max_length=16)
 
 
 class AmendReport(BaseModel):
@@ -112,6 +126,9 @@ def router(service: ReportService, recorder: AccessRecorder) -> APIRouter:
     new_report = Depends(json_body(CreateReport, author_check))
     edited_report = Depends(json_body(EditReport, author_check))
     amendment = Depends(json_body(AmendReport, amender_check))
+    asker_check = require(Action.READ_IMAGES, session=False)
+    asker = Depends(asker_check)
+    second_opinion = Depends(json_body(SecondOpinionRequest, asker_check))
     write_errors = responses(400, 401, 403, 404, 409, 422, 503)
 
     @routes.post(
@@ -128,6 +145,9 @@ def router(service: ReportService, recorder: AccessRecorder) -> APIRouter:
             body.conclusion_text,
             _author(user),
             accession_number=body.accession_number,
+            reading=body.reading,
+            request_id=body.request_id,
+            assessment=body.assessment,
         )
         return _report(state, 201, f"/api/reports/{state.report_id}")
 
@@ -139,7 +159,12 @@ def router(service: ReportService, recorder: AccessRecorder) -> APIRouter:
     )
     def edit_report(report_id: str, user: User = author, body: EditReport = edited_report) -> JSONResponse:
         state = service.edit(
-            report_id, body.protocol_text, body.conclusion_text, _author(user), expected_revision=body.revision
+            report_id,
+            body.protocol_text,
+            body.conclusion_text,
+            _author(user),
+            expected_revision=body.revision,
+            assessment=body.assessment,
         )
         return _report(state)
 
@@ -184,6 +209,17 @@ def router(service: ReportService, recorder: AccessRecorder) -> APIRouter:
         except ReportNotFound:
             recorder.record(reader, action="view", channel="api", query={"report_id": report_id}, results=0)
             raise
+        if report_id in service.hidden(service.for_study(state.study_instance_uid), user.name, user.role):
+            recorder.record(
+                reader,
+                action="view",
+                channel="api",
+                study_uid=state.study_instance_uid,
+                patient_id=state.patient_id,
+                query={"report_id": report_id},
+                outcome="denied",
+            )
+            raise ApiError(403, "reading-blinded", "a double-read study: sign your own reading before reading others")
         recorder.record(
             reader,
             action="view",
@@ -213,6 +249,64 @@ def router(service: ReportService, recorder: AccessRecorder) -> APIRouter:
             query={"StudyInstanceUID": study_uid, "reports": True},
             results=len(states),
         )
-        return JSONResponse({"study_instance_uid": study_uid, "reports": [shown(s, user) for s in states]})
+        hidden = service.hidden(states, user.name, user.role)
+        return JSONResponse(
+            {
+                "study_instance_uid": study_uid,
+                "reports": [blinded(s) if s.report_id in hidden else shown(s, user) for s in states],
+            }
+        )
+
+    @routes.post(
+        "/api/studies/{study_uid}/second-opinions",
+        status_code=201,
+        summary="ask for a second opinion: of an organisation or of any radiologist of a specialty",
+        responses=responses(400, 401, 403, 422, 503),
+        openapi_extra=_documented_body(SecondOpinionRequest),
+    )
+    def ask_second_opinion(
+        study_uid: str, user: User = asker, body: SecondOpinionRequest = second_opinion
+    ) -> JSONResponse:
+        if not is_uid(study_uid):
+            raise ApiError(400, "invalid-study-uid", "the study in the URL is not a valid DICOM UID")
+        task = service.request_second_opinion(
+            study_uid, _author(user), to_organisation=body.to_organisation, to_specialty=body.to_specialty,
+            reason=body.reason,
+        )  # fmt: skip
+        return JSONResponse(task, status_code=201)
+
+    @routes.post(
+        "/api/second-opinions/{request_id}/accept",
+        summary="take a second-opinion request on (a radiologist of the organisation or specialty asked)",
+        responses=write_errors,
+    )
+    def accept_second_opinion(request_id: str, user: User = author) -> JSONResponse:
+        return JSONResponse(service.accept_second_opinion(request_id, _author(user), user.specialty))
+
+    @routes.get(
+        "/api/studies/{study_uid}/reading-tasks",
+        summary="a study's second-opinion requests and arbitration tasks",
+        responses=responses(400, 401, 403, 503),
+    )
+    def reading_tasks(request: Request, study_uid: str, user: User = signed_in) -> JSONResponse:
+        reader = report_reader(request, user)
+        if not is_uid(study_uid):
+            raise ApiError(400, "invalid-study-uid", "the study in the URL is not a valid DICOM UID")
+        tasks = service.tasks(study_uid)
+        recorder.record(
+            reader, action="view", channel="api", study_uid=study_uid, query={"reading_tasks": True}, results=len(tasks)
+        )
+        return JSONResponse({"study_instance_uid": study_uid, "tasks": tasks})
 
     return routes
+
+
+def blinded(state: ReportState) -> dict[str, Any]:
+    """What a double reader sees of another's reading before signing their own: that it exists."""
+    return {
+        "report_id": state.report_id,
+        "study_instance_uid": state.study_instance_uid,
+        "status": state.status,
+        "reading": state.reading,
+        "blinded": True,
+    }

@@ -33,7 +33,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote, urlencode, urlsplit
@@ -206,13 +206,25 @@ def _study_summary(study: Mapping[str, Any], directory: OrganisationDirectory) -
     }
 
 
-def _report_view(report: Mapping[str, Any], user: User) -> dict[str, Any]:
-    """The study's reports as the page shows them: draft texts only to those who write reports."""
+#: report id -> what the write side knows of it for this reader: reading, assessment, hidden
+Readings = Callable[[str, User], Mapping[str, Mapping[str, Any]]]
+
+
+def _report_view(report: Mapping[str, Any], user: User, readings: Mapping[str, Mapping[str, Any]]) -> dict[str, Any]:
+    """The study's reports as the page shows them: draft texts only to those who write reports;
+    each with the reading it is (double reading, second opinion, arbitration); a double reading
+    the reader may not read yet (ingest/reports/readings.py) with its texts left out."""
     shown: list[dict[str, Any]] = []
     for item in report["reports"]:
         entry = dict(item)
+        known = readings.get(entry["report_id"], {})
+        entry["reading"] = known.get("reading")
+        entry["assessment"] = known.get("assessment")
         if entry["status"] == "draft" and not may(user.role, Action.READ_DRAFTS):
             entry["protocol_text"] = entry["conclusion_text"] = None
+        if known.get("hidden"):
+            entry |= {"protocol_text": None, "conclusion_text": None, "assessment": None, "amendments": [],
+                      "blinded": True}  # fmt: skip
         shown.append(entry)
     order = {"amended": 0, "signed": 1, "draft": 2}
     shown.sort(key=lambda r: (order.get(r["status"], 3), str(r.get("signed_at") or "")))
@@ -280,10 +292,12 @@ def router(
     store: QueryStore,
     recorder: AccessRecorder,
     organisations: OrganisationDirectory | None = None,
+    readings: Readings | None = None,
 ) -> APIRouter:
     """The browser pages and their JSON routes, finding studies in the query ``store`` and reading
     their series, instances and reports from ``warehouse``; reads recorded through
-    ``recorder``; organisations named from ``organisations`` (none: every code shown as unknown)."""
+    ``recorder``; organisations named from ``organisations`` (none: every code shown as unknown);
+    ``readings`` says which reports are which readings, and which the reader may not read yet."""
     routes = APIRouter()
     directory = organisations if organisations is not None else OrganisationDirectory()
 
@@ -383,7 +397,7 @@ def router(
             return message_page(404, "error.404-study", "Исследование этого пациента не найдено.", user)
         record = found[0]
         series = _series_view(warehouse, study)
-        report = _report_view(study_report(warehouse, study), user)
+        report = _report_view(study_report(warehouse, study), user, readings(study, user) if readings else {})
         earlier = patient_timeline(store, record["patient_id"])
         priors = [_study_summary(s, directory) for s in earlier if s["study_uid"] != study]
         summary = _study_summary(record, directory)

@@ -9,12 +9,14 @@ from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import Any
 
-from ingest.reports.store import TABLE, ReportStore
+from ingest.reports.store import TABLE, TASKS, ReportStore
 from schemas.events import Event
 from streams.processing import Row, Source
 from streams.topics import REPORTS
 
 REPORT_EVENTS = frozenset({"ReportDrafted", "ReportEdited", "ReportSigned", "ReportAmended"})
+#: second opinions and double reading's arbitration (ingest/reports/readings.py)
+TASK_EVENTS = frozenset({"SecondOpinionRequested", "SecondOpinionAccepted", "ArbitrationRequested"})
 
 
 def _iso(value: Any) -> str:
@@ -44,9 +46,11 @@ class ReportStoreProjection:
         self.name = f"report-store.{node}"
 
     def apply(self, event: Event, source: Source) -> Sequence[Row]:
-        if event.type not in REPORT_EVENTS:
-            return []
-        return [Row(TABLE, fact(event))]
+        if event.type in REPORT_EVENTS:
+            return [Row(TABLE, fact(event))]
+        if event.type in TASK_EVENTS:
+            return [Row(TASKS, fact(event))]
+        return []
 
 
 class ReportStoreSink:
@@ -55,3 +59,4 @@ class ReportStoreSink:
 
     def write(self, rows: Sequence[Row]) -> None:
         self.store.apply([r.values for r in rows if r.table == TABLE])
+        self.store.apply_tasks([r.values for r in rows if r.table == TASKS])

@@ -94,6 +94,12 @@ class ReportState:
     amendments: tuple[dict[str, Any], ...] = ()
     #: the archive user who drafted it (None: it arrived as a DICOM document)
     author_user: str | None = None
+    #: what reading it is (None: a primary report; double-reading, second-opinion, arbitration)
+    reading: str | None = None
+    #: the second-opinion request or arbitration task it answers
+    request_id: str | None = None
+    #: the reading's overall finding (a short code compared between double readings)
+    assessment: str | None = None
     #: ids of the events folded in (guards against applying one twice)
     events: tuple[str, ...] = field(default=(), repr=False)
 
@@ -144,6 +150,19 @@ class Author:
     organisation: str | None = None
 
 
+MAX_ASSESSMENT = 16
+
+
+def _assessment(value: str | None) -> str | None:
+    """A reading's assessment as recorded: a short code, trimmed (None: none given)."""
+    if value is None or not value.strip():
+        return None
+    code = value.strip()
+    if len(code) > MAX_ASSESSMENT or not code.isprintable():
+        raise ReportInvalid(f"assessment must be 1-{MAX_ASSESSMENT} printable characters")
+    return code
+
+
 def _check_texts(protocol_text: str, conclusion_text: str) -> None:
     for what, value in (("protocol_text", protocol_text), ("conclusion_text", conclusion_text)):
         if len(value) > MAX_TEXT:
@@ -175,6 +194,9 @@ def draft(
     patient_id: str | None = None,
     source_node: str = "http",
     source: str = "http",
+    reading: str | None = None,
+    request_id: str | None = None,
+    assessment: str | None = None,
 ) -> Event:
     _require_role(author, Action.WRITE_REPORTS, "create reports")
     if not is_uid(study_instance_uid):
@@ -192,6 +214,9 @@ def draft(
             "author": author.clinician,
             "revision": 1,
             "source": source,
+            "reading": reading,
+            "request_id": request_id,
+            "assessment": _assessment(assessment),
         },
         aggregate_id=study_instance_uid,
         source_node=source_node,
@@ -208,6 +233,7 @@ def edit(
     *,
     expected_revision: int | None = None,
     source_node: str = "http",
+    assessment: str | None = None,
 ) -> Event:
     _require_role(author, Action.WRITE_REPORTS, "edit reports")
     state = existing(state)
@@ -225,6 +251,7 @@ def edit(
             "conclusion_text": conclusion_text,
             "editor": author.clinician,
             "revision": state.revision + 1,
+            "assessment": _assessment(assessment) if assessment is not None else state.assessment,
         },
         aggregate_id=state.study_instance_uid,
         source_node=source_node,
@@ -266,6 +293,8 @@ def sign(
             "SOPInstanceUID": state.sop_instance_uid,
             "source": source or "http",
             "document": state.document,
+            "reading": state.reading,
+            "assessment": state.assessment,
         },
         aggregate_id=state.study_instance_uid,
         source_node=source_node,
@@ -371,6 +400,9 @@ def evolve(state: ReportState | None, f: Mapping[str, Any]) -> ReportState | Non
             document=dict(p["document"]) if p.get("document") else None,
             text_extracted=p.get("text_extracted", True),
             author_user=_drafting_user(f),
+            reading=p.get("reading"),
+            request_id=p.get("request_id"),
+            assessment=p.get("assessment"),
             events=seen,
         )
     if state is None:
@@ -385,6 +417,7 @@ def evolve(state: ReportState | None, f: Mapping[str, Any]) -> ReportState | Non
             protocol_text=p["protocol_text"],
             conclusion_text=p["conclusion_text"],
             revision=p["revision"],
+            assessment=p.get("assessment", state.assessment),
             updated_at=at,
             events=seen,
         )
@@ -403,6 +436,7 @@ def evolve(state: ReportState | None, f: Mapping[str, Any]) -> ReportState | Non
             content_sha256=p["content_sha256"],
             document=dict(p["document"]) if p.get("document") else state.document,
             declared_verification_datetime=p.get("declared_verification_datetime"),
+            assessment=p.get("assessment", state.assessment),
             updated_at=at,
             events=seen,
         )

@@ -1,4 +1,4 @@
-"""The ten example queries of ``docs/analytics.md`` run as written, on both warehouse backends.
+"""The eleven example queries of ``docs/analytics.md`` run as written, on both warehouse backends.
 
 The warehouse is fed the region of ``tests/unit/test_monitoring_analytics.py`` plus one study sent
 under a temporary patient ID that a merge later maps to an existing patient (so the "several
@@ -29,7 +29,7 @@ import pytest
 from projections.analytics import Analytics
 from projections.sinks import WarehouseSink
 from projections.warehouse import Warehouse
-from schemas.events import Event
+from schemas.events import Actor, Event, new_event
 from streams.processing import EmbeddedRunner
 from tests.support.projections import open_log
 from tests.support.scenarios import (
@@ -54,8 +54,40 @@ STUDY_8 = Study(
 )
 
 
+#: double readings signed (study, reader's staff code, organisation, assessment, when); the
+#: studies are screening studies with no objects in this scenario, so no other query sees them
+DOUBLE_READINGS = [
+    ("S1", "R-1", ORG_A, "normal", "2026-11-03 09:00:00"),
+    ("S1", "R-2", ORG_A, "Normal", "2026-11-03 11:00:00"),  # the case does not matter
+    ("S2", "R-1", ORG_A, "normal", "2026-11-04 09:00:00"),
+    ("S2", "R-3", ORG_C, "abnormal", "2026-11-05 09:00:00"),
+    ("S3", "R-2", ORG_A, "abnormal", "2026-11-06 09:00:00"),
+    ("S3", "R-3", ORG_C, "abnormal", "2026-11-06 10:00:00"),
+    ("S4", "R-1", ORG_A, "normal", "2026-11-07 09:00:00"),  # one reading only: no pair yet
+    ("S5", "R-1", ORG_A, "normal", "2026-10-30 09:00:00"),  # October: outside the month
+    ("S5", "R-2", ORG_A, "abnormal", "2026-10-30 10:00:00"),
+]
+
+
+def double_reading_events() -> list[Event]:
+    events = []
+    for n, (study, reader, organisation, assessment, when) in enumerate(DOUBLE_READINGS):
+        uid = f"1.2.826.0.1.3680043.8.498.900.{study[1:]}"
+        signed_at = at(when)
+        payload = {
+            "report_id": f"dr-{n}", "StudyInstanceUID": uid, "AccessionNumber": None, "PatientID": None,
+            "protocol_text": "", "conclusion_text": "c", "signer": {"code": reader, "name": None}, "revision": 1,
+            "signed_at": signed_at, "content_sha256": "0" * 64, "reading": "double-reading", "assessment": assessment,
+        }  # fmt: skip
+        events.append(
+            new_event("ReportSigned", payload, aggregate_id=uid, source_node="http", organisation=organisation,
+                      actor=Actor(reader, "radiologist"), occurred_at=signed_at)
+        )  # fmt: skip
+    return events
+
+
 def doc_events() -> list[Event]:
-    return [*scenario(), instance_event(STUDY_8, 0, at(STUDY_8.first))]
+    return [*scenario(), instance_event(STUDY_8, 0, at(STUDY_8.first)), *double_reading_events()]
 
 
 EXPECTED: dict[str, list[tuple[Any, ...]]] = {
@@ -133,6 +165,13 @@ EXPECTED: dict[str, list[tuple[Any, ...]]] = {
         (ORG_C, 202503, 4, 20000),
         (ORG_C, 202504, 1, 700),
     ],
+    # R-1: S1 agrees, S2 does not; R-2: S1 and S3 agree; R-3: S2 does not, S3 does; S4 has one
+    # reading, S5 is October's
+    "Double reading concordance per reader": [
+        ("R-1", ORG_A, 2, 1, 0.5),
+        ("R-2", ORG_A, 2, 2, 1.0),
+        ("R-3", ORG_C, 2, 1, 0.5),
+    ],
 }
 
 
@@ -144,9 +183,9 @@ def doc_queries() -> list[tuple[str, str]]:
     return found
 
 
-def test_the_document_has_exactly_ten_queries_with_known_answers() -> None:
+def test_the_document_has_exactly_eleven_queries_with_known_answers() -> None:
     queries = doc_queries()
-    assert len(queries) == 10
+    assert len(queries) == 11
     assert [title for title, _ in queries] == list(EXPECTED)
 
 

@@ -72,12 +72,20 @@ class ReadSide:
     tokens: dict[str, str] = field(default_factory=dict)
 
     @classmethod
-    def start(cls, tmp_path: Path, senders_extra: str = "", env: dict[str, str] | None = None) -> ReadSide:
-        """``env``: more settings (e.g. the CAMI_TLS_* of :mod:`tests.support.tls`)."""
+    def start(
+        cls,
+        tmp_path: Path,
+        senders_extra: str = "",
+        env: dict[str, str] | None = None,
+        users: dict[str, dict[str, Any]] | None = None,
+    ) -> ReadSide:
+        """``env``: more settings (e.g. the CAMI_TLS_* of :mod:`tests.support.tls`); ``users``:
+        more users beside :data:`USERS`."""
         home = tmp_path / "cami"
         home.mkdir(parents=True, exist_ok=True)
         (home / "senders.toml").write_text(senders_toml(senders_extra), encoding="utf-8")
-        tokens = {name: add_user(home / "users.toml", name, **spec)[1] for name, spec in USERS.items()}
+        everyone = {**USERS, **(users or {})}
+        tokens = {name: add_user(home / "users.toml", name, **spec)[1] for name, spec in everyone.items()}
         settings = Settings.from_env({"CAMI_HOME": str(home), "CAMI_PARTITIONS": "3", **(env or {})})
         archive = bootstrap(settings)
         runner = EmbeddedRunner(archive.event_log, archive.bindings())

@@ -87,6 +87,9 @@
       "report.draft-hidden": "Текст черновика доступен только рентгенологам.",
       "report.amendment": "Исправление", "report.reason": "Причина", "report.before": "До исправления",
       "report.by": "Исправил(а)", "report.draft-mark": "ЧЕРНОВИК",
+      "reading.double-reading": "Независимое прочтение", "reading.second-opinion": "Второе мнение",
+      "reading.arbitration": "Решение арбитра", "reading.assessment": "Оценка",
+      "reading.blinded": "Прочтение другого врача скрыто, пока вы не подпишете своё (двойное чтение).",
       // the auditor's pages (api/http/audit_pages.py)
       "audit.access": "Кто видел пациента", "audit.accesses": "Обращений", "audit.at": "Запись на момент времени",
       "audit.bad-query": "Запрос: не более 128 символов, без управляющих символов.",
@@ -192,6 +195,9 @@
       "report.draft-hidden": "Draft texts are shown to radiologists only.",
       "report.amendment": "Amendment", "report.reason": "Reason", "report.before": "Before the amendment",
       "report.by": "Amended by", "report.draft-mark": "DRAFT",
+      "reading.double-reading": "Independent reading", "reading.second-opinion": "Second opinion",
+      "reading.arbitration": "Arbiter's decision", "reading.assessment": "Assessment",
+      "reading.blinded": "Another doctor's reading is hidden until you sign your own (double reading).",
       // the auditor's pages (api/http/audit_pages.py)
       "audit.access": "Who saw this patient", "audit.accesses": "Accesses", "audit.at": "The record at a moment",
       "audit.bad-query": "Query: at most 128 characters, no control characters.",
@@ -487,13 +493,22 @@
       const panel = el("aside", { cls: "panel report", id: "report" },
         el("h2", { text: t("report") }),
         el("div", { cls: "report-status " + r.status, id: "report-status", "data-status": r.status, text: t("report." + r.status) }));
-      (r.reports || []).forEach(function (rep) {
-        const block = el("section", { cls: "report-block " + rep.status, "data-report": rep.report_id });
+      const reports = r.reports || [];
+      const blocks = el("div", { cls: reports.length > 1 ? "report-blocks side-by-side" : "report-blocks" });
+      panel.appendChild(blocks);
+      reports.forEach(function (rep) {
+        const block = el("section", { cls: "report-block " + rep.status, "data-report": rep.report_id,
+          "data-reading": rep.reading || "primary" });
+        blocks.appendChild(block);
+        if (rep.reading && rep.reading !== "primary") block.appendChild(el("div", { cls: "reading-kind", text: t("reading." + rep.reading) }));
+        if (rep.blinded) {
+          block.appendChild(el("p", { cls: "hint blinded", text: t("reading.blinded") }));
+          return;
+        }
         if (rep.status === "draft") {
           block.appendChild(el("h3", { text: t("report.draft-mark") }));
           if (rep.protocol_text === null && rep.conclusion_text === null) {
             block.appendChild(el("p", { cls: "hint", text: t("report.draft-hidden") }));
-            panel.appendChild(block);
             return;
           }
         }
@@ -501,6 +516,7 @@
         block.appendChild(el("div", { cls: "report-text protocol", text: rep.protocol_text || "" }));
         block.appendChild(el("h3", { text: t("report.conclusion") }));
         block.appendChild(el("div", { cls: "report-text conclusion", text: rep.conclusion_text || "" }));
+        if (rep.assessment) block.appendChild(el("div", { cls: "assessment", text: t("reading.assessment") + ": " + rep.assessment }));
         if (rep.signer) {
           block.appendChild(el("div", { cls: "signature", text: t("report.signed-by") + ": " + person(rep.signer) + ", " + fmtDateTime(rep.signed_at) }));
         } else if (rep.author) {
@@ -513,7 +529,6 @@
             el("p", null, el("b", { text: t("report.before") + ". " + t("report.protocol") + ": " }), a.protocol_before || ""),
             el("p", null, el("b", { text: t("report.conclusion") + ": " }), a.conclusion_before || "")));
         });
-        panel.appendChild(block);
       });
       return panel;
     }
