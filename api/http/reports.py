@@ -126,6 +126,7 @@ def router(service: ReportService, recorder: AccessRecorder) -> APIRouter:
     new_report = Depends(json_body(CreateReport, author_check))
     edited_report = Depends(json_body(EditReport, author_check))
     amendment = Depends(json_body(AmendReport, amender_check))
+    author_or_session = Depends(require(Action.WRITE_REPORTS))
     asker_check = require(Action.READ_IMAGES, session=False)
     asker = Depends(asker_check)
     second_opinion = Depends(json_body(SecondOpinionRequest, asker_check))
@@ -282,6 +283,17 @@ def router(service: ReportService, recorder: AccessRecorder) -> APIRouter:
     )
     def accept_second_opinion(request_id: str, user: User = author) -> JSONResponse:
         return JSONResponse(service.accept_second_opinion(request_id, _author(user), user.specialty))
+
+    @routes.get(
+        "/api/reading-tasks",
+        summary="the second opinions and arbitrations this radiologist may take (or took and has not answered)",
+        responses=responses(401, 403, 503),
+    )
+    def my_reading_tasks(request: Request, user: User = author_or_session) -> JSONResponse:
+        tasks = service.open_tasks_for(_author(user), user.specialty)
+        reader = Reader(user.actor, user.organisation, request.client.host if request.client else None)
+        recorder.record(reader, action="query", channel="api", query={"reading_tasks": "open"}, results=len(tasks))
+        return JSONResponse({"tasks": tasks})
 
     @routes.get(
         "/api/studies/{study_uid}/reading-tasks",

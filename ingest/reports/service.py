@@ -315,6 +315,25 @@ class ReportService:
             self.store.apply_tasks([fact(event)])
             return existing_task(self.store.task(request_id))
 
+    def open_tasks_for(self, author: Author, specialty: str | None) -> list[dict[str, Any]]:
+        """What this radiologist may take or has taken and not yet answered: second-opinion requests
+        addressed to their organisation or specialty, arbitration tasks of readings not theirs."""
+        user = author.actor.user
+        mine = []
+        for task in self.tasks():
+            if task["done"]:
+                continue
+            if task["kind"] == SECOND_OPINION:
+                taken = task.get("accepting_user")
+                addressed = (task.get("to_organisation") and task["to_organisation"] == author.organisation) or (
+                    task.get("to_specialty") and (specialty or "").casefold() == task["to_specialty"].casefold()
+                )
+                if taken == user or (not taken and addressed and task.get("requesting_user") != user):
+                    mine.append(task)
+            elif user not in (task.get("readers") or []):
+                mine.append(task)
+        return mine
+
     def tasks(self, study_instance_uid: str | None = None) -> list[dict[str, Any]]:
         """Second-opinion requests and arbitration tasks, each with the report answering it."""
         self.refresh()

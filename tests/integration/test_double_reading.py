@@ -95,6 +95,8 @@ def test_two_independent_readings_a_discrepancy_and_its_arbiter(tmp_path: Path) 
             ("arbitration", ["normal", "abnormal"], False)
         ]
         task = tasks[0]["task_id"]
+        assert [t["task_id"] for t in c.get("/api/reading-tasks").json()["tasks"]] == [task]  # routed to dr.c
+        assert a.get("/api/reading-tasks").json()["tasks"] == []  # a reader of the two: not theirs
         arbitration = {"reading": "arbitration", "request_id": task}
         assert draft(a, study, "Я прав", assessment="normal", **arbitration).status_code == 403  # a reader
         decision = draft(c, study, "Узел 8 мм, контроль через 3 мес", **arbitration)
@@ -109,6 +111,7 @@ def test_two_independent_readings_a_discrepancy_and_its_arbiter(tmp_path: Path) 
         assert edited.status_code == 200 and edited.json()["assessment"] == "abnormal"
         assert c.post(f"/api/reports/{decision_id}/sign").status_code == 200
         assert c.get(f"/api/studies/{study}/reading-tasks").json()["tasks"][0]["done"] is True
+        assert c.get("/api/reading-tasks").json()["tasks"] == []  # answered
 
         events = [e for e in side.events(REPORTS) if e["StudyInstanceUID"] == study]
         assert [e.type for e in events if e.type == "ArbitrationRequested"] == ["ArbitrationRequested"]
@@ -140,6 +143,8 @@ def test_a_second_opinion_of_a_specialty(tmp_path: Path) -> None:
             f"/api/studies/{study}/second-opinions", json={"to_specialty": "x", "to_organisation": ORG, "reason": "r"}
         )
         assert both.status_code == 422
+        assert [t["task_id"] for t in c.get("/api/reading-tasks").json()["tasks"]] == [request_id]
+        assert a.get("/api/reading-tasks").json()["tasks"] == []  # not of the specialty
         assert a.post(f"/api/second-opinions/{request_id}/accept").status_code == 403  # not of the specialty
         accepted = c.post(f"/api/second-opinions/{request_id}/accept")
         assert accepted.status_code == 200 and accepted.json()["accepting_user"] == "dr.c"
