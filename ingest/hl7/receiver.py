@@ -104,14 +104,18 @@ class HL7Receiver:
             return self._refuse(block, header, codec, refusal, peer_address, now)
         except Exception:
             log.exception("HL7 message %s from %s not recorded", header.control_id or "?", peer_address or "?")
-            failure = MessageRefused(
-                "AE",
-                APPLICATION_INTERNAL_ERROR,
-                "not-recorded",
-                "the archive could not record the message now: send it again",
-            )
-            return Received(self._ack(header, codec, "AE", now, failure), "AE", ())
+            return self._not_recorded(header, codec, now)
         return Received(self._ack(header, codec, "AA", now), "AA", tuple(events))
+
+    def _not_recorded(self, header: Header, codec: str, now: datetime) -> Received:
+        """AE 207: the log could not take the events; nothing is claimed, the MIS sends again."""
+        failure = MessageRefused(
+            "AE",
+            APPLICATION_INTERNAL_ERROR,
+            "not-recorded",
+            "the archive could not record the message now: send it again",
+        )
+        return Received(self._ack(header, codec, "AE", now, failure), "AE", ())
 
     def unframed(self, peer_address: str | None = None) -> Received:
         """The answer to bytes that were not an MLLP block (<VT> message <FS><CR>)."""
@@ -183,13 +187,7 @@ class HL7Receiver:
             publish(self.event_log, rejected)
         except Exception:
             log.exception("the rejection of HL7 message %s was not recorded", header.control_id or "?")
-            failure = MessageRefused(
-                "AE",
-                APPLICATION_INTERNAL_ERROR,
-                "not-recorded",
-                "the archive could not record the message now: send it again",
-            )
-            return Received(self._ack(header, codec, "AE", now, failure), "AE", ())
+            return self._not_recorded(header, codec, now)
         return Received(self._ack(header, codec, refusal.ack_code, now, refusal), refusal.ack_code, (rejected,))
 
     def _ack(self, header: Header, codec: str, code: str, now: datetime, error: MessageRefused | None = None) -> bytes:

@@ -278,9 +278,7 @@ class ReportService:
             organisation=author.organisation,
             actor=author.actor,
         )
-        publish(self.event_log, event)
-        self.store.apply_tasks([fact(event)])
-        return existing_task(self.store.task(request_id))
+        return self._commit_task(event, request_id)
 
     def accept_second_opinion(self, request_id: str, author: Author, specialty: str | None) -> dict[str, Any]:
         """A radiologist of the organisation (or specialty) asked takes the request on."""
@@ -311,9 +309,7 @@ class ReportService:
                 organisation=author.organisation,
                 actor=author.actor,
             )
-            publish(self.event_log, event)
-            self.store.apply_tasks([fact(event)])
-            return existing_task(self.store.task(request_id))
+            return self._commit_task(event, request_id)
 
     def open_tasks_for(self, author: Author, specialty: str | None) -> list[dict[str, Any]]:
         """What this radiologist may take or has taken and not yet answered: second-opinion requests
@@ -333,6 +329,11 @@ class ReportService:
             elif user not in (task.get("readers") or []):
                 mine.append(task)
         return mine
+
+    def _commit_task(self, event: Event, task_id: str) -> dict[str, Any]:
+        publish(self.event_log, event)  # durable, or it raises and nothing changed
+        self.store.apply_tasks([fact(event)])
+        return existing_task(self.store.task(task_id))
 
     def tasks(self, study_instance_uid: str | None = None) -> list[dict[str, Any]]:
         """Second-opinion requests and arbitration tasks, each with the report answering it."""
