@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Awaitable, Callable
-from typing import Any, TypeVar
+from typing import Any, Literal, TypeVar
 
 from fastapi import APIRouter, Depends, Request
 from fastapi.exceptions import RequestValidationError
@@ -32,6 +32,8 @@ from schemas.policy import Action, may
 from schemas.uids import is_uid
 
 Body = TypeVar("Body", bound=BaseModel)
+#: an assessment is a short code: anything but control characters (ingest/reports/rules.py)
+NO_CONTROL_CHARACTERS = r"^[^\x00-\x1f\x7f]*$"
 
 
 class CreateReport(BaseModel):
@@ -42,17 +44,20 @@ class CreateReport(BaseModel):
     accession_number: str | None = Field(default=None, max_length=16)
     #: primary (default), double-reading (set by the archive on a double-read study),
     #: second-opinion or arbitration (with the request's or task's id as request_id)
-    reading: str | None = Field(default=None, max_length=32)
+    reading: Literal["primary", "double-reading", "second-opinion", "arbitration"] | None = None
     request_id: str | None = Field(default=None, max_length=64)
     #: the reading's overall finding (required to sign a double reading): normal, abnormal, BI-RADS...
-    assessment: str | None = Field(default=None, max_length=16)
+    assessment: str | None = Field(default=None, max_length=16, pattern=NO_CONTROL_CHARACTERS)
 
 
 class SecondOpinionRequest(BaseModel):
+    """Whom a second opinion is asked of: one organisation (its regional code) or any radiologist
+    of one specialty."""
+
     model_config = ConfigDict(extra="ignore")
-    to_organisation: str | None = Field(default=None, max_length=64)
-    to_specialty: str | None = Field(default=None, max_length=64)
-    reason: str = Field(min_length=1, max_length=4000)
+    to_kind: Literal["organisation", "specialty"]
+    to: str = Field(min_length=1, max_length=64, pattern=r"\S")
+    reason: str = Field(min_length=1, max_length=4000, pattern=r"\S")
 
 
 class EditReport(BaseModel):
@@ -61,7 +66,7 @@ class EditReport(BaseModel):
     conclusion_text: str
     #: optimistic concurrency: refuse (409) unless the report is still at this revision
     revision: int | None = None
-    assessment: str | None = Field(default=None, max_length=16)
+    assessment: str | None = Field(default=None, max_length=16, pattern=NO_CONTROL_CHARACTERS)
 
 
 class AmendReport(BaseModel):
@@ -135,8 +140,8 @@ def router(service: ReportService, recorder: AccessRecorder) -> APIRouter:
     @routes.post(
         "/api/reports",
         status_code=201,
-        summary="create a draft report",
-        responses=responses(400, 401, 403, 422, 503),
+        summary="create a draft report (409: a reading the study cannot take; 404: no such task)",
+        responses=responses(400, 401, 403, 404, 409, 422, 503),
         openapi_extra=_documented_body(CreateReport),
     )
     def create_report(user: User = author, body: CreateReport = new_report) -> JSONResponse:
@@ -147,7 +152,7 @@ def router(service: ReportService, recorder: AccessRecorder) -> APIRouter:
             _author(user),
             accession_number=body.accession_number,
             reading=body.reading,
-            request_id=body.request_id,
+            request_id=body.request_id or None,
             assessment=body.assessment,
         )
         return _report(state, 201, f"/api/reports/{state.report_id}")
@@ -264,9 +269,12 @@ def router(service: ReportService, recorder: AccessRecorder) -> APIRouter:
         if not is_uid(study_uid):
             raise ApiError(400, "invalid-study-uid", "the study in the URL is not a valid DICOM UID")
         task = service.request_second_opinion(
-            study_uid, _author(user), to_organisation=body.to_organisation, to_specialty=body.to_specialty,
+            study_uid,
+            _author(user),
+            to_organisation=body.to.strip() if body.to_kind == "organisation" else None,
+            to_specialty=body.to.strip() if body.to_kind == "specialty" else None,
             reason=body.reason,
-        )  # fmt: skip
+        )
         return JSONResponse(task, status_code=201)
 
     @routes.post(

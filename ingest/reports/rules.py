@@ -158,8 +158,8 @@ def _assessment(value: str | None) -> str | None:
     if value is None or not value.strip():
         return None
     code = value.strip()
-    if len(code) > MAX_ASSESSMENT or not code.isprintable():
-        raise ReportInvalid(f"assessment must be 1-{MAX_ASSESSMENT} printable characters")
+    if len(code) > MAX_ASSESSMENT or any(ord(c) < 0x20 or ord(c) == 0x7F for c in code):
+        raise ReportInvalid(f"assessment must be 1-{MAX_ASSESSMENT} characters, none a control character")
     return code
 
 

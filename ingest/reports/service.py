@@ -142,7 +142,7 @@ class ReportService:
             if reading in (SECOND_OPINION, ARBITRATION):
                 readers = self._check_task(study_instance_uid, reading, request_id, author)
             elif request_id is not None:
-                raise ReportInvalid("request_id answers a second-opinion request or an arbitration task")
+                raise ReportConflict("request_id names the task a second-opinion or arbitration report answers")
             kind = check_new_report(
                 self.store.for_study(study_instance_uid),
                 author.actor.user,
@@ -166,8 +166,10 @@ class ReportService:
 
     def _check_task(self, study: str, reading: str, request_id: str | None, author: Author) -> list[str]:
         task = self.store.task(request_id) if request_id else None
-        if task is None or task["kind"] != reading or task["StudyInstanceUID"] != study:
-            raise ReportInvalid(f"a {reading} report names its open {reading} task of this study (request_id)")
+        if task is None:
+            raise ReportNotFound(f"a {reading} report names its {reading} task (request_id): no such task")
+        if task["kind"] != reading or task["StudyInstanceUID"] != study:
+            raise ReportConflict(f"task {request_id} is not a {reading} task of this study")
         if reading == SECOND_OPINION and task.get("accepting_user") != author.actor.user:
             raise ReportForbidden("a second opinion is written by the radiologist who accepted the request")
         if any(s.request_id == request_id for s in self.store.for_study(study)):

@@ -135,14 +135,12 @@ def test_a_second_opinion_of_a_specialty(tmp_path: Path) -> None:
 
         asked = referring.post(
             f"/api/studies/{study}/second-opinions",
-            json={"to_specialty": "neuroradiology", "reason": "Уточнить характер очага"},
+            json={"to_kind": "specialty", "to": "neuroradiology", "reason": "Уточнить характер очага"},
         )
         assert asked.status_code == 201, asked.text
         request_id = asked.json()["task_id"]
-        both = referring.post(
-            f"/api/studies/{study}/second-opinions", json={"to_specialty": "x", "to_organisation": ORG, "reason": "r"}
-        )
-        assert both.status_code == 422
+        unknown_kind = {"to_kind": "hospital", "to": "x", "reason": "r"}  # neither organisation nor specialty
+        assert referring.post(f"/api/studies/{study}/second-opinions", json=unknown_kind).status_code == 400
         assert [t["task_id"] for t in c.get("/api/reading-tasks").json()["tasks"]] == [request_id]
         assert a.get("/api/reading-tasks").json()["tasks"] == []  # not of the specialty
         assert a.post(f"/api/second-opinions/{request_id}/accept").status_code == 403  # not of the specialty
