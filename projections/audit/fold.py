@@ -268,6 +268,13 @@ def summarise(event: Event) -> str:
         return f"patient {g('PatientID')} demographics updated ({g('source')})"
     if t == "PatientsMerged":
         return f"patient {g('PriorPatientID')} merged into {g('PatientID')} ({g('source')})"
+    if t == "SecondOpinionRequested":
+        whom = g("to_organisation") or f"a radiologist of {g('to_specialty')}"
+        return f"second opinion {g('request_id')} asked of {whom} by {_clinician(g('requested_by'))}"
+    if t == "SecondOpinionAccepted":
+        return f"second opinion {g('request_id')} accepted by {_clinician(g('accepted_by'))}"
+    if t == "ArbitrationRequested":
+        return f"readings disagree ({' / '.join(g('assessments') or [])}): arbitration task {g('task_id')}"
     if t == "MessageRejected":
         return f"HL7 {g('message_type') or 'message'} refused ({g('ack_code')} {g('reason')}): {g('error_text')}"
     if t == "RecordAccessed":

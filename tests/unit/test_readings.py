@@ -94,3 +94,24 @@ def test_disagreeing_readings_make_one_arbitration_task() -> None:
     assert discrepancy([a], True) is None and discrepancy([a, c], False) is None
     arbiter = reading("r3", "dr.c", signed=True, assessment="abnormal", kind=ARBITRATION)
     assert discrepancy([a, c, arbiter], True) == found  # the arbiter's reading is not a third reading
+
+
+def test_the_audit_trail_says_what_each_reading_task_is() -> None:
+    from projections.audit.fold import summarise
+    from schemas.events import Actor, new_event
+
+    doctor = {"code": "R-9", "name": "Врачев^Иван"}
+    asked = new_event(
+        "SecondOpinionRequested",
+        {"request_id": "q1", "StudyInstanceUID": STUDY, "requested_by": doctor, "requesting_user": "dr.x",
+         "to_specialty": "neuroradiology", "reason": "уточнить"},
+        aggregate_id=STUDY, source_node="http", actor=Actor("dr.x", "radiologist"),
+    )  # fmt: skip
+    assert summarise(asked) == "second opinion q1 asked of a radiologist of neuroradiology by R-9"
+    task = new_event(
+        "ArbitrationRequested",
+        {"task_id": "t1", "StudyInstanceUID": STUDY, "report_ids": ["r1", "r2"], "readers": ["a", "b"],
+         "assessments": ["normal", "abnormal"]},
+        aggregate_id=STUDY, source_node="http",
+    )  # fmt: skip
+    assert summarise(task) == "readings disagree (normal / abnormal): arbitration task t1"
