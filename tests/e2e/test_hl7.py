@@ -19,7 +19,7 @@ from pydicom.data import get_testdata_file
 from pydicom.uid import generate_uid
 
 from streams.topics import ORDERS, PATIENTS, REPORTS
-from tests.support.agent_region import ADMIN_TOKEN, Cami, ports, storescu, wait_for
+from tests.support.agent_region import ADMIN_TOKEN, Cami, cami_with_hl7, storescu, wait_for
 from tests.support.hl7 import MLLP_END, MLLP_START, ack_fields, message, mllp_send, pid, segment
 
 pytestmark = pytest.mark.slow
@@ -31,22 +31,9 @@ OLD_ID, NEW_ID = "OLD-77", "NEW-77"
 
 @pytest.fixture()
 def cami(tmp_path: Path) -> Iterator[tuple[Cami, int]]:
-    dicom_port, http_port, agent_port, hl7_port = ports(4)
     viewer = f'[[qr_caller]]\nae_title = "{VIEWER_AE}"\norganisation = "ORG01"\nrole = "radiologist"\n'
-    server = Cami(
-        tmp_path / "cami",
-        dicom_port,
-        http_port,
-        SENDER_AE,
-        agent_port,
-        env_extra={"CAMI_HL7_PORT": str(hl7_port), "CAMI_TIMEZONE": "Europe/Moscow"},
-        senders_extra=viewer,
-    )
-    server.start()
-    try:
-        yield server, hl7_port
-    finally:
-        server.process.stop()
+    with cami_with_hl7(tmp_path / "cami", viewer, SENDER_AE) as served:
+        yield served
 
 
 def ct_study(tmp_path: Path, patient_id: str) -> tuple[str, Path]:

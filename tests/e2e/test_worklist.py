@@ -26,7 +26,7 @@ from selenium.webdriver.remote.webdriver import WebDriver
 from selenium.webdriver.support.ui import WebDriverWait
 
 from streams.topics import ORDERS
-from tests.support.agent_region import ADMIN_TOKEN, ADMIN_USER, Cami, ports, storescu, wait_for
+from tests.support.agent_region import ADMIN_TOKEN, ADMIN_USER, Cami, cami_with_hl7, storescu, wait_for
 from tests.support.browser import WAIT, chromium, shot
 from tests.support.hl7 import Mis, ack_fields, message, mllp_send, pid, segment
 
@@ -38,24 +38,11 @@ MPPS = "1.2.840.10008.3.1.2.3.3"
 
 @pytest.fixture()
 def cami(tmp_path: Path) -> Iterator[tuple[Cami, int]]:
-    dicom_port, http_port, agent_port, hl7_port = ports(4)
     modalities = "".join(
         f'[[sender]]\nae_title = "{ae}"\norganisation = "ORG01"\nname = "{ae}"\n\n' for ae in (CT_AE, MR_AE)
     )
-    server = Cami(
-        tmp_path / "cami",
-        dicom_port,
-        http_port,
-        "OKB_AGENT",
-        agent_port,
-        env_extra={"CAMI_HL7_PORT": str(hl7_port), "CAMI_TIMEZONE": "Europe/Moscow"},
-        senders_extra=modalities,
-    )
-    server.start()
-    try:
-        yield server, hl7_port
-    finally:
-        server.process.stop()
+    with cami_with_hl7(tmp_path / "cami", modalities) as served:
+        yield served
 
 
 def order(
@@ -275,14 +262,8 @@ def test_an_order_walks_through_every_status(cami: tuple[Cami, int], tmp_path: P
 def test_cami_serve_tells_the_mis_that_asked(tmp_path: Path) -> None:
     """``[[mis]]`` in the senders file: ``cami serve`` sends the order's status to that MIS."""
     with Mis() as mis:
-        dicom_port, http_port, agent_port, hl7_port = ports(4)
         listed = f'[[mis]]\napplication = "MIS@ORG01"\nhost = "127.0.0.1"\nport = {mis.port}\n'
-        server = Cami(
-            tmp_path / "cami", dicom_port, http_port, "OKB_AGENT", agent_port,
-            env_extra={"CAMI_HL7_PORT": str(hl7_port)}, senders_extra=listed,
-        )  # fmt: skip
-        server.start()
-        try:
+        with cami_with_hl7(tmp_path / "cami", listed) as (_, hl7_port):
             placed = order("NW", "PL5", "ACC-N5", "Смирнова^Ольга", CT_AE, "CT", "20261201093000")
             assert [ack_fields(a)["MSA-1"] for a in mllp_send(hl7_port, [placed], tmp_path)] == ["AA"]
             wait_for("the MIS told the order is scheduled", lambda: mis.statuses() or None, timeout=60)
@@ -291,5 +272,3 @@ def test_cami_serve_tells_the_mis_that_asked(tmp_path: Path) -> None:
             assert ack_fields(cancelled)["MSA-1"] == "AA"
             wait_for("the MIS told it is cancelled", lambda: len(mis.statuses()) == 2 or None, timeout=60)
             assert mis.statuses()[1] == ("ACC-N5", "CA", "")
-        finally:
-            server.process.stop()

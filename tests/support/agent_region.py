@@ -11,7 +11,8 @@ import os
 import signal
 import subprocess
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
@@ -306,6 +307,26 @@ def _toml(value: Any) -> str:
     if isinstance(value, (int, float)):
         return str(value)
     return f'"{value}"'
+
+
+@contextmanager
+def cami_with_hl7(home: Path, senders_extra: str = "", agent_ae_title: str = "OKB_AGENT") -> Iterator[tuple[Cami, int]]:
+    """``cami serve`` with its HL7 port open (the region's time zone Moscow); yields it and the port."""
+    dicom_port, http_port, agent_port, hl7_port = ports(4)
+    server = Cami(
+        home,
+        dicom_port,
+        http_port,
+        agent_ae_title,
+        agent_port,
+        env_extra={"CAMI_HL7_PORT": str(hl7_port), "CAMI_TIMEZONE": "Europe/Moscow"},
+        senders_extra=senders_extra,
+    )
+    server.start()
+    try:
+        yield server, hl7_port
+    finally:
+        server.process.stop()
 
 
 def ports(count: int) -> list[int]:
