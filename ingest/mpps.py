@@ -100,7 +100,8 @@ class ProcedureSteps:
         self.store = store
         self.zone = zone
         self.clock = clock
-        self._lock = threading.Lock()
+        #: one step changes at a time: its state is read, checked and written as one
+        self.lock = threading.Lock()
 
     def _moment(self, ds: Dataset, date_keyword: str, time_keyword: str) -> datetime | None:
         day = (text(ds, date_keyword) or "").strip()
@@ -145,7 +146,17 @@ class ProcedureSteps:
             found["discontinuation_reason"] = text(reason, "CodeMeaning") or text(reason, "CodeValue")
         return found
 
-    def record(self, uid: str, payload: dict[str, Any], caller: str, organisation: str) -> None:
+    def record(self, uid: str, payload: dict[str, Any], caller: str, organisation: str) -> int:
+        """Append the step's event (durable) and keep its state: SUCCESS, or OUT_OF_RESOURCES
+        when the log cannot take it (nothing recorded; the modality retries)."""
+        try:
+            self._append(uid, payload, caller, organisation)
+        except Exception:
+            log.exception("MPPS %s not recorded", uid)
+            return OUT_OF_RESOURCES
+        return SUCCESS
+
+    def _append(self, uid: str, payload: dict[str, Any], caller: str, organisation: str) -> None:
         event = new_event(
             "ProcedureStepChanged",
             payload,
@@ -204,18 +215,14 @@ def handle_n_create(event: Any, steps: ProcedureSteps) -> tuple[int, Dataset | N
         return INVALID_ATTRIBUTE_VALUE, None
     if attributes.get("PerformedProcedureStepStatus") != IN_PROGRESS:
         return INVALID_ATTRIBUTE_VALUE, None
-    for key in ("StudyInstanceUID",):
-        if attributes.get(key) and not is_uid(str(attributes[key])):
-            return INVALID_ATTRIBUTE_VALUE, None
-    with steps._lock:
+    if attributes.get("StudyInstanceUID") and not is_uid(str(attributes["StudyInstanceUID"])):
+        return INVALID_ATTRIBUTE_VALUE, None
+    with steps.lock:
         if steps.store.get(uid) is not None:
             return DUPLICATE_INSTANCE, None
-        payload = {**_EMPTY_STEP, **attributes, "AffectedSOPInstanceUID": uid}
-        try:
-            steps.record(uid, payload, *caller)
-        except Exception:
-            log.exception("MPPS N-CREATE %s not recorded", uid)
-            return OUT_OF_RESOURCES, None
+        status = steps.record(uid, {**_EMPTY_STEP, **attributes, "AffectedSOPInstanceUID": uid}, *caller)
+    if status != SUCCESS:
+        return status, None
     log.info("MPPS %s IN PROGRESS from %s", uid, caller[0])
     if not event.request.AffectedSOPInstanceUID:
         event.request.AffectedSOPInstanceUID = uid  # PS3.7 10.1.5: the SCP names an instance left unnamed
@@ -238,17 +245,15 @@ def handle_n_set(event: Any, steps: ProcedureSteps) -> tuple[int, Dataset | None
         return INVALID_ATTRIBUTE_VALUE, None
     if changes.get("PerformedProcedureStepStatus", IN_PROGRESS) not in _STATUSES:
         return INVALID_ATTRIBUTE_VALUE, None
-    with steps._lock:
+    with steps.lock:
         current = steps.store.get(uid)
         if current is None:
             return NO_SUCH_INSTANCE, None
         if current["PerformedProcedureStepStatus"] in {COMPLETED, DISCONTINUED}:
             return MAY_NO_LONGER_BE_UPDATED, None
         payload = {**_stored(current), **changes}
-        try:
-            steps.record(uid, payload, *caller)
-        except Exception:
-            log.exception("MPPS N-SET %s not recorded", uid)
-            return OUT_OF_RESOURCES, None
+        status = steps.record(uid, payload, *caller)
+    if status != SUCCESS:
+        return status, None
     log.info("MPPS %s %s from %s", uid, payload["PerformedProcedureStepStatus"], caller[0])
     return SUCCESS, ds

@@ -61,24 +61,18 @@ def worklist(
     completed nor discontinued, filtered by what is given, earliest start first."""
     where = ["NOT cancelled", "step_status NOT IN ('COMPLETED', 'DISCONTINUED')"]
     params: dict[str, Any] = {"limit": min(limit, MAX_WORKLIST)}
-    if station_ae_title is not None:
-        where.append("station_ae_title = {station:String}")
-        params["station"] = station_ae_title
-    if modality is not None:
-        where.append("modality = {modality:String}")
-        params["modality"] = modality
-    if start_from is not None:
-        where.append("scheduled_start >= {start_from:DateTime64(6, 'UTC')}")
-        params["start_from"] = start_from
-    if start_to is not None:
-        where.append("scheduled_start <= {start_to:DateTime64(6, 'UTC')}")
-        params["start_to"] = start_to
-    if patient_id is not None:
-        where.append("patient_id = {patient:String}")
-        params["patient"] = patient_id
-    if accession_number is not None:
-        where.append("accession_number = {accession:String}")
-        params["accession"] = accession_number
+    filters = (
+        ("station", station_ae_title, "station_ae_title = {station:String}"),
+        ("modality", modality, "modality = {modality:String}"),
+        ("start_from", start_from, "scheduled_start >= {start_from:DateTime64(6, 'UTC')}"),
+        ("start_to", start_to, "scheduled_start <= {start_to:DateTime64(6, 'UTC')}"),
+        ("patient", patient_id, "patient_id = {patient:String}"),
+        ("accession", accession_number, "accession_number = {accession:String}"),
+    )
+    for name, value, condition in filters:
+        if value is not None:
+            where.append(condition)
+            params[name] = value
     sql = (
         f"SELECT * FROM ({_ORDER_STATE}) WHERE {' AND '.join(where)}"
         " ORDER BY scheduled_start, accession_number LIMIT {limit:UInt32}"

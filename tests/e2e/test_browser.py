@@ -15,7 +15,7 @@ from selenium.webdriver.common.keys import Keys
 from selenium.webdriver.remote.webdriver import WebDriver
 from selenium.webdriver.support.ui import WebDriverWait
 
-from tests.support.browser import IMAGE_SHOWN, WAIT, chromium, shot, wait_image
+from tests.support.browser import IMAGE_SHOWN, WAIT, shot, wait_image
 from tests.support.readside import ORG, SENDER_AE
 from tests.support.scenes import CONCLUSION, PATIENT, PROTOCOL, Scene, build_scene, study_url
 
@@ -25,15 +25,6 @@ def scene(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Scene]:
     built = build_scene(tmp_path_factory.mktemp("browser"))
     yield built
     built.side.stop()
-
-
-@pytest.fixture()
-def browser(monkeypatch: pytest.MonkeyPatch) -> Iterator[WebDriver]:
-    driver = chromium(monkeypatch)
-    try:
-        yield driver
-    finally:
-        driver.quit()
 
 
 def instance_number(driver: WebDriver) -> str:

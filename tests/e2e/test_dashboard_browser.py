@@ -22,7 +22,7 @@ from selenium.webdriver.support.ui import WebDriverWait
 
 from api.demo.synthetic import region, synthetic_study, write_study
 from tests.support.agent_region import IT_TOKEN, IT_USER, ORGANISATION, Agent, Cami, ports, storescu
-from tests.support.browser import WAIT, chromium, shot
+from tests.support.browser import WAIT, shot
 
 pytestmark = pytest.mark.slow
 
@@ -68,15 +68,6 @@ def region_with_agent(tmp_path: Path) -> Iterator[tuple[Cami, Agent]]:
     finally:
         agent.process.stop()
         cami.process.stop()
-
-
-@pytest.fixture()
-def browser(monkeypatch: pytest.MonkeyPatch) -> Iterator[WebDriver]:
-    driver = chromium(monkeypatch)
-    try:
-        yield driver
-    finally:
-        driver.quit()
 
 
 def figures(driver: WebDriver) -> dict[str, Any]:

@@ -27,7 +27,7 @@ from selenium.webdriver.support.ui import WebDriverWait
 
 from streams.topics import ORDERS
 from tests.support.agent_region import ADMIN_TOKEN, ADMIN_USER, Cami, cami_with_hl7, storescu, wait_for
-from tests.support.browser import WAIT, chromium, shot
+from tests.support.browser import WAIT, shot
 from tests.support.hl7 import Mis, ack_fields, message, mllp_send, pid, segment
 
 pytestmark = pytest.mark.slow
@@ -178,15 +178,6 @@ def test_a_device_gets_its_worklist_and_reports_what_it_performed(cami: tuple[Ca
     assert (completed["AccessionNumber"], completed["StudyInstanceUID"]) == ("ACC-W1", study)
     assert (completed["number_of_series"], completed["number_of_instances"]) == (1, 3)
     assert completed.envelope.actor.user == CT_AE and completed.envelope.organisation == "ORG01"
-
-
-@pytest.fixture()
-def browser(monkeypatch: pytest.MonkeyPatch) -> Iterator[WebDriver]:
-    driver = chromium(monkeypatch)
-    try:
-        yield driver
-    finally:
-        driver.quit()
 
 
 def result(status: str, conclusion: str, accession: str) -> bytes:
