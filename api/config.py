@@ -43,6 +43,13 @@ without the secrets that have development fallbacks: today ``CAMI_PSEUDONYM_KEY`
 characters, not the development key), since pseudonyms made under the public development key can
 be reversed by anyone who has a list of PatientIDs.
 
+Ports and addresses (:mod:`schemas.addresses`, checked here before anything is opened): a port is
+an integer 1-65535, a listener's port (``CAMI_DICOM_PORT``, ``CAMI_DICOM_TLS_PORT``,
+``CAMI_HTTP_PORT``, ``CAMI_HL7_PORT``) also 0 (a free one) and, but for HTTP, ``off``; a host is an
+IPv4/IPv6 address or an RFC 1123 host name, never looked up. The same holds for the hosts and ports
+inside ``CAMI_EVENT_LOG`` (Kafka brokers), ``CAMI_BLOBS`` (the S3 endpoint) and ``CAMI_CLICKHOUSE``.
+A bad one is a :class:`ConfigError` naming the variable, the value and what is allowed.
+
 Real servers: ``CAMI_EVENT_LOG=kafka://broker1:9092,broker2:9092?replication=3&min_insync=2``,
 ``CAMI_BLOBS=s3://bucket?endpoint=https://s3.region.local`` (credentials from the usual
 AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY), ``CAMI_CLICKHOUSE=clickhouse://user:pass@host:8123/cami``.
@@ -54,6 +61,7 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from urllib.parse import parse_qs, urlsplit
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from ingest.dicom import DEFAULT_MAX_INFLATED_BYTES
@@ -62,6 +70,7 @@ from ingest.hl7.wire import CHARSETS
 from ingest.importer import ImportLimits
 from ingest.scp import DEFAULT_MAX_ASSOCIATIONS, DEFAULT_REQUEST_TIMEOUT
 from ingest.tls import TlsSettings
+from schemas.addresses import AddressError, check_host, parse_host_port, parse_port, parse_port_or_off, url_address
 from streams.blobs import ENVIRONMENT as BLOB_STORE_ENVIRONMENT
 
 #: the fallback pseudonym key for demos and development; refused in production mode
@@ -146,24 +155,24 @@ class Settings:
         tls = _tls_settings(env)
         return cls(
             home=home,
-            event_log_url=env.get("CAMI_EVENT_LOG", f"sqlite://{home}/events.db"),
-            blob_store_url=env.get("CAMI_BLOBS", f"file://{home}/blobs"),
-            warehouse_url=env.get("CAMI_CLICKHOUSE", f"chdb://{home}/clickhouse"),
+            event_log_url=_event_log_url(env.get("CAMI_EVENT_LOG", f"sqlite://{home}/events.db")),
+            blob_store_url=_blob_store_url(env.get("CAMI_BLOBS", f"file://{home}/blobs")),
+            warehouse_url=_warehouse_url(env.get("CAMI_CLICKHOUSE", f"chdb://{home}/clickhouse")),
             query_store=env.get("CAMI_QUERY_STORE", ""),
             partitions=int(env.get("CAMI_PARTITIONS", "6")),
             senders_path=Path(env["CAMI_SENDERS"]).expanduser().resolve() if env.get("CAMI_SENDERS") else None,
-            dicom_host=env.get("CAMI_DICOM_HOST", "127.0.0.1"),
-            dicom_port=_port_or_off(env.get("CAMI_DICOM_PORT", "11112")),
-            http_host=env.get("CAMI_HTTP_HOST", "127.0.0.1"),
-            http_port=int(env.get("CAMI_HTTP_PORT", "8042")),
-            hl7_host=env.get("CAMI_HL7_HOST", "127.0.0.1"),
-            hl7_port=_port_or_off(env.get("CAMI_HL7_PORT", str(DEFAULT_HL7_PORT))),
+            dicom_host=_host(env, "CAMI_DICOM_HOST"),
+            dicom_port=_port_or_off(env, "CAMI_DICOM_PORT", 11112),
+            http_host=_host(env, "CAMI_HTTP_HOST"),
+            http_port=_port(env, "CAMI_HTTP_PORT", 8042),
+            hl7_host=_host(env, "CAMI_HL7_HOST"),
+            hl7_port=_port_or_off(env, "CAMI_HL7_PORT", DEFAULT_HL7_PORT),
             hl7_charset=_hl7_charset(env.get("CAMI_HL7_CHARSET", "")),
             timezone=_timezone(env.get("CAMI_TIMEZONE", "")),
             double_read_modalities=_modalities(env.get("CAMI_DOUBLE_READ", "")),
             pseudonym_key=env.get("CAMI_PSEUDONYM_KEY", "").encode() or DEVELOPMENT_PSEUDONYM_KEY,
             tls=tls,
-            dicom_tls_port=_port_or_off(env.get("CAMI_DICOM_TLS_PORT", "2762")) if tls.enabled else None,
+            dicom_tls_port=_port_or_off(env, "CAMI_DICOM_TLS_PORT", 2762) if tls.enabled else None,
             http_tls=tls.enabled and env.get("CAMI_HTTP_TLS", "on").strip().lower() != "off",
             production=_environment(env.get("CAMI_ENV", "")) == "production",
             dicom_request_timeout=float(env.get("CAMI_DICOM_REQUEST_TIMEOUT", DEFAULT_REQUEST_TIMEOUT)),
@@ -250,8 +259,62 @@ def _import_limits(env: Mapping[str, str]) -> ImportLimits:
     )
 
 
-def _port_or_off(value: str) -> int | None:
-    return None if value.strip().lower() in {"off", "none", ""} else int(value)
+def _host(env: Mapping[str, str], variable: str, default: str = "127.0.0.1") -> str:
+    """A listener's bind address: an IP literal or a host name (no DNS lookup here)."""
+    try:
+        return check_host(env.get(variable, default))
+    except AddressError as exc:
+        raise ConfigError(f"{variable}: {exc}") from None
+
+
+def _port(env: Mapping[str, str], variable: str, default: int) -> int:
+    """A listener's port: 1-65535, or 0 for a free one (what the tests and ``cami demo`` use)."""
+    try:
+        return parse_port(env.get(variable, str(default)), free=True)
+    except AddressError as exc:
+        raise ConfigError(f"{variable}: {exc}") from None
+
+
+def _port_or_off(env: Mapping[str, str], variable: str, default: int) -> int | None:
+    """As :func:`_port`, or None for ``off`` (the listener closed)."""
+    try:
+        return parse_port_or_off(env.get(variable, str(default)), free=True)
+    except AddressError as exc:
+        raise ConfigError(f"{variable}: {exc}") from None
+
+
+def _event_log_url(url: str) -> str:
+    """``kafka://host:port[,host:port]``: each bootstrap server's address (the rest of the URL is
+    read where the log is opened, :func:`streams.open_event_log`)."""
+    scheme, _, rest = url.partition("://")
+    if scheme.lower() == "kafka":
+        for server in rest.partition("/")[0].partition("?")[0].split(","):
+            try:
+                parse_host_port(server, port_required=False)
+            except AddressError as exc:
+                raise ConfigError(f"CAMI_EVENT_LOG: Kafka bootstrap server {exc}") from None
+    return url
+
+
+def _blob_store_url(url: str) -> str:
+    """``s3://bucket?endpoint=http(s)://host[:port]``: the endpoint's address."""
+    if url.partition("://")[0].lower() == "s3":
+        for endpoint in parse_qs(urlsplit(url).query, keep_blank_values=True).get("endpoint", []):
+            try:
+                url_address(endpoint, schemes=("http", "https"))
+            except AddressError as exc:
+                raise ConfigError(f"CAMI_BLOBS: endpoint {exc}") from None
+    return url
+
+
+def _warehouse_url(url: str) -> str:
+    """``clickhouse[s]://user:password@host[:port]/db``: the server's address."""
+    if url.partition("://")[0].lower() in ("clickhouse", "clickhouses"):
+        try:
+            url_address(url)
+        except AddressError as exc:
+            raise ConfigError(f"CAMI_CLICKHOUSE: {exc}") from None
+    return url
 
 
 def _environment(value: str) -> str:

@@ -67,6 +67,7 @@ from pathlib import Path
 from typing import Any
 
 from ingest.tls import PeerTransport
+from schemas.addresses import MAX_PORT, AddressError, check_host
 from schemas.policy import ROLES, Action, roles_that
 
 
@@ -240,15 +241,13 @@ def _sender(raw: dict[str, Any], index: int) -> Sender:
         raise SenderConfigError(f"sender #{index + 1}: missing {exc.args[0]!r}") from None
     if not ae_title or len(ae_title) > 16:
         raise SenderConfigError(f"sender #{index + 1}: AE title must be 1-16 characters, got {ae_title!r}")
-    port = raw.get("port")
-    if port is not None and not (isinstance(port, int) and 0 < port < 65536):
-        raise SenderConfigError(f"sender {ae_title}: port must be 1-65535")
+    host, port = _address(raw, f"sender {ae_title}", required=False)
     return Sender(
         ae_title,
         organisation,
         str(raw.get("name", "")),
         tuple(raw.get("addresses", ())),
-        raw.get("host"),
+        host,
         port,
         bool(raw.get("pathology", False)),
         _tls_rule(raw, f"sender {ae_title}"),
@@ -288,11 +287,14 @@ def _address(raw: dict[str, Any], what: str, *, required: bool) -> tuple[str | N
     host, port = raw.get("host"), raw.get("port")
     if required and (host is None or port is None):
         raise SenderConfigError(f"{what}: needs both 'host' and 'port'")
-    if host is not None and not (isinstance(host, str) and host.strip()):
-        raise SenderConfigError(f"{what}: host must be a non-empty string")
-    if port is not None and not (isinstance(port, int) and not isinstance(port, bool) and 0 < port < 65536):
-        raise SenderConfigError(f"{what}: port must be 1-65535")
-    return (host.strip() if isinstance(host, str) else None), port
+    if host is not None:
+        try:
+            host = check_host(host)
+        except AddressError as exc:
+            raise SenderConfigError(f"{what}: {exc}") from None
+    if port is not None and not (isinstance(port, int) and not isinstance(port, bool) and 0 < port <= MAX_PORT):
+        raise SenderConfigError(f"{what}: port must be 1-{MAX_PORT}")
+    return host, port
 
 
 def _qr_caller(raw: dict[str, Any], index: int) -> QrCaller:

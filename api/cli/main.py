@@ -25,6 +25,7 @@ from api.cli.status import register as status
 from api.cli.transfers import register as transfers
 from api.cli.users import register as users
 from api.cli.workers import register as workers
+from api.config import ConfigError
 
 #: every subcommand (each module's ``register``), in the order ``cami --help`` lists them
 COMMANDS = (demo, status, schemas, workers, serve, import_, users, replay, audit, transfers, agent, monitor)
@@ -56,6 +57,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         code: int = args.func(args)
     except KeyboardInterrupt:
         return 130
+    except ConfigError as exc:  # a bad setting: one line naming it and what is allowed, nothing opened
+        if args.verbose:
+            console.print_exception()
+        sys.stderr.write(f"cami {args.command}: {exc}\n")
+        return 1
     except Exception as exc:  # one clear line for people; the traceback only with -v
         if args.verbose:
             console.print_exception()

@@ -30,7 +30,7 @@ from rich.live import Live
 from rich.table import Table
 from rich.text import Text
 
-from api.cli.output import console, out, print_json
+from api.cli.output import archive_url, console, out, print_json
 from api.cli.remote import default_url, read_token
 
 DASHBOARD_PATH = "/api/monitoring/dashboard"
@@ -50,7 +50,7 @@ def register(subparsers: Any) -> None:
         description="Follows the running archive's monitoring stream and redraws the dashboard in place.",
         epilog="Exit codes: 0 done; 1 unreachable or refused; 2 usage error.",
     )
-    p.add_argument("--url", help="the archive's HTTP address (default: from CAMI_HTTP_HOST/PORT/TLS)")
+    p.add_argument("--url", type=archive_url, help="the archive's HTTP address (default: from CAMI_HTTP_HOST/PORT/TLS)")
     p.add_argument(
         "--token-file",
         required=True,

@@ -11,6 +11,8 @@ from typing import Any
 
 from rich.console import Console
 
+from schemas.addresses import AddressError, parse_port, url_address
+
 #: messages and progress (stderr: stdout stays clean for results and --json)
 console = Console(stderr=True)
 #: results for people
@@ -36,3 +38,26 @@ def count(low: int = 1, high: int | None = None) -> Callable[[str], int]:
         return number
 
     return parse
+
+
+def port_number(*, free: bool = False) -> Callable[[str], int]:
+    """An argparse type: a TCP port 1-65535 (and 0, a free one, with ``free``), the same rule as
+    the CAMI_*_PORT settings (:mod:`schemas.addresses`)."""
+
+    def parse(value: str) -> int:
+        try:
+            return parse_port(value, free=free)
+        except AddressError as exc:
+            raise argparse.ArgumentTypeError(str(exc)) from None
+
+    return parse
+
+
+def archive_url(value: str) -> str:
+    """An argparse type: the running archive's ``http(s)://host[:port]`` (host and port checked,
+    nothing looked up)."""
+    try:
+        url_address(value, schemes=("http", "https"))
+    except AddressError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    return value

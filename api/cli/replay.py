@@ -24,7 +24,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from api.cli.output import count
+from api.cli.output import archive_url, count
 from projections.replay import DEFAULT_BATCH, rebuild
 from projections.warehouse import WarehouseError
 
@@ -61,7 +61,11 @@ def register(subparsers: Any) -> None:
         help="rebuild inside the running `cami serve` into shadow tables, swapped in at the end: "
         "viewers keep their answers throughout (needs --token-file)",
     )
-    p.add_argument("--url", help="with --online: the archive's HTTP address (default: from CAMI_HTTP_HOST/PORT/TLS)")
+    p.add_argument(
+        "--url",
+        type=archive_url,
+        help="with --online: the archive's HTTP address (default: from CAMI_HTTP_HOST/PORT/TLS)",
+    )
     p.add_argument(
         "--token-file",
         type=Path,

@@ -1,7 +1,8 @@
 """``agent.toml``: one file configures one hospital's agent (``cami agent run --config agent.toml``).
 
 The file is TOML. Every key is checked when the agent starts: a misspelt key or a bad value stops
-it with a message naming the key (``[cami] port: expected an integer 1-65535``). Relative paths
+it with a message naming the key (``[cami] port: expected an integer 1-65535``; a host is an IP
+address or a host name, :mod:`schemas.addresses`, never looked up in DNS here). Relative paths
 (``data_dir``, ``token_file``, ``[folder] path``, a CA bundle in ``verify_tls``) are taken from the
 directory of the file itself, so the file and its data can move together. A full example::
 
@@ -81,6 +82,7 @@ from pathlib import Path
 from typing import Any, Literal, TypeVar, cast
 
 from ingest.agent.schedule import Window, parse_window
+from schemas.addresses import MAX_PORT, AddressError, check_host, url_address
 
 __all__ = [
     "DEFAULT_PATHOLOGY_CODES",
@@ -267,7 +269,17 @@ class _Table:
         return self._get(key, kind, f"an integer {low}-{high}", default)
 
     def port(self, key: str, default: int | None) -> int | None:
-        return self.integer(key, default, 1, 65535)
+        return self.integer(key, default, 1, MAX_PORT)
+
+    def host(self, key: str, default: str | None = None) -> str | None:
+        """An IP address or a host name (:mod:`schemas.addresses`; no DNS lookup here)."""
+        value = self.text(key, default)
+        if value is None:
+            return None
+        try:
+            return check_host(value)
+        except AddressError as exc:
+            raise AgentConfigError(f"{self._where(key)}: {exc}") from None
 
     def ae_title(self, key: str, default: str | None) -> str | None:
         value = self.text(key, default)
@@ -368,11 +380,15 @@ def _cami(t: _Table) -> CamiTarget:
         )
     if not base_url.startswith(("https://", "http://")):
         raise AgentConfigError(f"[cami] base_url: {base_url!r} is not an http(s) URL")
+    try:
+        url_address(base_url, schemes=("http", "https"))
+    except AddressError as exc:
+        raise AgentConfigError(f"[cami] base_url: {exc}") from None
     token = t.token()
     if not token:
         raise AgentConfigError("[cami] token or token_file is required (the agent user's API token)")
     delivery = cast(Literal["dicom", "stow"], t.choice("delivery", "dicom", ("dicom", "stow")))
-    host = t.text("host")
+    host = t.host("host")
     port = t.port("port", None)
     if delivery == "dicom" and (host is None or port is None):
         raise AgentConfigError('[cami] host and port are required for delivery = "dicom" (or use "stow")')
@@ -410,7 +426,7 @@ def _router(t: _Table) -> RouterConfig:
     router = RouterConfig(
         ae_title=t.ae_title("ae_title", defaults.ae_title) or defaults.ae_title,
         emergency_ae_title=t.ae_title("emergency_ae_title", defaults.emergency_ae_title) or defaults.emergency_ae_title,
-        host=t.text("host", defaults.host) or defaults.host,
+        host=t.host("host", defaults.host) or defaults.host,
         port=t.port("port", defaults.port) or defaults.port,
         allowed_callers=_ae_titles(t, "allowed_callers"),
     )
@@ -438,7 +454,7 @@ def _polls(values: Any, base: Path) -> tuple[PollSource, ...]:
     for index, value in enumerate(values):
         t = _Table(f"[[poll]] #{index + 1}", value, base)
         ae_title = t.ae_title("ae_title", None)
-        host = t.text("host")
+        host = t.host("host")
         port = t.port("port", None)
         if ae_title is None or host is None or port is None:
             raise AgentConfigError(f"{t.name}: ae_title, host and port are required")
@@ -470,7 +486,7 @@ def _mis(t: _Table) -> MisEndpoint:
     if not token:
         raise AgentConfigError("[mis] token or token_file is required (the MIS authenticates with it)")
     mis = MisEndpoint(
-        host=t.text("host", defaults.host) or defaults.host,
+        host=t.host("host", defaults.host) or defaults.host,
         port=t.port("port", defaults.port) or defaults.port,
         token=token,
     )
