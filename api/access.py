@@ -31,16 +31,28 @@ recorded in each access event, so an auditor sees which organisation's staff rea
 RecordAccessed event and returns only once it is durable; if the event log cannot take it, the
 read fails (503) instead of handing out patient data that no one could trace. A refused read
 (403, unknown AE title) is recorded too, with ``outcome = "denied"`` and no result count.
+
+**A series viewed is one event, not one per frame.** A viewer scrolling a 500-slice series,
+prefetching ahead and refining the slice it stops on, asks for many rendered frames; one event per
+frame would bury the audit trail. :class:`SeriesViews` records the first rendered frame a viewer
+(one browser session, or one bearer token) asks of a series as one RecordAccessed event (action
+``view``, the series UID, ``results`` = the frames of the series the view covers), durable before
+that first frame leaves; further frames of the same series for the same viewer within
+:data:`SERIES_VIEW_SECONDS` are served under it and only counted (:meth:`SeriesViews.served`).
+Each node keeps its own groups, so a viewer balanced over two nodes leaves at most one event per
+node.
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
+import threading
 import time
-from collections.abc import Mapping
+from collections import OrderedDict
+from collections.abc import Callable, Mapping
 from concurrent.futures import Future
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from schemas.events import Actor, Event, new_event
@@ -51,6 +63,11 @@ from streams.topics import topic_for
 
 #: how long a read waits for its access event to become durable before it fails (as EventLog.append)
 APPEND_TIMEOUT = 30.0
+#: how long one series-view event covers a viewer's further frames of that series (a session's lifetime)
+SERIES_VIEW_SECONDS = 12 * 3600
+#: at most this many series views are remembered per node (the oldest are forgotten first; a
+#: forgotten view that is opened again is simply recorded again)
+SERIES_VIEW_LIMIT = 100_000
 
 #: what ``action`` and ``channel`` say in a RecordAccessed event
 #: (``report``: a transfer agent posting its events, recorded when its token is refused;
@@ -128,6 +145,7 @@ class PendingAccess:
         self._topic = topic_for(event.type)
         self._started = time.perf_counter()
         self._future: Future[Position] = publish_async(log, event)
+        self._confirmed = False
 
     async def confirmed(self, timeout: float = APPEND_TIMEOUT) -> None:
         """Returns once the event is durable; raises (the read must fail) when the log cannot
@@ -150,6 +168,9 @@ class PendingAccess:
         return EventLogUnavailable(f"append to {self._topic!r} not confirmed within {timeout} s")
 
     def _durable(self) -> None:
+        if self._confirmed:  # several reads may wait on one event (a series view): measure it once
+            return
+        self._confirmed = True
         if self._log.on_append is not None:
             self._log.on_append(self._topic, time.perf_counter() - self._started)
 
@@ -235,3 +256,102 @@ class AccessRecorder:
             organisation=reader.organisation,
             actor=reader.actor,
         )
+
+
+@dataclass
+class _SeriesView:
+    opened: float
+    #: set by the thread that writes the event, once ``access`` is handed to the log (or failed)
+    ready: threading.Event = field(default_factory=threading.Event)
+    access: PendingAccess | None = None
+    served: int = 1
+
+
+@dataclass(frozen=True)
+class SeriesScope:
+    """What a series-view event names: the patient, and the frames and instances the view covers."""
+
+    patient_id: str | None
+    frames: int
+    instances: int
+
+
+class SeriesViews:
+    """One RecordAccessed event per (viewer, study, series) instead of one per rendered frame (see
+    the module's text). Thread-safe: the rendered-frame routes run in a thread pool, and the first
+    frames of a series arrive together when a viewer prefetches."""
+
+    def __init__(
+        self,
+        recorder: AccessRecorder,
+        *,
+        seconds: float = SERIES_VIEW_SECONDS,
+        limit: int = SERIES_VIEW_LIMIT,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._recorder = recorder
+        self._seconds = seconds
+        self._limit = limit
+        self._clock = clock
+        self._lock = threading.Lock()
+        self._views: OrderedDict[tuple[str, str, str], _SeriesView] = OrderedDict()
+
+    def record(
+        self,
+        reader: Reader,
+        viewer: str,
+        study_uid: str,
+        series_uid: str,
+        scope: Callable[[], SeriesScope],
+        *,
+        channel: str = "wado-rs",
+    ) -> None:
+        """Returns once the series view of ``viewer`` is durably recorded (at once when it already
+        is); raises as :meth:`PendingAccess.wait` does, and then the next frame tries again.
+        ``scope`` is asked only when a new event is written; frames asked together wait for that
+        one event rather than writing their own."""
+        key = (viewer, study_uid, series_uid)
+        now = self._clock()
+        with self._lock:
+            view = self._views.get(key)
+            opens = view is None or now - view.opened >= self._seconds
+            if opens:
+                view = self._views[key] = _SeriesView(now)
+                while len(self._views) > self._limit:
+                    self._views.popitem(last=False)
+            else:
+                assert view is not None
+                view.served += 1
+            self._views.move_to_end(key)
+        assert view is not None
+        try:
+            if opens:
+                try:
+                    covered = scope()
+                    view.access = self._recorder.begin(
+                        reader,
+                        action="view",
+                        channel=channel,
+                        study_uid=study_uid,
+                        series_uid=series_uid,
+                        patient_id=covered.patient_id,
+                        query={"grouped": "series", "frames": covered.frames, "instances": covered.instances},
+                        results=covered.frames,
+                    )
+                finally:
+                    view.ready.set()
+            elif not view.ready.wait(APPEND_TIMEOUT) or view.access is None:
+                raise EventLogUnavailable("the series view's access event was not written")
+            assert view.access is not None
+            view.access.wait()
+        except Exception:
+            with self._lock:
+                if self._views.get(key) is view:
+                    del self._views[key]
+            raise
+
+    def served(self, viewer: str, study_uid: str, series_uid: str) -> int:
+        """How many frames the viewer's current view of the series has been served (0: none open)."""
+        with self._lock:
+            view = self._views.get((viewer, study_uid, series_uid))
+            return view.served if view is not None else 0

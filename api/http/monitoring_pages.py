@@ -45,9 +45,10 @@ from fastapi.responses import HTMLResponse, JSONResponse, StreamingResponse
 
 from api.access import AccessRecorder, Reader
 from api.auth import User
+from api.http.assets import STATIC
 from api.http.deps import require
 from api.http.oversight import named
-from api.http.web import STATIC, html_page, message_page, page_user
+from api.http.web import html_page, message_page, page_user
 from projections.changes import ChangeNotifier
 from projections.monitoring.dashboard import dashboard_snapshot, organisation_page
 from projections.warehouse.base import Warehouse

@@ -100,6 +100,11 @@ _RENDER_OPTIONS = [
     _query("window", {"type": "string", "pattern": r"^-?[0-9]{1,4},[1-9][0-9]{0,3}$"}, "center,width"),
     _query("viewport", {"type": "string", "pattern": r"^[1-9][0-9]{0,2},[1-9][0-9]{0,2}$"}, "columns,rows"),
     _query("quality", {"type": "integer", "minimum": 1, "maximum": 100}, "JPEG quality"),
+    _query(
+        "v",
+        {"type": "string", "pattern": "^[0-9a-f]{16}$"},
+        "the instance's content tag (the study page gives it): the answer may then be cached for the session",
+    ),
 ]
 _WADO_URI = [
     _query("requestType", {"type": "string", "enum": ["WADO"]}, required=True),
@@ -150,6 +155,7 @@ _RETRIEVE = _answers(
 )
 _METADATA = _answers("DICOM JSON (PS3.18 F.2)", _content(DICOM_JSON, schema=_DATASETS), *_READ_ERRORS, 500)
 _RENDERED = _answers("the frame rendered", _content("image/jpeg", "image/png"), *_READ_ERRORS)
+_RENDERED["304"] = {"description": "If-None-Match names the frame's ETag: the cached picture is current"}
 _FRAMES = _answers("pixel data of the frames (multipart/related)", _content("multipart/related"), *_READ_ERRORS, 500)
 _QIDO = _answers(
     "matching data sets (DICOM JSON), [] when none match", _content(DICOM_JSON, schema=_DATASETS), 400, 401, 403, 503

@@ -14,6 +14,7 @@ from typing import Any
 
 from jinja2 import Environment, FileSystemLoader, StrictUndefined, select_autoescape
 
+from api.http.assets import asset_url
 from schemas.policy import Action, may
 
 TEMPLATES = Path(__file__).parent / "templates"
@@ -41,6 +42,8 @@ def _moment(value: Any) -> str:
 
 
 _environment.filters["moment"] = _moment
+# ``asset("cami.js")``: the asset's fingerprinted URL (cached for a year; see api.http.assets)
+_environment.globals["asset"] = asset_url
 
 
 def render(template: str, /, **context: Any) -> str:

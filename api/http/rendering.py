@@ -39,6 +39,9 @@ PNG = "image/png"
 JPEG = "image/jpeg"
 MEDIA_TYPES = (PNG, JPEG)
 DEFAULT_QUALITY = 90
+#: changes whenever the pictures change for the same request (a different resampling, pipeline, ...):
+#: it is part of every rendered frame's ETag, so browsers do not keep pictures drawn the old way
+RENDERER = "1"
 #: no picture wider or higher than this (a viewport cannot make the server allocate gigabytes)
 MAX_VIEWPORT = 8192
 WINDOW_FUNCTIONS = ("linear", "linear_exact", "sigmoid")

@@ -26,9 +26,21 @@ when the client does not accept the compressed form.
 **Access.** Objects, frames and rendered images need ``Action.READ_IMAGES`` (:mod:`schemas.policy`);
 metadata needs ``Action.READ_PATIENT_DATA``. A refused request is recorded with
 ``outcome="denied"`` and answered 403. Every successful request leaves exactly one RecordAccessed
-event, appended before the first byte is sent: ``retrieve`` (objects, metadata, frames) or
-``view`` (rendered) on channel ``wado-rs``, or on ``wado-uri``, with the UIDs asked for, the
-patient and the number of instances sent.
+event, appended before the first byte is sent: ``retrieve`` (objects, metadata, frames) on channel
+``wado-rs``, or ``retrieve``/``view`` on ``wado-uri``, with the UIDs asked for, the patient and the
+number of instances sent. Rendered frames (WADO-RS) are the exception: a viewer asks for hundreds
+of them, so they are recorded per series viewed (:class:`api.access.SeriesViews`): the first frame
+a browser session or token asks of a series writes one ``view`` event naming the series and its
+frame count, durable before that frame leaves; the viewer's further frames of that series go out
+under it.
+
+**Caching rendered frames.** A rendered frame is the same picture as long as the instance's
+stored bytes and the request (frame, window, viewport, quality, media type) are: it carries a
+strong ``ETag`` from those, and ``If-None-Match`` is answered 304 without rendering. A URL that
+names the instance's content (``v``, the first 16 hex digits of its SHA-256, as the study page
+gives it) is ``private, max-age=43200, immutable``: a second visit within the session costs
+nothing. Without ``v`` it is ``private, no-cache`` (kept, revalidated). ``Vary: Cookie,
+Authorization`` keeps one session's frames from being shown to another.
 
 **Errors** are JSON ``{"error", "detail"}`` naming the parameter (400: a UID that is not a UID, a
 bad window, frame, viewport or quality, a frame list naming a frame twice or more than
@@ -41,11 +53,14 @@ blob cannot be read).
 
 from __future__ import annotations
 
+import hashlib
 import io
+import json
 import logging
+import re
 import uuid
 from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import astuple, dataclass
 from email.message import Message
 from typing import Any, Protocol
 
@@ -58,8 +73,8 @@ from pydicom.pixels.utils import pixel_array
 from pydicom.uid import UID
 
 import api.http.rendering as rendering
-from api.access import AccessRecorder, Reader
-from api.auth import User
+from api.access import AccessRecorder, Reader, SeriesScope, SeriesViews
+from api.auth import SESSION_COOKIE, User
 from api.http.base_url import base_url
 from api.http.deps import require
 from api.http.errors import ApiError
@@ -70,6 +85,12 @@ from schemas.uids import is_uid
 from streams.blobs import BlobStore, BlobStoreError
 
 log = logging.getLogger("cami.wado")
+
+#: Cache-Control of a rendered frame whose URL names the instance's content (``v``): the session's lifetime
+IMMUTABLE = "private, max-age=43200, immutable"
+#: Cache-Control of any other rendered frame: kept, but asked for again (answered 304 when unchanged)
+REVALIDATE = "private, no-cache"
+_CONTENT_TAG = re.compile(r"[0-9a-f]{16}")
 
 
 class Archive(Protocol):
@@ -360,6 +381,48 @@ def _reader(request: Request, user: User) -> Reader:
     return Reader(user.actor, user.organisation, request.client.host if request.client else None)
 
 
+def _viewer(request: Request) -> str:
+    """Who is viewing, for grouping rendered frames: the browser session, else the bearer token,
+    else the address (a digest: the key is kept in memory, never the credential itself)."""
+    credential = request.cookies.get(SESSION_COOKIE) or request.headers.get("authorization")
+    if credential is None:
+        credential = "address:" + (request.client.host if request.client else "")
+    return hashlib.sha256(credential.encode("utf-8", "surrogateescape")).hexdigest()
+
+
+def content_tag(stored: Stored) -> str:
+    """The instance version's tag a viewer puts in ``v`` (the first 16 hex digits of its SHA-256)."""
+    return stored.sha256[:16]
+
+
+def rendering_etag(
+    stored: Stored,
+    frame: int,
+    media: str,
+    window: rendering.Window | None,
+    viewport: rendering.Viewport | None,
+    quality: int | None,
+) -> str:
+    """A strong ETag: the same stored bytes rendered the same way give the same picture."""
+    key = json.dumps(
+        [rendering.RENDERER, stored.sha256, frame, media, window and astuple(window),
+         viewport and astuple(viewport), quality],
+        separators=(",", ":"),
+    )  # fmt: skip
+    return '"' + hashlib.sha256(key.encode()).hexdigest()[:32] + '"'
+
+
+def _matches_etag(header: str | None, etag: str) -> bool:
+    """If-None-Match (RFC 9110 13.1.2: weak comparison, ``*`` matches any)."""
+    if not header:
+        return False
+    for candidate in header.split(","):
+        candidate = candidate.strip()
+        if candidate == "*" or candidate.removeprefix("W/") == etag:
+            return True
+    return False
+
+
 def _uid(value: str | None, parameter: str) -> str:
     if value is None or value == "":
         raise ApiError(400, f"missing-{parameter}", f"{parameter} is required")
@@ -384,6 +447,7 @@ class Wado:
     def __init__(self, archive: Archive, recorder: AccessRecorder) -> None:
         self.archive = archive
         self.recorder = recorder
+        self.series_views = SeriesViews(recorder)
 
     # -- access --------------------------------------------------------------------------------
     def allow(
@@ -539,14 +603,38 @@ class Wado:
             quality = rendering.parse_quality(q["quality"]) if "quality" in q else None
         except rendering.RenderError as exc:
             raise _render_error(exc) from None
+        pinned = q.get("v")
+        if pinned is not None and not _CONTENT_TAG.fullmatch(pinned):
+            raise ApiError(400, "invalid-v", "v is the instance's content tag: 16 hexadecimal digits")
         media = rendered_media_type(parse_accept(request.headers.get("accept")))
         instances = self.locate(study, series, sop)
-        picture = self._render(instances[0], frame, media, window, viewport, quality, frame_parameter="frames")
-        query = {k: q[k] for k in ("window", "viewport", "quality") if k in q} | {"frame": frame}
-        self.record(
-            reader, instances, action="view", channel="wado-rs", study=study, series=series, sop=sop, query=query
-        )
-        return Response(picture, media_type=media)
+        stored = instances[0]
+        etag = rendering_etag(stored, frame, media, window, viewport, quality)
+        headers = {
+            "ETag": etag,
+            # immutable while the URL names this content; otherwise kept but revalidated (a new
+            # version of the instance changes the ETag); private: patient data, never in a shared cache
+            "Cache-Control": IMMUTABLE if pinned == content_tag(stored) else REVALIDATE,
+            # a cached frame is reused only by the session (or token) that was served it, so another
+            # user of the same browser is asked for, and recorded, again
+            "Vary": "Accept, Authorization, Cookie",
+        }
+        if _matches_etag(request.headers.get("if-none-match"), etag):
+            self.view_series(request, reader, stored)
+            return Response(status_code=304, headers=headers)
+        picture = self._render(stored, frame, media, window, viewport, quality, frame_parameter="frames")
+        self.view_series(request, reader, stored)
+        return Response(picture, media_type=media, headers=headers)
+
+    def view_series(self, request: Request, reader: Reader, stored: Stored) -> None:
+        """The series-view access event (one per viewer and series, :class:`api.access.SeriesViews`)."""
+
+        def scope() -> SeriesScope:
+            series = self.locate(stored.study_uid, stored.series_uid)
+            frames = sum(max(s.frames or 1, 1) for s in series)
+            return SeriesScope(self.patient(series), frames, len(series))
+
+        self.series_views.record(reader, _viewer(request), stored.study_uid, stored.series_uid, scope)
 
     def _render(
         self,

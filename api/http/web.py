@@ -41,7 +41,6 @@ from urllib.parse import quote, urlencode, urlsplit
 from fastapi import APIRouter, FastAPI, Request
 from fastapi.encoders import jsonable_encoder
 from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
-from fastapi.staticfiles import StaticFiles
 
 from api.access import AccessRecorder, Reader
 from api.auth import (
@@ -56,6 +55,7 @@ from api.auth import (
     session_claims,
     session_key,
 )
+from api.http.assets import STATIC, FingerprintedStatic
 from api.http.deps import authenticate as _authenticate
 from api.http.errors import ApiError
 from api.http.pages import render
@@ -70,7 +70,6 @@ from schemas.uids import is_uid
 
 log = logging.getLogger("cami.web")
 
-STATIC = Path(__file__).parent / "static"
 #: roles that may open a study page (it shows images) and search patients' studies
 MAX_PATIENT_ID = 64
 MAX_NAME = 64
@@ -242,6 +241,8 @@ def _series_view(warehouse: Any, study_uid: str) -> list[dict[str, Any]]:
                 "rows": i.get("rows"),
                 "columns": i.get("columns"),
                 "sop_class_uid": i.get("sop_class_uid"),
+                # the content tag the viewer puts in its frame URLs, so the browser may keep them
+                "v": str(i.get("blob_sha256") or "")[:16] or None,
             }
             for i in series_instances(warehouse, study_uid, row["series_uid"])
         ]
@@ -280,7 +281,7 @@ def install_sessions(app: FastAPI, home: Path, configured_key: str = "") -> None
     app.state.session_key = session_key(home, configured_key)
     app.state.revoked_sessions = RevokedSessions(home / "sessions.db")
     app.state.signin_limiter = SignInLimiter()
-    app.mount("/static", StaticFiles(directory=STATIC), name="static")
+    app.mount("/static", FingerprintedStatic(directory=STATIC), name="static")
 
     @app.exception_handler(_Redirect)
     async def redirect(request: Request, exc: _Redirect) -> Response:

@@ -112,15 +112,18 @@ def test_sign_in_open_the_mis_link_see_image_and_report_and_scroll(scene: Scene,
     assert browser.find_element(By.CSS_SELECTOR, "#search-form button").text == "Search"
     shot(browser, "06-search-english")
 
-    # the audit trail: the page view is one event; each image the viewer fetched is its own WADO read
+    # the audit trail: the page view is one event, and each series viewed one more (not one per
+    # frame fetched, prefetched or refined), naming the series and the frames it holds
     new = [e for e in side.accesses() if e.envelope.event_id not in before]
     views = [e for e in new if e.payload["channel"] == "study-page" and e.payload["action"] == "view"]
     assert len(views) == 1
     assert views[0].payload["StudyInstanceUID"] == scene.study and views[0].payload["PatientID"] == PATIENT
     assert views[0].envelope.actor.user == "dr.petrov"
     images = [e for e in new if e.payload["channel"] == "wado-rs"]
-    assert images and all(e.payload["StudyInstanceUID"] == scene.study for e in images)
-    assert {e.payload["SOPInstanceUID"] for e in images} >= set(scene.ct_sops)
+    assert all(e.payload["StudyInstanceUID"] == scene.study and e.payload["action"] == "view" for e in images)
+    by_series = {e.payload["SeriesInstanceUID"]: e.payload["results"] for e in images}
+    assert len(images) == len(by_series) == 2, [e.payload for e in images]
+    assert sorted(by_series.values()) == [3, len(scene.ct_sops)]  # the multi-frame object's 3 frames; 4 slices
 
     # a link from another site arrives without the SameSite=Strict cookie and lands on the sign-in
     # page: the page finds the session (same-origin request) and goes on to the study by itself

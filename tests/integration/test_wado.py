@@ -40,7 +40,7 @@ from pydicom import dcmread
 from pydicom.encaps import get_frame
 from pydicom.uid import generate_uid
 
-from projections.archive_index.views import instance_location
+from projections.archive_index.views import instance_location, stored_instances
 from schemas.events import Event
 from tests.support import studies
 from tests.support.dicomweb import split_multipart
@@ -333,7 +333,14 @@ def test_rendered_instance_and_frames_through_the_client(stored: Stored) -> None
     png = client.retrieve_instance_rendered(stored.study, series, sent.sop_instance_uid, media_types=("image/png",))
     image = picture(png)
     assert image.format == "PNG" and image.size == (64, 64)
-    one_access(side, before, action="view", channel="wado-rs", SOPInstanceUID=sent.sop_instance_uid, results=1)
+    # rendered frames are recorded per series viewed: the series, and every frame it holds
+    in_series = sum(1 for s in stored.series.values() if s == series)
+    view = one_access(
+        side, before, action="view", channel="wado-rs", SeriesInstanceUID=series, SOPInstanceUID=None, results=in_series
+    )
+    assert view.payload["PatientID"] == PATIENT_ID
+    assert json.loads(view.payload["query"]) == {"frames": in_series, "grouped": "series", "instances": in_series}
+    before = access_ids(side)
 
     narrow = client.retrieve_instance_rendered(
         stored.study, series, sent.sop_instance_uid, media_types=("image/png",), params={"window": "40,20"}
@@ -366,9 +373,52 @@ def test_rendered_instance_and_frames_through_the_client(stored: Stored) -> None
         for n in (1, 2, 3)
     ]  # fmt: skip
     assert [int(f[32, 32]) for f in frames] == [0, 128, 255]  # 500, 1000, 1500 around centre 1000
-    events = new_accesses(side, before)
-    assert len(events) == 3 and all(e.payload["PatientID"] == MF_PATIENT_ID for e in events)
-    assert all(e.payload["action"] == "view" for e in events)
+    # the windows, viewport and quality above were the same series view: no event of their own;
+    # the three frames of the other series are one more view, covering its three frames
+    (event,) = new_accesses(side, before)
+    assert event.payload["PatientID"] == MF_PATIENT_ID and event.payload["action"] == "view"
+    assert event.payload["SeriesInstanceUID"] == stored.mf_series and event.payload["results"] == 3
+
+    # another reader (its own token) is recorded on its own
+    before = access_ids(side)
+    dicomweb(side, "ref.ivanov").retrieve_instance_rendered(stored.study, series, sent.sop_instance_uid)
+    (other,) = new_accesses(side, before)
+    assert other.envelope.actor.user == "ref.ivanov" and other.payload["SeriesInstanceUID"] == series
+
+
+def test_rendered_frames_are_cached_by_content(stored: Stored) -> None:
+    side = stored.side
+    sent = stored.by_syntax(EXPLICIT_LE)
+    url = instance_url(stored, sent) + "/rendered"
+    with side.client("admin") as http:
+        first = http.get(url, params={"viewport": "32,32"}, headers={"Accept": "image/jpeg"})
+        assert first.status_code == 200
+        etag = first.headers["etag"]
+        assert etag.startswith('"') and not etag.startswith("W/")
+        assert first.headers["cache-control"] == "private, no-cache"
+        assert {v.strip() for v in first.headers["vary"].split(",")} >= {"Cookie", "Authorization", "Accept"}
+
+        # unchanged: 304, nothing rendered or sent; a different rendering is a different ETag
+        again = http.get(url, params={"viewport": "32,32"}, headers={"Accept": "image/jpeg", "If-None-Match": etag})
+        assert again.status_code == 304 and again.content == b"" and again.headers["etag"] == etag
+        weak = http.get(
+            url, params={"viewport": "32,32"}, headers={"Accept": "image/jpeg", "If-None-Match": "W/" + etag}
+        )
+        assert weak.status_code == 304
+        other = http.get(url, params={"viewport": "16,16"}, headers={"Accept": "image/jpeg", "If-None-Match": etag})
+        assert other.status_code == 200 and other.headers["etag"] != etag
+        png = http.get(url, params={"viewport": "32,32"}, headers={"Accept": "image/png", "If-None-Match": etag})
+        assert png.status_code == 200 and png.headers["etag"] != etag
+
+        # the URL naming the instance's content (as the study page gives it) is cached for the session
+        (row,) = stored_instances(side.archive.warehouse, stored.study, sop_uid=sent.sop_instance_uid)
+        pinned = http.get(url, params={"viewport": "32,32", "v": row.sha256[:16]}, headers={"Accept": "image/jpeg"})
+        assert pinned.headers["cache-control"] == "private, max-age=43200, immutable"
+        assert pinned.headers["etag"] == etag
+        stale = http.get(url, params={"viewport": "32,32", "v": "0" * 16}, headers={"Accept": "image/jpeg"})
+        assert stale.status_code == 200 and stale.headers["cache-control"] == "private, no-cache"
+        bad = http.get(url, params={"v": "not-a-tag"})
+        assert bad.status_code == 400 and bad.json()["error"] == "invalid-v"
 
 
 @pytest.mark.parametrize("syntax", SYNTAXES)

@@ -5,6 +5,7 @@ no documentation page pulls scripts from another origin."""
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -101,7 +102,6 @@ def test_responses_with_patient_data_are_not_cached(side: ReadSide) -> None:
             f"{base}/series/{series}/instances/{instance}",
             {"Accept": "multipart/related; type=application/dicom"},
         ),
-        "rendered": (f"{base}/series/{series}/instances/{instance}/rendered", {"Accept": "image/png"}),
         "reports": (f"/api/studies/{study}/reports", {}),
         "search page": ("/search?patient=P-1001", {}),
     }
@@ -112,10 +112,49 @@ def test_responses_with_patient_data_are_not_cached(side: ReadSide) -> None:
             assert answer.headers.get("cache-control") == "no-store", (what, dict(answer.headers))
         refused = doctor.get(f"{base}/series/{series}/instances/1.2.3.999")
         assert refused.headers.get("cache-control") == "no-store"
-    # the static assets carry no patient data and may be cached
+        # a rendered frame is a picture of the patient too: only the browser that was served it keeps
+        # it (private: no proxy), and only for the session or token it was served to (Vary)
+        rendered = doctor.get(f"{base}/series/{series}/instances/{instance}/rendered", headers={"Accept": "image/png"})
+        assert rendered.status_code == 200
+        control = {d.strip() for d in rendered.headers["cache-control"].split(",")}
+        assert "private" in control and "public" not in control, rendered.headers
+        assert {"Cookie", "Authorization"} <= {v.strip() for v in rendered.headers["vary"].split(",")}
+    # the static assets carry no patient data and may be cached: for a year under the page's
+    # fingerprinted URL, revalidated under any other
     with httpx.Client(base_url=side.url, timeout=60) as anonymous:
         script = anonymous.get("/static/cami.js")
-        assert script.status_code == 200 and "no-store" not in script.headers.get("cache-control", "")
+        assert script.status_code == 200 and script.headers["cache-control"] == "no-cache"
+        page = anonymous.get("/signin")
+        (linked,) = re.findall(r'src="(/static/cami\.js\?v=[0-9a-f]{12})"', page.text)
+        pinned = anonymous.get(linked)
+        assert pinned.content == script.content
+        assert pinned.headers["cache-control"] == "public, max-age=31536000, immutable"
+        assert anonymous.get("/static/cami.js?v=000000000000").headers["cache-control"] == "no-cache"
+
+
+def test_text_is_compressed_and_pictures_are_not(side: ReadSide) -> None:
+    with httpx.Client(base_url=side.url, timeout=60) as anonymous:
+        for path in ("/static/cami.js", "/static/cami.css", "/signin", "/openapi.json"):
+            plain = anonymous.get(path, headers={"Accept-Encoding": "identity"})
+            packed = anonymous.get(path, headers={"Accept-Encoding": "gzip"})
+            assert plain.headers.get("content-encoding") is None, path
+            assert packed.headers["content-encoding"] == "gzip", path
+            # httpx decodes the body: the same bytes arrive, in a fraction of the size on the wire
+            assert packed.content == plain.content
+            assert int(packed.headers["content-length"]) < 0.6 * len(plain.content), path
+    study = new_study()
+    ds = ct_dataset(study)
+    body, content_type = multipart([part10(ds)])
+    with side.client("okb-pacs") as modality:
+        assert (
+            modality.post("/dicomweb/studies", content=body, headers={"Content-Type": content_type}).status_code == 200
+        )
+    side.wait_indexed(study, 1)
+    base = f"/dicomweb/studies/{study}/series/{ds.SeriesInstanceUID}/instances/{ds.SOPInstanceUID}"
+    with side.client("dr.petrov") as doctor:
+        for path, accept in ((base + "/rendered", "image/png"), (base, "multipart/related; type=application/dicom")):
+            answer = doctor.get(path, headers={"Accept": accept, "Accept-Encoding": "gzip"})
+            assert answer.status_code == 200 and answer.headers.get("content-encoding") is None, path
 
 
 def test_no_documentation_pages_that_load_third_party_scripts(side: ReadSide) -> None:

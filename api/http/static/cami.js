@@ -3,7 +3,8 @@
  * Plain JavaScript, no build step, nothing from outside the archive. The server embeds the page's
  * data as JSON (#cami-data); this script renders it in Russian (default) or English (the toggle,
  * remembered in localStorage and a cookie). Images come from WADO-RS /rendered and
- * /frames/{n}/rendered, fetched with the session cookie and shown as blob: URLs.
+ * /frames/{n}/rendered, fetched with the session cookie by frames.js (previews sized for the link,
+ * prefetch, refinement to full quality) and shown as blob: URLs.
  */
 "use strict";
 
@@ -74,6 +75,9 @@
       "viewer.apply": "Применить", "viewer.zoom": "Масштаб", "viewer.fit": "Вписать",
       "viewer.image": "Изобр.", "viewer.number": "№", "viewer.frame": "кадр",
       "viewer.loading": "Загрузка…", "viewer.no-images": "В исследовании нет изображений.",
+      "viewer.loading-slice": "загружается", "viewer.full": "Полное качество",
+      "viewer.full-hint": "Всегда без потерь и в полном разрешении (медленнее на слабом канале)",
+      "viewer.kind.preview": "предпросмотр", "viewer.kind.full": "без потерь",
       "viewer.help": "Колесо мыши или ↑/↓ — листать; Ctrl+колесо или +/− — масштаб; перетаскивание — сдвиг.",
       "viewer.err.401": "Сеанс истёк — войдите снова.", "viewer.err.403": "Нет доступа к изображениям.",
       "viewer.err.404": "Изображение не найдено в архиве.",
@@ -182,6 +186,9 @@
       "viewer.apply": "Apply", "viewer.zoom": "Zoom", "viewer.fit": "Fit",
       "viewer.image": "Image", "viewer.number": "No.", "viewer.frame": "frame",
       "viewer.loading": "Loading…", "viewer.no-images": "The study has no images.",
+      "viewer.loading-slice": "loading", "viewer.full": "Full quality",
+      "viewer.full-hint": "Always lossless at full resolution (slower on a thin link)",
+      "viewer.kind.preview": "preview", "viewer.kind.full": "lossless",
       "viewer.help": "Mouse wheel or ↑/↓ to scroll; Ctrl+wheel or +/− to zoom; drag to pan.",
       "viewer.err.401": "The session has expired: sign in again.", "viewer.err.403": "No access to images.",
       "viewer.err.404": "The image is not in the archive.",
@@ -397,9 +404,13 @@
     const view = {
       series: 0, slice: 0, preset: "default", custom: null, zoom: 1, panX: 0, panY: 0,
     };
-    const cache = new Map();  // url -> blob: URL (bounded; oldest revoked)
-    let controller = null;
-    let seq = 0;
+    // what is on screen: the slice index and rendition shown may lag behind view.slice while it loads
+    const shown = { key: null, index: -1, kind: null };
+    let prefetch = true;
+    try { prefetch = window.localStorage.getItem("cami.viewer.prefetch") !== "0"; } catch (e) { /* storage disabled */ }
+    const loader = new window.CamiFrames.Loader({ prefetch: prefetch, onChange: function () { display(); } });
+    try { view.full = window.localStorage.getItem("cami.viewer.full") === "1"; } catch (e) { view.full = false; }
+    loader.setFull(view.full);
 
     function slices(s) {
       const out = [];
@@ -421,13 +432,43 @@
       return found ? found[1] : null;
     }
 
-    function imageUrl(s, slice) {
+    // frame `slice` of series `s` as a preview (JPEG at the size drawn, for the link) or in full
+    // quality (lossless PNG at full resolution); `v` names the instance's content, so the browser
+    // may keep the picture for the session
+    function frameUrl(s, slice, kind) {
       let url = "/dicomweb/studies/" + encodeURIComponent(study.study_uid) + "/series/" + encodeURIComponent(s.series_uid)
         + "/instances/" + encodeURIComponent(slice.inst.sop_uid);
       url += slice.frame ? "/frames/" + slice.frame + "/rendered" : "/rendered";
+      const params = [];
       const w = windowParam();
-      if (w) url += "?window=" + encodeURIComponent(w[0] + "," + w[1] + ",linear");
-      return url;
+      if (w) params.push("window=" + encodeURIComponent(w[0] + "," + w[1] + ",linear"));
+      let accept = "image/png";
+      if (kind === "preview") {
+        const box = viewport.getBoundingClientRect();
+        const cols = slice.inst.columns || 512, rows = slice.inst.rows || 512;
+        const fit = Math.min((box.width || 512) / cols, (box.height || 512) / rows);
+        const drawn = Math.ceil(Math.max(cols, rows) * fit * view.zoom * (window.devicePixelRatio || 1));
+        const size = loader.preview(cols, rows, drawn);
+        params.push("viewport=" + size.width + "," + size.height, "quality=" + size.quality);
+        accept = "image/jpeg";
+      }
+      if (slice.inst.v) params.push("v=" + slice.inst.v);
+      return { url: params.length ? url + "?" + params.join("&") : url, accept: accept };
+    }
+
+    function windowKey() {
+      const w = windowParam();
+      return w ? w[0] + "," + w[1] : "default";
+    }
+
+    // tell the loader which frames are wanted: this series, in this window
+    function sequence() {
+      const s = series[view.series];
+      const all = slices(s);
+      loader.setSequence(s ? s.series_uid + "|" + windowKey() : "none", all.length, function (index, kind) {
+        return frameUrl(s, all[index], kind);
+      });
+      loader.setTarget(view.slice);
     }
 
     // -- left panel
@@ -541,6 +582,28 @@
     const overlayBL = el("div", { cls: "overlay bl" });
     const overlayBR = el("div", { cls: "overlay br" });
     const viewport = el("div", { cls: "viewport", id: "viewport", tabindex: "0" }, img, stateBox, overlayTL, overlayTR, overlayBL, overlayBR);
+    // when the first picture was drawn, in ms after navigation (the viewer's own measure, read by bench/viewer.py)
+    img.addEventListener("load", function () {
+      if (!document.body.hasAttribute("data-first-image-ms")) {
+        document.body.setAttribute("data-first-image-ms", String(Math.round(performance.now())));
+      }
+    });
+    // what the loader is doing, for tests and benches: requests in flight, renditions loaded, bytes
+    window.camiViewer = {
+      state: function () {
+        const all = slices(series[view.series]);
+        let previews = 0, full = 0;
+        for (let i = 0; i < all.length; i++) {
+          if (loader.entries.has(loader.key(i, "full"))) full++;
+          else if (loader.entries.has(loader.key(i, "preview"))) previews++;
+        }
+        return {
+          slices: all.length, pending: loader.inflight.size, previews: previews, full: full,
+          bytes: loader.totals.bytes, requests: loader.totals.requests, index: shown.index, target: view.slice,
+          quality: shown.kind, rate: loader.rate(),
+        };
+      },
+    };
     const slider = el("input", { type: "range", id: "slice-slider", min: "0", max: "0", value: "0", step: "1" });
     const sliceInfo = el("span", { id: "slice-info" });
 
@@ -568,7 +631,20 @@
         el("span", { cls: "group" }, el("span", { text: t("viewer.zoom") + ":" }),
           el("button", { type: "button", id: "zoom-out", text: "−", onclick: function () { zoomBy(-1); } }),
           el("button", { type: "button", id: "zoom-in", text: "+", onclick: function () { zoomBy(1); } }),
-          el("button", { type: "button", id: "zoom-fit", text: t("viewer.fit"), onclick: function () { view.zoom = 1; view.panX = view.panY = 0; transform(); } })));
+          el("button", { type: "button", id: "zoom-fit", text: t("viewer.fit"), onclick: function () { view.zoom = 1; view.panX = view.panY = 0; transform(); } })),
+        el("span", { cls: "group" },
+          el("button", {
+            type: "button", id: "full-quality", cls: view.full ? "active" : "", "aria-pressed": view.full ? "true" : "false",
+            title: t("viewer.full-hint"), text: t("viewer.full"),
+            onclick: function () {
+              view.full = !view.full;
+              try { window.localStorage.setItem("cami.viewer.full", view.full ? "1" : "0"); } catch (e) { /* ignore */ }
+              this.classList.toggle("active", view.full);
+              this.setAttribute("aria-pressed", view.full ? "true" : "false");
+              loader.setFull(view.full);
+              display();
+            },
+          })));
       const bar = el("div", { cls: "scrollbar" },
         el("button", { type: "button", id: "prev", text: "▲", onclick: function () { step(-1); } }),
         slider,
@@ -596,7 +672,8 @@
     function overlays() {
       const s = series[view.series];
       const all = slices(s);
-      const cur = all[view.slice];
+      const at = shown.index >= 0 ? shown.index : view.slice;
+      const cur = all[at];
       const p = data.patient;
       overlayTL.textContent = (p.name || "") + "\n" + p.id;
       overlayTL.style.whiteSpace = "pre";
@@ -604,72 +681,75 @@
       overlayTR.textContent = fmtDate(study.study_date) + "\n" + (s ? ((s.modality || "") + " " + (s.description || "")) : "");
       const w = windowParam();
       overlayBR.textContent = (w ? t("viewer.center") + " " + w[0] + " " + t("viewer.width") + " " + w[1] : t("viewer.default"))
-        + " · " + Math.round(view.zoom * 100) + "%";
+        + " · " + Math.round(view.zoom * 100) + "%" + (shown.kind ? " · " + t("viewer.kind." + shown.kind) : "");
       if (!cur) { overlayBL.textContent = ""; sliceInfo.textContent = ""; return; }
-      const text = t("viewer.image") + " " + (view.slice + 1) + " / " + all.length
+      // the counter names the slice on screen; while another one loads, it says which
+      const waiting = at !== view.slice;
+      const text = t("viewer.image") + " " + (at + 1) + " / " + all.length
         + (cur.inst.number !== null && cur.inst.number !== undefined ? " · " + t("viewer.number") + " " + cur.inst.number : "")
-        + (cur.frame ? " · " + t("viewer.frame") + " " + cur.frame + " / " + cur.frames : "");
+        + (cur.frame ? " · " + t("viewer.frame") + " " + cur.frame + " / " + cur.frames : "")
+        + (waiting ? " · " + t("viewer.loading-slice") + " " + (view.slice + 1) + "…" : "");
       overlayBL.textContent = text;
       sliceInfo.textContent = text;
+      sliceInfo.classList.toggle("loading", waiting);
       sliceInfo.setAttribute("data-instance-number", cur.inst.number === null || cur.inst.number === undefined ? "" : String(cur.inst.number));
       sliceInfo.setAttribute("data-sop", cur.inst.sop_uid);
       sliceInfo.setAttribute("data-frame", cur.frame ? String(cur.frame) : "");
-      sliceInfo.setAttribute("data-index", String(view.slice));
+      sliceInfo.setAttribute("data-index", String(at));
+      sliceInfo.setAttribute("data-target", String(view.slice));
+      sliceInfo.setAttribute("data-quality", shown.kind || "");
     }
 
-    function remember(url, blobUrl) {
-      cache.set(url, blobUrl);
-      if (cache.size > 300) {
-        const oldest = cache.keys().next().value;
-        const gone = cache.get(oldest);
-        cache.delete(oldest);
-        if (gone !== img.src) URL.revokeObjectURL(gone);
-      }
-    }
-
-    function show() {
+    // put the best loaded picture of the wanted slice on screen, else the nearest loaded slice
+    // (the counter follows the picture and marks the slice still loading)
+    function display() {
       const s = series[view.series];
       const all = slices(s);
+      if (!all.length) {
+        img.removeAttribute("src");
+        shown.index = -1; shown.kind = null;
+        stateBox.textContent = t("viewer.no-images");
+        overlays();
+        return;
+      }
+      const key = s.series_uid + "|" + windowKey();
+      let entry = loader.best(view.slice);
+      let index = view.slice;
+      if (!entry) {
+        const near = loader.nearest(view.slice);
+        if (near >= 0) { index = near; entry = loader.best(near) || loader.entries.get(loader.key(near, "preview")); }
+      }
+      if (entry) {
+        if (img.getAttribute("src") !== entry.blobUrl) img.src = entry.blobUrl;
+        loader.pin(entry.blobUrl);
+        img.setAttribute("data-url", entry.url);
+        img.setAttribute("data-quality", entry.kind);
+        shown.key = key; shown.index = index; shown.kind = entry.kind;
+      } else if (shown.key !== null && shown.key.split("|")[0] !== s.series_uid) {
+        img.removeAttribute("src");  // another series' picture would not match the counter
+        shown.key = null; shown.index = -1; shown.kind = null;
+      }
+      const failure = loader.error(view.slice);
+      if (failure && index !== view.slice || failure && !entry) {
+        const known = { 401: 1, 403: 1, 404: 1, 406: 1 };
+        stateBox.textContent = known[failure] ? t("viewer.err." + failure)
+          : t("viewer.err.other") + (failure === "network" ? "" : " (HTTP " + failure + ")");
+      } else {
+        stateBox.textContent = entry && index === view.slice ? "" : t("viewer.loading");
+      }
+      viewport.classList.toggle("loading", !entry || index !== view.slice);
       overlays();
-      if (!all.length) { img.removeAttribute("src"); stateBox.textContent = t("viewer.no-images"); return; }
-      const url = imageUrl(s, all[view.slice]);
-      const ticket = ++seq;
-      if (cache.has(url)) { img.src = cache.get(url); img.setAttribute("data-url", url); stateBox.textContent = ""; return; }
-      if (controller) controller.abort();
-      controller = new AbortController();
-      stateBox.textContent = t("viewer.loading");
-      fetch(url, { credentials: "same-origin", headers: { Accept: "image/png" }, signal: controller.signal })
-        .then(function (r) {
-          if (!r.ok) {
-            const known = { 401: 1, 403: 1, 404: 1, 406: 1 };
-            throw new Error(known[r.status] ? t("viewer.err." + r.status) : t("viewer.err.other") + " (HTTP " + r.status + ")");
-          }
-          return r.blob();
-        })
-        .then(function (blob) {
-          const blobUrl = URL.createObjectURL(blob);
-          remember(url, blobUrl);
-          if (ticket !== seq) return;
-          img.src = blobUrl;
-          img.setAttribute("data-url", url);
-          stateBox.textContent = "";
-        })
-        .catch(function (e) {
-          if (e && e.name === "AbortError") return;
-          if (ticket !== seq) return;
-          img.removeAttribute("src");
-          stateBox.textContent = e && e.message ? e.message : t("viewer.err.other");
-        });
     }
 
     function go(index) {
       const all = slices(series[view.series]);
       if (!all.length) return;
       const next = Math.max(0, Math.min(all.length - 1, index));
-      if (next === view.slice && img.getAttribute("src")) return;
+      if (next === view.slice) return;
       view.slice = next;
       slider.value = String(next);
-      show();
+      loader.setTarget(next);
+      display();
     }
 
     function step(delta) { go(view.slice + delta); }
@@ -729,7 +809,8 @@
       slider.value = String(view.slice);
       slider.disabled = all.length < 2;
       transform();
-      show();
+      sequence();
+      display();
     }
     rerender = render;
     render();
@@ -737,6 +818,8 @@
 
   // -- start -------------------------------------------------------------------------------------
   function start() {
+    // the viewer reads Resource Timing (what came from the cache); a series is hundreds of entries
+    if (performance.setResourceTimingBufferSize) performance.setResourceTimingBufferSize(10000);
     const node = document.getElementById("cami-data");
     const data = node ? JSON.parse(node.textContent) : { page: "message" };
     const toggle = document.getElementById("lang-toggle");

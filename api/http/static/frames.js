@@ -1,0 +1,301 @@
+/* CAMI viewer: the frames of a series, fetched for the link they travel over.
+ *
+ * A doctor's link may be 256 kbit/s (the regional minimum) with 100 ms of latency. So the viewer
+ * never waits for one full-size picture after another:
+ *  - while scrolling it asks for previews: JPEG at the size the picture is drawn, smaller and
+ *    coarser when the measured link is slow; when the doctor stops, the slice shown is refined to
+ *    full quality (lossless PNG at full resolution); "full quality" mode asks only for that;
+ *  - the frames around the slice shown are fetched ahead in both directions (more in the direction
+ *    of travel), a bounded number of requests at a time; the slice under the cursor always goes
+ *    first, and a frame the doctor has scrolled past is never waited for;
+ *  - frame URLs name the instance's content (v), so the browser keeps them for the session and a
+ *    second visit costs nothing.
+ * The loader knows nothing of the page: CamiFrames.Loader is given a function that makes the URL
+ * of frame i in a kind ("preview" or "full"), and reports what it has loaded.
+ */
+"use strict";
+
+(function () {
+  const KINDS = ["preview", "full"];
+  // the preview sizes asked for (a few steps, so a resized window does not make every URL new)
+  const STEPS = [128, 256, 384, 512, 768, 1024, 1536, 2048];
+
+  // previews by measured link rate (bytes per millisecond = kB/s): [below rate, longest side, JPEG quality]
+  const TIERS = [[48, 256, 60], [160, 384, 70], [640, 768, 80], [Infinity, 2048, 85]];
+
+  function Loader(options) {
+    this.maxInFlight = options.maxInFlight || 4;
+    this.prefetch = options.prefetch !== false;
+    this.refineAfter = options.refineAfter || 300;
+    this.limit = options.limit || 600;  // renditions kept as blob: URLs (oldest revoked)
+    this.onChange = options.onChange || function () {};
+    this.full = false;
+    this.entries = new Map();   // key -> {url, blobUrl, bytes, kind, index}
+    this.inflight = new Map();  // key -> {controller, index, kind}
+    this.failed = new Map();    // key -> message
+    this.sequence = null;       // {id, count, urlFor}
+    this.target = 0;
+    this.direction = 1;
+    this.lastMove = 0;
+    this.timer = null;
+    this.pinned = null;         // the blob: URL on screen: never revoked
+    this.link = { bytes: 0, busy: 0, since: 0 };
+    this.known = remembered();  // the link as last measured in this browser, until this page measures it
+    this.totals = { bytes: 0, requests: 0 };
+  }
+
+  Loader.prototype.key = function (index, kind) {
+    return this.sequence.id + "|" + index + "|" + kind;
+  };
+
+  // -- the link -----------------------------------------------------------------------------------
+  // bytes received per millisecond while at least one request was in flight; null until measured
+  Loader.prototype.rate = function () {
+    const busy = this.link.busy + (this.inflight.size ? performance.now() - this.link.since : 0);
+    return busy >= 150 && this.link.bytes >= 4096 ? this.link.bytes / busy : this.known;
+  };
+
+  // the rate is kept in the browser for a while: a second visit then asks for the same previews as
+  // the first (which the browser's cache holds) instead of starting small again
+  const REMEMBER_MS = 12 * 3600 * 1000;
+
+  function remembered() {
+    try {
+      const saved = JSON.parse(window.localStorage.getItem("cami.viewer.link") || "null");
+      return saved && Date.now() - saved.at < REMEMBER_MS && saved.rate > 0 ? saved.rate : null;
+    } catch (e) {
+      return null;
+    }
+  }
+
+  function remember(rate) {
+    try { window.localStorage.setItem("cami.viewer.link", JSON.stringify({ rate: rate, at: Date.now() })); } catch (e) { /* ignore */ }
+  }
+
+  // what crossed the wire for a response (0 when the browser's cache answered), from Resource Timing
+  function wireBytes(url) {
+    const entries = performance.getEntriesByName(new URL(url, window.location.href).href, "resource");
+    const last = entries[entries.length - 1];
+    return last ? last.transferSize : null;
+  }
+
+  // the preview asked for a frame of cols x rows drawn at `drawn` device pixels (longest side)
+  Loader.prototype.preview = function (cols, rows, drawn) {
+    const rate = this.rate();
+    const tier = TIERS.find(function (t) { return (rate === null ? 0 : rate) < t[0]; });
+    const longest = Math.max(cols || 512, rows || 512);
+    let side = STEPS.find(function (s) { return s >= drawn; }) || STEPS[STEPS.length - 1];
+    side = Math.min(side, tier[1], longest);
+    const scale = side / longest;
+    return {
+      width: Math.max(1, Math.round((cols || longest) * scale)),
+      height: Math.max(1, Math.round((rows || longest) * scale)),
+      quality: tier[2],
+    };
+  };
+
+  function busyStart(loader) {
+    if (!loader.inflight.size) loader.link.since = performance.now();
+  }
+
+  function busyEnd(loader) {
+    if (loader.inflight.size) return;
+    loader.link.busy += performance.now() - loader.link.since;
+    if (loader.link.bytes > 512 * 1024) {  // remember the recent link, not the whole session
+      loader.link.bytes /= 2;
+      loader.link.busy /= 2;
+    }
+  }
+
+  // -- what is loaded -------------------------------------------------------------------------------
+  Loader.prototype.setSequence = function (id, count, urlFor) {
+    if (this.sequence && this.sequence.id === id) return;
+    this.sequence = { id: id, count: count, urlFor: urlFor };
+    const self = this;
+    this.inflight.forEach(function (request) { request.controller.abort(); });  // another series or window
+    this.inflight.clear();
+    busyEnd(self);
+    this.target = 0;
+    this.schedule();
+  };
+
+  Loader.prototype.best = function (index) {
+    if (!this.sequence) return null;
+    const full = this.entries.get(this.key(index, "full"));
+    if (full) return full;
+    return this.full ? null : this.entries.get(this.key(index, "preview")) || null;
+  };
+
+  // the loaded slice nearest to index (-1: none yet)
+  Loader.prototype.nearest = function (index) {
+    if (!this.sequence) return -1;
+    for (let d = 0; d < this.sequence.count; d++) {
+      if (index + d < this.sequence.count && this.anyLoaded(index + d)) return index + d;
+      if (d && index - d >= 0 && this.anyLoaded(index - d)) return index - d;
+    }
+    return -1;
+  };
+
+  Loader.prototype.anyLoaded = function (index) {
+    return this.entries.has(this.key(index, "full")) || this.entries.has(this.key(index, "preview"));
+  };
+
+  Loader.prototype.error = function (index) {
+    const self = this;
+    const found = KINDS.map(function (k) { return self.failed.get(self.key(index, k)); }).filter(Boolean);
+    return found.length ? found[0] : null;
+  };
+
+  Loader.prototype.loading = function (index) {
+    return this.inflight.has(this.key(index, this.full ? "full" : "preview")) || this.inflight.has(this.key(index, "full"));
+  };
+
+  Loader.prototype.pin = function (blobUrl) { this.pinned = blobUrl; };
+
+  // -- moving -----------------------------------------------------------------------------------------
+  Loader.prototype.setTarget = function (index) {
+    if (index !== this.target) this.direction = index > this.target ? 1 : -1;
+    this.target = index;
+    this.lastMove = performance.now();
+    this.schedule();
+  };
+
+  Loader.prototype.setFull = function (full) {
+    this.full = full;
+    this.schedule();
+  };
+
+  Loader.prototype.idle = function () {
+    return performance.now() - this.lastMove >= this.refineAfter;
+  };
+
+  Loader.prototype.schedule = function () {
+    const self = this;
+    if (this.timer) clearTimeout(this.timer);
+    this.timer = null;
+    this.pump();
+    if (!this.idle()) {
+      this.timer = setTimeout(function () { self.timer = null; self.pump(); }, this.refineAfter - (performance.now() - this.lastMove) + 5);
+    }
+  };
+
+  // what should be loaded, most wanted first: [index, kind]
+  Loader.prototype.wanted = function () {
+    const out = [];
+    const count = this.sequence.count;
+    const t = this.target;
+    const kind = this.full ? "full" : "preview";
+    if (!this.best(t)) out.push([t, kind]);
+    else if (!this.full && this.idle() && !this.entries.has(this.key(t, "full"))) out.push([t, "full"]);
+    if (!this.prefetch) return out;
+    // ahead two for each one behind, out to the ends of the series
+    const dir = this.direction;
+    for (let a = 1, b = 1; a < count || b < count;) {
+      for (let i = 0; i < 2; i++, a++) out.push([t + dir * a, kind]);
+      out.push([t - dir * b, kind]);
+      b++;
+    }
+    return out.filter(function (w) { return w[0] >= 0 && w[0] < count; });
+  };
+
+  Loader.prototype.pump = function () {
+    if (!this.sequence || !this.sequence.count) return;
+    const self = this;
+    const t = this.target;
+    // a refinement of a slice the doctor has left is of no use any more
+    this.inflight.forEach(function (request, key) {
+      if (request.kind === "full" && !self.full && request.index !== t) {
+        request.controller.abort();
+        self.inflight.delete(key);
+      }
+    });
+    busyEnd(this);
+    const wanted = this.wanted();
+    const targetMissing = !this.best(t);
+    const refining = this.inflight.has(this.key(t, "full")) && !this.full;
+    for (let i = 0; i < wanted.length; i++) {
+      const index = wanted[i][0], kind = wanted[i][1];
+      const key = this.key(index, kind);
+      if (this.entries.has(key) || this.inflight.has(key) || this.failed.has(key)) continue;
+      if (kind === "preview" && this.entries.has(this.key(index, "full"))) continue;
+      const forTarget = index === t;
+      if (!forTarget && (targetMissing || refining)) break;  // the slice on screen first, on its own
+      if (this.inflight.size >= this.maxInFlight) {
+        if (!forTarget) break;
+        this.dropFarthest();
+      }
+      this.start(index, kind);
+    }
+  };
+
+  // make room for the slice under the cursor: give up the prefetch farthest from it
+  Loader.prototype.dropFarthest = function () {
+    const t = this.target;
+    let worst = null, worstKey = null;
+    this.inflight.forEach(function (request, key) {
+      if (request.index === t) return;
+      if (!worst || Math.abs(request.index - t) > Math.abs(worst.index - t)) { worst = request; worstKey = key; }
+    });
+    if (worst) { worst.controller.abort(); this.inflight.delete(worstKey); busyEnd(this); }
+  };
+
+  Loader.prototype.start = function (index, kind) {
+    const self = this;
+    const sequence = this.sequence;
+    const key = this.key(index, kind);
+    const made = sequence.urlFor(index, kind);
+    const controller = new AbortController();
+    busyStart(this);
+    this.inflight.set(key, { controller: controller, index: index, kind: kind });
+    this.totals.requests++;
+    fetch(made.url, { credentials: "same-origin", headers: { Accept: made.accept }, signal: controller.signal })
+      .then(function (r) {
+        if (!r.ok) {
+          const error = new Error("HTTP " + r.status);
+          error.status = r.status;
+          throw error;
+        }
+        return r.blob();
+      })
+      .then(function (blob) {
+        if (self.inflight.get(key) === undefined || self.sequence !== sequence) return;
+        self.inflight.delete(key);
+        // only what came over the link measures it: a picture from the browser's cache took no time
+        const wire = wireBytes(made.url);
+        if (wire !== 0) {
+          self.link.bytes += blob.size;
+          self.totals.bytes += blob.size;
+        }
+        busyEnd(self);
+        if (wire !== 0 && self.link.bytes >= 4096) remember(self.rate());
+        self.remember(key, { url: made.url, blobUrl: URL.createObjectURL(blob), bytes: blob.size, kind: kind, index: index });
+        self.onChange(index, kind);
+        self.schedule();
+      })
+      .catch(function (e) {
+        if (e && e.name === "AbortError") return;
+        if (self.inflight.get(key) === undefined || self.sequence !== sequence) return;
+        self.inflight.delete(key);
+        busyEnd(self);
+        self.failed.set(key, e && e.status ? e.status : "network");
+        self.onChange(index, kind);
+        if (!e || !e.status) setTimeout(function () { self.failed.delete(key); self.schedule(); }, 2000);  // a network blip: try again
+        else self.schedule();
+      });
+  };
+
+  Loader.prototype.remember = function (key, entry) {
+    this.entries.set(key, entry);
+    while (this.entries.size > this.limit) {
+      let oldest = null;
+      for (const k of this.entries.keys()) {
+        if (this.entries.get(k).blobUrl !== this.pinned) { oldest = k; break; }
+      }
+      if (oldest === null) break;
+      URL.revokeObjectURL(this.entries.get(oldest).blobUrl);
+      this.entries.delete(oldest);
+    }
+  };
+
+  window.CamiFrames = { Loader: Loader };
+})();
