@@ -3,6 +3,7 @@ downloaded), screenshots to ``tests/artifacts/``, and a wait until the viewer sh
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -31,13 +32,16 @@ return {width: img.naturalWidth, url: img.getAttribute('data-url'), lo: lo, hi: 
 """
 
 
-def chromium(monkeypatch: pytest.MonkeyPatch, env: dict[str, str] | None = None) -> WebDriver:
+def chromium(monkeypatch: pytest.MonkeyPatch | None = None, env: dict[str, str] | None = None) -> WebDriver:
     options = Options()
     options.binary_location = CHROMIUM
     for argument in ("--headless=new", "--no-sandbox", "--window-size=1280,1024", "--disable-dev-shm-usage"):
         options.add_argument(argument)
     # with both paths given selenium-manager has nothing to find; offline makes sure it fetches nothing
-    monkeypatch.setenv("SE_OFFLINE", "true")
+    if monkeypatch is not None:
+        monkeypatch.setenv("SE_OFFLINE", "true")
+    else:  # a bench: its own process
+        os.environ["SE_OFFLINE"] = "true"
     return webdriver.Chrome(service=Service(CHROMEDRIVER, env=env), options=options)
 
 

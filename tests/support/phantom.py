@@ -64,7 +64,7 @@ def slice_pixels(index: int, count: int, seed: int = 7) -> NDArray[np.uint16]:
         hu[(x - cx - 110) ** 2 + (y - cy + 20) ** 2 < r * r] = 20
     table = (y > cy + 165) & (y < cy + 175) & (abs(x - cx) < 230)
     hu[table] = 200
-    hu += rng.normal(0, 12, hu.shape) * (hu > -950)  # quantum noise where there is matter
+    hu += rng.normal(0, 25, hu.shape) * (hu > -950)  # quantum noise of a 1 mm slice where there is matter
     return np.clip(np.rint(hu + 1024), 0, 4095).astype(np.uint16)
 
 

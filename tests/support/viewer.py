@@ -24,6 +24,7 @@ from selenium.webdriver.common.keys import Keys
 from selenium.webdriver.remote.webdriver import WebDriver
 from selenium.webdriver.support.ui import WebDriverWait
 
+from api.http.assets import asset_url
 from tests.support import phantom
 from tests.support.readside import ROOT_UID, ReadSide
 from tests.support.scenes import send, study_url
@@ -73,6 +74,16 @@ def sign_in(driver: WebDriver, side: ReadSide, user: str = "dr.petrov") -> None:
     driver.find_element(By.ID, "token").send_keys(side.tokens[user])
     driver.find_element(By.ID, "signin-submit").click()
     WebDriverWait(driver, WAIT).until(lambda d: "/search" in d.current_url)
+    warm(driver)
+
+
+def warm(driver: WebDriver) -> None:
+    """Put the study page's assets in the browser's cache under the URLs the page links (the
+    search page loads the script and style sheet; the viewer's frame loader only the study page)."""
+    driver.execute_async_script(
+        "fetch(arguments[0], {credentials: 'same-origin'}).then(r => r.text()).then(() => arguments[1]());",
+        asset_url("frames.js"),
+    )
 
 
 def throttle(driver: WebDriver, bits_per_second: int | None, latency_ms: int = LATENCY_MS) -> None:
@@ -86,17 +97,22 @@ def throttle(driver: WebDriver, bits_per_second: int | None, latency_ms: int = L
     )
 
 
-def forget_frames(driver: WebDriver) -> None:
-    """Empty the browser's HTTP cache (a first visit), keeping the session cookie."""
+def forget_frames(driver: WebDriver, side: ReadSide) -> None:
+    """A first visit with a warm session: the browser's HTTP cache emptied (the session cookie
+    stays), then the pages' assets loaded again."""
     driver.execute_cdp_cmd("Network.clearBrowserCache", {})  # type: ignore[attr-defined]
+    driver.get(side.url + "/search")
+    warm(driver)
 
 
 def viewer_mode(driver: WebDriver, side: ReadSide, *, full: bool, prefetch: bool) -> None:
-    """The viewer's two switches (kept in the browser): always full quality, prefetch ahead."""
+    """The viewer's two switches (kept in the browser): always full quality, prefetch ahead; and
+    what it remembered of the link (a new workstation)."""
     driver.get(side.url + "/search")
     driver.execute_script(
         "localStorage.setItem('cami.viewer.full', arguments[0]);"
-        "localStorage.setItem('cami.viewer.prefetch', arguments[1]);",
+        "localStorage.setItem('cami.viewer.prefetch', arguments[1]);"
+        "localStorage.removeItem('cami.viewer.link'); localStorage.removeItem('cami.viewer.tiers');",
         "1" if full else "0",
         "1" if prefetch else "0",
     )
@@ -170,6 +186,19 @@ def visit(
             shot("refined")
     page, frames, requests = transferred(driver)
     return Visit(first, times, refined, page, frames, requests)
+
+
+def frame_sizes(driver: WebDriver) -> tuple[list[int], list[int]]:
+    """Bytes over the wire per frame response since the page was opened: previews, full quality
+    (what the cache answered is left out)."""
+    found = driver.execute_script(
+        """return performance.getEntriesByType('resource')
+           .filter(e => e.name.includes('/rendered') && e.transferSize > 0)
+           .map(e => [e.name.includes('viewport=') ? 'preview' : 'full', e.transferSize]);"""
+    )
+    previews = [int(size) for kind, size in found if kind == "preview"]
+    full = [int(size) for kind, size in found if kind == "full"]
+    return previews, full
 
 
 def transferred(driver: WebDriver) -> tuple[int, int, int]:

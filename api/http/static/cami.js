@@ -467,7 +467,7 @@
       const all = slices(s);
       loader.setSequence(s ? s.series_uid + "|" + windowKey() : "none", all.length, function (index, kind) {
         return frameUrl(s, all[index], kind);
-      });
+      }, s ? s.series_uid : null);
       loader.setTarget(view.slice);
     }
 

@@ -39,7 +39,7 @@
     this.lastMove = 0;
     this.timer = null;
     this.pinned = null;         // the blob: URL on screen: never revoked
-    this.link = { bytes: 0, busy: 0, since: 0 };
+    this.received = [];         // the last responses that came over the link: {start, end, bytes}
     this.known = remembered();  // the link as last measured in this browser, until this page measures it
     this.totals = { bytes: 0, requests: 0 };
   }
@@ -49,10 +49,18 @@
   };
 
   // -- the link -----------------------------------------------------------------------------------
-  // bytes received per millisecond while at least one request was in flight; null until measured
+  // bytes received per millisecond while bytes were arriving (the union of the recent responses'
+  // receiving spans, so neither latency nor requests in parallel distort it); null until measured
   Loader.prototype.rate = function () {
-    const busy = this.link.busy + (this.inflight.size ? performance.now() - this.link.since : 0);
-    return busy >= 150 && this.link.bytes >= 4096 ? this.link.bytes / busy : this.known;
+    if (this.received.length < 2) return this.known;
+    const spans = this.received.slice().sort(function (a, b) { return a.start - b.start; });
+    let bytes = 0, union = 0, start = spans[0].start, end = spans[0].end;
+    spans.forEach(function (s) {
+      bytes += s.bytes;
+      if (s.start > end) { union += end - start; start = s.start; end = s.end; } else end = Math.max(end, s.end);
+    });
+    union += end - start;
+    return bytes >= 4096 ? bytes / Math.max(union, 1) : this.known;
   };
 
   // the rate is kept in the browser for a while: a second visit then asks for the same previews as
@@ -72,17 +80,46 @@
     try { window.localStorage.setItem("cami.viewer.link", JSON.stringify({ rate: rate, at: Date.now() })); } catch (e) { /* ignore */ }
   }
 
-  // what crossed the wire for a response (0 when the browser's cache answered), from Resource Timing
-  function wireBytes(url) {
-    const entries = performance.getEntriesByName(new URL(url, window.location.href).href, "resource");
-    const last = entries[entries.length - 1];
-    return last ? last.transferSize : null;
+  const TIERS_KEPT = 500;
+
+  function rememberedTier(name) {
+    try {
+      const saved = JSON.parse(window.localStorage.getItem("cami.viewer.tiers") || "{}")[name];
+      return saved && Date.now() - saved[1] < REMEMBER_MS && TIERS[saved[0]] ? saved[0] : null;
+    } catch (e) {
+      return null;
+    }
   }
+
+  function rememberTier(name, tier) {
+    try {
+      const all = JSON.parse(window.localStorage.getItem("cami.viewer.tiers") || "{}");
+      delete all[name];
+      all[name] = [tier, Date.now()];
+      const names = Object.keys(all);
+      for (let i = 0; i < names.length - TIERS_KEPT; i++) delete all[names[i]];
+      window.localStorage.setItem("cami.viewer.tiers", JSON.stringify(all));
+    } catch (e) { /* storage disabled or full: previews are chosen afresh next time */ }
+  }
+
+  // a response's Resource Timing: when its bytes arrived, and how many crossed the wire (0: the cache answered)
+  function timing(url) {
+    const entries = performance.getEntriesByName(new URL(url, window.location.href).href, "resource");
+    return entries.length ? entries[entries.length - 1] : null;
+  }
+
+  // the previews of the current series: chosen by the measured link once a few responses came over
+  // it, then kept for the series (and remembered in the browser, so a second visit asks for the very
+  // URLs the cache holds); until then, by the link as last measured
+  Loader.prototype.tier = function () {
+    if (this.sequence && this.sequence.tier !== null) return this.sequence.tier;
+    const rate = this.rate();
+    return TIERS.findIndex(function (t) { return (rate === null ? 0 : rate) < t[0]; });
+  };
 
   // the preview asked for a frame of cols x rows drawn at `drawn` device pixels (longest side)
   Loader.prototype.preview = function (cols, rows, drawn) {
-    const rate = this.rate();
-    const tier = TIERS.find(function (t) { return (rate === null ? 0 : rate) < t[0]; });
+    const tier = TIERS[this.tier()];
     const longest = Math.max(cols || 512, rows || 512);
     let side = STEPS.find(function (s) { return s >= drawn; }) || STEPS[STEPS.length - 1];
     side = Math.min(side, tier[1], longest);
@@ -94,27 +131,14 @@
     };
   };
 
-  function busyStart(loader) {
-    if (!loader.inflight.size) loader.link.since = performance.now();
-  }
-
-  function busyEnd(loader) {
-    if (loader.inflight.size) return;
-    loader.link.busy += performance.now() - loader.link.since;
-    if (loader.link.bytes > 512 * 1024) {  // remember the recent link, not the whole session
-      loader.link.bytes /= 2;
-      loader.link.busy /= 2;
-    }
-  }
-
   // -- what is loaded -------------------------------------------------------------------------------
-  Loader.prototype.setSequence = function (id, count, urlFor) {
+  // `id` names the frames (a series in a window), `name` the series (its previews' size is kept)
+  Loader.prototype.setSequence = function (id, count, urlFor, name) {
     if (this.sequence && this.sequence.id === id) return;
-    this.sequence = { id: id, count: count, urlFor: urlFor };
-    const self = this;
+    const tier = name ? rememberedTier(name) : null;
+    this.sequence = { id: id, count: count, urlFor: urlFor, name: name, tier: tier, measured: 0 };
     this.inflight.forEach(function (request) { request.controller.abort(); });  // another series or window
     this.inflight.clear();
-    busyEnd(self);
     this.target = 0;
     this.schedule();
   };
@@ -209,7 +233,6 @@
         self.inflight.delete(key);
       }
     });
-    busyEnd(this);
     const wanted = this.wanted();
     const targetMissing = !this.best(t);
     const refining = this.inflight.has(this.key(t, "full")) && !this.full;
@@ -236,7 +259,7 @@
       if (request.index === t) return;
       if (!worst || Math.abs(request.index - t) > Math.abs(worst.index - t)) { worst = request; worstKey = key; }
     });
-    if (worst) { worst.controller.abort(); this.inflight.delete(worstKey); busyEnd(this); }
+    if (worst) { worst.controller.abort(); this.inflight.delete(worstKey); }
   };
 
   Loader.prototype.start = function (index, kind) {
@@ -245,7 +268,6 @@
     const key = this.key(index, kind);
     const made = sequence.urlFor(index, kind);
     const controller = new AbortController();
-    busyStart(this);
     this.inflight.set(key, { controller: controller, index: index, kind: kind });
     this.totals.requests++;
     fetch(made.url, { credentials: "same-origin", headers: { Accept: made.accept }, signal: controller.signal })
@@ -261,13 +283,20 @@
         if (self.inflight.get(key) === undefined || self.sequence !== sequence) return;
         self.inflight.delete(key);
         // only what came over the link measures it: a picture from the browser's cache took no time
-        const wire = wireBytes(made.url);
-        if (wire !== 0) {
-          self.link.bytes += blob.size;
-          self.totals.bytes += blob.size;
+        const seen = timing(made.url);
+        const wire = seen ? seen.transferSize : blob.size;
+        if (wire > 0) {
+          self.totals.bytes += wire;
+          if (seen && seen.responseEnd > seen.responseStart) {
+            self.received.push({ start: seen.responseStart, end: seen.responseEnd, bytes: wire });
+            if (self.received.length > 24) self.received.shift();
+            if (self.received.length >= 2) remember(self.rate());
+          }
         }
-        busyEnd(self);
-        if (wire !== 0 && self.link.bytes >= 4096) remember(self.rate());
+        if (wire > 0 && ++sequence.measured >= 4 && sequence.tier === null) {
+          sequence.tier = self.tier();
+          if (sequence.name) rememberTier(sequence.name, sequence.tier);
+        }
         self.remember(key, { url: made.url, blobUrl: URL.createObjectURL(blob), bytes: blob.size, kind: kind, index: index });
         self.onChange(index, kind);
         self.schedule();
@@ -276,7 +305,6 @@
         if (e && e.name === "AbortError") return;
         if (self.inflight.get(key) === undefined || self.sequence !== sequence) return;
         self.inflight.delete(key);
-        busyEnd(self);
         self.failed.set(key, e && e.status ? e.status : "network");
         self.onChange(index, kind);
         if (!e || !e.status) setTimeout(function () { self.failed.delete(key); self.schedule(); }, 2000);  // a network blip: try again

@@ -1,7 +1,7 @@
 """HL7 v2 over MLLP: messages/s and ACK latency of CAMI's HL7 port against a bare MLLP echo
 server, in one run.
 
-    python bench/hl7.py [--messages 2000] [--connections 1,4] [--json]
+    python bench/hl7_mllp.py [--messages 2000] [--connections 1,4] [--json]
 
 * **bare MLLP echo** (the anchor): the ``hl7`` library's asyncio MLLP server -- the same one CAMI's
   listener is built on -- in a subprocess, answering every block with a fixed ACK at once: what
@@ -36,8 +36,6 @@ from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
-# this file is bench/hl7.py: its directory first on the path would hide the hl7 package
-sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != ROOT / "bench"]
 sys.path.insert(0, str(ROOT))
 
 START, END = b"\x0b", b"\x1c\r"
