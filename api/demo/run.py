@@ -314,7 +314,7 @@ def _study_links(settings: Settings, studies: Sequence[dict[str, Any]]) -> dict[
         _, token = add_user(
             users_file, DEMO_USER, "radiologist", doctor_code="R-DEMO-1", doctor_name="Демонстрационный^Врач"
         )
-    base = f"http://{settings.http_host}:{settings.http_port}"
+    base = _base_url(settings)
     return {
         "serve": "cami serve",
         "sign_in": {"url": f"{base}/signin", "user": DEMO_USER if token else None, "token": token},
@@ -322,6 +322,17 @@ def _study_links(settings: Settings, studies: Sequence[dict[str, Any]]) -> dict[
             f"{base}/study?{urlencode({'patient': s['patient_id'], 'study': s['study_uid']})}" for s in studies[:3]
         ],
     }
+
+
+def _base_url(settings: Settings) -> str:
+    """Where ``cami serve`` will answer with these settings: https with TLS, an IPv6 address in
+    brackets, a wildcard bind address as this machine (a browser cannot open 0.0.0.0)."""
+    host = settings.http_host
+    if host in ("0.0.0.0", "::", ""):
+        host = "localhost"
+    elif ":" in host:
+        host = f"[{host}]"
+    return f"{'https' if settings.http_tls else 'http'}://{host}:{settings.http_port}"
 
 
 def _read_side(archive: Archive) -> dict[str, Any]:

@@ -123,7 +123,23 @@ def test_each_kind_of_read_leaves_one_access_event_in_the_audit_trail(
                     "study-page",
                     lambda: http.get("/study", params={"patient": "AUDIT-READ-1", "study": study}).raise_for_status(),
                 ),
+                # the viewer's frames: every rendered frame of a series, in two sizes, is one series view
+                one_access(
+                    "wado-rs",
+                    lambda: [
+                        http.get(
+                            f"/dicomweb/studies/{study}/series/{series}/instances/{f.sop_instance_uid}/rendered",
+                            params=size,
+                            headers={"Accept": "image/jpeg"},
+                        ).raise_for_status()
+                        for f in sent
+                        for size in ({"viewport": "32,32", "quality": "60"}, {})
+                    ],
+                ),
             ]
+        series_view = accesses[-1].payload
+        assert series_view["SeriesInstanceUID"] == series and series_view["results"] == len(sent)
+        assert series_view["action"] == "view" and series_view["SOPInstanceUID"] is None
         finds = tmp_path / "found"
         finds.mkdir()
         study_key = ["-k", "QueryRetrieveLevel=STUDY", "-k", f"StudyInstanceUID={study}"]
