@@ -395,21 +395,20 @@ def content_tag(stored: Stored) -> str:
     return stored.sha256[:16]
 
 
-def rendering_etag(
-    stored: Stored,
-    frame: int,
-    media: str,
-    window: rendering.Window | None,
-    viewport: rendering.Viewport | None,
-    quality: int | None,
-) -> str:
-    """A strong ETag: the same stored bytes rendered the same way give the same picture."""
-    key = json.dumps(
-        [rendering.RENDERER, stored.sha256, frame, media, window and astuple(window),
-         viewport and astuple(viewport), quality],
-        separators=(",", ":"),
-    )  # fmt: skip
-    return '"' + hashlib.sha256(key.encode()).hexdigest()[:32] + '"'
+@dataclass(frozen=True)
+class Picture:
+    """A rendered frame as asked for: which frame, as what, in which window, size and quality."""
+
+    frame: int
+    media: str
+    window: rendering.Window | None = None
+    viewport: rendering.Viewport | None = None
+    quality: int | None = None
+
+    def etag(self, stored: Stored) -> str:
+        """A strong ETag: the same stored bytes rendered the same way give the same picture."""
+        key = json.dumps([rendering.RENDERER, stored.sha256, astuple(self)], separators=(",", ":"))
+        return '"' + hashlib.sha256(key.encode()).hexdigest()[:32] + '"'
 
 
 def _matches_etag(header: str | None, etag: str) -> bool:
@@ -609,7 +608,8 @@ class Wado:
         media = rendered_media_type(parse_accept(request.headers.get("accept")))
         instances = self.locate(study, series, sop)
         stored = instances[0]
-        etag = rendering_etag(stored, frame, media, window, viewport, quality)
+        asked = Picture(frame, media, window, viewport, quality)
+        etag = asked.etag(stored)
         headers = {
             "ETag": etag,
             # immutable while the URL names this content; otherwise kept but revalidated (a new
@@ -622,7 +622,7 @@ class Wado:
         if _matches_etag(request.headers.get("if-none-match"), etag):
             self.view_series(request, reader, stored)
             return Response(status_code=304, headers=headers)
-        picture = self._render(stored, frame, media, window, viewport, quality, frame_parameter="frames")
+        picture = self._render(stored, asked, frame_parameter="frames")
         self.view_series(request, reader, stored)
         return Response(picture, media_type=media, headers=headers)
 
@@ -636,20 +636,17 @@ class Wado:
 
         self.series_views.record(reader, _viewer(request), stored.study_uid, stored.series_uid, scope)
 
-    def _render(
-        self,
-        stored: Stored,
-        frame: int,
-        media: str,
-        window: rendering.Window | None,
-        viewport: rendering.Viewport | None,
-        quality: int | None,
-        *,
-        frame_parameter: str,
-    ) -> bytes:
+    def _render(self, stored: Stored, asked: Picture, *, frame_parameter: str) -> bytes:
         data = _blob(self.archive, stored)
         try:
-            return rendering.render(data, frame, media_type=media, window=window, viewport=viewport, quality=quality)
+            return rendering.render(
+                data,
+                asked.frame,
+                media_type=asked.media,
+                window=asked.window,
+                viewport=asked.viewport,
+                quality=asked.quality,
+            )
         except rendering.RenderError as exc:
             if exc.parameter == "frame":
                 raise ApiError(400, f"invalid-{frame_parameter}", str(exc)) from None
@@ -702,7 +699,7 @@ class Wado:
             raise _render_error(exc) from None
         instances = self.locate(study, series, sop)
         picture = self._render(
-            instances[0], frame, content_type, window, viewport, quality, frame_parameter="frameNumber"
+            instances[0], Picture(frame, content_type, window, viewport, quality), frame_parameter="frameNumber"
         )
         self.record(
             reader, instances, action="view", channel="wado-uri", study=study, series=series, sop=sop, query=query
