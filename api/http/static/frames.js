@@ -170,10 +170,6 @@
     return found.length ? found[0] : null;
   };
 
-  Loader.prototype.loading = function (index) {
-    return this.inflight.has(this.key(index, this.full ? "full" : "preview")) || this.inflight.has(this.key(index, "full"));
-  };
-
   Loader.prototype.pin = function (blobUrl) { this.pinned = blobUrl; };
 
   // -- moving -----------------------------------------------------------------------------------------
@@ -212,11 +208,13 @@
     if (!this.best(t)) out.push([t, kind]);
     else if (!this.full && this.idle() && !this.entries.has(this.key(t, "full"))) out.push([t, "full"]);
     if (!this.prefetch) return out;
-    // ahead two for each one behind, out to the ends of the series
+    // ahead two for each one behind, as far as the kept renditions allow (a long series is not
+    // fetched whole only to be forgotten again)
     const dir = this.direction;
-    for (let a = 1, b = 1; a < count || b < count;) {
-      for (let i = 0; i < 2; i++, a++) out.push([t + dir * a, kind]);
-      out.push([t - dir * b, kind]);
+    const ahead = Math.min(count, Math.floor(this.limit / 4)), behind = Math.floor(ahead / 2);
+    for (let a = 1, b = 1; a <= ahead || b <= behind;) {
+      for (let i = 0; i < 2; i++, a++) if (a <= ahead) out.push([t + dir * a, kind]);
+      if (b <= behind) out.push([t - dir * b, kind]);
       b++;
     }
     return out.filter(function (w) { return w[0] >= 0 && w[0] < count; });
