@@ -31,6 +31,8 @@ CAMI_TLS_CLIENT_CERT   none | optional | required (DICOM TLS port)   optional wi
 CAMI_DICOM_TLS_PORT    port of the DICOM services over TLS          2762 with CAMI_TLS_CERT
 CAMI_HTTP_TLS          on | off: HTTPS on CAMI_HTTP_PORT            on with CAMI_TLS_CERT
 CAMI_ENV               ``production`` or ``development``            development
+CAMI_READY_MAX_LAG     events a projection may be behind before     10000
+                       ``/readyz`` answers 503 (``off``: never)
 =====================  ==========================================  =================================
 
 TLS (``ingest.tls``): with ``CAMI_TLS_CERT`` the DICOM services listen on a second port,
@@ -78,6 +80,8 @@ DEVELOPMENT_PSEUDONYM_KEY = b"cami-development-key-change-me"
 MIN_PSEUDONYM_KEY_LENGTH = 32
 #: the largest HTTP request body by default (1 GiB: a CT study in one STOW-RS request)
 DEFAULT_MAX_HTTP_BODY = 1 << 30
+#: how many events a projection may be behind the log before ``/readyz`` says the node is not ready
+DEFAULT_READY_MAX_LAG = 10_000
 ENVIRONMENTS = ("development", "production")
 
 
@@ -131,6 +135,8 @@ class Settings:
     http_max_body: int = DEFAULT_MAX_HTTP_BODY
     #: S3 credentials and region that complete the blob store URL (never in the URL itself)
     blob_store_env: Mapping[str, str] = field(default_factory=dict, repr=False)
+    #: events a projection may be behind before ``/readyz`` answers 503 (None: lag never does)
+    ready_max_lag: int | None = DEFAULT_READY_MAX_LAG
 
     @property
     def query_store_url(self) -> str:
@@ -184,6 +190,7 @@ class Settings:
             session_key=env.get("CAMI_SESSION_KEY", ""),
             http_max_body=int(env.get("CAMI_HTTP_MAX_BODY", DEFAULT_MAX_HTTP_BODY)),
             blob_store_env={name: env[name] for name in BLOB_STORE_ENVIRONMENT if env.get(name)},
+            ready_max_lag=_ready_max_lag(env.get("CAMI_READY_MAX_LAG", "")),
         )
 
     def check_production(self) -> None:
@@ -315,6 +322,17 @@ def _warehouse_url(url: str) -> str:
         except AddressError as exc:
             raise ConfigError(f"CAMI_CLICKHOUSE: {exc}") from None
     return url
+
+
+def _ready_max_lag(value: str) -> int | None:
+    value = value.strip().lower()
+    if not value:
+        return DEFAULT_READY_MAX_LAG
+    if value == "off":
+        return None
+    if not (value.isascii() and value.isdigit()):
+        raise ConfigError(f"CAMI_READY_MAX_LAG={value!r}: a number of events (0 or more) or off")
+    return int(value)
 
 
 def _environment(value: str) -> str:

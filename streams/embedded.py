@@ -25,6 +25,7 @@ from concurrent.futures import Future
 from dataclasses import dataclass
 from pathlib import Path
 
+from streams.health import Health
 from streams.log import Consumer, EventLog, EventLogError, Position, Record, TopicSpec
 from streams.partitioning import partition_for
 
@@ -305,6 +306,30 @@ class EmbeddedEventLog(EventLog):
         if conn is not None:
             conn.close()
             self._local.conn = None
+
+    # -- health ----------------------------------------------------------------------------------
+    def health(self, topics: Sequence[str] = (), timeout: float = 2.0) -> Health:
+        where = f"SQLite {self.path}"
+        if self._closed or not self._writer.is_alive():
+            return Health.down(f"{where}: the writer thread has stopped")
+        try:
+            # a connection of its own, which may not create the file (a missing file is a lost
+            # log, not a new one) and waits at most ``timeout`` for the write lock
+            conn = sqlite3.connect(
+                f"{self.path.absolute().as_uri()}?mode=rw", uri=True, timeout=timeout, isolation_level=None
+            )
+            try:
+                conn.execute("BEGIN IMMEDIATE")  # the write lock an append takes: the file takes one now
+                known = {name for (name,) in conn.execute("SELECT name FROM topics")}
+                conn.execute("ROLLBACK")
+            finally:
+                conn.close()
+        except sqlite3.Error as exc:
+            return Health.down(f"{where}: {exc}")
+        missing = [t for t in topics if t not in known]
+        if missing:
+            return Health.down(f"{where}: no topic {', '.join(missing)}")
+        return Health.ok(where)
 
 
 #: how often a waiting consumer looks at the file for what other processes appended (seconds)

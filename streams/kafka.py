@@ -28,6 +28,7 @@ from confluent_kafka import (
 from confluent_kafka import Consumer as _KafkaConsumer
 from confluent_kafka.admin import AdminClient, NewTopic, OffsetSpec  # type: ignore[attr-defined]
 
+from streams.health import Health
 from streams.log import Consumer, EventLog, EventLogError, EventLogUnavailable, Position, Record, TopicSpec
 
 
@@ -335,6 +336,61 @@ class KafkaEventLog(EventLog):
             for reader in self._offset_readers.values():
                 reader.close()
             self._offset_readers.clear()
+
+    # -- health (readiness probes) -----------------------------------------------------------------
+    def health(self, topics: Sequence[str] = (), timeout: float = 2.0) -> Health:
+        """One metadata request, read by :func:`cluster_health`."""
+        try:
+            meta = self._admin.list_topics(timeout=timeout)
+        except KafkaException as exc:
+            error = exc.args[0] if exc.args and isinstance(exc.args[0], KafkaError) else None
+            why = error.str() if error is not None else str(exc)
+            return Health.down(f"Kafka {self.bootstrap}: no broker answered within {timeout:g} s ({why})")
+        return cluster_health(meta, topics, self.min_insync_replicas or 1)
+
+
+def cluster_health(meta: Any, topics: Sequence[str], min_insync: int = 1) -> Health:
+    """What the cluster's metadata says of appends to ``topics``: ``down`` without a topic, or
+    with a partition that has no leader or fewer in-sync replicas than ``min_insync`` (an
+    ``acks=all`` append to it fails); ``degraded`` with a replica out of sync, or a broker that
+    holds replicas missing from the brokers up; the brokers up are named."""
+    up = {broker.id: f"{broker.host}:{broker.port}" for broker in meta.brokers.values()}
+    missing: list[str] = []
+    unwritable: list[str] = []
+    out_of_sync: list[str] = []
+    holders: set[int] = set()
+    for name in topics:
+        topic = meta.topics.get(name)
+        if topic is None or topic.error is not None:
+            missing.append(name)
+            continue
+        for partition in sorted(topic.partitions.values(), key=lambda p: p.id):
+            holders.update(partition.replicas)
+            where = f"{name}/{partition.id}"
+            if partition.leader < 0 or len(partition.isrs) < min_insync:
+                unwritable.append(where)
+            elif len(partition.isrs) < len(partition.replicas):
+                out_of_sync.append(where)
+    gone = sorted(holders - set(up))
+    brokers = f"{len(up)} broker(s) up ({', '.join(sorted(up.values()))})"
+    if gone:
+        brokers += f", broker(s) {', '.join(map(str, gone))} down"
+    if missing:
+        return Health.down(f"{brokers}; no topic {', '.join(missing)}")
+    if unwritable:
+        why = f"no leader or fewer than {min_insync} replica(s) in sync"
+        return Health.down(f"{brokers}; {len(unwritable)} partition(s) take no append ({why}): {_few(unwritable)}")
+    if out_of_sync:
+        return Health.degraded(f"{brokers}; {len(out_of_sync)} partition(s) under-replicated: {_few(out_of_sync)}")
+    if gone:
+        return Health.degraded(brokers)
+    return Health.ok(brokers)
+
+
+def _few(names: Sequence[str], shown: int = 5) -> str:
+    """The first few of ``names`` and how many more."""
+    more = len(names) - shown
+    return ", ".join(names[:shown]) + (f" and {more} more" if more > 0 else "")
 
 
 T = TypeVar("T")

@@ -19,6 +19,8 @@ from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass, field
 
+from streams.health import Health
+
 
 class EventLogError(Exception):
     """The log could not do what was asked; nothing was acknowledged."""
@@ -164,6 +166,13 @@ class EventLog(abc.ABC):
     @abc.abstractmethod
     def close(self) -> None:
         """Flush what is pending and release resources."""
+
+    @abc.abstractmethod
+    def health(self, topics: Sequence[str] = (), timeout: float = 2.0) -> Health:
+        """Whether an append to ``topics`` would be durable now (readiness probes): answered
+        within about ``timeout`` seconds, never raised. ``down`` when the log cannot take one
+        (unreachable, a topic missing, a partition without a leader or short of in-sync replicas),
+        ``degraded`` when it can with less redundancy than configured."""
 
     def scan(
         self,

@@ -40,6 +40,7 @@ from api.http.agents import AgentEventIds
 from api.http.agents import router as agents_router
 from api.http.audit_pages import router as audit_router
 from api.http.errors import install_error_handlers
+from api.http.health import router as health_router
 from api.http.metrics import ReadRequestsMiddleware
 from api.http.metrics import router as metrics_router
 from api.http.monitoring_pages import router as monitoring_router
@@ -140,6 +141,7 @@ def create_app(
     app.state.access = recorder
     install_sessions(app, archive.settings.home, archive.settings.session_key)
     app.include_router(metrics_router(archive))
+    app.include_router(health_router(archive))
     app.include_router(stow_router(archive.ingestor, archive.settings.home / "spool", limit))
     app.include_router(reports_router(service, recorder))
     app.include_router(qido_router(archive.query_store, recorder))

@@ -143,7 +143,7 @@ def router(archive: Archive) -> APIRouter:
 
 def read_channel(path: str) -> str | None:
     """The read channel a request path belongs to (None: not a read of the archive's records)."""
-    if path in ("/metrics", "/openapi.json") or path.startswith("/static/"):
+    if path in ("/metrics", "/openapi.json", "/healthz", "/readyz") or path.startswith("/static/"):
         return None
     return access_channel("GET", path)
 

@@ -48,6 +48,11 @@ class Warehouse(abc.ABC):
     def close(self) -> None:  # noqa: B027 - optional hook
         """Release the session/connection."""
 
+    def ping(self) -> None:
+        """Raise :class:`WarehouseError` unless the warehouse answers a query now (readiness probes)."""
+        if self.query("SELECT 1").scalar() != 1:
+            raise WarehouseError("SELECT 1 did not answer 1")
+
     def __enter__(self) -> Warehouse:
         return self
 

@@ -19,6 +19,8 @@ import re
 import struct
 from dataclasses import dataclass
 
+from streams.health import Health
+
 SHA256_HEX = re.compile(r"^[0-9a-f]{64}$")
 
 
@@ -101,6 +103,12 @@ class BlobStore(abc.ABC):
         with open(path, "rb") as f:
             data = f.read()
         return self.put(data, expected_sha256)
+
+    @abc.abstractmethod
+    def health(self, timeout: float = 2.0) -> Health:
+        """Whether a put would be durable now (readiness probes): answered within about
+        ``timeout`` seconds, never raised; ``degraded`` when it would, with less redundancy than
+        the store is built for."""
 
     def ensure_ready(self) -> None:  # noqa: B027 - optional hook
         """Create what the store needs (an S3 bucket); the local store needs nothing."""

@@ -19,6 +19,7 @@ import contextlib
 import errno
 import hashlib
 import os
+import shutil
 import tempfile
 import time
 from collections.abc import Iterator
@@ -38,6 +39,7 @@ from streams.blobs.base import (
     check_blob_id,
     check_range,
 )
+from streams.health import Health
 
 _BLOB_MODE = 0o444
 
@@ -323,3 +325,21 @@ class LocalBlobStore(BlobStore):
             return self.blob_path(sha256).stat().st_size
         except FileNotFoundError:
             raise BlobNotFound(f"no blob {sha256}") from None
+
+    # -- health --------------------------------------------------------------------------------------
+
+    def health(self, timeout: float = 2.0) -> Health:
+        """The directories are there (an unmounted volume leaves them missing; nothing is created
+        here, which would write the blobs onto the wrong disk) and a file can be made in ``tmp/``."""
+        where = f"directory {self.root}"
+        for directory in (self._objects, self._chunks, self._tmp):
+            if not directory.is_dir():
+                return Health.down(f"{where}: {directory.name}/ is missing (is the volume mounted?)")
+        try:
+            fd, name = tempfile.mkstemp(prefix="health.", suffix=".tmp", dir=self._tmp)
+            os.close(fd)
+            os.unlink(name)
+            free = shutil.disk_usage(self._tmp).free
+        except OSError as exc:
+            return Health.down(f"{where}: cannot write ({exc.strerror or exc})")
+        return Health.ok(f"{where}, {free / 2**30:.1f} GiB free")

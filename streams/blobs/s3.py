@@ -24,6 +24,8 @@ import hashlib
 import os
 import re
 import threading
+import urllib.error
+import urllib.request
 from collections import OrderedDict
 from collections.abc import Iterator
 from typing import IO, TYPE_CHECKING, Any
@@ -47,6 +49,7 @@ from streams.blobs.base import (
     check_blob_id,
     check_range,
 )
+from streams.health import Health
 
 if TYPE_CHECKING:
     from mypy_boto3_s3 import S3Client
@@ -139,6 +142,10 @@ class S3BlobStore(BlobStore):
         )
         self._manifests: OrderedDict[str, ChunkManifest] = OrderedDict()
         self._manifests_lock = threading.Lock()
+        #: what :meth:`health` builds its own client from (short timeouts, one attempt), on first use
+        self._probe_client: S3Client | None = None
+        self._probe_lock = threading.Lock()
+        self._credentials = (access_key, secret_key)
 
     def __repr__(self) -> str:
         where = f" at {self.endpoint_url}" if self.endpoint_url else ""
@@ -151,6 +158,8 @@ class S3BlobStore(BlobStore):
 
     def close(self) -> None:
         self._client.close()
+        if self._probe_client is not None:
+            self._probe_client.close()
 
     # -- keys and errors -----------------------------------------------------------------------------
 
@@ -412,3 +421,58 @@ class S3BlobStore(BlobStore):
         if size is None:
             raise BlobNotFound(f"no blob {sha256}")
         return size
+
+    # -- health --------------------------------------------------------------------------------------
+
+    def health(self, timeout: float = 2.0) -> Health:
+        """A HEAD on the bucket (reachable, the credentials accepted, the bucket there); on MinIO
+        also its unauthenticated cluster probe, which says whether the erasure sets have write
+        quorum and how many drives are healing."""
+        where = f"s3://{self.bucket}" + (f" at {self.endpoint_url}" if self.endpoint_url else "")
+        try:
+            answer = self._probe(timeout).head_bucket(Bucket=self.bucket)
+        except ClientError as exc:
+            code, status = _error_code(exc)
+            hint = {403: " (check CAMI_S3_ACCESS_KEY / CAMI_S3_SECRET_KEY)", 404: " (no such bucket)"}.get(status, "")
+            return Health.down(f"{where}: HEAD bucket answered {status} {code}{hint}".rstrip())
+        except NoCredentialsError:
+            return Health.down(f"{where}: no S3 credentials configured")
+        except (BotoCoreError, OSError) as exc:
+            return Health.down(f"{where}: unreachable ({exc})")
+        server = str(answer.get("ResponseMetadata", {}).get("HTTPHeaders", {}).get("server", ""))
+        if self.endpoint_url and server.lower().startswith("minio"):
+            return self._minio_cluster(where, timeout)
+        return Health.ok(where)
+
+    def _probe(self, timeout: float) -> S3Client:
+        with self._probe_lock:
+            if self._probe_client is None:
+                config = self._client.meta.config.merge(
+                    Config(connect_timeout=timeout, read_timeout=timeout, retries={"total_max_attempts": 1})
+                )
+                access_key, secret_key = self._credentials
+                self._probe_client = boto3.session.Session().client(
+                    "s3",
+                    endpoint_url=self.endpoint_url,
+                    region_name=self.region,
+                    aws_access_key_id=access_key,
+                    aws_secret_access_key=secret_key,
+                    config=config,
+                )
+            return self._probe_client
+
+    def _minio_cluster(self, where: str, timeout: float) -> Health:
+        url = f"{(self.endpoint_url or '').rstrip('/')}/minio/health/cluster"
+        try:
+            with urllib.request.urlopen(url, timeout=timeout) as answer:
+                healing = int(answer.headers.get("X-Minio-Healing-Drives") or 0)
+        except urllib.error.HTTPError as exc:
+            exc.close()
+            if exc.code == 503:
+                return Health.down(f"{where}: MinIO has no write quorum (/minio/health/cluster answered 503)")
+            return Health.ok(f"{where} (MinIO cluster probe answered {exc.code})")
+        except (OSError, ValueError):
+            return Health.ok(f"{where} (MinIO cluster probe unanswered)")
+        if healing:
+            return Health.degraded(f"{where}: MinIO is healing {healing} drive(s)")
+        return Health.ok(where)

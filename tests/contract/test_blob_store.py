@@ -242,6 +242,11 @@ def store(backend: Backend) -> BlobStore:
     return backend.store
 
 
+def test_health_is_ok_on_a_reachable_store(store: BlobStore) -> None:
+    healthy = store.health(timeout=5)
+    assert healthy.status == "ok", healthy.detail
+
+
 # ---- round trip, dedup, hashes --------------------------------------------------------------------
 
 

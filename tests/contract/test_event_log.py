@@ -261,3 +261,11 @@ def test_scan_from_given_starts_returns_only_what_lies_between(log: EventLog, to
     for partition, offsets in seen.items():
         assert offsets == list(range(starts[topic].get(partition, 0), ends[topic][partition]))
     assert list(log.scan(ends, starts=ends)) == []  # nothing between a position and itself
+
+
+def test_health_says_an_append_would_be_durable_and_names_a_missing_topic(log: EventLog, topic: str) -> None:
+    healthy = log.health([topic], timeout=5)
+    assert healthy.status == "ok", healthy.detail
+    missing = log.health([topic, "test.no-such-topic"], timeout=5)
+    assert missing.status == "down"
+    assert "test.no-such-topic" in missing.detail
