@@ -12,6 +12,13 @@ The file is ``$CAMI_USERS`` (default ``$CAMI_HOME/users.toml``)::
 
 ``cami users add`` appends a user and prints the new token once. The file is re-read when it
 changes, so users added while the archive runs can sign in at once.
+
+**The command line on the archive's own machine.** A running ``cami serve`` writes a fresh
+random token to ``$CAMI_HOME/local.token`` (mode 0600) at each start and accepts it as the user
+``cami-cli`` (role administrator). ``cami status`` and ``cami audit history|verify`` use it to ask
+the server when they cannot open the embedded warehouse themselves (the server holds it). Whoever
+can read ``$CAMI_HOME`` can read the archive's data anyway; the reads it makes are recorded under
+that user like any other.
 """
 
 from __future__ import annotations
@@ -63,6 +70,33 @@ class User:
 
 def token_hash(token: str) -> str:
     return hashlib.sha256(token.encode("utf-8")).hexdigest()
+
+
+#: the running server's token for the command line on its machine (see the module's text)
+LOCAL_TOKEN_FILE = "local.token"
+#: who the command line on the archive's machine is, as the server records it
+LOCAL_USER = User("cami-cli", "administrator")
+
+
+def write_local_token(home: Path) -> str:
+    """A fresh token for the command line, written to ``home``/local.token (0600); its hash."""
+    token = secrets.token_urlsafe(32)
+    path = home / LOCAL_TOKEN_FILE
+    spare = path.with_name(path.name + ".new")
+    fd = os.open(spare, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w", encoding="ascii") as out:
+        out.write(token + "\n")
+    os.replace(spare, path)
+    return token_hash(token)
+
+
+def read_local_token(home: Path) -> str | None:
+    """The running server's token for the command line, if one was written."""
+    try:
+        token = (home / LOCAL_TOKEN_FILE).read_text(encoding="ascii").strip()
+    except (OSError, UnicodeDecodeError):
+        return None
+    return token or None
 
 
 def _clean(value: Any, what: str, index: int, required: bool = False) -> str | None:

@@ -23,6 +23,8 @@ from ingest.scp import StorageSCP
 from ingest.senders import Senders, load_senders
 from ingest.sop_index import SopIndex, SopIndexProjection, SopIndexSink
 from ingest.tls import TlsConfigError, server_context
+from projections.audit.fold import AuditTrail
+from projections.audit.verify import ChainReport, verify_against_log, verify_chain
 from projections.changes import ChangeNotifier
 from projections.orders.queries import orders_by_accession
 from projections.query_model.find import search_studies, study_of_accession
@@ -31,6 +33,7 @@ from projections.query_model.store import QueryModelSink, QueryStore, open_query
 from projections.rebuild_online import OnlineRebuilds
 from projections.registry import ProjectionConfig, build
 from projections.sinks import WarehouseSink
+from projections.status import FAUST_GROUP, projection_lag
 from projections.warehouse import Warehouse, open_warehouse
 from schemas.organisations import OrganisationDirectory, load_organisations
 from streams import EventLog, open_event_log
@@ -236,6 +239,44 @@ class Archive:
         if self._rebuilds is None:
             self._rebuilds = OnlineRebuilds(self.event_log, lambda: self.warehouse, self.processors, self.own_sinks)
         return self._rebuilds
+
+    @property
+    def embedded_warehouse(self) -> bool:
+        """Whether the read models live in the embedded ClickHouse (chdb), which one process owns.
+
+        Who runs the projections follows from it, on either log: with the embedded warehouse the
+        process that holds it (``cami serve``, else ``cami workers``) runs them in threads
+        (:class:`EmbeddedRunner`, a consumer group per projection); with a ClickHouse server
+        ``cami workers`` run them (Faust on Kafka, threads on the embedded log) and ``cami serve``
+        only reads."""
+        return self.settings.warehouse_url.partition(":")[0].lower() == "chdb"
+
+    @property
+    def runs_on_faust(self) -> bool:
+        """The projections run as the Faust app (``cami workers`` on Kafka with a ClickHouse server)."""
+        return self.event_log.backend == "kafka" and not self.embedded_warehouse
+
+    def projection_group(self, processor: Processor) -> str:
+        """The consumer group whose committed offsets say how far ``processor`` has got."""
+        return FAUST_GROUP if self.runs_on_faust else group_id(processor)
+
+    def projection_lag(self, names: Sequence[str] = ()) -> dict[str, dict[str, int]]:
+        """Per projection and topic, the events appended but not yet applied."""
+        return projection_lag(self.event_log, self.processors(names), self.projection_group)
+
+    def audited_offsets(self) -> dict[str, dict[int, int]]:
+        """Per topic and partition, how far the audit projection has committed (what the audit
+        trail can be checked against)."""
+        trail = AuditTrail()
+        group = self.projection_group(trail)
+        return {t: self.event_log.committed(group, t) for t in trail.topics}
+
+    def verify_audit(self, record: str | None = None, *, against_log: bool = True) -> ChainReport:
+        """The audit trail's hash chains recomputed from the stored entries and, ``against_log``,
+        the log's events re-hashed against them (``cami audit verify``, ``GET /api/audit/verify``)."""
+        if not against_log:
+            return verify_chain(self.warehouse, record)
+        return verify_against_log(self.warehouse, self.event_log, record, self.audited_offsets())
 
     def processors(self, names: Sequence[str] = ()) -> list[Processor]:
         return build(tuple(names), ProjectionConfig(pseudonym_key=self.settings.pseudonym_key))

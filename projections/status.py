@@ -1,10 +1,11 @@
 """How far behind the log each projection is (consumer lag), for ``cami status`` and monitoring.
 
-Lag is read from the committed offsets of the consumer group the runner really uses:
+Lag is read from the committed offsets of the consumer group the runner really uses (which
+runner that is follows from the warehouse: see ``api.bootstrap.Archive.embedded_warehouse``):
 
 * the embedded runner (:class:`streams.processing.EmbeddedRunner`): one group per projection,
   ``cami.<name>`` (:func:`streams.processing.group_id`);
-* the Faust workers (``cami workers`` on Kafka): one group for all projections, the app id
+* the Faust workers (``cami workers`` on Kafka with a ClickHouse server): one group for all projections, the app id
   (:data:`streams.faust_app.DEFAULT_APP_ID`). Faust commits a partition's offset only once every
   agent reading it has acknowledged the event, so on Kafka the lag of a projection is the lag of
   the shared group on the topics that projection reads.

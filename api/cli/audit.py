@@ -29,42 +29,39 @@ import argparse
 import csv
 import json
 import sys
+from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+from urllib.parse import quote
 
 from api.cli.output import print_json
-from projections.audit.fold import AuditTrail
+from api.cli.remote import ask_running_serve
 from projections.audit.queries import history
-from projections.audit.verify import verify_against_log, verify_chain
-from streams.log import EventLog
-from streams.processing import group_id
+from projections.audit.verify import ChainReport
+from projections.warehouse import WarehouseLocked
 
-
-def audited_offsets(event_log: EventLog) -> dict[str, dict[int, int]]:
-    """Per topic and partition, how far the audit projection has committed."""
-    trail = AuditTrail()
-    if event_log.backend == "kafka":
-        from streams.faust_app import DEFAULT_APP_ID  # the Faust workers share one group
-
-        group = DEFAULT_APP_ID
-    else:
-        group = group_id(trail)
-    return {t: event_log.committed(group, t) for t in trail.topics}
+if TYPE_CHECKING:
+    pass
 
 
 def cmd_audit_verify(args: argparse.Namespace) -> int:
     from api.bootstrap import bootstrap
     from api.config import Settings
 
-    archive = bootstrap(Settings.from_env())
+    settings = Settings.from_env()
     try:
-        if args.table_only:
-            report = verify_chain(archive.warehouse, args.record)
-        else:
-            audited = audited_offsets(archive.event_log)
-            report = verify_against_log(archive.warehouse, archive.event_log, args.record, audited)
-    finally:
-        archive.close()
+        archive = bootstrap(settings)
+        try:
+            report = archive.verify_audit(args.record, against_log=not args.table_only)
+        finally:
+            archive.close()
+    except WarehouseLocked as exc:  # the running server holds the warehouse: it checks, and says so
+        params = {"against_log": "false" if args.table_only else "true"} | (
+            {"record": args.record} if args.record else {}
+        )
+        answer, url = ask_running_serve(settings, "/api/audit/verify", params, held=exc)
+        sys.stderr.write(f"(the embedded warehouse is held by the running cami serve: it checked, at {url})\n")
+        report = ChainReport.from_dict(answer)
     if args.json:
         print_json(report.to_dict())
     else:
@@ -91,11 +88,17 @@ def cmd_audit_history(args: argparse.Namespace) -> int:
     from api.bootstrap import bootstrap
     from api.config import Settings
 
-    archive = bootstrap(Settings.from_env())
+    settings = Settings.from_env()
     try:
-        entries = history(archive.warehouse, args.record)
-    finally:
-        archive.close()
+        archive = bootstrap(settings)
+        try:
+            entries = history(archive.warehouse, args.record)
+        finally:
+            archive.close()
+    except WarehouseLocked as exc:  # the running server holds the warehouse: ask it
+        answer, url = ask_running_serve(settings, f"/api/audit/records/{quote(args.record, safe='')}", held=exc)
+        sys.stderr.write(f"(the embedded warehouse is held by the running cami serve: asked it at {url})\n")
+        entries = [_entry(e) for e in (answer or {}).get("entries", [])]
     if args.json:
         print_json(entries)
     else:
@@ -120,6 +123,14 @@ def cmd_audit_history(args: argparse.Namespace) -> int:
         sys.stderr.write(f"cami audit history: no entries for record {args.record!r}\n")
         return 1
     return 0
+
+
+def _entry(entry: dict[str, Any]) -> dict[str, Any]:
+    """An audit entry as the server sent it (JSON), its times as datetimes again."""
+    for key in ("occurred_at", "recorded_at"):
+        if isinstance(entry.get(key), str):
+            entry[key] = datetime.fromisoformat(entry[key])
+    return entry
 
 
 def _fail(message: str) -> int:

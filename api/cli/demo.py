@@ -7,7 +7,7 @@ import argparse
 from typing import Any
 
 from api.cli.output import console, out, print_json
-from api.cli.status import archive_state, render_state
+from api.cli.status import local_state, render_state
 from api.config import Settings
 from api.demo.run import run_demo
 
@@ -21,7 +21,7 @@ def register(subparsers: Any) -> None:
 def cmd_demo(args: argparse.Namespace) -> int:
     settings = Settings.from_env()
     summary = run_demo(settings, console=console)
-    state = archive_state(settings)
+    state = local_state(settings)
     if args.json:
         print_json({"demo": summary, "state": state})
     else:

@@ -1,5 +1,6 @@
 """``cami serve``: the archive's network services -- DICOM (storage, commitment, Query/Retrieve)
-and HTTP (DICOMweb, study pages, reports, monitoring) -- and, on the embedded log, the processors."""
+and HTTP (DICOMweb, study pages, reports, monitoring) -- and, with the embedded warehouse (on
+either log), the processors."""
 
 from __future__ import annotations
 
@@ -60,8 +61,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
         running.callback(archive.close)
         archive.organisations()  # a wrong entry of the directory stops the start before any listener opens
         scp = archive.storage_scp(port=args.dicom_port, tls_port=args.dicom_tls_port)
-        if archive.event_log.backend == "embedded":
-            # one process owns the embedded ClickHouse directory: the processors run here
+        if archive.embedded_warehouse:
+            # one process owns the embedded ClickHouse directory: the processors run here, on
+            # either log (with a ClickHouse server, `cami workers` run them and this process reads)
             runner = EmbeddedRunner(archive.event_log, archive.bindings())
             running.callback(runner.stop)
             runner.start()

@@ -1,4 +1,6 @@
-"""``cami workers``: the stream processors (Faust agents on Kafka, threads on the embedded log)."""
+"""``cami workers``: the stream processors (Faust agents on Kafka with a ClickHouse server,
+threads otherwise). With the embedded warehouse ``cami serve`` runs them itself; ``cami workers``
+is then for a node that serves nothing, and cannot run beside it (the warehouse has one owner)."""
 
 from __future__ import annotations
 
@@ -40,7 +42,7 @@ def cmd_workers(args: argparse.Namespace) -> int:
         bindings = [(p, sink) for p in archive.processors() if not args.processor or p.name in args.processor]
     else:
         bindings = archive.bindings(args.processor or ())
-    if archive.event_log.backend == "kafka":
+    if archive.runs_on_faust:
         from streams.faust_app import create_app, run_worker
         from streams.kafka import KafkaEventLog
 

@@ -34,7 +34,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from starlette.types import Message as AsgiMessage
 
 from api.access import AccessRecorder
-from api.auth import User, UserDirectory
+from api.auth import User, UserDirectory, write_local_token
 from api.bootstrap import Archive
 from api.http.agents import AgentEventIds
 from api.http.agents import router as agents_router
@@ -50,6 +50,7 @@ from api.http.oversight import router as oversight_router
 from api.http.qido import router as qido_router
 from api.http.rebuilds import router as rebuilds_router
 from api.http.reports import router as reports_router
+from api.http.status import router as status_router
 from api.http.stow import router as stow_router
 from api.http.wado import router as wado_router
 from api.http.web import install_sessions
@@ -136,6 +137,8 @@ def create_app(
     app.state.closing = threading.Event()
     install_error_handlers(app)
 
+    # the command line on this machine asks this server while it holds the embedded warehouse
+    app.state.local_token_hash = write_local_token(archive.settings.home)
     # every read is recorded through one recorder
     recorder = AccessRecorder(archive.event_log, source_node=f"http:{_node()}")
     app.state.access = recorder
@@ -156,7 +159,7 @@ def create_app(
         }
 
     app.include_router(web_router(archive.warehouse, archive.query_store, recorder, organisations, readings))
-    app.include_router(oversight_router(archive.warehouse, recorder, organisations))
+    app.include_router(oversight_router(archive.warehouse, recorder, organisations, archive.verify_audit))
     app.include_router(
         monitoring_router(archive.warehouse, recorder, archive.monitoring_changes, app.state.closing, organisations)
     )
@@ -174,6 +177,7 @@ def create_app(
         )
     )
     app.include_router(rebuilds_router(archive.rebuilds))
+    app.include_router(status_router(archive))
     app.include_router(orders_router(archive.warehouse, archive.query_store, recorder))
     app.openapi = lambda: openapi_document(app)  # type: ignore[method-assign]
     return app

@@ -8,6 +8,7 @@ only document: the checks are :func:`authenticate`'s.
 
 from __future__ import annotations
 
+import hmac
 import logging
 import time
 from collections.abc import Awaitable, Callable
@@ -17,7 +18,7 @@ from fastapi.security import APIKeyCookie, HTTPAuthorizationCredentials, HTTPBea
 from starlette.concurrency import run_in_threadpool
 
 from api.access import AccessRecorder, Reader, access_channel
-from api.auth import SESSION_COOKIE, User, UserDirectory, UsersFileError, session_user
+from api.auth import LOCAL_USER, SESSION_COOKIE, User, UserDirectory, UsersFileError, session_user, token_hash
 from api.http.errors import ApiError
 from schemas.policy import Action, may, roles_that
 
@@ -54,6 +55,9 @@ def authenticate(request: Request) -> User:
     scheme, _, token = header.partition(" ")
     if scheme.lower() != "bearer" or not token.strip():
         raise ApiError(401, "unauthorised", "a bearer token is required", {"WWW-Authenticate": "Bearer"})
+    local: str | None = getattr(request.app.state, "local_token_hash", None)
+    if local is not None and hmac.compare_digest(token_hash(token.strip()), local):
+        return LOCAL_USER  # the command line on this machine (api.auth, local.token)
     try:
         user = directory.authenticate(token.strip())
     except UsersFileError as exc:

@@ -33,7 +33,6 @@ from api.access import access_channel
 from api.bootstrap import Archive
 from api.http.errors import ApiError
 from projections.monitoring.queries import transfer_states
-from projections.status import projection_lag
 from streams.metrics import ArchiveMetrics
 
 log = logging.getLogger("cami.http.metrics")
@@ -79,7 +78,7 @@ class ProjectionCollector(Collector):
             "Events appended to a topic but not yet folded by the projection",
             labels=["projection", "topic"],
         )
-        for projection, topics in projection_lag(self._archive.event_log, self._archive.processors()).items():
+        for projection, topics in self._archive.projection_lag().items():
             for topic, behind in topics.items():
                 lag.add_metric([projection, topic], behind)
         return [lag]

@@ -225,6 +225,8 @@ def _complete(path: str, method: str, operation: dict[str, Any]) -> None:
             "200": operation["responses"]["200"],
             **_errors(*errors),
         }
+    elif path == "/api/status":
+        operation["responses"] = {"200": operation["responses"]["200"], **_errors(401, 403, 503)}
     elif path == "/api/session":
         operation["responses"] = {
             "200": operation["responses"]["200"],

@@ -16,7 +16,7 @@ and so is each refusal of another role (``outcome = "denied"``).
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -31,7 +31,7 @@ from api.http.deps import require
 from api.http.errors import ApiError
 from projections import dead_letters
 from projections.audit import queries as audit_queries
-from projections.audit.verify import verify_chain
+from projections.audit.verify import ChainReport, verify_chain
 from projections.monitoring import queries as monitoring
 from projections.warehouse.base import Warehouse
 from schemas.organisations import OrganisationDirectory
@@ -64,9 +64,15 @@ def named(rows: Iterable[dict[str, Any]], directory: OrganisationDirectory) -> l
     return named
 
 
-def router(warehouse: Warehouse, recorder: AccessRecorder, names: OrganisationDirectory | None = None) -> APIRouter:
+def router(
+    warehouse: Warehouse,
+    recorder: AccessRecorder,
+    names: OrganisationDirectory | None = None,
+    verify_log: Callable[[str | None], ChainReport] | None = None,
+) -> APIRouter:
     """The monitoring and audit routes over ``warehouse``; audit reads recorded through ``recorder``;
-    organisations named from the directory ``names`` (none: every code shown as unknown)."""
+    organisations named from the directory ``names`` (none: every code shown as unknown);
+    ``verify_log`` checks the audit trail against the event log (``?against_log=true``)."""
     routes = APIRouter()
     directory = names if names is not None else OrganisationDirectory()
     it_user = Depends(require(Action.MONITOR))
@@ -148,9 +154,16 @@ def router(warehouse: Warehouse, recorder: AccessRecorder, names: OrganisationDi
         )
         return _json({"record": record, "entries": entries})
 
-    @routes.get("/api/audit/verify", tags=["audit"], summary="recompute the hash chains from the stored entries")
-    async def verify(record: str | None = None, user: User = auditor) -> JSONResponse:
-        report = await run_in_threadpool(verify_chain, warehouse, record)
+    @routes.get(
+        "/api/audit/verify",
+        tags=["audit"],
+        summary="recompute the hash chains from the stored entries (against_log: and re-hash the log's events)",
+    )
+    async def verify(record: str | None = None, against_log: bool = False, user: User = auditor) -> JSONResponse:
+        if against_log and verify_log is not None:
+            report = await run_in_threadpool(verify_log, record)
+        else:
+            report = await run_in_threadpool(verify_chain, warehouse, record)
         return _json(report.to_dict())
 
     return routes

@@ -101,6 +101,21 @@ class ChainReport:
         if self.first_broken is None or key < self.first_broken.sort_key:
             self.first_broken = broken
 
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> ChainReport:
+        """The report :meth:`to_dict` gave (e.g. from a server's JSON answer)."""
+        first = data.get("first_broken")
+        report = cls(
+            entries=int(data.get("entries", 0)),
+            chains=int(data.get("chains", 0)),
+            broken=int(data.get("broken", 0)),
+            first_broken=Broken(**first) if first else None,
+            log_events=int(data.get("log_events", 0)),
+            unaudited=int(data.get("unaudited", 0)),
+            record=data.get("record"),
+        )
+        return report
+
     def to_dict(self) -> dict[str, Any]:
         return {
             "ok": self.ok,

@@ -17,13 +17,14 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 
-from projections.warehouse.base import QueryResult, Warehouse, WarehouseError
+from projections.warehouse.base import QueryResult, Warehouse, WarehouseError, WarehouseLocked
 
 __all__ = [
     "ClickHouseUrl",
     "QueryResult",
     "Warehouse",
     "WarehouseError",
+    "WarehouseLocked",
     "chdb_path_from_url",
     "check_parameters",
     "clickhouse_message",

@@ -18,6 +18,19 @@ class WarehouseError(Exception):
     """The statement failed (syntax, types, server unreachable...)."""
 
 
+class WarehouseLocked(WarehouseError):
+    """The embedded warehouse's directory is held by another process (chdb allows one)."""
+
+    def __init__(self, path: str) -> None:
+        super().__init__(
+            f"the embedded warehouse {path} is in use by another CAMI process (a running cami serve?). "
+            "Only one process may open it: stop that process first, or let it answer (cami status and "
+            "cami audit ask a running cami serve over HTTP); to run several processes on one warehouse, "
+            "use a ClickHouse server (CAMI_CLICKHOUSE=clickhouse://...)"
+        )
+        self.path = path
+
+
 @dataclass(frozen=True, slots=True)
 class QueryResult:
     columns: tuple[str, ...]

@@ -20,6 +20,7 @@ The session always runs in UTC (``session_timezone``), like the servers of this 
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import tempfile
@@ -41,7 +42,7 @@ from clickhouse_connect.driver.query import QueryContext
 from clickhouse_connect.driver.query import QueryResult as NativeResult
 from clickhouse_connect.driver.transform import NativeTransform
 
-from projections.warehouse.base import QueryResult, Warehouse, WarehouseError
+from projections.warehouse.base import QueryResult, Warehouse, WarehouseError, WarehouseLocked
 from projections.warehouse.connection import check_parameters, clickhouse_message
 
 # chdb ships no type information; these handles keep its untyped calls out of the strict check.
@@ -94,6 +95,26 @@ def _engine_params(bind_params: Mapping[str, str]) -> dict[str, str]:
     return {(k[len("param_") :] if k.startswith("param_") else k): v for k, v in bind_params.items()}
 
 
+def _held_elsewhere(path: str) -> bool:
+    """Whether another process holds the directory's lock (the ClickHouse server's status file,
+    locked with flock for as long as the engine runs)."""
+    try:
+        fd = os.open(os.path.join(path, "status"), os.O_RDONLY)
+    except OSError:
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return True
+    except OSError:
+        return False
+    else:
+        fcntl.flock(fd, fcntl.LOCK_UN)
+        return False
+    finally:
+        os.close(fd)
+
+
 class ChdbWarehouse(Warehouse):
     backend = "chdb"
 
@@ -106,6 +127,8 @@ class ChdbWarehouse(Warehouse):
         try:
             self._session: Any = _Session(path if path else ":memory:")
         except Exception as exc:  # chdb raises RuntimeError for a locked/conflicting directory
+            if path and _held_elsewhere(path):
+                raise WarehouseLocked(path) from exc
             where = path or ":memory:"
             raise WarehouseError(f"cannot open chdb at {where}: {clickhouse_message(exc)}") from exc
         try:

@@ -1,0 +1,86 @@
+"""What each backend of the archive holds: events per topic, read-model rows, projection lag,
+dead letters, and the organisations that sent in the last 24 hours, by name (the regional
+directory; a code it does not know behind its marker). ``cami status`` prints it, ``cami demo``
+at its end, and ``GET /api/status`` answers it from a running ``cami serve`` (which is how
+``cami status`` learns it while the server holds the embedded warehouse)."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from api.bootstrap import Archive
+from projections import dead_letters
+from projections.catalogue import DDL as CATALOGUE_DDL
+from projections.monitoring import queries as monitoring
+from projections.monitoring.fold import Monitoring
+from projections.query_model.store import QueryStore
+from schemas.organisations import OrganisationDirectory
+from streams.topics import SOURCE_OF_TRUTH
+
+#: how far back the organisations section looks
+RECENT = timedelta(hours=24)
+
+
+def archive_state(archive: Archive) -> dict[str, Any]:
+    """What each backend holds: events per topic, blob store reachability, read-model rows."""
+    settings = archive.settings
+    topics = {t: sum(archive.event_log.end_offsets(t).values()) for t in SOURCE_OF_TRUTH}
+    lag = archive.projection_lag()
+    catalogue = archive.warehouse
+    catalogue.command(CATALOGUE_DDL)
+    by_type = catalogue.query(
+        "SELECT event_type, count() FROM (SELECT * FROM event_catalogue FINAL) GROUP BY event_type ORDER BY 1"
+    ).rows
+    # events a projection could not apply (it moved on after recording them): per projection,
+    # how many are open and the first of them; `cami replay --projection NAME` retries them
+    letters: dict[str, dict[str, Any]] = {
+        name: {"open": count, "letters": dead_letters.open_letters(catalogue, name, limit=20)}
+        for name, count in dead_letters.counts(catalogue).items()
+    }
+    return {
+        "settings": settings.describe(),
+        "organisations": _organisations(archive.organisations(), catalogue, str(settings.organisations_file)),
+        "event_log": {"backend": archive.event_log.backend, "events_per_topic": topics},
+        "blobs": {"backend": archive.blobs.backend},
+        "projection_lag": lag,
+        "dead_letters": letters,
+        "clickhouse": {
+            "backend": catalogue.backend,
+            "catalogue_rows": {name: count for name, count in by_type},
+        },
+        "query_store": {"backend": archive.query_store.backend, "rows": _query_rows(archive.query_store)},
+    }
+
+
+def _query_rows(store: QueryStore) -> dict[str, int]:
+    """Studies, series and instances (newest versions) the query store answers from."""
+    [found] = store.select(
+        "SELECT count(*) AS studies, coalesce(sum(series_count), 0) AS series,"
+        " coalesce(sum(instance_count), 0) AS instances FROM qm_studies"
+    )
+    return {name: int(found[name]) for name in ("studies", "series", "instances")}
+
+
+def _organisations(directory: OrganisationDirectory, warehouse: Any, where: str) -> dict[str, Any]:
+    """The directory's size and each organisation seen in the last :data:`RECENT`, by name."""
+    for statement in Monitoring.ddl:  # the tables exist before the first event is folded
+        warehouse.command(statement)
+    recent = []
+    for row in monitoring.organisation_summary(warehouse, datetime.now(UTC) - RECENT):
+        code = row["organisation"]
+        recent.append(
+            {
+                "organisation": code,
+                "organisation_name": directory.display(code),
+                "organisation_known": directory.lookup(code) is not None,
+                **{k: row.get(k, 0) for k in ("studies", "instances", "rejections")},
+            }
+        )
+    sources = [o.source for o in directory.organisations.values()]
+    return {
+        "directory": where,
+        "listed": sources.count("directory"),
+        "from_senders": sources.count("senders"),
+        "recent": recent,
+    }
