@@ -44,7 +44,6 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field
 
 from api.bootstrap import Archive
-from projections.status import projection_lag
 from projections.warehouse import Warehouse
 from streams.blobs import BlobStore
 from streams.health import DEGRADED, DOWN, OK, Health
@@ -131,9 +130,7 @@ def checks_of(archive: Archive) -> dict[str, Check]:
         "event_log": lambda: check_event_log(archive.event_log),
         "blobs": lambda: check_blobs(archive.blobs),
         "warehouse": lambda: check_warehouse(lambda: archive.warehouse),
-        "projections": lambda: check_projections(
-            lambda: projection_lag(archive.event_log, archive.processors()), archive.settings.ready_max_lag
-        ),
+        "projections": lambda: check_projections(archive.projection_lag, archive.settings.ready_max_lag),
     }
 
 
