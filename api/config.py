@@ -9,6 +9,10 @@ CAMI_BLOBS             blob store URL                               file:///$CAM
 CAMI_CLICKHOUSE        ClickHouse URL                               chdb:///$CAMI_HOME/clickhouse
 CAMI_QUERY_STORE       query store URL (QIDO-RS, C-FIND, lists)     sqlite:///$CAMI_HOME/query.db
 CAMI_PARTITIONS        partitions of newly created topics           6
+CAMI_KAFKA_WAIT        seconds the first request waits for a Kafka  120
+                       broker that is not up yet (0: one try)
+CAMI_TOPIC_PREFIX      what the archive's Kafka topic and consumer  cami (``cami.dicom``...)
+                       group names start with
 CAMI_SENDERS           who may send (AE title -> organisation)      $CAMI_HOME/senders.toml
 CAMI_ORGANISATIONS     the regional directory (code -> names)       $CAMI_HOME/organisations.toml
 CAMI_DICOM_HOST        address the DICOM services listen on         127.0.0.1
@@ -63,7 +67,7 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from urllib.parse import parse_qs, urlsplit
+from urllib.parse import parse_qs, urlencode, urlsplit
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from ingest.dicom import DEFAULT_MAX_INFLATED_BYTES
@@ -73,7 +77,9 @@ from ingest.importer import ImportLimits
 from ingest.scp import DEFAULT_MAX_ASSOCIATIONS, DEFAULT_REQUEST_TIMEOUT
 from ingest.tls import TlsSettings
 from schemas.addresses import AddressError, check_host, parse_host_port, parse_port, parse_port_or_off, url_address
+from streams import parse_wait
 from streams.blobs import ENVIRONMENT as BLOB_STORE_ENVIRONMENT
+from streams.topics import check_topic_prefix
 
 #: the fallback pseudonym key for demos and development; refused in production mode
 DEVELOPMENT_PSEUDONYM_KEY = b"cami-development-key-change-me"
@@ -161,7 +167,7 @@ class Settings:
         tls = _tls_settings(env)
         return cls(
             home=home,
-            event_log_url=_event_log_url(env.get("CAMI_EVENT_LOG", f"sqlite://{home}/events.db")),
+            event_log_url=_event_log_url(env.get("CAMI_EVENT_LOG", f"sqlite://{home}/events.db"), env),
             blob_store_url=_blob_store_url(env.get("CAMI_BLOBS", f"file://{home}/blobs")),
             warehouse_url=_warehouse_url(env.get("CAMI_CLICKHOUSE", f"chdb://{home}/clickhouse")),
             query_store=env.get("CAMI_QUERY_STORE", ""),
@@ -290,16 +296,43 @@ def _port_or_off(env: Mapping[str, str], variable: str, default: int) -> int | N
         raise ConfigError(f"{variable}: {exc}") from None
 
 
-def _event_log_url(url: str) -> str:
+def _event_log_url(url: str, env: Mapping[str, str]) -> str:
     """``kafka://host:port[,host:port]``: each bootstrap server's address (the rest of the URL is
-    read where the log is opened, :func:`streams.open_event_log`)."""
-    scheme, _, rest = url.partition("://")
-    if scheme.lower() == "kafka":
-        for server in rest.partition("/")[0].partition("?")[0].split(","):
+    read where the log is opened, :func:`streams.open_event_log`). ``CAMI_KAFKA_WAIT`` and
+    ``CAMI_TOPIC_PREFIX`` become the URL's ``wait`` and ``topic_prefix`` options (where it names
+    none itself), so every process that opens the log from the URL gets them; the embedded log
+    has no use for them."""
+    options = {
+        "wait": ("CAMI_KAFKA_WAIT", parse_wait),
+        "topic_prefix": ("CAMI_TOPIC_PREFIX", check_topic_prefix),
+    }
+    values: dict[str, str] = {}
+    for option, (variable, check) in options.items():
+        value = env.get(variable, "").strip()
+        if value:
             try:
-                parse_host_port(server, port_required=False)
-            except AddressError as exc:
-                raise ConfigError(f"CAMI_EVENT_LOG: Kafka bootstrap server {exc}") from None
+                check(value)
+            except ValueError as exc:
+                raise ConfigError(f"{variable}: {exc}") from None
+            values[option] = value
+    scheme, _, rest = url.partition("://")
+    if scheme.lower() != "kafka":
+        return url
+    for server in rest.partition("/")[0].partition("?")[0].split(","):
+        try:
+            parse_host_port(server, port_required=False)
+        except AddressError as exc:
+            raise ConfigError(f"CAMI_EVENT_LOG: Kafka bootstrap server {exc}") from None
+    given = parse_qs(urlsplit(url).query, keep_blank_values=True)
+    for option, (_, check) in options.items():
+        for value in given.get(option, []):
+            try:
+                check(value)
+            except ValueError as exc:
+                raise ConfigError(f"CAMI_EVENT_LOG: option {option}: {exc}") from None
+    missing = {option: value for option, value in values.items() if option not in given}
+    if missing:
+        url += ("&" if "?" in url else "?") + urlencode(missing)
     return url
 
 

@@ -8,7 +8,8 @@ the rows are durable (at-least-once). A batch that cannot be written is retried 
 with backoff, never raised: Faust acknowledges the events of a crashed agent (and would commit
 past them); bad events are set aside as dead letters by :func:`streams.processing.deliver`.
 Several worker processes with the same app id share the partitions between them (Kafka consumer
-group = app id).
+group = app id). Topic names and the app id go through the log's :class:`~streams.topics.TopicNames`
+(``topic_prefix``), so the workers read the topics the archive writes.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from typing import Any
 import faust
 
 from streams.processing import SETTLE_AFTER, Processor, Sink, Source, backoff, deliver
+from streams.topics import TopicNames
 
 log = logging.getLogger("cami.faust")
 
@@ -35,13 +37,16 @@ def faust_broker_url(bootstrap: str) -> str:
     return ";".join(f"kafka://{server}" for server in bootstrap.split(","))
 
 
-def _agent(processor: Processor, sink: Sink) -> Callable[[Any], Coroutine[Any, Any, None]]:
+def _agent(processor: Processor, sink: Sink, names: TopicNames) -> Callable[[Any], Coroutine[Any, Any, None]]:
     async def agent(stream: Any) -> None:
         loop = asyncio.get_running_loop()
         batches: AsyncIterator[Sequence[Any]] = stream.take_events(500, within=0.2)
         async for events in batches:
             records = [
-                (Source(e.message.topic, e.message.partition, e.message.offset, e.message.value), e.message.value)
+                (
+                    Source(names.logical(e.message.topic), e.message.partition, e.message.offset, e.message.value),
+                    e.message.value,
+                )
                 for e in events
             ]
             failures = 0
@@ -68,9 +73,12 @@ def create_app(
     *,
     app_id: str = DEFAULT_APP_ID,
     datadir: Path | None = None,
+    names: TopicNames | None = None,
 ) -> faust.App:
+    """The app; ``names``: the event log's (``KafkaEventLog.names``), default the archive's own."""
+    names = names or TopicNames()
     app = faust.App(
-        app_id,
+        names.physical(app_id),
         broker=faust_broker_url(bootstrap),
         datadir=str(datadir) if datadir else None,
         web_enabled=False,
@@ -85,9 +93,13 @@ def create_app(
     )
     for processor, sink in bindings:
         topic = app.topic(
-            *processor.topics, key_type=bytes, value_type=bytes, key_serializer="raw", value_serializer="raw"
+            *(names.physical(t) for t in processor.topics),
+            key_type=bytes,
+            value_type=bytes,
+            key_serializer="raw",
+            value_serializer="raw",
         )
-        app.agent(topic, name=processor.name)(_agent(processor, sink))
+        app.agent(topic, name=processor.name)(_agent(processor, sink, names))
     return app
 
 

@@ -5,10 +5,21 @@ returns when the delivery report arrives, which with ``acks=all`` means every in
 has the event. A background thread serves delivery callbacks (``poll``) so many appends can be
 in flight at once. Consumers never auto-commit: a processor commits after it has applied what it
 polled, which is what makes delivery at-least-once.
+
+Start: the first request that needs the cluster (creating the topics, as every ``cami`` command
+does) waits up to ``start_wait`` seconds (``CAMI_KAFKA_WAIT``) for a broker that is not up yet,
+saying so in one line when it begins and one when it got through; after that it fails with
+:class:`KafkaUnreachable`, one line naming the bootstrap addresses. Later outages are not waited
+for: an append then fails within ``delivery_timeout_ms`` and the sender is told so.
+
+The clients' own log lines and errors all go to one :class:`~streams.kafka_client_log.KafkaClientLog`,
+which logs one line per change of the brokers' reachability instead of one per reconnection.
+Topic and group names go through :class:`~streams.topics.TopicNames` (the ``topic_prefix``).
 """
 
 from __future__ import annotations
 
+import itertools
 import logging
 import threading
 import time
@@ -28,8 +39,20 @@ from confluent_kafka import (
 from confluent_kafka import Consumer as _KafkaConsumer
 from confluent_kafka.admin import AdminClient, NewTopic, OffsetSpec  # type: ignore[attr-defined]
 
+from streams.errors import OperatorError
 from streams.health import Health
+from streams.kafka_client_log import KafkaClientLog, tcp_probe
 from streams.log import Consumer, EventLog, EventLogError, EventLogUnavailable, Position, Record, TopicSpec
+from streams.topics import ARCHIVE_PREFIX, TopicNames
+
+log = logging.getLogger("cami.kafka")
+
+#: seconds the first request waits for a broker that is not up yet (``CAMI_KAFKA_WAIT``)
+DEFAULT_START_WAIT = 120.0
+
+
+class KafkaUnreachable(EventLogUnavailable, OperatorError):
+    """No broker answered within the start wait: the message names the bootstrap addresses."""
 
 
 class KafkaEventLog(EventLog):
@@ -44,15 +67,26 @@ class KafkaEventLog(EventLog):
         delivery_timeout_ms: int = 15_000,
         client_id: str = "cami",
         extra_config: Mapping[str, Any] | None = None,
+        topic_prefix: str = ARCHIVE_PREFIX,
+        start_wait: float = DEFAULT_START_WAIT,
     ) -> None:
         self.bootstrap = bootstrap
         self.replication_factor = replication_factor
         self.min_insync_replicas = min_insync_replicas
+        #: the archive's topic and group names as this log names them on the brokers
+        self.names = TopicNames(topic_prefix)
+        self.start_wait = start_wait
+        self._reached = False
+        self._reach_lock = threading.Lock()
+        #: where every client's log lines and errors go: one line per change of reachability, once
+        #: a broker has answered (before, :meth:`wait_for_broker` says what happens)
+        self.client_log = KafkaClientLog(bootstrap)
         self._common: dict[str, Any] = {
             "bootstrap.servers": bootstrap,
             "client.id": client_id,
             # librdkafka's own log lines go through Python logging instead of raw stderr
-            "logger": logging.getLogger("cami.kafka.client"),
+            "logger": self.client_log,
+            "error_cb": self.client_log.error,
         }
         self._common.update(extra_config or {})
         self._producer = Producer(
@@ -86,16 +120,17 @@ class KafkaEventLog(EventLog):
 
     # -- topics ----------------------------------------------------------------------------------
     def ensure_topics(self, topics: Iterable[TopicSpec]) -> None:
-        wanted = list(topics)
+        wanted = [self.names.physical(spec.name) for spec in topics]
+        specs = dict(zip(wanted, topics, strict=True))
         existing = set(self._metadata(None).topics)
         new = []
-        for spec in wanted:
-            if spec.name in existing:
+        for name, spec in specs.items():
+            if name in existing:
                 continue
             config = {"retention.ms": str(spec.retention_ms), **spec.config}
             if self.min_insync_replicas is not None:
                 config["min.insync.replicas"] = str(self.min_insync_replicas)
-            new.append(NewTopic(spec.name, spec.partitions, self.replication_factor, config=config))
+            new.append(NewTopic(name, spec.partitions, self.replication_factor, config=config))
         if new:
             for name, future in self._admin.create_topics(new, operation_timeout=30).items():
                 try:
@@ -105,9 +140,9 @@ class KafkaEventLog(EventLog):
                         raise EventLogError(f"cannot create topic {name}: {exc}") from exc
         # wait until every partition has a leader, so the first append does not race creation
         deadline = time.monotonic() + 30
-        for spec in wanted:
+        for name in wanted:
             while True:
-                meta = self._metadata(spec.name).topics.get(spec.name)
+                meta = self._metadata(name).topics.get(name)
                 if (
                     meta is not None
                     and meta.error is None
@@ -116,19 +151,71 @@ class KafkaEventLog(EventLog):
                 ):
                     break
                 if time.monotonic() > deadline:
-                    raise EventLogUnavailable(f"topic {spec.name} has no leader after 30 s")
+                    raise EventLogUnavailable(f"topic {name} has no leader after 30 s")
                 time.sleep(0.1)
 
     def _metadata(self, topic: str | None) -> Any:
+        """The cluster's metadata (``topic``: a name on the brokers); the first call waits for a
+        broker (:meth:`wait_for_broker`)."""
+        if not self._reached:
+            self.wait_for_broker()
         try:
-            return self._admin.list_topics(topic=topic, timeout=10)
+            meta = self._admin.list_topics(topic=topic, timeout=10)
         except KafkaException as exc:
             raise EventLogUnavailable(f"Kafka at {self.bootstrap} is unreachable: {exc}") from exc
+        self.client_log.brokers(f"{b.host}:{b.port}" for b in meta.brokers.values())
+        return meta
+
+    def wait_for_broker(self, timeout: float | None = None) -> None:
+        """Return once a broker answers, waiting up to ``timeout`` seconds (default
+        ``start_wait``) for one that is not up yet: one line when the wait begins, one when it
+        ends; :class:`KafkaUnreachable` when no broker answered."""
+        wait = self.start_wait if timeout is None else timeout
+        with self._reach_lock:
+            if self._reached:
+                return
+            started = time.monotonic()
+            deadline = started + wait
+            waiting = False
+            for attempt in itertools.count():
+                tried = time.monotonic()
+                try:
+                    # short first tries: the line that says it waits comes at once
+                    meta = self._admin.list_topics(timeout=max(0.5, min(deadline - tried, 10.0, 2.0**attempt)))
+                    break
+                except KafkaException as exc:
+                    why = self._why_unreachable(exc)
+                if time.monotonic() >= deadline - 0.05:
+                    if waiting:
+                        log.error("gave up waiting for Kafka at %s after %.0f s", self.bootstrap, wait)
+                    within = f" within {wait:g} s" if wait >= 1 else ""
+                    raise KafkaUnreachable(
+                        f"Kafka at {self.bootstrap} is unreachable: no broker answered{within} ({why});"
+                        " start the brokers or correct the addresses in CAMI_EVENT_LOG"
+                        " (CAMI_KAFKA_WAIT says how long to wait for them)"
+                    )
+                if not waiting:
+                    waiting = True
+                    where = self.bootstrap
+                    log.warning("waiting for Kafka at %s (up to %g s, CAMI_KAFKA_WAIT): %s", where, wait, why)
+                time.sleep(max(0.0, min(tried + 1.0, deadline) - time.monotonic()))
+            if waiting:
+                log.warning("Kafka at %s answered after %.0f s", self.bootstrap, time.monotonic() - started)
+            self.client_log.brokers(f"{b.host}:{b.port}" for b in meta.brokers.values())
+            self.client_log.start()
+            self._reached = True
+
+    def _why_unreachable(self, exc: KafkaException) -> str:
+        """What the bootstrap addresses do when connected to (``connection refused``...), else
+        librdkafka's words."""
+        refused = [f"{address}: {why}" for address in self.bootstrap.split(",") if (why := tcp_probe(address))]
+        return "; ".join(refused) or _why(exc)
 
     def partitions(self, topic: str) -> list[int]:
-        meta = self._metadata(topic).topics.get(topic)
+        name = self.names.physical(topic)
+        meta = self._metadata(name).topics.get(name)
         if meta is None or meta.error is not None:
-            raise EventLogError(f"unknown topic {topic!r}")
+            raise EventLogError(f"unknown topic {name!r}")
         return sorted(meta.partitions)
 
     # -- append ------------------------------------------------------------------------------------
@@ -144,11 +231,13 @@ class KafkaEventLog(EventLog):
             if err is not None:
                 future.set_exception(EventLogUnavailable(f"append to {topic!r} failed: {err.str()}"))
             else:
+                self.client_log.start()  # (a process that only appends has reached a broker now)
                 future.set_result(Position(topic, msg.partition() or 0, msg.offset() or 0))
 
+        name = self.names.physical(topic)
         while True:
             try:
-                self._producer.produce(topic, value=value, key=key, headers=list(headers), on_delivery=delivered)
+                self._producer.produce(name, value=value, key=key, headers=list(headers), on_delivery=delivered)
                 break
             except BufferError:
                 time.sleep(0.01)  # the local queue is full; the poller thread drains it
@@ -196,10 +285,11 @@ class KafkaEventLog(EventLog):
 
             return delivered
 
+        name = self.names.physical(topic)
         for index, (key, value) in enumerate(batch):
             while True:
                 try:
-                    self._producer.produce(topic, value=value, key=key, on_delivery=on_delivery(index))
+                    self._producer.produce(name, value=value, key=key, on_delivery=on_delivery(index))
                     break
                 except BufferError:
                     self._producer.poll(0.01)
@@ -221,7 +311,7 @@ class KafkaEventLog(EventLog):
         return _KafkaConsumer(
             {
                 **self._common,
-                "group.id": group,
+                "group.id": self.names.physical(group),
                 "enable.auto.commit": False,
                 "enable.auto.offset.store": False,
                 "auto.offset.reset": "earliest",
@@ -234,21 +324,22 @@ class KafkaEventLog(EventLog):
             if self._reader is None:
                 self._reader = self._group_consumer(f"cami-reader-{uuid.uuid4()}")
             reader = self._reader
-            low, high = reader.get_watermark_offsets(TopicPartition(topic, partition), timeout=10)
+            name = self.names.physical(topic)
+            low, high = reader.get_watermark_offsets(TopicPartition(name, partition), timeout=10)
             start = max(offset, low)
             if start >= high:
                 return []
             # a sequential reader (replay, audit) continues where it stopped: keep the assignment
             # and what librdkafka already prefetched instead of seeking again
             if self._reader_at != (topic, partition, start):
-                reader.assign([TopicPartition(topic, partition, start)])
+                reader.assign([TopicPartition(name, partition, start)])
             out: list[Record] = []
             deadline = time.monotonic() + 30
             want = min(max_records, high - start)
             while len(out) < want and time.monotonic() < deadline:
                 for msg in reader.consume(num_messages=want - len(out), timeout=1.0):
                     if msg.error() is None:
-                        out.append(_record(msg))
+                        out.append(_record(msg, self.names))
             self._reader_at = (topic, partition, out[-1].offset + 1) if out else None
             return out
 
@@ -270,14 +361,14 @@ class KafkaEventLog(EventLog):
             return
         scanner = self._group_consumer(f"cami-scan-{uuid.uuid4()}")
         try:
-            scanner.assign([TopicPartition(t, p, first[(t, p)]) for t, p in pending])
+            scanner.assign([TopicPartition(self.names.physical(t), p, first[(t, p)]) for t, p in pending])
             idle_since = time.monotonic()
             while pending:
                 batch = []
                 for msg in scanner.consume(num_messages=batch_size, timeout=1.0):
                     if msg.error() is not None:
                         continue
-                    record = _record(msg)
+                    record = _record(msg, self.names)
                     end = pending.get((record.topic, record.partition))
                     if end is None or record.offset >= end:
                         continue
@@ -295,7 +386,8 @@ class KafkaEventLog(EventLog):
     def end_offsets(self, topic: str) -> dict[int, int]:
         def ask() -> dict[int, int]:
             latest = OffsetSpec.latest()  # type: ignore[no-untyped-call]
-            request = {TopicPartition(topic, p): latest for p in self.partitions(topic)}
+            name = self.names.physical(topic)
+            request = {TopicPartition(name, p): latest for p in self.partitions(topic)}
             result = {}
             for tp, future in self._admin.list_offsets(request, request_timeout=10).items():
                 result[tp.partition] = future.result().offset
@@ -308,7 +400,7 @@ class KafkaEventLog(EventLog):
         # call crashes librdkafka 2.16 (segfault in rd_kafka_cgrp_op) when the group coordinator
         # answers "load in progress", as a freshly started broker does
         def ask() -> dict[int, int]:
-            partitions = [TopicPartition(topic, p) for p in self.partitions(topic)]
+            partitions = [TopicPartition(self.names.physical(topic), p) for p in self.partitions(topic)]
             with self._offsets_lock:
                 reader = self._offset_readers.get(group)
                 if reader is None:
@@ -327,6 +419,7 @@ class KafkaEventLog(EventLog):
             return
         self._producer.flush(30)
         self._closed.set()
+        self.client_log.close()
         self._poller.join(timeout=5)
         with self._reader_lock:
             if self._reader is not None:
@@ -339,14 +432,14 @@ class KafkaEventLog(EventLog):
 
     # -- health (readiness probes) -----------------------------------------------------------------
     def health(self, topics: Sequence[str] = (), timeout: float = 2.0) -> Health:
-        """One metadata request, read by :func:`cluster_health`."""
+        """One metadata request, read by :func:`cluster_health` (``topics`` as the code names them)."""
         try:
             meta = self._admin.list_topics(timeout=timeout)
         except KafkaException as exc:
             error = exc.args[0] if exc.args and isinstance(exc.args[0], KafkaError) else None
             why = error.str() if error is not None else str(exc)
             return Health.down(f"Kafka {self.bootstrap}: no broker answered within {timeout:g} s ({why})")
-        return cluster_health(meta, topics, self.min_insync_replicas or 1)
+        return cluster_health(meta, [self.names.physical(t) for t in topics], self.min_insync_replicas or 1)
 
 
 def cluster_health(meta: Any, topics: Sequence[str], min_insync: int = 1) -> Health:
@@ -431,10 +524,16 @@ def _bytes(value: str | bytes | None) -> bytes:
     return value.encode() if isinstance(value, str) else value
 
 
-def _record(msg: Message) -> Record:
+def _why(exc: KafkaException) -> str:
+    """librdkafka's reason in a few words (``Local: Broker transport failure``...)."""
+    error = exc.args[0] if exc.args and isinstance(exc.args[0], KafkaError) else None
+    return error.str() if error is not None else str(exc)
+
+
+def _record(msg: Message, names: TopicNames) -> Record:
     _, ts = msg.timestamp()
     return Record(
-        topic=msg.topic() or "",
+        topic=names.logical(msg.topic() or ""),
         partition=msg.partition() or 0,
         offset=msg.offset() or 0,
         key=_bytes(msg.key()),
@@ -453,22 +552,32 @@ class KafkaGroupConsumer(Consumer):
             "partition.assignment.strategy": "cooperative-sticky",
         }
         self._consumer = log._group_consumer(group, **settings)
+        #: names on the brokers <-> the archive's; the sets below hold the archive's names
+        self._names = log.names
         self._rewind = False
         self._assigned: set[tuple[str, int]] = set()
         self._polled: dict[tuple[str, int], int] = {}
-        self._consumer.subscribe(list(topics), on_assign=self._on_assign, on_revoke=self._on_revoke)
+        physical = [self._names.physical(t) for t in topics]
+        self._consumer.subscribe(physical, on_assign=self._on_assign, on_revoke=self._on_revoke)
+
+    def _slot(self, tp: TopicPartition) -> tuple[str, int]:
+        return self._names.logical(tp.topic), tp.partition
+
+    def _partition(self, topic: str, partition: int, offset: int | None = None) -> TopicPartition:
+        name = self._names.physical(topic)
+        return TopicPartition(name, partition) if offset is None else TopicPartition(name, partition, offset)
 
     def _on_assign(self, consumer: _KafkaConsumer, partitions: list[TopicPartition]) -> None:
         if self._rewind:
             for tp in partitions:
                 tp.offset = OFFSET_BEGINNING
-        self._assigned.update((tp.topic, tp.partition) for tp in partitions)
+        self._assigned.update(self._slot(tp) for tp in partitions)
         consumer.incremental_assign(partitions)
 
     def _on_revoke(self, consumer: _KafkaConsumer, partitions: list[TopicPartition]) -> None:
         for tp in partitions:
-            self._assigned.discard((tp.topic, tp.partition))
-            self._polled.pop((tp.topic, tp.partition), None)
+            self._assigned.discard(self._slot(tp))
+            self._polled.pop(self._slot(tp), None)
         consumer.incremental_unassign(partitions)
 
     def poll(self, max_records: int = 500, timeout: float = 1.0) -> list[Record]:
@@ -479,7 +588,7 @@ class KafkaGroupConsumer(Consumer):
                 if err.fatal():
                     raise EventLogError(f"consumer failed: {err.str()}")
                 continue  # transient (e.g. partition EOF, rebalance): librdkafka recovers itself
-            record = _record(msg)
+            record = _record(msg, self._names)
             self._polled[(record.topic, record.partition)] = record.offset + 1
             out.append(record)
         return out
@@ -494,7 +603,7 @@ class KafkaGroupConsumer(Consumer):
                 offsets[slot] = max(offsets.get(slot, 0), r.offset + 1)
         # a partition taken away by a rebalance is no longer ours to commit; its new owner
         # re-reads from the last commit (at-least-once)
-        owned = [TopicPartition(t, p, off) for (t, p), off in offsets.items() if (t, p) in self._assigned]
+        owned = [self._partition(t, p, off) for (t, p), off in offsets.items() if (t, p) in self._assigned]
         if not owned:
             return
         try:
@@ -505,7 +614,7 @@ class KafkaGroupConsumer(Consumer):
     def rewind(self) -> None:
         # only partitions this member has fetched from can be behind their commit (and only those
         # accept a seek: librdkafka refuses one on a partition whose fetcher has not started)
-        slots = [TopicPartition(t, p) for t, p in self._polled if (t, p) in self._assigned]
+        slots = [self._partition(t, p) for t, p in self._polled if (t, p) in self._assigned]
         if not slots:
             return
         try:
@@ -516,12 +625,12 @@ class KafkaGroupConsumer(Consumer):
         except KafkaException as exc:
             raise EventLogError(f"rewind to the committed offsets failed: {exc}") from exc
         for tp in slots:
-            self._polled.pop((tp.topic, tp.partition), None)
+            self._polled.pop(self._slot(tp), None)
 
     def seek_to_beginning(self) -> None:
         self._rewind = True
         for topic, partition in list(self._assigned):
-            self._consumer.seek(TopicPartition(topic, partition, OFFSET_BEGINNING))
+            self._consumer.seek(self._partition(topic, partition, OFFSET_BEGINNING))
 
     def assignment(self) -> list[tuple[str, int]]:
         return sorted(self._assigned)

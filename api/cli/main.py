@@ -12,6 +12,8 @@ import logging
 import sys
 from collections.abc import Sequence
 
+from rich.text import Text
+
 from api.cli.agent import register as agent
 from api.cli.audit import register as audit
 from api.cli.demo import register as demo
@@ -26,6 +28,7 @@ from api.cli.transfers import register as transfers
 from api.cli.users import register as users
 from api.cli.workers import register as workers
 from api.config import ConfigError
+from streams.errors import OperatorError
 
 #: every subcommand (each module's ``register``), in the order ``cami --help`` lists them
 COMMANDS = (demo, status, schemas, workers, serve, import_, users, replay, audit, transfers, agent, monitor)
@@ -57,14 +60,22 @@ def main(argv: Sequence[str] | None = None) -> int:
         code: int = args.func(args)
     except KeyboardInterrupt:
         return 130
-    except ConfigError as exc:  # a bad setting: one line naming it and what is allowed, nothing opened
+    except (ConfigError, OperatorError) as exc:
+        # a bad setting (one line naming it and what is allowed, nothing opened) or a backend the
+        # operator must mend (credentials refused, a broker that never came up): the message as it is
         if args.verbose:
             console.print_exception()
-        sys.stderr.write(f"cami {args.command}: {exc}\n")
+        sys.stderr.write(f"cami {args.command}: {_one_line(exc)}\n")
         return 1
     except Exception as exc:  # one clear line for people; the traceback only with -v
         if args.verbose:
             console.print_exception()
-        console.print(f"[red]cami {args.command}: {type(exc).__name__}: {exc}[/red]")
+        # plain text, never wrapped: a message may hold brackets (librdkafka's) that are no markup
+        console.print(Text(f"cami {args.command}: {type(exc).__name__}: {_one_line(exc)}", style="red"), soft_wrap=True)
         return 1
     return code
+
+
+def _one_line(exc: BaseException) -> str:
+    """The message on one line (a server's answer may hold line breaks)."""
+    return " ".join(str(exc).split())

@@ -44,8 +44,9 @@ from api.bootstrap import Archive, bootstrap
 from api.config import Settings
 from api.demo.synthetic import Organisation, SyntheticStudy, region, synthetic_region
 from ingest.senders import Senders
+from projections.status import projection_lag
 from schemas.events import Actor, Event
-from streams.processing import EmbeddedRunner, Row, Source
+from streams.processing import EmbeddedRunner, Row, Source, group_id
 from streams.topics import DICOM
 
 #: a calling AE title that no senders file lists: the demo shows that it is refused
@@ -268,6 +269,8 @@ def run_demo(
 
         EmbeddedRunner(archive.event_log, [(collector, collector)]).catch_up()
         projected = EmbeddedRunner(archive.event_log, archive.bindings()).catch_up()
+        # how far the demo's runner (a group per projection, as above) is behind its topics now
+        lag = projection_lag(archive.event_log, archive.processors(), group_id)
         read_side = _read_side(archive)
     finally:
         archive.close()
@@ -287,6 +290,7 @@ def run_demo(
             },
             "reports": reports,
             "projected": projected,
+            "projection_lag": lag,
             **read_side,
             "senders_file": {"path": str(settings.senders_file), "written": wrote_senders},
             "open": _study_links(settings, read_side["index"]["newest"]),

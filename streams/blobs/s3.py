@@ -32,7 +32,7 @@ from typing import IO, TYPE_CHECKING, Any
 
 import boto3
 from botocore.config import Config
-from botocore.exceptions import BotoCoreError, ClientError, NoCredentialsError
+from botocore.exceptions import BotoCoreError, ClientError, ConnectTimeoutError, NoCredentialsError, ReadTimeoutError
 
 from streams.blobs.base import (
     CHUNK_SIZE,
@@ -49,6 +49,7 @@ from streams.blobs.base import (
     check_blob_id,
     check_range,
 )
+from streams.errors import OperatorError
 from streams.health import Health
 
 if TYPE_CHECKING:
@@ -85,6 +86,101 @@ def _error_code(exc: ClientError) -> tuple[str, int]:
     error = exc.response.get("Error", {})
     status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0)
     return str(error.get("Code", "")), int(status)
+
+
+# -- refusals and unreachable endpoints at start (one line for the operator) ------------------------
+
+#: codes an S3 server answers when it will not take the request's credentials
+REFUSAL_CODES = frozenset(
+    {
+        "InvalidAccessKeyId",
+        "SignatureDoesNotMatch",
+        "AccessDenied",
+        "InvalidToken",
+        "ExpiredToken",
+        "TokenRefreshRequired",
+        "RequestTimeTooSkewed",
+        "AuthorizationHeaderMalformed",
+    }
+)
+#: where boto3's credential chain found the key it used (``Credentials.method``), as people set it
+_CREDENTIAL_SOURCES = {
+    "explicit": "CAMI_S3_ACCESS_KEY / CAMI_S3_SECRET_KEY",
+    "env": "AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY",
+    "shared-credentials-file": "the shared credentials file (~/.aws/credentials, AWS_PROFILE)",
+    "config-file": "the AWS config file (~/.aws/config, AWS_PROFILE)",
+}
+_ERRNO_TEXT = re.compile(r"\[Errno -?\d+\] ([^'\")]+)")
+
+
+class S3AccessRefused(BlobStoreError, OperatorError):
+    """The S3 server refused the credentials (or there are none): the message names the endpoint,
+    the bucket, the access key (never the secret) and what to set."""
+
+
+class S3Unreachable(BlobUnavailable, OperatorError):
+    """The S3 endpoint did not answer at start: the message names its address."""
+
+
+def credentials_source(method: str | None) -> str:
+    """Where the key came from, named as the operator sets it (boto3's ``Credentials.method``)."""
+    if not method:
+        return "CAMI_S3_ACCESS_KEY / CAMI_S3_SECRET_KEY (or AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY)"
+    return _CREDENTIAL_SOURCES.get(method, f"boto3's credential chain ({method})")
+
+
+def refusal_message(
+    code: str, *, endpoint: str, bucket: str, access_key: str | None, source: str, creating: bool = False
+) -> str:
+    """One line on credentials the server refused: which server and bucket, which key (the access
+    key id, which is no secret; never the secret key), why, and what to change."""
+    where = f"S3 at {endpoint}"
+    if access_key is None:
+        return f"no S3 credentials for bucket {bucket} at {endpoint}: set {credentials_source(None)}"
+    key = f"access key {access_key!r}"
+    if code == "InvalidAccessKeyId":
+        return (
+            f"{where} does not know {key} (InvalidAccessKeyId), bucket {bucket}: set {source} to a key of that server"
+        )
+    if code == "SignatureDoesNotMatch":
+        secret = source.split(" / ", 1)[1] if " / " in source else source  # "ACCESS_VAR / SECRET_VAR"
+        return (
+            f"{where} refused the secret key of {key} (SignatureDoesNotMatch), bucket {bucket}:"
+            f" the secret is wrong; correct {secret}"
+        )
+    if code in ("InvalidToken", "ExpiredToken", "TokenRefreshRequired"):
+        return f"{where} refused the session token of {key} ({code}), bucket {bucket}: renew the credentials ({source})"
+    if code == "RequestTimeTooSkewed":
+        return (
+            f"{where} refused the request for bucket {bucket} (RequestTimeTooSkewed): this host's clock is"
+            " more than 15 minutes off the server's; set the time (NTP)"
+        )
+    if code == "AccessDenied" and creating:
+        return (
+            f"{where} does not let {key} create bucket {bucket} (AccessDenied):"
+            " create the bucket, or give the key the right to create it"
+        )
+    shown = code if code and not code.isdigit() else "HTTP 403"
+    return (
+        f"{where} denies {key} the bucket {bucket} ({shown}): give that key list, read and write on the"
+        f" bucket, or set {source} to a key that has them"
+    )
+
+
+def unreachable_message(exc: Exception, *, endpoint: str, bucket: str) -> str:
+    """One line on an endpoint that does not answer: its address and what was seen."""
+    if isinstance(exc, ConnectTimeoutError):
+        why = "no connection within the connect timeout"
+    elif isinstance(exc, ReadTimeoutError):
+        why = "no answer within the read timeout"
+    else:
+        detail = str(getattr(exc, "kwargs", {}).get("error") or exc)
+        found = _ERRNO_TEXT.search(detail)
+        why = found.group(1).strip().lower() if found else detail
+    return (
+        f"S3 endpoint {endpoint} does not answer ({why}), bucket {bucket}:"
+        " start the S3 server or correct the endpoint in CAMI_BLOBS"
+    )
 
 
 class S3BlobStore(BlobStore):
@@ -204,8 +300,11 @@ class S3BlobStore(BlobStore):
         self.ensure_bucket()
 
     def ensure_bucket(self) -> None:
-        """Create the bucket when it does not exist yet (idempotent)."""
-        with self._errors("create", "", subject=f"bucket {self.bucket}"):
+        """Create the bucket when it does not exist yet (idempotent). Refused credentials are
+        :class:`S3AccessRefused` and an endpoint that does not answer :class:`S3Unreachable`, each
+        one line naming the endpoint, the bucket and the fix."""
+        creating = False
+        try:
             try:
                 self._client.head_bucket(Bucket=self.bucket)
                 return
@@ -213,6 +312,7 @@ class S3BlobStore(BlobStore):
                 code, status = _error_code(exc)
                 if status != 404 and code not in ("404", "NoSuchBucket", "NotFound"):
                     raise
+            creating = True
             try:
                 if self.region == "us-east-1":
                     self._client.create_bucket(Bucket=self.bucket)
@@ -224,6 +324,39 @@ class S3BlobStore(BlobStore):
             except ClientError as exc:
                 if _error_code(exc)[0] not in ("BucketAlreadyOwnedByYou", "BucketAlreadyExists"):
                     raise
+        except NoCredentialsError as exc:
+            raise S3AccessRefused(self._refusal("", creating)) from exc
+        except ClientError as exc:
+            code, status = _error_code(exc)
+            if code in REFUSAL_CODES or status in (401, 403):
+                raise S3AccessRefused(self._refusal(code, creating)) from exc
+            with self._errors("create", "", subject=f"bucket {self.bucket}"):
+                raise
+        except (BotoCoreError, OSError) as exc:
+            endpoint = self._client.meta.endpoint_url
+            raise S3Unreachable(unreachable_message(exc, endpoint=endpoint, bucket=self.bucket)) from exc
+
+    def _refusal(self, code: str, creating: bool) -> str:
+        """The line for refused credentials. A HEAD answer has no body, so a bare 403 is asked
+        again with a request whose answer names the reason (InvalidAccessKeyId, SignatureDoesNotMatch...)."""
+        if code in ("", "403", "Forbidden") and not creating:
+            try:
+                self._client.list_objects_v2(Bucket=self.bucket, MaxKeys=1)
+            except ClientError as exc:
+                code = _error_code(exc)[0] or code
+            except (BotoCoreError, OSError):
+                pass
+        # the credentials the client signs with (``explicit``: the ones given, else boto3's chain)
+        credentials = getattr(getattr(self._client, "_request_signer", None), "_credentials", None)
+        access_key = getattr(credentials, "access_key", None)
+        return refusal_message(
+            code,
+            endpoint=self._client.meta.endpoint_url,
+            bucket=self.bucket,
+            access_key=access_key,
+            source=credentials_source(getattr(credentials, "method", None)),
+            creating=creating,
+        )
 
     # -- writing -------------------------------------------------------------------------------------
 

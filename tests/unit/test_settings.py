@@ -66,6 +66,8 @@ def test_every_variable_in_the_readme_table_changes_a_setting(tmp_path: Path) ->
         "CAMI_CLICKHOUSE": "clickhouse://h:8123/cami",
         "CAMI_QUERY_STORE": "sqlite:///srv/fast/query.db",
         "CAMI_PARTITIONS": "12",
+        "CAMI_KAFKA_WAIT": "30",
+        "CAMI_TOPIC_PREFIX": "region50",
         "CAMI_PSEUDONYM_KEY": "x" * 40,
         "CAMI_ENV": "production",
         "CAMI_SENDERS": "/etc/cami/senders.toml",
@@ -102,6 +104,8 @@ def test_every_variable_in_the_readme_table_changes_a_setting(tmp_path: Path) ->
         extra = tls if name.startswith(("CAMI_TLS_", "CAMI_DICOM_TLS", "CAMI_HTTP_TLS")) else {}
         if name == "CAMI_TLS_CLIENT_CERT":  # optional by default once there is a CA
             extra = {**tls, "CAMI_TLS_CA": str(pem["ca"])}
+        if name in ("CAMI_KAFKA_WAIT", "CAMI_TOPIC_PREFIX"):  # options of a Kafka log
+            extra = {"CAMI_EVENT_LOG": "kafka://b1:9092"}
         before = Settings.from_env({"CAMI_HOME": "/srv/cami", **extra})
         after = Settings.from_env({"CAMI_HOME": "/srv/cami", **extra, name: value})
         assert after != before or (name == "CAMI_TLS_CERT" and after != base), f"{name} changes nothing"
