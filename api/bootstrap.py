@@ -13,6 +13,7 @@ from ingest.commitment import StorageCommitment
 from ingest.hl7.listener import MllpListener
 from ingest.hl7.outbound import OrderNotices, SentNotices, StatusNotifier
 from ingest.hl7.receiver import HL7Receiver
+from ingest.instance_claims import instance_claims
 from ingest.mpps import ProcedureSteps, StepStore
 from ingest.pipeline import Ingestor
 from ingest.reports import DocumentReportHook
@@ -89,6 +90,7 @@ class Archive:
                 document_hooks=[DocumentReportHook(self.blob_store_name)],  # SR / PDF -> report events
                 max_inflated_bytes=self.settings.max_inflated_bytes,
                 on_outcome=self.metrics.ingested,
+                claims=instance_claims(self.blobs),
             )
         return self._ingestor
 

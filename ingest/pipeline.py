@@ -7,14 +7,21 @@ If either backend fails, the answer is "out of resources" and nothing was acknow
 is harmless: identical bytes under the same SOPInstanceUID are recognised (no second event),
 different bytes become a new version and nothing is ever deleted. Only the organisation holding an
 instance may version it, and never under another patient, study or series (:meth:`Ingestor._conflict`).
+
+Several ingest nodes: each version is claimed in the store the nodes share before its event is
+appended (:mod:`ingest.instance_claims`), so the same bytes arriving at two nodes at once are
+recorded once and two different objects never both become version N.
 """
 
 from __future__ import annotations
 
 import hashlib
 import logging
+import os
+import socket
 import threading
 import time
+import uuid
 from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
@@ -24,6 +31,7 @@ from typing import Any
 from pydicom.dataset import Dataset
 
 from ingest.dicom import DEFAULT_MAX_INFLATED_BYTES, MalformedObject, Received, parse, part10, split_part10
+from ingest.instance_claims import TAKEOVER_SECONDS, ClaimError, InstanceClaims
 from ingest.sop_index import HeldInstance, SopIndex
 from ingest.statuses import Status
 from ingest.study_claims import StudyClaims
@@ -36,6 +44,9 @@ from streams.blobs import BlobRef, BlobStore, BlobStoreError
 from streams.publisher import publish, publish_encoded
 
 log = logging.getLogger("cami.ingest")
+
+#: how long an arrival waits for another node's event of the same bytes before asking for a retry
+CLAIM_WAIT_SECONDS = 10.0
 
 
 @dataclass(frozen=True)
@@ -236,6 +247,8 @@ class Ingestor:
         document_hooks: Sequence[Callable[[Dataset, Outcome, Arrival], list[Event]]] = (),
         max_inflated_bytes: int = DEFAULT_MAX_INFLATED_BYTES,
         on_outcome: Callable[[str, str, str, float], None] | None = None,
+        claims: InstanceClaims | None = None,
+        node: str | None = None,
     ):
         self.blobs = blobs
         self.event_log = event_log
@@ -254,6 +267,10 @@ class Ingestor:
         #: told (channel, outcome, rejection reason, seconds) of every object (the archive's metrics)
         self.on_outcome = on_outcome
         self._study_claims = StudyClaims()
+        #: claims on instance versions shared with the other ingest nodes (None: this node is alone)
+        self.claims = claims
+        #: this process, as its claims name it (a restarted node is another node: its old claims age out)
+        self.node = node or f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
         self._locks: dict[str, threading.Lock] = {}
         self._locks_guard = threading.Lock()
 
@@ -374,6 +391,11 @@ class Ingestor:
             if same is not None:  # identical bytes, whoever sends them: nothing changes
                 return Outcome(Status.SUCCESS, None, blob=blob, duplicate=True, version=same.version, **base)
             number = held[-1].version + 1 if held else 1
+            if self.claims is not None:
+                claimed = self._claim_version(uid, digest, number, blob, base)
+                if isinstance(claimed, Outcome):
+                    return claimed
+                number = claimed
             if number == 1:
                 event, encoded = checked.first_version.event, checked.first_version.encoded
             else:
@@ -394,6 +416,11 @@ class Ingestor:
                     blob=blob,
                     **base,
                 )
+            if self.claims is not None:
+                try:  # nodes waiting for the same bytes may answer now
+                    self.claims.replace(uid, number, digest, self.node, recorded=True)
+                except ClaimError as exc:  # they fall back to the log after their wait
+                    log.error("cannot mark version %d of %s recorded: %s", number, uid, exc)
             self.sop_index.record(
                 HeldInstance(
                     uid,
@@ -409,6 +436,74 @@ class Ingestor:
         outcome = Outcome(Status.SUCCESS, None, blob=blob, event=event, version=number, **base)
         self._run_document_hooks(checked.header, outcome, arrival)
         return outcome
+
+    def _claim_version(self, uid: str, digest: str, number: int, blob: BlobRef, base: dict[str, Any]) -> int | Outcome:
+        """The version this node records these bytes as (claimed in the store every node shares:
+        :mod:`ingest.instance_claims`), or the answer when another node records them."""
+        assert self.claims is not None
+        deadline = time.monotonic() + CLAIM_WAIT_SECONDS
+        while True:
+            try:
+                holder = self.claims.claim(uid, number, digest, self.node)
+            except ClaimError as exc:
+                log.error("cannot claim version %d of %s: %s", number, uid, exc)
+                return Outcome(
+                    Status.OUT_OF_RESOURCES,
+                    "archive storage unavailable, nothing recorded; please retry",
+                    reason="storage-unavailable",
+                    blob=blob,
+                    **base,
+                )
+            if holder is None or holder.node == self.node:  # ours (a failed append of ours: ours to finish)
+                return number
+            if holder.sha256 != digest:
+                # another node records other bytes as this version: learn what it did, try the next one
+                held = self._learn(uid)
+                same = next((v for v in held if v.sha256 == digest), None)
+                if same is not None:
+                    return Outcome(Status.SUCCESS, None, blob=blob, duplicate=True, version=same.version, **base)
+                number = max(number + 1, held[-1].version + 1 if held else 1)
+                continue
+            # the same bytes, being recorded through another node: wait until its event is durable
+            # (the holder marks its claim), then they are held; no second event
+            while True:
+                if holder is not None and holder.sha256 == digest and holder.recorded:
+                    return Outcome(Status.SUCCESS, None, blob=blob, duplicate=True, version=number, **base)
+                if time.monotonic() >= deadline:
+                    break
+                time.sleep(0.02)
+                try:
+                    holder = self.claims.read(uid, number)
+                except ClaimError as exc:
+                    log.error("cannot read the claim on version %d of %s: %s", number, uid, exc)
+            if holder is None or holder.sha256 != digest:
+                continue  # the claim changed meanwhile: decide again
+            same = next((v for v in self._learn(uid) if v.sha256 == digest), None)
+            if same is not None:  # recorded, the mark lost (its node stopped right after the append)
+                return Outcome(Status.SUCCESS, None, blob=blob, duplicate=True, version=same.version, **base)
+            if holder.age >= TAKEOVER_SECONDS:  # its node never recorded them: this one does
+                try:
+                    self.claims.replace(uid, number, digest, self.node, recorded=False)
+                except ClaimError as exc:
+                    log.error("cannot take over version %d of %s: %s", number, uid, exc)
+                    continue
+                return number
+            return Outcome(
+                Status.OUT_OF_RESOURCES,
+                "the same object is being stored through another archive node; please retry",
+                reason="claimed-elsewhere",
+                blob=blob,
+                **base,
+            )
+
+    def _learn(self, uid: str) -> list[HeldInstance]:
+        """The versions of ``uid`` after reading what the other nodes recorded meanwhile."""
+        if self.refresh_index is not None:
+            try:
+                self.refresh_index()
+            except Exception as exc:  # the log is down: decide on what is known, the claim still guards
+                log.error("cannot refresh the SOP index from the log: %s", exc)
+        return list(self.sop_index.versions(uid))
 
     def _conflict(self, attrs: dict[str, Any], arrival: Arrival, held: Sequence[HeldInstance]) -> Refusal | None:
         """Why new bytes may not join what is held (None: they may). Viewers rely on the patient
