@@ -47,7 +47,9 @@ def cmd_workers(args: argparse.Namespace) -> int:
         from streams.kafka import KafkaEventLog
 
         assert isinstance(archive.event_log, KafkaEventLog)
-        app = create_app(archive.event_log.bootstrap, bindings, datadir=settings.home / "faust")
+        app = create_app(
+            archive.event_log.bootstrap, bindings, datadir=settings.home / "faust", names=archive.event_log.names
+        )
         console.print(f"faust worker: {', '.join(p.name for p, _ in bindings)} on {archive.event_log.bootstrap}")
         run_worker(app, loglevel=args.loglevel)
         return 0

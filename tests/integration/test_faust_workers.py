@@ -84,11 +84,18 @@ def forget_group(bootstrap: str) -> None:
     test's workers may have committed offsets for this group past events that the uninterrupted
     build below (from offset 0) folds."""
     admin = AdminClient({"bootstrap.servers": bootstrap})
-    try:
-        admin.delete_consumer_groups([FAUST_GROUP], request_timeout=30)[FAUST_GROUP].result()
-    except KafkaException as exc:
-        if exc.args[0].code() != KafkaError.GROUP_ID_NOT_FOUND:
-            raise  # e.g. NON_EMPTY_GROUP: another test's workers still live on this broker
+    for attempt in range(60):
+        try:
+            admin.delete_consumer_groups([FAUST_GROUP], request_timeout=30)[FAUST_GROUP].result()
+            return
+        except KafkaException as exc:
+            code = exc.args[0].code()
+            if code == KafkaError.GROUP_ID_NOT_FOUND:
+                return
+            # a broker just started has no group coordinator yet: it answers NOT_COORDINATOR until it has
+            if code not in (KafkaError.NOT_COORDINATOR, KafkaError.COORDINATOR_NOT_AVAILABLE) or attempt == 59:
+                raise  # e.g. NON_EMPTY_GROUP: another test's workers still live on this broker
+            time.sleep(0.5)
 
 
 def group_members(bootstrap: str) -> list[list[tuple[str, int]]]:
