@@ -1,17 +1,28 @@
 #!/usr/bin/env bash
-# MinIO (S3 API, single drive) on loopback for tests and benchmarks.
+# MinIO (S3 API, one drive or an erasure set) on loopback for tests and benchmarks.
 #
 #   infra/minio.sh install
-#   infra/minio.sh start  [--dir DIR] [--port N] [--console-port N]   # prints http://127.0.0.1:PORT
+#   infra/minio.sh start  [--dir DIR] [--port N] [--console-port N] [--drives N]
+#                                          # prints http://127.0.0.1:PORT
 #   infra/minio.sh stop   [--dir DIR]      # SIGTERM, up to 30 s, then SIGKILL
 #   infra/minio.sh kill   [--dir DIR]      # SIGKILL now (crash simulation)
 #   infra/minio.sh status [--dir DIR]      # exit 0 when running, prints the endpoint
+#   infra/minio.sh fail-drive    [--dir DIR] --drive I   # take drive I away (DIR/dataI -> DIR/dataI.away)
+#   infra/minio.sh restore-drive [--dir DIR] --drive I   # put it back; MinIO heals what it missed
 #
 # install: `go install github.com/minio/minio@$CAMI_MINIO_VERSION` (default latest) with
 #   GOBIN=$CAMI_CACHE/bin; skipped when that binary exists. GOFLAGS, GOMODCACHE, GOCACHE and GOPROXY
 #   are left to the caller's Go environment.
 # DIR holds everything of one server: data/ (the drive), minio.out (server log), minio.pid, endpoint.
 #   Starting again on an existing DIR reuses its data.
+# --drives N (1-16; default 1): one server over DIR/data1..dataN, which MinIO runs as one erasure set
+#   (4 drives: 2 data + 2 parity shards per object; reads need 2 drives, writes 3, so one drive may be
+#   lost without refusing anything). DIR/drives records N; later starts on DIR need no --drives.
+#   MINIO_CI_CD=1 is set for such a server: it lets the drives share the root file system (as on a test
+#   machine) and keeps MinIO's buffer pool at 256 MiB.
+# fail-drive moves the drive's directory away while the server runs (or not): MinIO sees the drive as
+#   missing (admin info: "unformatted") within a request or two. restore-drive moves it back; MinIO
+#   reconnects it within 15 s and heals the objects written meanwhile onto it.
 # Credentials: CAMI_S3_ACCESS_KEY / CAMI_S3_SECRET_KEY (defaults cami-test / cami-test-secret).
 # Environment: CAMI_CACHE (default ~/.cache/cami), CAMI_MINIO_START_TIMEOUT (default 60 s),
 #   CAMI_VERBOSE=1 for more logging.
@@ -65,6 +76,8 @@ cmd_install() {
 DIR="$CAMI_CACHE/run/minio"
 PORT=9000
 CONSOLE_PORT=""
+DRIVES=""
+DRIVE=""
 
 parse_opts() {
     while (($#)); do
@@ -75,6 +88,10 @@ parse_opts() {
         --port=*) PORT="${1#*=}"; shift ;;
         --console-port) CONSOLE_PORT="${2:?--console-port needs a value}"; shift 2 ;;
         --console-port=*) CONSOLE_PORT="${1#*=}"; shift ;;
+        --drives) DRIVES="${2:?--drives needs a value}"; shift 2 ;;
+        --drives=*) DRIVES="${1#*=}"; shift ;;
+        --drive) DRIVE="${2:?--drive needs a value}"; shift 2 ;;
+        --drive=*) DRIVE="${1#*=}"; shift ;;
         -h | --help) usage ;;
         *) die "unknown option '$1' (see: $0 --help)" ;;
         esac
@@ -85,8 +102,30 @@ parse_opts() {
     [[ "$PORT" != "$CONSOLE_PORT" ]] || die "--port and --console-port must differ"
     DIR="$(abs_dir "$DIR")"
     PID_FILE="$DIR/minio.pid"
-    # The server's command line contains its drive path: that identifies our process.
+    # The server's command line contains its drive path (or DIR/data{1...N}): that identifies our process.
     PID_MARKER="$DIR/data"
+    local stored=""
+    [[ ! -f "$DIR/drives" ]] || stored="$(tr -dc '0-9' <"$DIR/drives")"
+    if [[ -n "$DRIVES" ]]; then
+        if ! [[ "$DRIVES" =~ ^[0-9]+$ ]] || ((DRIVES < 1 || DRIVES > 16)); then
+            die "--drives must be 1-16, got '$DRIVES'"
+        fi
+        [[ -z "$stored" || "$stored" == "$DRIVES" ]] ||
+            die "$DIR holds $stored drives, not $DRIVES (use another --dir)"
+        if ((DRIVES > 1)) && [[ -z "$stored" && -d "$DIR/data" ]]; then
+            die "$DIR holds a single-drive server (use another --dir)"
+        fi
+    fi
+    DRIVES="${stored:-${DRIVES:-1}}"
+}
+
+# The server's drive arguments: DIR/data, or MinIO's ellipsis DIR/data{1...N} for an erasure set.
+drive_args() {
+    if ((DRIVES == 1)); then
+        printf '%s\n' "$DIR/data"
+    else
+        printf '%s\n' "$DIR/data{1...$DRIVES}"
+    fi
 }
 
 http_ok() {
@@ -126,11 +165,20 @@ cmd_start() {
     if port_open 127.0.0.1 "$CONSOLE_PORT"; then
         die "console port $CONSOLE_PORT is already in use by another process"
     fi
-    mkdir -p "$DIR/data"
+    local i
+    if ((DRIVES == 1)); then
+        mkdir -p "$DIR/data"
+    else
+        for ((i = 1; i <= DRIVES; i++)); do
+            [[ -d "$DIR/data$i.away" ]] || mkdir -p "$DIR/data$i"
+        done
+        printf '%s\n' "$DRIVES" >"$DIR/drives"
+        export MINIO_CI_CD=1
+    fi
     printf '\n===== start %s =====\n' "$(date -Is)" >>"$DIR/minio.out"
     MINIO_ROOT_USER="$ACCESS_KEY" MINIO_ROOT_PASSWORD="$SECRET_KEY" MINIO_UPDATE=off \
         spawn_detached "$PID_FILE" "$DIR/minio.out" "$MINIO_BIN" server \
-        --address "127.0.0.1:$PORT" --console-address "127.0.0.1:$CONSOLE_PORT" "$DIR/data"
+        --address "127.0.0.1:$PORT" --console-address "127.0.0.1:$CONSOLE_PORT" "$(drive_args)"
     pid="$(cat "$PID_FILE")"
     local endpoint="http://127.0.0.1:$PORT"
     local deadline=$((SECONDS + MINIO_START_TIMEOUT))
@@ -158,4 +206,33 @@ cmd_status() {
     server_status "$PID_FILE" "$PID_MARKER" "$DIR/endpoint"
 }
 
-dispatch "install start stop kill status" "$@"
+# --drive I of an erasure set: sets DRIVE_DIR and AWAY_DIR
+pick_drive() {
+    ((DRIVES > 1)) || die "$DIR is not an erasure set (start it with --drives N)"
+    if ! [[ "$DRIVE" =~ ^[0-9]+$ ]] || ((DRIVE < 1 || DRIVE > DRIVES)); then
+        die "--drive must be 1-$DRIVES, got '$DRIVE'"
+    fi
+    DRIVE_DIR="$DIR/data$DRIVE"
+    AWAY_DIR="$DIR/data$DRIVE.away"
+}
+
+cmd_fail-drive() {
+    parse_opts "$@"
+    pick_drive
+    [[ ! -d "$AWAY_DIR" ]] || die "drive $DRIVE is already away ($AWAY_DIR)"
+    [[ -d "$DRIVE_DIR" ]] || die "no drive $DRIVE_DIR"
+    mv -T "$DRIVE_DIR" "$AWAY_DIR"
+}
+
+cmd_restore-drive() {
+    parse_opts "$@"
+    pick_drive
+    [[ -d "$AWAY_DIR" ]] || die "drive $DRIVE is not away (no $AWAY_DIR)"
+    # MinIO may have recreated an empty directory at the drive's path meanwhile
+    if [[ -d "$DRIVE_DIR" ]]; then
+        rmdir "$DRIVE_DIR" 2>/dev/null || die "$DRIVE_DIR is back but not empty; leaving $AWAY_DIR alone"
+    fi
+    mv -T "$AWAY_DIR" "$DRIVE_DIR"
+}
+
+dispatch "install start stop kill status fail-drive restore-drive" "$@"

@@ -1,8 +1,10 @@
-"""Real Kafka, MinIO and Orthanc servers on loopback for tests and benchmarks.
+"""Real Kafka, MinIO, Orthanc and haproxy servers on loopback for tests and benchmarks.
 
-Thin drivers over ``infra/kafka.sh``, ``infra/minio.sh`` and ``infra/orthanc.sh``: the scripts install
-(cached under ``$CAMI_CACHE``), start detached servers and record their pids in the data directory; these classes
-only choose ports, call the scripts and turn failures into exceptions that carry the server log.
+Thin drivers over ``infra/kafka.sh``, ``infra/minio.sh``, ``infra/orthanc.sh`` and ``infra/haproxy.sh``: the
+scripts install (cached under ``$CAMI_CACHE``), start detached servers and record their pids in the data directory;
+these classes only choose ports, call the scripts and turn failures into exceptions that carry the server log.
+The redundant pilot's pieces: :class:`KafkaCluster` (three brokers), ``MinioServer(..., drives=4)`` (an erasure
+set whose drives can be taken away) and :class:`HaproxyServer` (the load balancer in front of several nodes).
 
     kafka = KafkaServer(tmp_path / "kafka")
     kafka.start()          # installs on first use, then waits until the broker answers
@@ -143,6 +145,7 @@ class _ScriptServer:
             str(self.port),
             self._second_port_option,
             str(self.second_port),
+            *self._extra_start_args(),
         ]
         proc = self._run(*args, timeout=_START_TIMEOUT_S)
         address = proc.stdout.strip().splitlines()[-1] if proc.stdout.strip() else ""
@@ -154,6 +157,10 @@ class _ScriptServer:
                     proc.stderr,
                 )
             )
+
+    def _extra_start_args(self) -> list[str]:
+        """Options a subclass adds to ``start`` (none by default)."""
+        return []
 
     @property
     def address(self) -> str:
@@ -215,8 +222,112 @@ class KafkaServer(_ScriptServer):
         return self.bootstrap
 
 
+class KafkaCluster(_ScriptServer):
+    """A KRaft Kafka cluster on loopback started by ``infra/kafka.sh --nodes``: each node a combined
+    broker+controller, replication factor 3 and ``min.insync.replicas`` 2 with three nodes::
+
+        cluster = KafkaCluster(tmp_path / "kafka", nodes=3)
+        cluster.start()          # every node in the metadata; cluster.bootstrap lists them all
+        cluster.kill_node(2)     # SIGKILL one broker (a crash)
+        cluster.start_node(2)    # back on its data and ports, once it answers listing itself
+        cluster.stop()           # every node at once
+    """
+
+    script = "kafka.sh"
+    log_files = ()
+
+    def __init__(
+        self,
+        data_dir: Path,
+        nodes: int = 3,
+        ports: list[int] | None = None,
+        controller_ports: list[int] | None = None,
+    ) -> None:
+        if ports is None or controller_ports is None:
+            picked = free_ports(2 * nodes)
+            ports = ports if ports is not None else picked[:nodes]
+            controller_ports = controller_ports if controller_ports is not None else picked[nodes:]
+        if len(ports) != nodes or len(controller_ports) != nodes:
+            raise ValueError(f"{nodes} node(s) need {nodes} port(s) and {nodes} controller port(s)")
+        super().__init__(data_dir, ports[0], "--controller-ports", 0)
+        self.nodes = nodes
+        self.ports = list(ports)
+        self.controller_ports = list(controller_ports)
+
+    @property
+    def bootstrap(self) -> str:
+        """``127.0.0.1:P1,127.0.0.1:P2,...`` for ``bootstrap.servers``."""
+        return ",".join(f"127.0.0.1:{port}" for port in self.ports)
+
+    @property
+    def address(self) -> str:
+        return self.bootstrap
+
+    def node_address(self, node: int) -> str:
+        """``127.0.0.1:PORT`` of node ``node`` (1-based; its ``node.id``)."""
+        return f"127.0.0.1:{self.ports[node - 1]}"
+
+    def _describe(self, what: str, stderr: str) -> str:
+        text = super()._describe(what, stderr)
+        if "----- last " in stderr:
+            return text
+        parts = [text]
+        for node in range(1, self.nodes + 1):
+            for name in ("logs/server.log", "kafka.out"):
+                path = self.data_dir / f"node{node}" / name
+                tail = _tail(path, 20)
+                if tail:
+                    parts.append(f"--- tail of {path} ---\n{tail}")
+        return "\n".join(parts)
+
+    def start(self) -> None:
+        """Install if needed, start every node that is not running and wait until all are in the metadata."""
+        self.install()
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        args = ["start", *self._dir_args(), "--nodes", str(self.nodes)]
+        args += ["--ports", ",".join(map(str, self.ports))]
+        args += ["--controller-ports", ",".join(map(str, self.controller_ports))]
+        proc = self._run(*args, timeout=_START_TIMEOUT_S)
+        printed = proc.stdout.strip().splitlines()[-1] if proc.stdout.strip() else ""
+        if printed != self.bootstrap:
+            raise ServerError(
+                self._describe(f"kafka.sh start printed {printed!r}, expected {self.bootstrap!r}", proc.stderr)
+            )
+
+    def start_node(self, node: int) -> None:
+        """Start node ``node`` again (after :meth:`kill_node` or :meth:`stop_node`); returns once it answers
+        metadata requests listing itself."""
+        proc = self._run("start", *self._dir_args(), "--node", str(node), timeout=_START_TIMEOUT_S)
+        printed = proc.stdout.strip().splitlines()[-1] if proc.stdout.strip() else ""
+        if printed != self.node_address(node):
+            raise ServerError(self._describe(f"kafka.sh start --node {node} printed {printed!r}", proc.stderr))
+
+    def kill_node(self, node: int) -> None:
+        """SIGKILL node ``node`` (a broker and controller crashing); returns once the process is gone."""
+        self._run("kill", *self._dir_args(), "--node", str(node), timeout=_STOP_TIMEOUT_S)
+
+    def stop_node(self, node: int) -> None:
+        """SIGTERM node ``node`` (a controlled shutdown: its leaderships move first)."""
+        self._run("stop", *self._dir_args(), "--node", str(node), timeout=_STOP_TIMEOUT_S)
+
+    def node_running(self, node: int) -> bool:
+        return self._run("status", *self._dir_args(), "--node", str(node), timeout=30.0, check=False).returncode == 0
+
+    def status(self) -> int:
+        """The script's ``status`` exit code: 0 every node runs, 3 some do (degraded), 1 none."""
+        return self._run("status", *self._dir_args(), timeout=30.0, check=False).returncode
+
+
 class MinioServer(_ScriptServer):
-    """Single-drive MinIO S3 server started by ``infra/minio.sh``."""
+    """MinIO S3 server started by ``infra/minio.sh``: one drive, or with ``drives=4`` one erasure set over
+    ``data_dir/data1..data4`` whose drives a test can take away and give back::
+
+        minio = MinioServer(tmp_path / "minio", drives=4)
+        minio.start()
+        minio.fail_drive(2)          # data2 moved away: MinIO reads and writes on the other three
+        minio.drive_states()         # {"/.../data1": "ok", "/.../data2": "unformatted", ...}
+        minio.restore_drive(2)       # back; MinIO reconnects it within 15 s and heals it
+    """
 
     script = "minio.sh"
     log_files = ("minio.out",)
@@ -228,6 +339,7 @@ class MinioServer(_ScriptServer):
         console_port: int | None = None,
         access_key: str | None = None,
         secret_key: str | None = None,
+        drives: int = 1,
     ) -> None:
         if port is None or console_port is None:
             picked = free_ports(2)
@@ -238,6 +350,7 @@ class MinioServer(_ScriptServer):
         self.console_port = console_port
         self.access_key = access_key or os.environ.get("CAMI_S3_ACCESS_KEY", "cami-test")
         self.secret_key = secret_key or os.environ.get("CAMI_S3_SECRET_KEY", "cami-test-secret")
+        self.drives = drives
 
     @property
     def endpoint(self) -> str:
@@ -253,6 +366,69 @@ class MinioServer(_ScriptServer):
         env["CAMI_S3_ACCESS_KEY"] = self.access_key
         env["CAMI_S3_SECRET_KEY"] = self.secret_key
         return env
+
+    def _extra_start_args(self) -> list[str]:
+        return ["--drives", str(self.drives)] if self.drives > 1 else []
+
+    # -- an erasure set's drives -------------------------------------------------------------------
+
+    def drive_path(self, drive: int) -> Path:
+        """Where drive ``drive`` (1-based) of the erasure set lives while it is in place."""
+        return self.data_dir / f"data{drive}"
+
+    def fail_drive(self, drive: int) -> None:
+        """Take drive ``drive`` away (its directory moved aside), the server running on."""
+        self._run("fail-drive", *self._dir_args(), "--drive", str(drive), timeout=30.0)
+
+    def restore_drive(self, drive: int) -> None:
+        """Put drive ``drive`` back; MinIO reconnects it within 15 s (see :meth:`wait_drives`)."""
+        self._run("restore-drive", *self._dir_args(), "--drive", str(drive), timeout=30.0)
+
+    def health(self, probe: str = "cluster") -> tuple[int, dict[str, str]]:
+        """MinIO's unauthenticated probe ``/minio/health/<probe>`` (``cluster``: write quorum, ``cluster/read``:
+        read quorum, ``live``, ``ready``): the HTTP status and the headers (``X-Minio-Write-Quorum``,
+        ``X-Minio-Healing-Drives``...)."""
+        try:
+            with urllib.request.urlopen(f"{self.endpoint}/minio/health/{probe}", timeout=10) as answer:
+                return answer.status, dict(answer.headers.items())
+        except urllib.error.HTTPError as exc:
+            exc.close()
+            return exc.code, dict(exc.headers.items())
+
+    def admin(self, method: str, path: str) -> Any:
+        """A call to MinIO's admin API (``/minio/admin/v3/...``), signed with the root credentials; JSON out."""
+        from botocore.auth import S3SigV4Auth
+        from botocore.awsrequest import AWSRequest
+        from botocore.credentials import Credentials
+
+        url = f"{self.endpoint}/minio/admin/v3/{path.lstrip('/')}"
+        signed = AWSRequest(method=method, url=url, data=b"")
+        S3SigV4Auth(Credentials(self.access_key, self.secret_key), "s3", "us-east-1").add_auth(signed)
+        request = urllib.request.Request(url, method=method, headers=dict(signed.headers.items()))
+        try:
+            with urllib.request.urlopen(request, timeout=30) as answer:
+                return json.load(answer)
+        except urllib.error.HTTPError as exc:
+            detail = exc.read().decode("utf-8", "replace")
+            raise ServerError(f"MinIO admin {method} {path}: HTTP {exc.code}: {detail}") from None
+
+    def drive_states(self) -> dict[str, str]:
+        """Each drive's path and state as the admin API reports it: ``ok``, ``unformatted`` (gone),
+        ``offline``..."""
+        info = self.admin("GET", "info")
+        return {drive["endpoint"]: drive["state"] for server in info["servers"] for drive in server.get("drives", [])}
+
+    def wait_drives(self, expected: dict[int, str], timeout: float = 60.0) -> dict[str, str]:
+        """Poll :meth:`drive_states` until drive ``i`` is in state ``expected[i]`` for each given drive."""
+        deadline = time.monotonic() + timeout
+        wanted = {str(self.drive_path(i)): state for i, state in expected.items()}
+        while True:
+            states = self.drive_states()
+            if all(states.get(path) == state for path, state in wanted.items()):
+                return states
+            if time.monotonic() > deadline:
+                raise ServerError(self._describe(f"MinIO drives {states}, expected {wanted} after {timeout:.0f}s", ""))
+            time.sleep(0.5)
 
 
 class OrthancServer(_ScriptServer):
@@ -476,3 +652,98 @@ class PrometheusServer(_ScriptServer):
     def rules_loaded(self) -> list[dict[str, Any]]:
         """The rule groups Prometheus loaded."""
         return list(self._api("rules")["groups"])
+
+
+class HaproxyServer(_ScriptServer):
+    """haproxy (Debian package) as the TCP load balancer in front of several nodes, started by
+    ``infra/haproxy.sh``: a ``dicom`` frontend over ``backends`` (connection health checks) and, with
+    ``http_backends``, an ``http`` frontend over those (``GET /healthz`` checks)::
+
+        balancer = HaproxyServer(tmp_path / "haproxy", backends=["127.0.0.1:11112", "127.0.0.1:11113"])
+        balancer.start()                       # balancer.port takes the DICOM connections
+        balancer.servers()                     # {"dicom/dicom1": "UP", "dicom/dicom2": "UP"}
+        balancer.wait_server("dicom/dicom1", "DOWN")
+    """
+
+    script = "haproxy.sh"
+    log_files = ("haproxy.out",)
+
+    def __init__(
+        self,
+        data_dir: Path,
+        backends: list[str] | tuple[str, ...] = (),
+        listen_port: int | None = None,
+        *,
+        http_backends: list[str] | tuple[str, ...] = (),
+        http_listen_port: int | None = None,
+        balance: str = "leastconn",
+        check_interval: str = "2s",
+        http_check_path: str = "/healthz",
+    ) -> None:
+        picked = free_ports(2)
+        self.listen_port = (listen_port if listen_port is not None else picked[0]) if backends else None
+        self.http_listen_port = (
+            (http_listen_port if http_listen_port is not None else picked[1]) if http_backends else None
+        )
+        first = self.listen_port if self.listen_port is not None else self.http_listen_port
+        if first is None:
+            raise ValueError("haproxy needs backends, http_backends or both")
+        super().__init__(data_dir, first, "--http-listen", self.http_listen_port or 0)
+        self.backends = list(backends)
+        self.http_backends = list(http_backends)
+        self.balance = balance
+        self.check_interval = check_interval
+        self.http_check_path = http_check_path
+
+    @property
+    def address(self) -> str:
+        """``127.0.0.1:PORT`` of the first frontend (DICOM when there is one, else HTTP)."""
+        return f"127.0.0.1:{self.port}"
+
+    @property
+    def http_url(self) -> str:
+        """``http://127.0.0.1:HTTP_LISTEN_PORT``, the HTTP frontend."""
+        if self.http_listen_port is None:
+            raise ValueError("no HTTP frontend (no http_backends)")
+        return f"http://127.0.0.1:{self.http_listen_port}"
+
+    def start(self) -> None:
+        """Install if needed, write the configuration and start; returns once every frontend listens."""
+        self.install()
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        args = ["start", *self._dir_args(), "--balance", self.balance, "--check-interval", self.check_interval]
+        if self.listen_port is not None:
+            args += ["--listen", str(self.listen_port)]
+            for backend in self.backends:
+                args += ["--backend", backend]
+        if self.http_listen_port is not None:
+            args += ["--http-listen", str(self.http_listen_port), "--http-check-path", self.http_check_path]
+            for backend in self.http_backends:
+                args += ["--http-backend", backend]
+        proc = self._run(*args, timeout=_START_TIMEOUT_S)
+        printed = proc.stdout.strip().splitlines()[-1] if proc.stdout.strip() else ""
+        if printed != self.address:
+            raise ServerError(
+                self._describe(f"haproxy.sh start printed {printed!r}, expected {self.address!r}", proc.stderr)
+            )
+
+    def servers(self) -> dict[str, str]:
+        """Each server's state as haproxy's admin socket shows it: ``{"dicom/dicom1": "UP", ...}`` (``DOWN``,
+        ``UP 1/2`` while going down, ``DOWN 1/2`` while coming up, ``MAINT``)."""
+        proc = self._run("servers", *self._dir_args(), timeout=30.0)
+        states: dict[str, str] = {}
+        for line in proc.stdout.splitlines():
+            name, _address, status = line.split(" ", 2)
+            states[name] = status
+        return states
+
+    def wait_server(self, name: str, status: str, timeout: float = 30.0) -> None:
+        """Poll :meth:`servers` until ``name`` (``dicom/dicom1``, ``http/http2``...) is in ``status``."""
+        deadline = time.monotonic() + timeout
+        while True:
+            states = self.servers()
+            if states.get(name) == status:
+                return
+            if time.monotonic() > deadline:
+                raise ServerError(self._describe(f"haproxy {name} is {states.get(name)!r}, not {status!r}", ""))
+            time.sleep(0.2)
