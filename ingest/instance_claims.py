@@ -11,8 +11,9 @@ nothing held and each record version 1: two events of the same bytes. So before 
 * another node holds it for the **same bytes**: that node is recording them; this one waits until
   the claim says *recorded* (the holder marks it once its event is durable) and answers "already
   held" (no second event). If that never happens (the holder died between its claim and its
-  append), the claim is taken over once it is older than :data:`TAKEOVER_SECONDS`, and until
-  then the sender is asked to retry;
+  append), the claim is taken over once it is older than :data:`TAKEOVER_SECONDS` (at once when
+  its process, on this machine, has ended: :func:`holder_gone`), and until then the sender is
+  asked to retry;
 * another node holds it for **other bytes**: this node learns what was recorded and claims N+1.
 
 Two implementations: :class:`LocalClaims` (files created with ``O_EXCL`` beside the blobs: nodes
@@ -26,6 +27,7 @@ import abc
 import json
 import os
 import re
+import socket
 import threading
 import time
 from dataclasses import dataclass
@@ -50,6 +52,23 @@ class Claim:
     age: float
     #: the holder's event is durable
     recorded: bool = False
+
+
+def holder_gone(node: str) -> bool:
+    """Whether the process that made a claim is known to have ended: a node on this machine
+    (``host:pid:...``) whose process no longer runs. A restarted node or an import run again after
+    a crash takes its own unfinished claims over at once instead of waiting them out."""
+    host, _, rest = node.partition(":")
+    pid_text = rest.partition(":")[0]
+    if host != socket.gethostname() or not pid_text.isdigit() or int(pid_text) == os.getpid():
+        return False
+    try:
+        os.kill(int(pid_text), 0)
+    except ProcessLookupError:
+        return True
+    except OSError:  # it runs under another user: alive
+        return False
+    return False
 
 
 def _key(sop_instance_uid: str, version: int) -> str:

@@ -31,7 +31,7 @@ from typing import Any
 from pydicom.dataset import Dataset
 
 from ingest.dicom import DEFAULT_MAX_INFLATED_BYTES, MalformedObject, Received, parse, part10, split_part10
-from ingest.instance_claims import TAKEOVER_SECONDS, ClaimError, InstanceClaims
+from ingest.instance_claims import TAKEOVER_SECONDS, ClaimError, InstanceClaims, holder_gone
 from ingest.sop_index import HeldInstance, SopIndex
 from ingest.statuses import Status
 from ingest.study_claims import StudyClaims
@@ -466,7 +466,7 @@ class Ingestor:
                 continue
             # the same bytes, being recorded through another node: wait until its event is durable
             # (the holder marks its claim), then they are held; no second event
-            while True:
+            while holder is not None and not holder_gone(holder.node):
                 if holder is not None and holder.sha256 == digest and holder.recorded:
                     return Outcome(Status.SUCCESS, None, blob=blob, duplicate=True, version=number, **base)
                 if time.monotonic() >= deadline:
@@ -481,7 +481,7 @@ class Ingestor:
             same = next((v for v in self._learn(uid) if v.sha256 == digest), None)
             if same is not None:  # recorded, the mark lost (its node stopped right after the append)
                 return Outcome(Status.SUCCESS, None, blob=blob, duplicate=True, version=same.version, **base)
-            if holder.age >= TAKEOVER_SECONDS:  # its node never recorded them: this one does
+            if holder.age >= TAKEOVER_SECONDS or holder_gone(holder.node):  # never recorded: this node does
                 try:
                     self.claims.replace(uid, number, digest, self.node, recorded=False)
                 except ClaimError as exc:

@@ -81,8 +81,8 @@ def _create_topic(cluster: KafkaCluster, topic: str, partitions: int) -> None:
 
 
 def _isr_sizes(cluster: KafkaCluster, topic: str) -> list[int]:
-    metadata = _admin(cluster).list_topics(topic, timeout=10)
-    partitions = metadata.topics[topic].partitions
+    listed = _admin(cluster).list_topics(topic, timeout=10).topics.get(topic)
+    partitions = listed.partitions if listed is not None else {}  # a lagging broker may not list it yet
     return [len(partitions[p].isrs) for p in sorted(partitions)]
 
 
@@ -195,8 +195,14 @@ def test_three_brokers_replicate_every_partition_three_times(cluster: KafkaClust
 def test_a_broker_killed_under_appends_loses_nothing_acknowledged(cluster: KafkaCluster) -> None:
     topic = "pilot-durability"
     _create_topic(cluster, topic, partitions=3)
-    metadata = _admin(cluster).list_topics(topic, timeout=10)
-    victim = metadata.topics[topic].partitions[0].leader  # the leader of a partition being written
+    admin = _admin(cluster)
+
+    def leader() -> int | None:  # another broker's metadata may lag the controller a moment
+        listed = admin.list_topics(topic, timeout=10).topics.get(topic)
+        first = listed.partitions.get(0) if listed is not None else None
+        return first.leader if first is not None and first.leader >= 0 else None
+
+    victim = _eventually(leader, f"a leader for partition 0 of {topic}")  # of a partition being written
 
     with _Appender(cluster, topic) as appender:
         appender.wait_for_more(200)
