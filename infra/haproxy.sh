@@ -44,7 +44,6 @@ PACKAGES=(haproxy)
 HAPROXY_BIN="${CAMI_HAPROXY:-/usr/sbin/haproxy}"
 START_TIMEOUT="${CAMI_HAPROXY_START_TIMEOUT:-30}"
 STOP_TIMEOUT=30
-POLICY_RC=/usr/sbin/policy-rc.d
 
 usage() {
     awk 'NR > 1 && /^#/ { sub(/^# ?/, ""); print; next } NR > 1 { exit }' "$0" >&2
@@ -55,75 +54,12 @@ usage() {
 
 is_installed() { [[ -x "$HAPROXY_BIN" ]]; }
 
-SUDO=()
-as_root() { "${SUDO[@]}" "$@"; }
-
-pick_sudo() {
-    if [[ "$(id -u)" == 0 ]]; then
-        SUDO=()
-    elif command -v sudo >/dev/null 2>&1 && sudo -n true 2>/dev/null; then
-        SUDO=(sudo -n)
-    else
-        die "installing ${PACKAGES[*]} needs root (or password-less sudo); as root run: apt-get install -y ${PACKAGES[*]}"
-    fi
-}
-
-apt_knows_all() {
-    local pkg
-    for pkg in "${PACKAGES[@]}"; do
-        [[ -n "$(apt-cache policy "$pkg" 2>/dev/null | awk '/Candidate:/ && $2 != "(none)" { print $2 }')" ]] ||
-            return 1
-    done
-}
-
-APT_LOG=""
-apt_update() {
-    as_root env DEBIAN_FRONTEND=noninteractive apt-get update -q >>"$APT_LOG" 2>&1
-}
-
-apt_install() {
-    as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends \
-        -o Dpkg::Options::=--force-confdef -o Dpkg::Options::=--force-confold \
-        "${PACKAGES[@]}" </dev/null >>"$APT_LOG" 2>&1
-}
-
-TEMP_POLICY=""
-remove_temp_policy() {
-    if [[ -n "$TEMP_POLICY" ]]; then
-        as_root rm -f "$POLICY_RC" || true
-        TEMP_POLICY=""
-    fi
-}
-
 do_install() {
     if is_installed; then
         debug "haproxy already installed"
         return 0
     fi
-    require_cmd apt-get apt-cache
-    pick_sudo
-    mkdir -p "$CAMI_CACHE"
-    APT_LOG="$CAMI_CACHE/haproxy-apt.log"
-    : >"$APT_LOG"
-    log "installing ${PACKAGES[*]} with apt-get"
-    if [[ ! -e "$POLICY_RC" ]]; then
-        printf '#!/bin/sh\n# temporary, written by infra/haproxy.sh install\nexit 101\n' |
-            as_root tee "$POLICY_RC" >/dev/null
-        as_root chmod 755 "$POLICY_RC"
-        TEMP_POLICY=1
-        trap remove_temp_policy EXIT
-    fi
-    local updated=""
-    if ! apt_knows_all; then
-        apt_update || { show_log_tail 30 "$APT_LOG"; die "apt-get update failed (log: $APT_LOG)"; }
-        updated=1
-    fi
-    if ! apt_install; then
-        [[ -z "$updated" ]] || { show_log_tail 30 "$APT_LOG"; die "apt-get install failed (log: $APT_LOG)"; }
-        apt_update || { show_log_tail 30 "$APT_LOG"; die "apt-get update failed (log: $APT_LOG)"; }
-        apt_install || { show_log_tail 30 "$APT_LOG"; die "apt-get install failed (log: $APT_LOG)"; }
-    fi
-    remove_temp_policy
+    debian_install "$CAMI_CACHE/haproxy-apt.log" "${PACKAGES[@]}"
     is_installed || die "apt-get finished but $HAPROXY_BIN is missing"
 }
 

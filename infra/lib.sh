@@ -195,3 +195,60 @@ dispatch() { # "SUBCOMMANDS" SUB [ARGS...]
     [[ " $known " == *" $sub "* ]] || die "unknown subcommand '$sub' (${known// /|})"
     "cmd_$sub" "$@"
 }
+
+# ---- Debian packages ---------------------------------------------------------------------------
+# debian_install LOG_FILE PACKAGE...: apt-get install, non-interactive, as root (or password-less
+# sudo), services not started (a temporary policy-rc.d, removed again), `apt-get update` only when
+# apt does not know every package yet or the install failed.
+DEBIAN_POLICY_RC=/usr/sbin/policy-rc.d
+_DEBIAN_SUDO=()
+_DEBIAN_TEMP_POLICY=""
+_debian_root() { "${_DEBIAN_SUDO[@]}" "$@"; }
+_debian_remove_policy() {
+    if [[ -n "$_DEBIAN_TEMP_POLICY" ]]; then
+        _debian_root rm -f "$DEBIAN_POLICY_RC" || true
+        _DEBIAN_TEMP_POLICY=""
+    fi
+}
+debian_install() {
+    local apt_log="$1"
+    shift
+    local packages=("$@") pkg updated=""
+    require_cmd apt-get apt-cache
+    if [[ "$(id -u)" == 0 ]]; then
+        _DEBIAN_SUDO=()
+    elif command -v sudo >/dev/null 2>&1 && sudo -n true 2>/dev/null; then
+        _DEBIAN_SUDO=(sudo -n)
+    else
+        die "installing ${packages[*]} needs root (or password-less sudo); as root run: apt-get install -y ${packages[*]}"
+    fi
+    mkdir -p "$(dirname "$apt_log")"
+    : >"$apt_log"
+    log "installing ${packages[*]} with apt-get"
+    if [[ ! -e "$DEBIAN_POLICY_RC" ]]; then
+        printf '#!/bin/sh\n# temporary, written by infra/lib.sh debian_install\nexit 101\n' |
+            _debian_root tee "$DEBIAN_POLICY_RC" >/dev/null
+        _debian_root chmod 755 "$DEBIAN_POLICY_RC"
+        _DEBIAN_TEMP_POLICY=1
+        trap _debian_remove_policy EXIT
+    fi
+    local update=(env DEBIAN_FRONTEND=noninteractive apt-get update -q)
+    local install=(env DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends
+        -o Dpkg::Options::=--force-confdef -o Dpkg::Options::=--force-confold "${packages[@]}")
+    for pkg in "${packages[@]}"; do
+        if [[ -z "$(apt-cache policy "$pkg" 2>/dev/null | awk '/Candidate:/ && $2 != "(none)" { print $2 }')" ]]; then
+            _debian_root "${update[@]}" >>"$apt_log" 2>&1 ||
+                { show_log_tail 30 "$apt_log"; die "apt-get update failed (log: $apt_log)"; }
+            updated=1
+            break
+        fi
+    done
+    if ! _debian_root "${install[@]}" </dev/null >>"$apt_log" 2>&1; then
+        [[ -z "$updated" ]] || { show_log_tail 30 "$apt_log"; die "apt-get install failed (log: $apt_log)"; }
+        _debian_root "${update[@]}" >>"$apt_log" 2>&1 ||
+            { show_log_tail 30 "$apt_log"; die "apt-get update failed (log: $apt_log)"; }
+        _debian_root "${install[@]}" </dev/null >>"$apt_log" 2>&1 ||
+            { show_log_tail 30 "$apt_log"; die "apt-get install failed (log: $apt_log)"; }
+    fi
+    _debian_remove_policy
+}
