@@ -33,8 +33,10 @@ class HttpServer:
         tls: dict[str, Any] = {}
         if ssl_context is not None:  # HTTPS only on this port
             tls["ssl_context_factory"] = lambda _config, _default: ssl_context
+        # uvicorn's loggers (uvicorn.error...) left as they are: they propagate to the process's one
+        # handler, in its format (text or JSON lines) and at its level (``cami``'s log settings)
         config = uvicorn.Config(
-            app, host=host, port=port, log_level="warning", lifespan=lifespan, access_log=False, **tls
+            app, host=host, port=port, log_config=None, log_level=None, lifespan=lifespan, access_log=False, **tls
         )
         self._server = uvicorn.Server(config)
         self._thread: threading.Thread | None = None

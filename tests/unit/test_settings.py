@@ -99,7 +99,11 @@ def test_every_variable_in_the_readme_table_changes_a_setting(tmp_path: Path) ->
         "CAMI_TLS_CLIENT_CERT": "required",
         "CAMI_DICOM_TLS_PORT": "2763",
         "CAMI_HTTP_TLS": "off",
+        "CAMI_LOG_LEVEL": "debug",
+        "CAMI_LOG_FORMAT": "json",
+        "CAMI_CONFIG": str(tmp_path / "cami.toml"),
     }
+    (tmp_path / "cami.toml").write_text("partitions = 12\n")
     assert set(samples) == _readme_table(), "a sample value for every documented variable"
     for name, value in samples.items():
         extra = tls if name.startswith(("CAMI_TLS_", "CAMI_DICOM_TLS", "CAMI_HTTP_TLS")) else {}
