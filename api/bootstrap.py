@@ -119,7 +119,7 @@ class Archive:
                 f"{self.settings.senders_file}: {', '.join(demanding)} must show a client certificate,"
                 " but the archive asks for none: set CAMI_TLS_CERT, CAMI_TLS_KEY and CAMI_TLS_CA"
             )
-        commitment = StorageCommitment(self.sop_index, self.blobs, senders)
+        commitment = StorageCommitment(self.sop_index, self.blobs, senders, refresh_index=self.refresh_sop_index)
         steps = ProcedureSteps(
             self.event_log, senders, StepStore(self.settings.home / "mpps.db"), ZoneInfo(self.settings.timezone)
         )

@@ -1,11 +1,13 @@
-"""What each backend of the archive holds: events per topic, read-model rows, projection lag,
-dead letters, and the organisations that sent in the last 24 hours, by name (the regional
-directory; a code it does not know behind its marker). ``cami status`` prints it, ``cami demo``
-at its end, and ``GET /api/status`` answers it from a running ``cami serve`` (which is how
-``cami status`` learns it while the server holds the embedded warehouse)."""
+"""How each backend of the archive is doing (ok, degraded, down) and what it holds: events per
+topic, read-model rows, projection lag, dead letters, and the organisations that sent in the last
+24 hours, by name (the regional directory; a code it does not know behind its marker).
+``cami status`` prints it, ``cami demo`` at its end, and ``GET /api/status`` answers it from a
+running ``cami serve`` (which is how ``cami status`` learns it while the server holds the
+embedded warehouse)."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -16,15 +18,36 @@ from projections.monitoring import queries as monitoring
 from projections.monitoring.fold import Monitoring
 from projections.query_model.store import QueryStore
 from schemas.organisations import OrganisationDirectory
+from streams.health import Health
 from streams.topics import SOURCE_OF_TRUTH
 
 #: how far back the organisations section looks
 RECENT = timedelta(hours=24)
+#: what each backend is given to say how it is doing
+HEALTH_TIMEOUT = 3.0
+
+
+def redundancy(archive: Archive) -> dict[str, dict[str, str]]:
+    """How the log and the blob store are doing (``ok``, ``degraded``: working with less redundancy
+    than configured, e.g. a broker or a drive gone; ``down``), each with the line saying what was seen."""
+    checks: dict[str, Callable[[], Health]] = {
+        "event_log": lambda: archive.event_log.health(SOURCE_OF_TRUTH, HEALTH_TIMEOUT),
+        "blobs": lambda: archive.blobs.health(HEALTH_TIMEOUT),
+    }
+    found: dict[str, dict[str, str]] = {}
+    for name, check in checks.items():
+        try:
+            health = check()
+        except Exception as exc:  # an unreachable backend is a state to report, not a crash
+            health = Health.down(f"{type(exc).__name__}: {exc}")
+        found[name] = {"status": health.status, "detail": health.detail}
+    return found
 
 
 def archive_state(archive: Archive) -> dict[str, Any]:
     """What each backend holds: events per topic, blob store reachability, read-model rows."""
     settings = archive.settings
+    health = redundancy(archive)
     topics = {t: sum(archive.event_log.end_offsets(t).values()) for t in SOURCE_OF_TRUTH}
     lag = archive.projection_lag()
     catalogue = archive.warehouse
@@ -41,6 +64,7 @@ def archive_state(archive: Archive) -> dict[str, Any]:
     return {
         "settings": settings.describe(),
         "organisations": _organisations(archive.organisations(), catalogue, str(settings.organisations_file)),
+        "health": health,
         "event_log": {"backend": archive.event_log.backend, "events_per_topic": topics},
         "blobs": {"backend": archive.blobs.backend},
         "projection_lag": lag,

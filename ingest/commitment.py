@@ -23,6 +23,7 @@ import logging
 import threading
 import time
 from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -104,8 +105,12 @@ class StorageCommitment:
         default_port: int = 104,
         attempts: int = 3,
         retry_delay: float = 1.0,
+        refresh_index: Callable[[], None] | None = None,
     ):
         self.sop_index = sop_index
+        #: reads the log into the SOP index: an instance stored through another ingest node is in the
+        #: log (its sender was told "stored" only after that) but maybe not yet in this node's index
+        self.refresh_index = refresh_index
         self.blobs = blobs
         self.senders = senders
         self.default_port = default_port
@@ -120,6 +125,16 @@ class StorageCommitment:
     def check(self, transaction_uid: str, references: list[tuple[str, str]]) -> CommitmentResult:
         committed: list[tuple[str, str]] = []
         failed: list[tuple[str, str, int]] = []
+        if self.refresh_index is not None and any(
+            is_uid(sop_instance) and self.sop_index.latest(sop_instance) is None for _, sop_instance in references
+        ):
+            # whichever node the requester asks: catch up with the log once before saying "no such object"
+            try:
+                self.refresh_index()
+            except Exception as exc:  # the log unreachable: answer from what this node knows
+                log.warning(
+                    "storage commitment %s: the SOP index could not catch up with the log: %s", transaction_uid, exc
+                )
         for sop_class, sop_instance in references:
             if not (is_uid(sop_class) and is_uid(sop_instance)):
                 failed.append((sop_class, sop_instance, NO_SUCH_OBJECT_INSTANCE))

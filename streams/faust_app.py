@@ -104,6 +104,23 @@ def create_app(
 
 
 def run_worker(app: faust.App, loglevel: str = "warning") -> None:
-    """Run the app's worker in this process until it is stopped (SIGTERM/SIGINT)."""
-    worker = faust.Worker(app, loglevel=loglevel, quiet=True)
+    """Run the app's worker in this process until it is stopped (SIGTERM/SIGINT).
+
+    The process keeps its own log handlers (text or JSON lines, as ``cami`` set them up): left
+    alone, the worker would replace them with coloured ones of its own. ``loglevel`` is the level
+    of the Faust, mode and aiokafka loggers."""
+    ours = list(logging.root.handlers)
+    for name in ("faust", "mode", "aiokafka"):
+        logging.getLogger(name).setLevel(loglevel.upper())
+    app.conf.loghandlers = ours  # put back after the worker's configuration
+    worker = faust.Worker(
+        app,
+        loglevel=loglevel,
+        quiet=True,
+        # an incremental configuration that names nothing changes nothing
+        logging_config={"version": 1, "incremental": True},
+    )
+    # no terminal spinner: a service's output is read by a journal or a collector, not a person
+    # (its cursor codes would break JSON lines, and it would hang a handler on the root logger)
+    worker.spinner = None
     worker.execute_from_commandline()

@@ -49,6 +49,8 @@ log = logging.getLogger("cami.kafka")
 
 #: seconds the first request waits for a broker that is not up yet (``CAMI_KAFKA_WAIT``)
 DEFAULT_START_WAIT = 120.0
+#: seconds a look-up of end offsets waits for partitions without a leader to get one
+LEADER_WAIT_SECONDS = 60.0
 
 
 class KafkaUnreachable(EventLogUnavailable, OperatorError):
@@ -341,6 +343,8 @@ class KafkaEventLog(EventLog):
                     if msg.error() is None:
                         out.append(_record(msg, self.names))
             self._reader_at = (topic, partition, out[-1].offset + 1) if out else None
+            if not out:  # records are there (start < high) but none came: not the end of the partition
+                raise EventLogUnavailable(f"{topic}[{partition}]: no record from offset {start} within 30 s")
             return out
 
     def scan(
@@ -390,10 +394,18 @@ class KafkaEventLog(EventLog):
             request = {TopicPartition(name, p): latest for p in self.partitions(topic)}
             result = {}
             for tp, future in self._admin.list_offsets(request, request_timeout=10).items():
-                result[tp.partition] = future.result().offset
+                offset = future.result().offset
+                if offset < 0:
+                    # a partition whose leader is gone (a broker just died, no new leader elected
+                    # yet) answers OFFSET_INVALID instead of an error: never taken as "empty",
+                    # which would make a replay skip the partition
+                    raise KafkaException(KafkaError(KafkaError.LEADER_NOT_AVAILABLE, f"{tp.topic}[{tp.partition}]"))
+                result[tp.partition] = offset
             return result
 
-        return _retrying(ask, f"end offsets of {topic}")
+        # long enough for the cluster to elect new leaders after a broker is lost (its session
+        # timeout, 9 s by default, and the election)
+        return _retrying(ask, f"end offsets of {topic}", timeout=LEADER_WAIT_SECONDS)
 
     def committed(self, group: str, topic: str) -> dict[int, int]:
         # Consumer.committed() rather than AdminClient.list_consumer_group_offsets(): the admin

@@ -53,35 +53,66 @@ def cmd_status(args: argparse.Namespace) -> int:
     return 0
 
 
+#: how each state of a backend is shown
+_SHOWN = {"ok": ("ok", "green"), "degraded": ("DEGRADED", "yellow"), "down": ("DOWN", "red")}
+
+
+def render_health(state: dict[str, Any]) -> None:
+    """One line per backend that is not ok (a broker or drive gone, a backend unreachable), so an
+    operator sees what is degraded before the tables."""
+    for part, label in (("event_log", "event log"), ("blobs", "blob store")):
+        health = state.get("health", {}).get(part)
+        if not health or health["status"] == "ok":
+            continue
+        shown, style = _SHOWN.get(health["status"], (health["status"], "red"))
+        line = Text(f"{label}: ", style="bold")
+        line.append(shown, style=f"bold {style}")
+        line.append(f" - {health['detail']}")
+        out.print(line)
+
+
 def render_state(state: dict[str, Any]) -> None:
+    render_health(state)
     table = Table(title="CAMI backbone")
     table.add_column("part")
     table.add_column("backend")
     table.add_column("where")
+    table.add_column("state")
     table.add_column("holds")
     settings = state["settings"]
+    health = state.get("health", {})
+
+    def shown(part: str) -> Text:
+        status = health.get(part, {}).get("status")
+        if status is None:
+            return Text("")
+        label, style = _SHOWN.get(status, (status, "red"))
+        return Text(label, style=style)
+
     events = state["event_log"]["events_per_topic"]
     table.add_row(
         "event log",
         state["event_log"]["backend"],
         settings["event_log"],
+        shown("event_log"),
         ", ".join(f"{t}: {n}" for t, n in events.items()),
     )
-    table.add_row("blob store", state["blobs"]["backend"], settings["blobs"], "")
+    table.add_row("blob store", state["blobs"]["backend"], settings["blobs"], shown("blobs"), "")
     rows = state["clickhouse"]["catalogue_rows"]
     table.add_row(
         "ClickHouse",
         state["clickhouse"]["backend"],
         settings["clickhouse"],
+        "",
         ", ".join(f"{t}: {n}" for t, n in rows.items()) or "no rows yet",
     )
     query = state.get("query_store")
     if query:
         held = ", ".join(f"{name}: {n}" for name, n in query["rows"].items())
-        table.add_row("query store", query["backend"], settings.get("query_store", ""), held)
+        table.add_row("query store", query["backend"], settings.get("query_store", ""), "", held)
     for name, lags in state.get("projection_lag", {}).items():
         behind = sum(lags.values())
-        table.add_row(f"projection {name}", "", "", f"lag {behind} events" if behind else "up to date")
+        table.add_row(f"projection {name}", "", "", "", f"lag {behind} events" if behind else "up to date")
     for name, letters in state.get("dead_letters", {}).items():
         first = letters["letters"][0] if letters["letters"] else {}
         where = f"{first.get('topic')}/{first.get('partition')}@{first.get('offset')}" if first else ""
@@ -89,6 +120,7 @@ def render_state(state: dict[str, Any]) -> None:
             f"dead letters {name}",
             "",
             where,
+            "",
             f"{letters['open']} events not applied (cami replay --projection {name} retries them)",
         )
     out.print(table)

@@ -24,7 +24,10 @@ def router(archive: Archive) -> APIRouter:
     @routes.get(
         "/api/status",
         tags=["monitoring"],
-        summary="what each backend holds: events per topic, read-model rows, projection lag, dead letters",
+        summary=(
+            "how each backend is doing and what it holds: events per topic, read-model rows,"
+            " projection lag, dead letters"
+        ),
     )
     async def status(user: User = monitor) -> JSONResponse:
         state: dict[str, Any] = await run_in_threadpool(archive_state, archive)

@@ -21,6 +21,7 @@ from __future__ import annotations
 import base64
 import contextlib
 import hashlib
+import json
 import os
 import re
 import threading
@@ -608,4 +609,40 @@ class S3BlobStore(BlobStore):
             return Health.ok(f"{where} (MinIO cluster probe unanswered)")
         if healing:
             return Health.degraded(f"{where}: MinIO is healing {healing} drive(s)")
+        offline = self._minio_drives_offline(timeout)
+        if offline:
+            return Health.degraded(f"{where}: MinIO drive(s) not in service: {', '.join(offline)}")
         return Health.ok(where)
+
+    def _minio_drives_offline(self, timeout: float) -> list[str]:
+        """The drives MinIO's admin API reports in another state than ``ok`` (taken away, offline,
+        unformatted), as ``path (state)``: with write quorum kept the cluster probe answers 200 and
+        says nothing of them. Empty when the credentials may not ask (not an administrator)."""
+        from botocore.auth import S3SigV4Auth
+        from botocore.awsrequest import AWSRequest
+        from botocore.credentials import Credentials
+
+        # the credentials the client signs with (the ones given, else boto3's chain)
+        resolved = getattr(getattr(self._client, "_request_signer", None), "_credentials", None)
+        access_key = getattr(resolved, "access_key", None)
+        secret_key = getattr(resolved, "secret_key", None)
+        if not (access_key and secret_key):
+            return []
+        url = f"{(self.endpoint_url or '').rstrip('/')}/minio/admin/v3/info"
+        signed = AWSRequest(method="GET", url=url, data=b"")
+        S3SigV4Auth(Credentials(access_key, secret_key), "s3", self.region or "us-east-1").add_auth(signed)
+        request = urllib.request.Request(url, method="GET", headers=dict(signed.headers.items()))
+        try:
+            with urllib.request.urlopen(request, timeout=timeout) as answer:
+                info = json.load(answer)
+        except urllib.error.HTTPError as exc:  # 403: these credentials are not an administrator's
+            exc.close()
+            return []
+        except (OSError, ValueError):
+            return []
+        return [
+            f"{drive.get('endpoint', '?')} ({drive.get('state', '?')})"
+            for server in info.get("servers", [])
+            for drive in server.get("drives", [])
+            if drive.get("state") != "ok"
+        ]

@@ -92,8 +92,10 @@ def forget_group(bootstrap: str) -> None:
             code = exc.args[0].code()
             if code == KafkaError.GROUP_ID_NOT_FOUND:
                 return
-            # a broker just started has no group coordinator yet: it answers NOT_COORDINATOR until it has
-            if code not in (KafkaError.NOT_COORDINATOR, KafkaError.COORDINATOR_NOT_AVAILABLE) or attempt == 59:
+            # a broker just started has no group coordinator yet: it answers NOT_COORDINATOR until it
+            # has (or nothing in time, while it loads its offsets topic)
+            waiting = (KafkaError.NOT_COORDINATOR, KafkaError.COORDINATOR_NOT_AVAILABLE, KafkaError._TIMED_OUT)
+            if code not in waiting or attempt == 59:
                 raise  # e.g. NON_EMPTY_GROUP: another test's workers still live on this broker
             time.sleep(0.5)
 

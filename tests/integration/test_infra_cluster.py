@@ -35,6 +35,11 @@ from botocore.exceptions import ClientError
 from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Producer
 from confluent_kafka.admin import AdminClient, ConfigResource, NewTopic
 
+from streams import open_event_log
+from streams.blobs.s3 import S3BlobStore
+from streams.publisher import publish_many
+from streams.topics import DICOM, archive_topics, topic_for
+from tests.support.events import synthetic_sequence
 from tests.support.servers import HaproxyServer, KafkaCluster, MinioServer, free_ports
 
 pytestmark = [pytest.mark.slow]
@@ -228,6 +233,29 @@ def test_a_broker_killed_under_appends_loses_nothing_acknowledged(cluster: Kafka
 
 
 @pytest.mark.kafka
+def test_a_partition_without_a_leader_is_never_read_as_empty(cluster: KafkaCluster) -> None:
+    """Right after a broker dies, its partitions have no leader for a few seconds, and Kafka then
+    answers their end offset as "invalid" rather than with an error: the archive's log waits for
+    the new leaders, so a replay never skips a partition (it once rebuilt without them)."""
+    url = f"kafka://{cluster.bootstrap}?replication=3&min_insync=2&topic_prefix=leaderless"
+    with open_event_log(url) as log:
+        log.ensure_topics(archive_topics())
+        events = synthetic_sequence(7, studies=20)
+        publish_many(log, events)
+        ends = log.end_offsets(DICOM)
+        on_dicom = sum(ends.values())
+        assert on_dicom == sum(1 for e in events if topic_for(e.type) == DICOM) > 0
+    victim = 1
+    cluster.kill_node(victim)
+    try:
+        with open_event_log(url) as log:  # a new client, as `cami replay` starts
+            assert log.end_offsets(DICOM) == ends
+            assert sum(len(batch) for batch in log.scan({DICOM: ends})) == on_dicom
+    finally:
+        cluster.start_node(victim)
+
+
+@pytest.mark.kafka
 def test_appends_are_refused_with_one_broker_left_and_resume_when_two_are_back(cluster: KafkaCluster) -> None:
     topic = "pilot-min-insync"
     _create_topic(cluster, topic, partitions=1)
@@ -293,11 +321,16 @@ def test_erasure_set_reads_and_writes_with_a_drive_away(erasure_set: MinioServer
     s3.create_bucket(Bucket="pilot-blobs")
     before, during = uuid.uuid4().bytes * 20_000, uuid.uuid4().bytes * 20_000  # 320 KB each
     s3.put_object(Bucket="pilot-blobs", Key="sha256/before", Body=before)
+    # what /readyz and `cami status` ask of the archive's blob store
+    store = S3BlobStore("pilot-blobs", minio.endpoint, access_key=minio.access_key, secret_key=minio.secret_key)
+    assert store.health().status == "ok", store.health()
 
     minio.fail_drive(2)
     assert not minio.drive_path(2).exists()
     gone = _eventually(lambda: _drive_state(minio, 2).replace("ok", "") or None, "drive 2 reported gone", 30)
     assert gone in ("unformatted", "offline", "faulty"), gone
+    seen = store.health()
+    assert seen.status == "degraded" and str(minio.drive_path(2)) in seen.detail, seen
     assert _heal_states(minio)[str(minio.drive_path(2))] != "ok"
     s3.put_object(Bucket="pilot-blobs", Key="sha256/during", Body=during)
     assert s3.get_object(Bucket="pilot-blobs", Key="sha256/during")["Body"].read() == during
@@ -307,6 +340,7 @@ def test_erasure_set_reads_and_writes_with_a_drive_away(erasure_set: MinioServer
     # a second drive away: reads go on, writes are refused and the cluster probe says so
     minio.fail_drive(3)
     _eventually(lambda: True if minio.health("cluster")[0] == 503 else None, "cluster probe 503", 30)
+    assert store.health().status == "down"
     assert minio.health("cluster/read")[0] == 200
     assert s3.get_object(Bucket="pilot-blobs", Key="sha256/during")["Body"].read() == during
     with pytest.raises(ClientError) as refused:
@@ -319,6 +353,7 @@ def test_erasure_set_reads_and_writes_with_a_drive_away(erasure_set: MinioServer
     minio.wait_drives({1: "ok", 2: "ok", 3: "ok", 4: "ok"}, timeout=60)
     _eventually(lambda: True if minio.health("cluster")[0] == 200 else None, "cluster probe 200", 30)
     assert set(_heal_states(minio).values()) == {"ok"}
+    assert store.health().status == "ok", store.health()
     # a read that finds the object's shard missing on a drive has it healed there
     assert s3.get_object(Bucket="pilot-blobs", Key="sha256/during")["Body"].read() == during
     healed = minio.drive_path(2) / "pilot-blobs" / "sha256" / "during" / "xl.meta"
