@@ -147,6 +147,7 @@ class Archive:
             ssl_context=server_context(tls) if tls.enabled else None,
             request_timeout=self.settings.dicom_request_timeout,
             max_associations=self.settings.dicom_max_associations,
+            proxy_from=self.settings.dicom_proxy_from,
         )
 
     def hl7_listener(self, port: int | None = None) -> MllpListener | None:

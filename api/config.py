@@ -31,6 +31,8 @@ CAMI_ORGANISATIONS          the regional directory (code -> names)      $CAMI_HO
 CAMI_USERS                  HTTP users and their token hashes           $CAMI_HOME/users.toml
 CAMI_DICOM_HOST             address the DICOM services listen on        127.0.0.1
 CAMI_DICOM_PORT             port of the DICOM services (``off``: none)  11112
+CAMI_DICOM_PROXY_FROM       load balancers whose DICOM connections      none
+                            begin with a PROXY protocol header
 CAMI_HTTP_HOST              address the HTTP API listens on             127.0.0.1
 CAMI_HTTP_PORT              port of the HTTP API (DICOMweb, reports)    8042
 CAMI_HL7_HOST               address the HL7 v2 (MLLP) listener uses     127.0.0.1
@@ -95,6 +97,7 @@ from __future__ import annotations
 
 import difflib
 import json
+import ipaddress
 import os
 import re
 import stat
@@ -292,6 +295,14 @@ def _options() -> tuple[Option, ...]:
     add("http_host", TEXT, "127.0.0.1", "address the HTTP API, DICOMweb and the pages listen on", "0.0.0.0")
     add("http_port", PORT, "8042", "port of the HTTP API, DICOMweb and the pages", 8042)
     add("hl7_host", TEXT, "127.0.0.1", "address the HL7 v2 (MLLP) listener for the MIS uses", "0.0.0.0")
+    add(
+        "dicom_proxy_from",
+        LIST,
+        "none",
+        "IP addresses of the TCP load balancers (haproxy send-proxy or send-proxy-v2) whose DICOM connections "
+        "begin with a PROXY protocol header naming the real peer; they must send one, nobody else may",
+        ["10.0.0.5"],
+    )
     add("hl7_port", PORT_OR_OFF, "2575", 'port of the HL7 v2 (MLLP) listener ("off" closes it)', 2575)
     add(
         "hl7_charset",
@@ -512,6 +523,8 @@ class Settings:
     pseudonym_key: bytes = DEVELOPMENT_PSEUDONYM_KEY
     tls: TlsSettings = field(default_factory=TlsSettings)
     dicom_tls_port: int | None = None  # None: no DICOM TLS port
+    #: load balancers whose DICOM connections begin with a PROXY protocol header (``CAMI_DICOM_PROXY_FROM``)
+    dicom_proxy_from: tuple[str, ...] = ()
     http_tls: bool = False
     #: ``CAMI_ENV=production``: development fallbacks of secrets are refused (see check_production)
     production: bool = False
@@ -612,6 +625,7 @@ def _read(env: Mapping[str, str]) -> Settings:
         pseudonym_key=env.get("CAMI_PSEUDONYM_KEY", "").encode() or DEVELOPMENT_PSEUDONYM_KEY,
         tls=tls,
         dicom_tls_port=dicom_tls_port if tls.enabled else None,
+        dicom_proxy_from=_balancers(env.get("CAMI_DICOM_PROXY_FROM", "")),
         http_tls=tls.enabled and http_tls,
         production=_environment(env.get("CAMI_ENV", "")) == "production",
         dicom_request_timeout=_number(env, "CAMI_DICOM_REQUEST_TIMEOUT", DEFAULT_REQUEST_TIMEOUT),
@@ -1117,6 +1131,19 @@ def _modalities(value: str) -> tuple[str, ...]:
 def _timezone(name: str) -> str:
     name = name.strip() or "UTC"
     try:
+def _balancers(value: str) -> tuple[str, ...]:
+    """IP addresses, as the peer address of a connection shows them (no names: never looked up)."""
+    found: list[str] = []
+    for item in (v.strip() for v in value.split(",")):
+        if not item:
+            continue
+        try:
+            found.append(str(ipaddress.ip_address(item)))
+        except ValueError:
+            raise _refuse("CAMI_DICOM_PROXY_FROM", f"{item!r} is not an IP address (e.g. 10.0.0.5,10.0.0.6)") from None
+    return tuple(dict.fromkeys(found))
+
+
         ZoneInfo(name)
     except (ZoneInfoNotFoundError, ValueError):
         raise _refuse("CAMI_TIMEZONE", f"{name!r} is not a time zone (e.g. Europe/Moscow)") from None

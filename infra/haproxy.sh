@@ -7,7 +7,7 @@
 #   infra/haproxy.sh start  --dir DIR [--listen PORT --backend HOST:PORT ...]
 #                           [--http-listen PORT --http-backend HOST:PORT ...] [--bind ADDRESS]
 #                           [--balance leastconn|roundrobin] [--check-interval TIME]
-#                           [--http-check-path PATH] [--http-check-tls]
+#                           [--http-check-path PATH] [--http-check-tls] [--send-proxy]
 #                                     # prints BIND:PORT of the first frontend (--listen, else --http-listen)
 #   infra/haproxy.sh stop    --dir DIR   # SIGTERM, up to 30 s, then SIGKILL
 #   infra/haproxy.sh kill    --dir DIR   # SIGKILL now
@@ -32,7 +32,9 @@
 #   (option redispatch), so a node that died a moment ago costs the sender nothing. Idle timeouts 1 h
 #   (a modality may pause long inside an association).
 # Note: behind the balancer the nodes see the balancer's address, not the sender's (senders.toml's
-#   `addresses` then name the balancer's host).
+#   `addresses` would then have to name the balancer's host) unless --send-proxy is given: each DICOM
+#   connection (and each connection check) then begins with a PROXY protocol v2 header naming the
+#   sender, which the nodes read from the addresses in their CAMI_DICOM_PROXY_FROM (and require).
 # The Debian package would start a system-wide haproxy on install; a temporary policy-rc.d prevents it.
 # Environment: CAMI_HAPROXY (default /usr/sbin/haproxy), CAMI_HAPROXY_START_TIMEOUT (default 30 s).
 set -euo pipefail
@@ -80,6 +82,7 @@ BALANCE=leastconn
 CHECK_INTERVAL=2s
 HTTP_CHECK_PATH=/healthz
 HTTP_CHECK_TLS=""
+SEND_PROXY=""
 
 parse_opts() {
     while (($#)); do
@@ -94,6 +97,7 @@ parse_opts() {
         --check-interval) CHECK_INTERVAL="${2:?--check-interval needs a value}"; shift 2 ;;
         --http-check-path) HTTP_CHECK_PATH="${2:?--http-check-path needs a value}"; shift 2 ;;
         --http-check-tls) HTTP_CHECK_TLS=1; shift ;;
+        --send-proxy) SEND_PROXY=1; shift ;;
         -h | --help) usage ;;
         *) die "unknown option '$1' (see: $0 --help)" ;;
         esac
@@ -166,7 +170,8 @@ write_config() {
             printf '\nfrontend dicom\n    bind %s\n    default_backend dicom\n' "$(bind_address "$LISTEN")"
             printf '\nbackend dicom\n    balance %s\n    option tcp-check\n' "$BALANCE"
             for i in "${!BACKENDS[@]}"; do
-                printf '    server dicom%s %s check\n' "$((i + 1))" "${BACKENDS[i]}"
+                printf '    server dicom%s %s check%s\n' "$((i + 1))" "${BACKENDS[i]}" \
+                    "${SEND_PROXY:+ send-proxy-v2 check-send-proxy}"
             done
         fi
         if [[ -n "$HTTP_LISTEN" ]]; then

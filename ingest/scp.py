@@ -41,7 +41,7 @@ from pynetdicom import AE, ALL_TRANSFER_SYNTAXES, AllStoragePresentationContexts
 from pynetdicom.association import Association
 from pynetdicom.transport import RequestHandler, ThreadedAssociationServer
 
-from ingest import netio
+from ingest import netio, proxy_protocol
 from ingest.ae_titles import ae_title, called_ae_title
 from ingest.handlers import (
     handle_echo,
@@ -104,6 +104,7 @@ class StorageSCP:
         ssl_context: ssl.SSLContext | None = None,
         request_timeout: float = DEFAULT_REQUEST_TIMEOUT,
         max_associations: int = DEFAULT_MAX_ASSOCIATIONS,
+        proxy_from: Sequence[str] = (),
     ) -> None:
         self.host = host
         self.plain = port is not None  # False: TLS only
@@ -113,6 +114,8 @@ class StorageSCP:
         self.ssl_context = ssl_context
         self.event_log = event_log
         self.request_timeout = request_timeout
+        #: load balancers whose connections begin with a PROXY protocol header naming the real peer
+        self.proxy_from = frozenset(proxy_from)
         self.ae = AE(ae_title=senders.ae_title)
         self.ae.maximum_pdu_size = MAX_PDU
         self.ae.require_called_aet = False  # checked in handle_established (the emergency AE title too)
@@ -190,6 +193,7 @@ class StorageSCP:
         tls_server = cast(_TlsServer, server)
         tls_server.tls_context = self.ssl_context
         tls_server.event_log = self.event_log
+        tls_server.proxy_from = self.proxy_from
         self._tls_thread = threading.Thread(target=tls_server.serve_forever, name="cami-dicom-tls", daemon=True)
         self._tls_thread.start()
         self._tls_server = tls_server
@@ -205,7 +209,10 @@ class StorageSCP:
             request_timeout=self.request_timeout,
         )
         self.ae._servers.append(server)
-        return cast(_NoDelayServer, server)
+        plain = cast(_NoDelayServer, server)
+        plain.event_log = self.event_log
+        plain.proxy_from = self.proxy_from
+        return plain
 
     def stop(self) -> None:
         if self._tls_server is not None:
@@ -239,6 +246,11 @@ class _NoDelayServer(ThreadedAssociationServer):
     sub-operations of a C-GET): without TCP_NODELAY, Nagle's algorithm and the peer's delayed ACK
     hold each exchange about 40 ms (dcmtk's own tools stall the same way without TCP_NODELAY=1)."""
 
+    #: where rejections are recorded (set by StorageSCP)
+    event_log: EventLog | None = None
+    #: balancers whose connections begin with a PROXY protocol header (:mod:`ingest.proxy_protocol`)
+    proxy_from: frozenset[str] = frozenset()
+
     def __init__(self, *args: Any, request_timeout: float = DEFAULT_REQUEST_TIMEOUT, **kwargs: Any) -> None:
         self.request_timeout = request_timeout
         #: connections waiting for their first bytes, oldest first; True once closed to make room
@@ -260,7 +272,32 @@ class _NoDelayServer(ThreadedAssociationServer):
         if not self._request_begins(request):
             self.shutdown_request(request)
             return
+        if not isinstance(request, ssl.SSLSocket):  # the TLS port read it before its handshake
+            client_address = self._proxied(request, client_address)
+            if client_address is None:
+                return
         super().process_request_thread(request, client_address)
+
+    def _proxied(self, request: socket.socket, client_address: Any) -> Any:
+        """The connection's real peer: from a balancer in ``proxy_from``, the one its PROXY header
+        names (the balancer's own address for its health checks); from anyone else, the peer
+        itself. None (the connection closed, a rejection recorded) for a balancer's connection
+        without a valid header."""
+        if client_address[0] not in self.proxy_from:
+            return client_address
+        try:
+            source = proxy_protocol.read_header(request, self.request_timeout)
+        except proxy_protocol.ClosedBeforeHeader:  # the balancer's plain connection check
+            self.shutdown_request(request)
+            return None
+        except (proxy_protocol.ProxyHeaderError, OSError) as exc:
+            address, port = client_address[0], client_address[1]
+            log.warning("connection from the balancer %s:%s refused: %s", address, port, exc)
+            if self.event_log is not None:
+                record_association_rejected(self.event_log, "proxy-header-invalid", "", None, address, port)
+            self.shutdown_request(request)
+            return None
+        return client_address if source is None else source
 
     def _request_begins(self, client: socket.socket) -> bool:
         """Whether the peer sends something within ``request_timeout`` (and was not closed to
@@ -317,11 +354,17 @@ class _TlsServer(_NoDelayServer):
     tls_context: ssl.SSLContext
     event_log: EventLog
 
-    def get_request(self) -> tuple[socket.socket, tuple[str, int]]:
-        client, address = super().get_request()
-        return self.tls_context.wrap_socket(client, server_side=True, do_handshake_on_connect=False), address
-
     def process_request_thread(self, request: Any, client_address: Any) -> None:
+        # the PROXY header, when a balancer sends one, comes before the TLS handshake; the socket
+        # is wrapped here, in the connection's own thread, not in the accepting one
+        if client_address[0] in self.proxy_from:
+            if not self._request_begins(request):
+                self.shutdown_request(request)
+                return
+            client_address = self._proxied(request, client_address)
+            if client_address is None:
+                return
+        request = self.tls_context.wrap_socket(request, server_side=True, do_handshake_on_connect=False)
         before = request.gettimeout()
         try:
             request.settimeout(TLS_HANDSHAKE_TIMEOUT)

@@ -679,6 +679,7 @@ class HaproxyServer(_ScriptServer):
         balance: str = "leastconn",
         check_interval: str = "2s",
         http_check_path: str = "/healthz",
+        send_proxy: bool = False,
     ) -> None:
         picked = free_ports(2)
         self.listen_port = (listen_port if listen_port is not None else picked[0]) if backends else None
@@ -694,6 +695,8 @@ class HaproxyServer(_ScriptServer):
         self.balance = balance
         self.check_interval = check_interval
         self.http_check_path = http_check_path
+        #: DICOM connections (and checks) begin with a PROXY protocol v2 header naming the sender
+        self.send_proxy = send_proxy
 
     @property
     def address(self) -> str:
@@ -716,6 +719,8 @@ class HaproxyServer(_ScriptServer):
             args += ["--listen", str(self.listen_port)]
             for backend in self.backends:
                 args += ["--backend", backend]
+            if self.send_proxy:
+                args.append("--send-proxy")
         if self.http_listen_port is not None:
             args += ["--http-listen", str(self.http_listen_port), "--http-check-path", self.http_check_path]
             for backend in self.http_backends:

@@ -84,6 +84,7 @@ def test_every_variable_in_the_readme_table_changes_a_setting(tmp_path: Path) ->
         "CAMI_HL7_CHARSET": "CP1251",
         "CAMI_TIMEZONE": "Europe/Moscow",
         "CAMI_DOUBLE_READ": "MG,DX",
+        "CAMI_DICOM_PROXY_FROM": "10.0.0.5,10.0.0.6",
         "CAMI_DICOM_REQUEST_TIMEOUT": "9.5",
         "CAMI_DICOM_MAX_ASSOCIATIONS": "64",
         "CAMI_MAX_INFLATED_BYTES": "1000",
