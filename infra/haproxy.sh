@@ -188,15 +188,7 @@ write_config() {
     mv -f "$tmp" "$DIR/haproxy.cfg"
 }
 
-fail_start() {
-    show_log_tail 40 "$DIR/haproxy.out"
-    if [[ -n "${1:-}" ]]; then
-        kill -KILL "$1" 2>/dev/null || true
-        wait_pid_gone "$1" 10 || true
-    fi
-    rm -f "$PID_FILE"
-    die "$2"
-}
+fail_start() { abort_start "${1:-}" "$2" "$DIR/haproxy.out"; }
 
 cmd_start() {
     parse_opts "$@"

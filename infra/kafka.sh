@@ -358,16 +358,7 @@ sys.exit(0 if md.brokers and {int(n) for n in sys.argv[2:]} <= set(md.brokers) e
 EOF
 }
 
-fail_start() {
-    local pid="${1:-}"
-    show_log_tail 40 "$NODE_DIR/logs/server.log" "$NODE_DIR/kafka.out"
-    if [[ -n "$pid" ]]; then
-        kill -KILL "$pid" 2>/dev/null || true
-        wait_pid_gone "$pid" 10 || true
-    fi
-    rm -f "$PID_FILE"
-    die "$2"
-}
+fail_start() { abort_start "${1:-}" "$2" "$NODE_DIR/logs/server.log" "$NODE_DIR/kafka.out"; }
 
 # Write the node's configuration, format its storage (once) and start its JVM, detached.
 spawn_node() {

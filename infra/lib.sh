@@ -53,6 +53,20 @@ show_log_tail() {
     done
 }
 
+# Usage: abort_start PID MESSAGE LOG...: a start that failed. Shows the logs' last lines, kills
+# the half-started PID (empty: none), removes $PID_FILE and stops with MESSAGE.
+abort_start() {
+    local pid="${1:-}" message="$2"
+    shift 2
+    show_log_tail 40 "$@"
+    if [[ -n "$pid" ]]; then
+        kill -KILL "$pid" 2>/dev/null || true
+        wait_pid_gone "$pid" 10 || true
+    fi
+    rm -f "${PID_FILE:?the calling script sets PID_FILE}"
+    die "$message"
+}
+
 is_port_number() { [[ "$1" =~ ^[0-9]+$ ]] && (("$1" > 0 && "$1" < 65536)); }
 
 # True when something accepts TCP connections on HOST:PORT.

@@ -157,16 +157,7 @@ http_ok() {
     fi
 }
 
-fail_start() {
-    local pid="${1:-}"
-    show_log_tail 40 "$DIR/orthanc.out"
-    if [[ -n "$pid" ]]; then
-        kill -KILL "$pid" 2>/dev/null || true
-        wait_pid_gone "$pid" 10 || true
-    fi
-    rm -f "$PID_FILE"
-    die "$2"
-}
+fail_start() { abort_start "${1:-}" "$2" "$DIR/orthanc.out"; }
 
 cmd_start() {
     parse_opts "$@"

@@ -135,15 +135,7 @@ write_config() {
 
 http_ok() { python3 -c 'import sys, urllib.request; urllib.request.urlopen(sys.argv[1], timeout=2)' "$1" 2>/dev/null; }
 
-fail_start() {
-    show_log_tail 40 "$DIR/prometheus.out"
-    if [[ -n "${1:-}" ]]; then
-        kill -KILL "$1" 2>/dev/null || true
-        wait_pid_gone "$1" 10 || true
-    fi
-    rm -f "$PID_FILE"
-    die "$2"
-}
+fail_start() { abort_start "${1:-}" "$2" "$DIR/prometheus.out"; }
 
 cmd_start() {
     parse_opts "$@"
