@@ -21,14 +21,20 @@ class WarehouseError(Exception):
 class WarehouseLocked(WarehouseError):
     """The embedded warehouse's directory is held by another process (chdb allows one)."""
 
-    def __init__(self, path: str) -> None:
+    def __init__(self, path: str, holder: int | None = None) -> None:
+        by = (
+            f"another CAMI process (pid {holder}: a running cami serve?)"
+            if holder
+            else ("another CAMI process (a running cami serve?)")
+        )
         super().__init__(
-            f"the embedded warehouse {path} is in use by another CAMI process (a running cami serve?). "
+            f"the embedded warehouse {path} is in use by {by}. "
             "Only one process may open it: stop that process first, or let it answer (cami status and "
             "cami audit ask a running cami serve over HTTP); to run several processes on one warehouse, "
             "use a ClickHouse server (CAMI_CLICKHOUSE=clickhouse://...)"
         )
         self.path = path
+        self.holder = holder
 
 
 @dataclass(frozen=True, slots=True)

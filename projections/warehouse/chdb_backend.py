@@ -115,6 +115,25 @@ def _held_elsewhere(path: str) -> bool:
         os.close(fd)
 
 
+def _lock_holder(path: str) -> int | None:
+    """The process holding the directory's lock, when it is another one (``/proc/locks`` names the
+    pid of each flock by the locked file's device and inode); None when free, held by this
+    process, or unknown (no ``/proc``)."""
+    try:
+        status = os.stat(os.path.join(path, "status"))
+        with open("/proc/locks", encoding="ascii") as locks:
+            lines = locks.read().splitlines()
+    except OSError:
+        return None
+    wanted = f"{os.major(status.st_dev):02x}:{os.minor(status.st_dev):02x}:{status.st_ino}"
+    for line in lines:  # "1: FLOCK  ADVISORY  WRITE 4756 fe:00:9977895 0 EOF" (waiters: "1: -> FLOCK ...")
+        fields = line.split()
+        if len(fields) >= 6 and fields[1] == "FLOCK" and fields[5] == wanted and fields[4].isdigit():
+            holder = int(fields[4])
+            return holder if holder != os.getpid() else None
+    return None
+
+
 class ChdbWarehouse(Warehouse):
     backend = "chdb"
 
@@ -124,6 +143,10 @@ class ChdbWarehouse(Warehouse):
         #: column types by table, as DESCRIBE TABLE gave them: asked once, not before every insert
         #: (a processor writes several tables per batch); forgotten on every command (DDL)
         self._types: dict[str, dict[str, str]] = {}
+        # asked first: the engine would print its own "Cannot lock file" lines to stderr
+        holder = _lock_holder(path) if path else None
+        if path and holder is not None:
+            raise WarehouseLocked(path, holder)
         try:
             self._session: Any = _Session(path if path else ":memory:")
         except Exception as exc:  # chdb raises RuntimeError for a locked/conflicting directory

@@ -103,6 +103,8 @@ def test_an_instance_sent_is_found_by_qido_within_2_s_and_the_cli_works_beside_s
     assert workers.returncode != 0
     said = " ".join((workers.stderr + workers.stdout).split())  # the console wraps long lines
     assert "in use by another CAMI process" in said and "CAMI_CLICKHOUSE" in said, said[-2000:]
+    assert f"pid {pilot.process.proc.pid if pilot.process.proc else '?'}" in said  # which process holds it
+    assert "Cannot lock file" not in said  # the engine's own line is not printed first
     assert "Traceback" not in said
 
     # the local token is the server's, written for the command line only
