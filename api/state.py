@@ -17,8 +17,9 @@ from projections.catalogue import DDL as CATALOGUE_DDL
 from projections.monitoring import queries as monitoring
 from projections.monitoring.fold import Monitoring
 from projections.query_model.store import QueryStore
+from projections.warehouse import WarehouseError, WarehouseLocked
 from schemas.organisations import OrganisationDirectory
-from streams.health import Health
+from streams.health import DOWN, OK, Health
 from streams.topics import SOURCE_OF_TRUTH
 
 #: how far back the organisations section looks
@@ -45,11 +46,48 @@ def redundancy(archive: Archive) -> dict[str, dict[str, str]]:
 
 
 def archive_state(archive: Archive) -> dict[str, Any]:
-    """What each backend holds: events per topic, blob store reachability, read-model rows."""
+    """What each backend holds: events per topic, blob store reachability, read-model rows. A
+    warehouse or query store that cannot be reached is reported as down, not raised: the operator
+    asking is most likely asking because something is down (a locked embedded warehouse is
+    raised: the caller asks the server that holds it)."""
     settings = archive.settings
     health = redundancy(archive)
     topics = {t: sum(archive.event_log.end_offsets(t).values()) for t in SOURCE_OF_TRUTH}
     lag = archive.projection_lag()
+    state: dict[str, Any] = {
+        "settings": settings.describe(),
+        "organisations": None,
+        "health": health,
+        "event_log": {"backend": archive.event_log.backend, "events_per_topic": topics},
+        "blobs": {"backend": archive.blobs.backend},
+        "projection_lag": lag,
+        "dead_letters": {},
+        "clickhouse": {"backend": _warehouse_backend(settings.warehouse_url), "catalogue_rows": {}},
+        "query_store": None,
+    }
+    try:
+        state |= _warehouse_state(archive)
+        health["warehouse"] = {"status": OK, "detail": f"{state['clickhouse']['backend']} answers"}
+    except WarehouseLocked:
+        raise
+    except WarehouseError as exc:
+        health["warehouse"] = {"status": DOWN, "detail": str(exc)}
+    try:
+        store = archive.query_store
+        state["query_store"] = {"backend": store.backend, "rows": _query_rows(store)}
+        health["query_store"] = {"status": OK, "detail": f"{store.backend} answers"}
+    except Exception as exc:  # an unreachable store is reported like the other backends
+        health["query_store"] = {"status": DOWN, "detail": f"{type(exc).__name__}: {exc}"}
+    return state
+
+
+def _warehouse_backend(url: str) -> str:
+    return "chdb" if url.startswith("chdb:") else "clickhouse-http"
+
+
+def _warehouse_state(archive: Archive) -> dict[str, Any]:
+    """The parts read from the warehouse: catalogue rows, dead letters, the organisations."""
+    settings = archive.settings
     catalogue = archive.warehouse
     catalogue.command(CATALOGUE_DDL)
     by_type = catalogue.query(
@@ -62,18 +100,9 @@ def archive_state(archive: Archive) -> dict[str, Any]:
         for name, count in dead_letters.counts(catalogue).items()
     }
     return {
-        "settings": settings.describe(),
         "organisations": _organisations(archive.organisations(), catalogue, str(settings.organisations_file)),
-        "health": health,
-        "event_log": {"backend": archive.event_log.backend, "events_per_topic": topics},
-        "blobs": {"backend": archive.blobs.backend},
-        "projection_lag": lag,
         "dead_letters": letters,
-        "clickhouse": {
-            "backend": catalogue.backend,
-            "catalogue_rows": {name: count for name, count in by_type},
-        },
-        "query_store": {"backend": archive.query_store.backend, "rows": _query_rows(archive.query_store)},
+        "clickhouse": {"backend": catalogue.backend, "catalogue_rows": {name: count for name, count in by_type}},
     }
 
 

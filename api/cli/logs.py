@@ -4,8 +4,8 @@ collector (``CAMI_LOG_FORMAT`` / ``log_format``), at ``CAMI_LOG_LEVEL`` / ``log_
 Levels: unset, ``info`` for the services (``cami serve``, ``cami workers``, ``cami agent run``)
 and ``warning`` for the other commands; ``-v`` makes it at least ``info``. Above ``debug`` the
 level is the archive's own loggers' (``cami.*``) and the web server's (``uvicorn.*``); the
-libraries' (pynetdicom, botocore...) stay at ``warning``, unless ``-v`` (everything at ``info``,
-as before) or ``debug`` (everything).
+libraries' (pynetdicom, botocore...) stay at ``warning`` (the HTTP clients' retries at ``error``),
+unless ``-v`` (everything at ``info``, as before) or ``debug`` (everything).
 
 JSON (:class:`JsonFormatter`): ``time`` (RFC 3339, UTC, milliseconds), ``level``, ``logger``,
 ``message``, ``exc`` (the traceback) when there is one, and any fields given as ``extra``. The
@@ -35,6 +35,10 @@ TEXT_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 OWN_LOGGERS = ("cami", "uvicorn")
 #: the logger of the lines commands print for people, in JSON mode
 CONSOLE_LOGGER = "cami.console"
+#: HTTP clients whose warnings repeat, with a traceback, what CAMI then says in one line naming
+#: the backend and the fix (a ClickHouse server or S3 endpoint that does not answer): errors only,
+#: unless ``-v`` or ``debug``
+RETRYING_CLIENTS = ("urllib3.connectionpool", "clickhouse_connect")  # (clickhouse_connect sets "urllib3")
 LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warning": logging.WARNING, "error": logging.ERROR}
 
 #: attributes every LogRecord has: anything else on a record came as ``extra``
@@ -142,6 +146,8 @@ def configure_logging(
     logging.basicConfig(level=chosen if everything else max(chosen, logging.WARNING), handlers=[handler], force=True)
     for name in OWN_LOGGERS:
         logging.getLogger(name).setLevel(chosen)
+    for name in RETRYING_CLIENTS:
+        logging.getLogger(name).setLevel(logging.NOTSET if everything else max(chosen, logging.ERROR))
     if log_format != "json":
         return lambda: None
     logging.captureWarnings(True)

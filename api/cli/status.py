@@ -60,7 +60,12 @@ _SHOWN = {"ok": ("ok", "green"), "degraded": ("DEGRADED", "yellow"), "down": ("D
 def render_health(state: dict[str, Any]) -> None:
     """One line per backend that is not ok (a broker or drive gone, a backend unreachable), so an
     operator sees what is degraded before the tables."""
-    for part, label in (("event_log", "event log"), ("blobs", "blob store")):
+    for part, label in (
+        ("event_log", "event log"),
+        ("blobs", "blob store"),
+        ("warehouse", "ClickHouse"),
+        ("query_store", "query store"),
+    ):
         health = state.get("health", {}).get(part)
         if not health or health["status"] == "ok":
             continue
@@ -103,13 +108,13 @@ def render_state(state: dict[str, Any]) -> None:
         "ClickHouse",
         state["clickhouse"]["backend"],
         settings["clickhouse"],
-        "",
+        shown("warehouse"),
         ", ".join(f"{t}: {n}" for t, n in rows.items()) or "no rows yet",
     )
     query = state.get("query_store")
     if query:
         held = ", ".join(f"{name}: {n}" for name, n in query["rows"].items())
-        table.add_row("query store", query["backend"], settings.get("query_store", ""), "", held)
+        table.add_row("query store", query["backend"], settings.get("query_store", ""), shown("query_store"), held)
     for name, lags in state.get("projection_lag", {}).items():
         behind = sum(lags.values())
         table.add_row(f"projection {name}", "", "", "", f"lag {behind} events" if behind else "up to date")

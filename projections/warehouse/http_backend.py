@@ -44,6 +44,13 @@ class ClickHouseHttpWarehouse(Warehouse):
         except Exception as exc:
             where = f"{'https' if t.secure else 'http'}://{t.host}:{t.port}"
             message = clickhouse_message(exc)
+            cause: BaseException | None = exc
+            while cause is not None and not isinstance(cause, OSError):  # the socket's own reason
+                cause = cause.__cause__ or cause.__context__
+            if isinstance(cause, ConnectionRefusedError):
+                message = "connection refused (is the ClickHouse server running there? check CAMI_CLICKHOUSE)"
+            elif isinstance(cause, OSError) and "authentication" not in message.lower():
+                message = f"{message} ({cause.strerror or cause}; check CAMI_CLICKHOUSE and the network)"
             raise WarehouseError(f"cannot connect to ClickHouse at {where}: {message}") from exc
 
     def __repr__(self) -> str:

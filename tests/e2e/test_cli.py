@@ -10,6 +10,7 @@ from typing import Any
 import pytest
 
 from tests.support.cli import CAMI, embedded_env, run_cami
+from tests.support.servers import free_port
 
 
 def test_help_lists_the_subcommands() -> None:
@@ -147,3 +148,19 @@ def test_bad_configuration_fails_with_one_clear_line(tmp_path: Path, variable: s
     assert result.returncode == 1
     assert message in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_status_with_the_clickhouse_server_down_says_so_and_shows_the_rest(tmp_path: Path) -> None:
+    """The operator asks because something is down: the other backends are still shown."""
+    env = {**embedded_env(tmp_path), "CAMI_CLICKHOUSE": f"clickhouse://default@127.0.0.1:{free_port()}/default"}
+    shown = subprocess.run([str(CAMI), "status"], env=env, capture_output=True, text=True, timeout=120, check=False)
+    assert shown.returncode == 0, shown.stderr[-2000:]
+    said = " ".join(shown.stdout.split())
+    assert "ClickHouse: DOWN" in said and "connection refused" in said and "CAMI_CLICKHOUSE" in said, said
+    assert "event log" in said and "Traceback" not in shown.stdout + shown.stderr
+    assert "urllib3" not in shown.stderr  # the HTTP client's retries are not repeated at the operator
+    as_json = subprocess.run(
+        [str(CAMI), "status", "--json"], env=env, capture_output=True, text=True, timeout=120, check=False
+    )
+    health = json.loads(as_json.stdout)["health"]
+    assert health["warehouse"]["status"] == "down" and health["event_log"]["status"] == "ok", health
