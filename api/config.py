@@ -20,7 +20,9 @@ CAMI_HOME                   data directory of the embedded backends     ./cami-d
 CAMI_EVENT_LOG              event log URL                               sqlite:///$CAMI_HOME/events.db
 CAMI_BLOBS                  blob store URL                              file:///$CAMI_HOME/blobs
 CAMI_CLICKHOUSE             ClickHouse URL                              chdb:///$CAMI_HOME/clickhouse
-CAMI_QUERY_STORE            query store URL (QIDO-RS, C-FIND, lists)    sqlite:///$CAMI_HOME/query.db
+CAMI_QUERY_STORE            query store URL (QIDO-RS, C-FIND, lists):   sqlite:///$CAMI_HOME/query.db
+                            a SQLite file (one host), or postgresql://
+                            user:password@host:5432/db (several hosts)
 CAMI_PARTITIONS             partitions of newly created topics          6
 CAMI_KAFKA_WAIT             seconds the first request waits for a       120
                             Kafka broker that is not up yet (0: once)
@@ -84,7 +86,8 @@ Ports and addresses (:mod:`schemas.addresses`, checked here before anything is o
 an integer 1-65535, a listener's port (``CAMI_DICOM_PORT``, ``CAMI_DICOM_TLS_PORT``,
 ``CAMI_HTTP_PORT``, ``CAMI_HL7_PORT``) also 0 (a free one) and, but for HTTP, ``off``; a host is an
 IPv4/IPv6 address or an RFC 1123 host name, never looked up. The same holds for the hosts and ports
-inside ``CAMI_EVENT_LOG`` (Kafka brokers), ``CAMI_BLOBS`` (the S3 endpoint) and ``CAMI_CLICKHOUSE``.
+inside ``CAMI_EVENT_LOG`` (Kafka brokers), ``CAMI_BLOBS`` (the S3 endpoint), ``CAMI_CLICKHOUSE`` and
+``CAMI_QUERY_STORE`` (a PostgreSQL server).
 A bad one is a :class:`ConfigError` naming the variable (or the file and key), the value and what
 is allowed.
 
@@ -262,7 +265,9 @@ def _options() -> tuple[Option, ...]:
         "query_store",
         TEXT,
         "sqlite:///$CAMI_HOME/query.db",
-        "the row store QIDO-RS, C-FIND and the study lists read; cami serve and cami workers must name the same file",
+        "the row store QIDO-RS, C-FIND and the study lists read, the same for every cami serve and cami workers: "
+        "sqlite:///FILE (all on one host), or postgresql://user:password@host:5432/cami (nodes on several hosts; "
+        "the password better in PGPASSWORD or the environment than in this file)",
         "sqlite:///var/lib/cami/query.db",
     )
     add("partitions", INTEGER, "6", "partitions of newly created topics", 6)
@@ -610,7 +615,7 @@ def _read(env: Mapping[str, str]) -> Settings:
         event_log_url=_event_log_url(env.get("CAMI_EVENT_LOG", "") or f"sqlite://{home}/events.db", env),
         blob_store_url=_blob_store_url(env.get("CAMI_BLOBS", "") or f"file://{home}/blobs"),
         warehouse_url=_warehouse_url(env.get("CAMI_CLICKHOUSE", "") or f"chdb://{home}/clickhouse"),
-        query_store=env.get("CAMI_QUERY_STORE", ""),
+        query_store=_query_store_url(env.get("CAMI_QUERY_STORE", "")),
         partitions=_integer(env, "CAMI_PARTITIONS", 6),
         senders_path=_path(env, "CAMI_SENDERS"),
         dicom_host=_host(env, "CAMI_DICOM_HOST"),
@@ -1268,6 +1273,16 @@ def _warehouse_url(url: str) -> str:
             url_address(url)
         except AddressError as exc:
             raise _refuse("CAMI_CLICKHOUSE", str(exc)) from None
+    return url
+
+
+def _query_store_url(url: str) -> str:
+    """``postgresql://user:password@host[:port]/db`` (or ``postgres://``): the server's address."""
+    if url.partition("://")[0].lower() in ("postgresql", "postgres"):
+        try:
+            url_address(url)
+        except AddressError as exc:
+            raise _refuse("CAMI_QUERY_STORE", str(exc)) from None
     return url
 
 

@@ -108,8 +108,9 @@ _SOURCES = {
         " JOIN qm_studies AS s ON s.study_uid = i.study_uid"
     ),
 }
-#: newest studies first (the order of the ``qm_studies_newest`` index)
-STUDY_ORDER = "s.study_date DESC, s.study_time DESC, s.study_uid"
+#: newest studies first (the order of the ``qm_studies_newest`` index); studies without a date or time
+#: last, on every engine (SQLite puts NULLs last in a descending order by itself, PostgreSQL first)
+STUDY_ORDER = "s.study_date DESC NULLS LAST, s.study_time DESC NULLS LAST, s.study_uid"
 _ORDER = {
     "PATIENT": "s.patient_id",
     "STUDY": STUDY_ORDER,

@@ -1,5 +1,5 @@
-"""The query store: the rows DICOM queries read, in a row store (SQLite embedded; PostgreSQL next,
-behind the same interface).
+"""The query store: the rows DICOM queries read, in a row store behind one interface: SQLite
+embedded (one host), or PostgreSQL, which nodes and workers on several hosts share.
 
 Tables (``qm_`` prefix) and why they look the way they do:
 
@@ -32,8 +32,21 @@ keys) from its newest instances with the pure :func:`projections.query_model.fol
 A study is touched by its instances (old and new place of a moved instance), its reports, a
 PatientUpdated of the patient it is shown under, and a merge of any patient ID it was recorded
 under (or merged into such an ID). The SQL is plain: named ``:parameters``, upserts with
-``ON CONFLICT``, window functions; what differs between engines (connections, the parameter
-style) is left to the subclass.
+``ON CONFLICT``, window functions, NULLs ordered explicitly; what differs between engines
+(connections, the parameter style, three details of the DDL) is left to the subclass.
+
+Engines (:func:`open_query_store`):
+
+``sqlite:///path/query.db``: :class:`SqliteQueryStore`
+    One file (WAL): every ``cami serve`` and ``cami workers`` that uses it runs on its host.
+``postgresql://user:password@host:5432/database`` (``postgres://``; libpq's options such as
+``?sslmode=verify-full`` pass through; ``?schema=`` names the schema, default ``cami``): :class:`PostgresQueryStore`
+    One schema of a database that nodes and workers on any host share
+    (:mod:`projections.query_model.postgres`). Each ``apply`` is one transaction under the store's
+    advisory lock, so writers of several processes and hosts take turns and none loses another's
+    update; readers (a small pool per process) see the old rows or the new. A rebuild while
+    serving fills a second schema (``<schema>_rebuild``) and swaps its tables in with one
+    transaction.
 """
 
 from __future__ import annotations
@@ -45,7 +58,7 @@ from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from datetime import UTC, date, datetime
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 from urllib.parse import urlsplit
 
 from projections import dead_letters
@@ -54,6 +67,9 @@ from projections.archive_index.views import MAX_MERGE_HOPS, NEWEST_VERSION
 from projections.query_model.fold import Patient, fold_name, summarise_series, summarise_study
 from projections.warehouse.base import Warehouse
 from streams.processing import DeadLetter, Row
+
+if TYPE_CHECKING:
+    from projections.query_model.postgres import PostgresUrl
 
 #: instance columns, in order, of ``qm_versions`` (beside ``newest``, which the store maintains)
 INSTANCE_COLUMNS = (
@@ -67,17 +83,23 @@ _INTEGER_COLUMNS = frozenset(
     ("version", "log_version", "received_at", "series_number", "instance_number", "image_rows", "image_columns",
      "frames", "size", "pathology", "emergency")
 )  # fmt: skip
+#: integers that may pass 32 bits (log positions, microseconds, bytes, values from the objects): BIGINT,
+#: which SQLite reads as INTEGER; counts and flags stay INTEGER (PostgreSQL sums those as BIGINT)
+_BIG_COLUMNS = _INTEGER_COLUMNS - {"pathology", "emergency"}
 _NOT_NULL = frozenset(
     ("study_uid", "series_uid", "sop_uid", "version", "log_version", "received_at", "patient_id", "modality",
      "body_part", "sop_class_uid", "transfer_syntax_uid", "size", "organisation", "pathology", "emergency", "missing")
 )  # fmt: skip
 
 
+def _type(column: str) -> str:
+    if column in _BIG_COLUMNS:
+        return "BIGINT"
+    return "INTEGER" if column in _INTEGER_COLUMNS else "TEXT"
+
+
 def _versions_table() -> str:
-    columns = ", ".join(
-        f"{c} {'INTEGER' if c in _INTEGER_COLUMNS else 'TEXT'}{' NOT NULL' if c in _NOT_NULL else ''}"
-        for c in INSTANCE_COLUMNS
-    )
+    columns = ", ".join(f"{c} {_type(c)}{' NOT NULL' if c in _NOT_NULL else ''}" for c in INSTANCE_COLUMNS)
     return (
         f"CREATE TABLE IF NOT EXISTS qm_versions ({columns}, newest INTEGER NOT NULL DEFAULT 0,"
         " PRIMARY KEY (study_uid, series_uid, sop_uid, version)) WITHOUT ROWID"
@@ -100,17 +122,17 @@ DDL = (
     _versions_table(),
     "CREATE INDEX IF NOT EXISTS qm_versions_sop ON qm_versions (sop_uid)",
     """CREATE TABLE IF NOT EXISTS qm_series (study_uid TEXT NOT NULL, series_uid TEXT NOT NULL,
-        series_number INTEGER, series_description TEXT, modality TEXT NOT NULL, body_part TEXT NOT NULL,
-        instance_count INTEGER NOT NULL, size INTEGER NOT NULL, organisations TEXT NOT NULL, missing TEXT NOT NULL,
-        last_received_us INTEGER NOT NULL, PRIMARY KEY (study_uid, series_uid))""",
+        series_number BIGINT, series_description TEXT, modality TEXT NOT NULL, body_part TEXT NOT NULL,
+        instance_count INTEGER NOT NULL, size BIGINT NOT NULL, organisations TEXT NOT NULL, missing TEXT NOT NULL,
+        last_received_us BIGINT NOT NULL, PRIMARY KEY (study_uid, series_uid))""",
     """CREATE TABLE IF NOT EXISTS qm_studies (study_uid TEXT NOT NULL PRIMARY KEY, patient_id TEXT NOT NULL,
         recorded_patient_id TEXT NOT NULL, patient_ids TEXT NOT NULL, issuer TEXT, patient_name TEXT,
         name_folded TEXT, image_name_folded TEXT, birth_date TEXT, sex TEXT, study_date TEXT, study_time TEXT,
         time_key TEXT NOT NULL, study_id TEXT, study_description TEXT, accession_number TEXT,
         referring_physician TEXT, referring_folded TEXT, modalities TEXT NOT NULL, series_count INTEGER NOT NULL,
-        instance_count INTEGER NOT NULL, size INTEGER NOT NULL, organisations TEXT NOT NULL,
-        pathology INTEGER NOT NULL, emergency INTEGER NOT NULL, first_received_us INTEGER NOT NULL,
-        last_received_us INTEGER NOT NULL, newest_received_us INTEGER NOT NULL, newest_log_version INTEGER NOT NULL,
+        instance_count INTEGER NOT NULL, size BIGINT NOT NULL, organisations TEXT NOT NULL,
+        pathology INTEGER NOT NULL, emergency INTEGER NOT NULL, first_received_us BIGINT NOT NULL,
+        last_received_us BIGINT NOT NULL, newest_received_us BIGINT NOT NULL, newest_log_version BIGINT NOT NULL,
         report_status TEXT NOT NULL, missing TEXT NOT NULL)""",
     "CREATE INDEX IF NOT EXISTS qm_studies_newest ON qm_studies (study_date DESC, study_time DESC, study_uid)",
     "CREATE INDEX IF NOT EXISTS qm_studies_patient ON qm_studies (patient_id, study_date)",
@@ -121,12 +143,12 @@ DDL = (
         PRIMARY KEY (kind, value, study_uid))""",
     "CREATE INDEX IF NOT EXISTS qm_study_keys_study ON qm_study_keys (study_uid)",
     """CREATE TABLE IF NOT EXISTS qm_reports (study_uid TEXT NOT NULL, report_id TEXT NOT NULL, stage TEXT NOT NULL,
-        seq INTEGER NOT NULL, log_version INTEGER NOT NULL, PRIMARY KEY (study_uid, report_id, stage, seq))""",
+        seq BIGINT NOT NULL, log_version BIGINT NOT NULL, PRIMARY KEY (study_uid, report_id, stage, seq))""",
     """CREATE TABLE IF NOT EXISTS qm_demographics (patient_id TEXT NOT NULL, attribute TEXT NOT NULL,
-        value TEXT NOT NULL, value_folded TEXT NOT NULL, log_version INTEGER NOT NULL,
+        value TEXT NOT NULL, value_folded TEXT NOT NULL, log_version BIGINT NOT NULL,
         PRIMARY KEY (patient_id, attribute))""",
     """CREATE TABLE IF NOT EXISTS qm_merges (prior_patient_id TEXT NOT NULL PRIMARY KEY, patient_id TEXT NOT NULL,
-        log_version INTEGER NOT NULL)""",
+        log_version BIGINT NOT NULL)""",
     "CREATE INDEX IF NOT EXISTS qm_merges_surviving ON qm_merges (patient_id)",
 )
 TABLES = (
@@ -214,7 +236,7 @@ def _version_row(values: Mapping[str, Any]) -> dict[str, Any]:
 class QueryStore(Protocol):
     """What the query model needs of a row store (one implementation per engine)."""
 
-    #: ``sqlite`` (``postgresql`` next)
+    #: ``sqlite`` or ``postgresql``
     backend: str
 
     def apply(self, rows: Sequence[Row]) -> None:
@@ -245,7 +267,8 @@ class QueryStore(Protocol):
 
 class RowStore:
     """The query model's maintenance and reads over a DB-API connection (named parameters); a
-    subclass supplies the connections (:meth:`_writer`, :meth:`_reader`)."""
+    subclass supplies the connections (:meth:`_writer`, and :meth:`_reader` or a :meth:`select` of
+    its own) and, where its engine needs other words, the DDL (:meth:`_ddl`)."""
 
     backend = "?"
 
@@ -257,24 +280,29 @@ class RowStore:
     def _reader(self) -> Any:  # pragma: no cover - each engine has its own
         raise NotImplementedError
 
+    def _ddl(self) -> Sequence[str]:
+        """The statements that create the tables (if missing), in this engine's words."""
+        return DDL
+
     # -- reads ----------------------------------------------------------------------------------
     def select(self, sql: str, parameters: Mapping[str, Any] | None = None) -> list[dict[str, Any]]:
-        cursor = self._reader().execute(sql, dict(parameters or {}))
-        names = [d[0] for d in cursor.description]
-        return [dict(zip(names, row, strict=True)) for row in cursor.fetchall()]
+        return _fetch_dicts(self._reader(), sql, parameters)
 
     # -- writes ---------------------------------------------------------------------------------
     def create(self) -> None:
         with self._writer() as db:
-            for statement in DDL:
+            for statement in self._ddl():
                 db.execute(statement)
 
     def reset(self) -> None:
         with self._writer() as db:
-            for table in TABLES:
-                db.execute(f"DROP TABLE IF EXISTS {table}")
-            for statement in DDL:
+            self._drop(db)
+            for statement in self._ddl():
                 db.execute(statement)
+
+    def _drop(self, db: Any) -> None:
+        for table in TABLES:
+            db.execute(f"DROP TABLE IF EXISTS {table}")
 
     def counts(self) -> dict[str, int]:
         return {t: int(self.select(f"SELECT count(*) AS n FROM {t}")[0]["n"]) for t in TABLES}
@@ -386,6 +414,12 @@ class RowStore:
         db.executemany(_insert("qm_studies", STUDY_COLUMNS), study_rows)
         db.executemany(_insert("qm_series", SERIES_COLUMNS), series_rows)
         db.executemany(_insert("qm_study_keys", ("kind", "value", "study_uid")), keys)
+
+
+def _fetch_dicts(db: Any, sql: str, parameters: Mapping[str, Any] | None) -> list[dict[str, Any]]:
+    cursor = db.execute(sql, dict(parameters or {}))
+    names = [d[0] for d in cursor.description]
+    return [dict(zip(names, row, strict=True)) for row in cursor.fetchall()]
 
 
 # -- patients: merges and demographics -----------------------------------------------------------------
@@ -562,15 +596,114 @@ def _sqlite_files(path: Path) -> list[Path]:
     return [path, *(path.with_name(path.name + suffix) for suffix in ("-wal", "-shm", "-journal"))]
 
 
+# -- PostgreSQL -----------------------------------------------------------------------------------------
+class PostgresQueryStore(RowStore):
+    """The query store in one schema of a PostgreSQL database, shared by nodes and workers on any
+    host. :mod:`projections.query_model.postgres` holds the engine's side (loaded only here): the
+    URL, the parameter style, the DDL's words, the connections and the errors.
+
+    Writes: one transaction per :meth:`apply`, under the store's advisory lock (writers of every
+    process take turns: :meth:`~projections.query_model.postgres.PostgresEngine.writing` says
+    why). Reads: a small pool of autocommit connections, so the threads answering queries never
+    wait for a write. A rebuild while serving fills ``<schema>_rebuild``; :meth:`replace_with`
+    moves its tables in, in one transaction."""
+
+    backend = "postgresql"
+
+    def __init__(self, url: str | PostgresUrl) -> None:
+        from projections.query_model import postgres
+
+        self.url = url if isinstance(url, postgres.PostgresUrl) else postgres.parse_url(url)
+        self._engine = postgres.PostgresEngine(self.url)
+        self.create()
+
+    @property
+    def schema(self) -> str:
+        return self.url.schema
+
+    @contextmanager
+    def _writer(self) -> Iterator[Any]:
+        from psycopg.errors import InsufficientPrivilege
+
+        from projections.query_model import postgres
+
+        try:
+            with self._engine.writing() as db:
+                yield db
+        except InsufficientPrivilege as exc:
+            raise postgres.privilege_error(exc, self.url) from exc
+
+    def _ddl(self) -> Sequence[str]:
+        from projections.query_model.postgres import postgres_ddl, quoted
+
+        return (f"CREATE SCHEMA IF NOT EXISTS {quoted(self.schema)}", *(postgres_ddl(s) for s in DDL))
+
+    def select(self, sql: str, parameters: Mapping[str, Any] | None = None) -> list[dict[str, Any]]:
+        return self._engine.read(lambda db: _fetch_dicts(db, sql, parameters))
+
+    def _drop(self, db: Any) -> None:
+        self._engine.lock_tables(db, TABLES)  # from the readers first: see lock_tables
+        super()._drop(db)
+
+    def close(self) -> None:
+        self._engine.close()
+
+    # -- rebuild while serving ----------------------------------------------------------------------
+    def shadow(self) -> PostgresQueryStore:
+        from projections.query_model.postgres import SHADOW_SUFFIX, quoted
+
+        url = self.url.with_schema(f"{self.schema}{SHADOW_SUFFIX}")
+        with self._writer() as db:  # a shadow left by an interrupted rebuild
+            db.execute(f"DROP SCHEMA IF EXISTS {quoted(url.schema)} CASCADE")
+        return PostgresQueryStore(url)
+
+    def replace_with(self, rebuilt: QueryStore) -> None:
+        """The live tables are dropped and the shadow's moved into this schema (``ALTER TABLE
+        ... SET SCHEMA``, indexes and keys with them), in one transaction under this store's
+        advisory lock (no ``apply`` is half done) and after every live table was taken from the
+        readers (:meth:`~projections.query_model.postgres.PostgresEngine.lock_tables`): a query
+        that runs meanwhile waits, then reads the new tables; one that began before ends on the old.
+        Nothing is copied, however large the store; the shadow's schema is left empty."""
+        from projections.query_model.postgres import quoted
+
+        if not isinstance(rebuilt, PostgresQueryStore):
+            raise TypeError(f"a PostgreSQL query store is replaced from another one, not {type(rebuilt).__name__}")
+        if rebuilt.url.conninfo != self.url.conninfo or rebuilt.schema == self.schema:
+            raise ValueError("a PostgreSQL query store is replaced from its shadow: another schema of its database")
+        rebuilt.close()
+        live, shadow = quoted(self.schema), quoted(rebuilt.schema)
+        with self._writer() as db:
+            self._engine.lock_tables(db, TABLES)
+            for table in TABLES:
+                db.execute(f"DROP TABLE IF EXISTS {live}.{table}")
+            for table in TABLES:
+                db.execute(f"ALTER TABLE {shadow}.{table} SET SCHEMA {live}")
+
+    def discard(self) -> None:
+        from projections.query_model.postgres import quoted
+
+        try:
+            with self._writer() as db:
+                db.execute(f"DROP SCHEMA IF EXISTS {quoted(self.schema)} CASCADE")
+        finally:
+            self.close()
+
+
 def open_query_store(url: str) -> QueryStore:
-    """``sqlite:///path/query.db`` -> the store (the only engine so far)."""
+    """``sqlite:///path/query.db`` or ``postgresql://user:password@host:5432/database`` -> the store."""
     parts = urlsplit(url)
     if parts.scheme == "sqlite":
         path = (parts.netloc + parts.path) if parts.netloc else parts.path
         if not path:
             raise ValueError(f"query store URL {url!r} names no file")
         return SqliteQueryStore(Path(path))
-    raise ValueError(f"query store URL {url!r}: the scheme must be sqlite:// (a file path)")
+    if parts.scheme.lower() in ("postgresql", "postgres"):
+        return PostgresQueryStore(url)
+    scheme = repr(parts.scheme) if parts.scheme else "missing"  # the URL itself may hold a password
+    raise ValueError(
+        f"query store URL scheme {scheme}: it must be sqlite:// (a file path) or"
+        " postgresql://user:password@host:port/database"
+    )
 
 
 # -- the sink ---------------------------------------------------------------------------------------------

@@ -1,4 +1,5 @@
-"""Contract fixtures shared by tests that need a warehouse (ClickHouse) on both backends.
+"""Contract fixtures shared by tests that need a warehouse (ClickHouse) or a query store on both
+backends.
 
 ``warehouse_target`` is parametrised ``chdb`` (embedded ClickHouse in this process, on a fresh
 data directory) and ``clickhouse-http`` (the real clickhouse-connect client over HTTP against
@@ -6,6 +7,10 @@ data directory) and ``clickhouse-http`` (the real clickhouse-connect client over
 process — the stand-in for a ClickHouse server, which has no usable package on these machines).
 Each test gets fresh storage; ``restart()`` closes everything and brings the same storage back,
 so a test can check what survives.
+
+``query_stores`` is parametrised ``sqlite`` (files in the test's directory) and ``postgresql``
+(schemas of one real PostgreSQL server per session, started by ``infra/postgres.sh``, marked
+``postgres``): the query model's contract holds on both engines.
 """
 
 from __future__ import annotations
@@ -16,6 +21,7 @@ from pathlib import Path
 import pytest
 
 from projections.warehouse import Warehouse
+from tests.support.postgres import PostgresServer, QueryStores
 from tests.support.warehouses import WarehouseTarget
 
 
@@ -31,3 +37,24 @@ def warehouse_target(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator
 @pytest.fixture
 def warehouse(warehouse_target: WarehouseTarget) -> Warehouse:
     return warehouse_target.open()
+
+
+@pytest.fixture(scope="session")
+def postgres_server() -> Iterator[PostgresServer]:
+    """One real PostgreSQL server for the session (each test keeps to schemas of its own)."""
+    server = PostgresServer()
+    server.start()
+    try:
+        yield server
+    finally:
+        server.remove()
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
+def query_stores(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[QueryStores]:
+    server = request.getfixturevalue("postgres_server") if request.param == "postgresql" else None
+    stores = QueryStores(request.param, tmp_path, server)
+    try:
+        yield stores
+    finally:
+        stores.close()

@@ -6,7 +6,8 @@ under another study (an object re-sent with the same SOPInstanceUID under anothe
 StudyInstanceUID, as logs written before the write side refused that may hold), the newest version
 wins everywhere: QIDO-RS/C-FIND (:func:`find`), the study lists (:func:`search_studies`), the views
 C-MOVE/C-GET resolve through (:func:`study_series`, :func:`series_instances`) and the stored
-instances WADO serves (:func:`stored_instances`) list it under its new study only.
+instances WADO serves (:func:`stored_instances`) list it under its new study only. The query model
+on both of its engines (SQLite, PostgreSQL).
 """
 
 from __future__ import annotations
@@ -28,7 +29,8 @@ from projections.query_model.find import find, search_studies
 from projections.query_model.store import QueryStore
 from projections.warehouse import Warehouse
 from schemas.events import Event
-from tests.support.region import ORG_A, T0, feed, project_queries, received, uid
+from tests.support.postgres import QueryStores, project_into
+from tests.support.region import ORG_A, T0, feed, received, uid
 
 OLD, NEW, GONE = uid(7, 1), uid(7, 2), uid(7, 3)
 OLD_SERIES, NEW_SERIES, GONE_SERIES = uid(7, 1, 1), uid(7, 2, 1), uid(7, 3, 1)
@@ -59,13 +61,20 @@ def moved_events() -> list[Event]:
 
 
 @pytest.fixture
-def moved(warehouse: Warehouse, tmp_path: Path) -> Iterator[tuple[Warehouse, QueryStore]]:
+def moved(warehouse: Warehouse, query_stores: QueryStores, tmp_path: Path) -> Iterator[tuple[Warehouse, QueryStore]]:
     """The archive index (warehouse) and the query model of the same log."""
     log, _ = feed(tmp_path, warehouse, moved_events())
-    store = project_queries(log, tmp_path / "query.db")
+    store = project_into(log, query_stores.open())
     log.close()
-    yield warehouse, store
-    store.close()
+    yield warehouse, store  # the store is closed by query_stores
+
+
+@pytest.fixture
+def moved_index(warehouse: Warehouse, tmp_path: Path) -> Iterator[Warehouse]:
+    """The archive index (warehouse) of the log alone."""
+    log, _ = feed(tmp_path, warehouse, moved_events())
+    log.close()
+    yield warehouse
 
 
 def keys(**values: str) -> dict[str, Condition]:
@@ -111,10 +120,8 @@ def test_qido_and_c_find_list_a_moved_instance_under_its_new_study_only(
     assert (listed[OLD]["instance_count"], listed[NEW]["instance_count"]) == (1, 3)
 
 
-def test_wado_and_c_move_serve_a_moved_instance_from_its_new_study_only(
-    moved: tuple[Warehouse, QueryStore],
-) -> None:
-    w, _ = moved
+def test_wado_and_c_move_serve_a_moved_instance_from_its_new_study_only(moved_index: Warehouse) -> None:
+    w = moved_index
     # what C-MOVE/C-GET resolve a study or series identifier to
     assert [s["series_uid"] for s in study_series(w, OLD)] == [OLD_SERIES]
     assert study_series(w, OLD)[0]["instance_count"] == 1

@@ -1,4 +1,5 @@
-"""DICOM matching (QIDO-RS and C-FIND) through the query model's read module.
+"""DICOM matching (QIDO-RS and C-FIND) through the query model's read module, on both query store
+engines (SQLite, PostgreSQL).
 
 The region of :mod:`tests.support.region` (five studies, two organisations, a merge,
 a demographics update, hostile values) is projected by the real runner into the query store;
@@ -17,6 +18,7 @@ import pytest
 from projections.archive_index.matching import ATTRIBUTES, Condition, MatchingError, parse_condition
 from projections.query_model.find import find, search_studies
 from projections.query_model.store import QueryStore
+from tests.support.postgres import QueryStores, project_into
 from tests.support.region import (
     DECOY_NAME,
     HOSTILE_ACCESSION,
@@ -27,7 +29,6 @@ from tests.support.region import (
     S3,
     S4,
     S5,
-    project_queries,
     publish,
     region_events,
     uid,
@@ -43,12 +44,11 @@ def studies(store: QueryStore, **values: str | list[str]) -> list[str]:
 
 
 @pytest.fixture
-def region(tmp_path: Path) -> Iterator[QueryStore]:
+def region(query_stores: QueryStores, tmp_path: Path) -> Iterator[QueryStore]:
     log = publish(tmp_path, region_events())
-    store = project_queries(log, tmp_path / "query.db")
+    store = project_into(log, query_stores.open())
     log.close()
-    yield store
-    store.close()
+    yield store  # closed (a PostgreSQL schema dropped) by query_stores
 
 
 def test_study_level_matching(region: QueryStore) -> None:
