@@ -99,8 +99,8 @@ usual AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY), ``CAMI_CLICKHOUSE=clickhouse:/
 from __future__ import annotations
 
 import difflib
-import json
 import ipaddress
+import json
 import os
 import re
 import stat
@@ -297,9 +297,6 @@ def _options() -> tuple[Option, ...]:
         "0.0.0.0",
     )
     add("dicom_port", PORT_OR_OFF, "11112", 'port of the DICOM services ("off" closes it: TLS only)', 11112)
-    add("http_host", TEXT, "127.0.0.1", "address the HTTP API, DICOMweb and the pages listen on", "0.0.0.0")
-    add("http_port", PORT, "8042", "port of the HTTP API, DICOMweb and the pages", 8042)
-    add("hl7_host", TEXT, "127.0.0.1", "address the HL7 v2 (MLLP) listener for the MIS uses", "0.0.0.0")
     add(
         "dicom_proxy_from",
         LIST,
@@ -308,6 +305,9 @@ def _options() -> tuple[Option, ...]:
         "begin with a PROXY protocol header naming the real peer; they must send one, nobody else may",
         ["10.0.0.5"],
     )
+    add("http_host", TEXT, "127.0.0.1", "address the HTTP API, DICOMweb and the pages listen on", "0.0.0.0")
+    add("http_port", PORT, "8042", "port of the HTTP API, DICOMweb and the pages", 8042)
+    add("hl7_host", TEXT, "127.0.0.1", "address the HL7 v2 (MLLP) listener for the MIS uses", "0.0.0.0")
     add("hl7_port", PORT_OR_OFF, "2575", 'port of the HL7 v2 (MLLP) listener ("off" closes it)', 2575)
     add(
         "hl7_charset",
@@ -525,11 +525,11 @@ class Settings:
     timezone: str = "UTC"
     #: modalities whose studies get two independent readings (ingest/reports/readings.py)
     double_read_modalities: tuple[str, ...] = ()
+    #: load balancers whose DICOM connections begin with a PROXY protocol header (``CAMI_DICOM_PROXY_FROM``)
+    dicom_proxy_from: tuple[str, ...] = ()
     pseudonym_key: bytes = DEVELOPMENT_PSEUDONYM_KEY
     tls: TlsSettings = field(default_factory=TlsSettings)
     dicom_tls_port: int | None = None  # None: no DICOM TLS port
-    #: load balancers whose DICOM connections begin with a PROXY protocol header (``CAMI_DICOM_PROXY_FROM``)
-    dicom_proxy_from: tuple[str, ...] = ()
     http_tls: bool = False
     #: ``CAMI_ENV=production``: development fallbacks of secrets are refused (see check_production)
     production: bool = False
@@ -627,10 +627,10 @@ def _read(env: Mapping[str, str]) -> Settings:
         hl7_charset=_hl7_charset(env.get("CAMI_HL7_CHARSET", "")),
         timezone=_timezone(env.get("CAMI_TIMEZONE", "")),
         double_read_modalities=_modalities(env.get("CAMI_DOUBLE_READ", "")),
+        dicom_proxy_from=_balancers(env.get("CAMI_DICOM_PROXY_FROM", "")),
         pseudonym_key=env.get("CAMI_PSEUDONYM_KEY", "").encode() or DEVELOPMENT_PSEUDONYM_KEY,
         tls=tls,
         dicom_tls_port=dicom_tls_port if tls.enabled else None,
-        dicom_proxy_from=_balancers(env.get("CAMI_DICOM_PROXY_FROM", "")),
         http_tls=tls.enabled and http_tls,
         production=_environment(env.get("CAMI_ENV", "")) == "production",
         dicom_request_timeout=_number(env, "CAMI_DICOM_REQUEST_TIMEOUT", DEFAULT_REQUEST_TIMEOUT),
@@ -1133,9 +1133,6 @@ def _modalities(value: str) -> tuple[str, ...]:
     return codes
 
 
-def _timezone(name: str) -> str:
-    name = name.strip() or "UTC"
-    try:
 def _balancers(value: str) -> tuple[str, ...]:
     """IP addresses, as the peer address of a connection shows them (no names: never looked up)."""
     found: list[str] = []
@@ -1149,6 +1146,9 @@ def _balancers(value: str) -> tuple[str, ...]:
     return tuple(dict.fromkeys(found))
 
 
+def _timezone(name: str) -> str:
+    name = name.strip() or "UTC"
+    try:
         ZoneInfo(name)
     except (ZoneInfoNotFoundError, ValueError):
         raise _refuse("CAMI_TIMEZONE", f"{name!r} is not a time zone (e.g. Europe/Moscow)") from None
