@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Quick start, part two: install everything (Python deps, Apache Kafka, MinIO, dcmtk, Orthanc, Prometheus,
-# haproxy) and run the whole test suite: lint, types, then pytest against the real servers.
+# haproxy, PostgreSQL) and run the whole test suite: lint, types, then pytest against the real servers.
 # Extra arguments go to pytest (e.g. `infra/test.sh tests/unit -x`).
 set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -13,6 +13,7 @@ bash infra/minio.sh install
 bash infra/dicom-peers.sh install
 bash infra/prometheus.sh install
 bash infra/haproxy.sh install
+bash infra/postgres.sh install
 echo "[test] installs done in $((SECONDS - started)) s" >&2
 
 # dcmtk and Orthanc wait ~45 ms per object for delayed ACKs unless Nagle is off (the README says more, under TCP_NODELAY)

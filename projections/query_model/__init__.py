@@ -9,7 +9,7 @@ docs/performance.md, "Query model"). Analytics, monitoring and audit stay in Cli
 * :mod:`~projections.query_model.fold`: the projection (``query-model``: the archive index's
   pure fold, event in, rows out) and the pure summary of a study from its newest instances;
 * :mod:`~projections.query_model.store`: the row store behind one small interface
-  (:class:`~projections.query_model.store.QueryStore`; SQLite embedded, PostgreSQL next) and the
+  (:class:`~projections.query_model.store.QueryStore`; SQLite embedded, PostgreSQL shared) and the
   sink that writes the fold's rows into it;
 * :mod:`~projections.query_model.find`: the ONE read module: QIDO-RS/C-FIND matching at every
   level and the study lists.

@@ -327,12 +327,28 @@ class Translating:
 
     def execute(self, sql: str, parameters: Mapping[str, Any] | None = None) -> psycopg.Cursor[tuple[Any, ...]]:
         # always a mapping: psycopg turns %% back into % only when it reads parameters
-        return self.connection.execute(to_pyformat(sql), dict(parameters or {}))
+        return self.connection.execute(to_pyformat(sql), without_nul(parameters or {}))
 
     def executemany(self, sql: str, rows: Sequence[Mapping[str, Any]]) -> None:
         if rows:
             with self.connection.cursor() as cursor:
-                cursor.executemany(to_pyformat(sql), rows)
+                cursor.executemany(to_pyformat(sql), [without_nul(row) for row in rows])
+
+
+def without_nul(parameters: Mapping[str, Any]) -> dict[str, Any]:
+    """The parameters with NUL characters taken out of text: PostgreSQL's text cannot hold them
+    (psycopg refuses the whole statement), and in a DICOM value they are padding some devices send,
+    or a hostile query parameter; either way a batch must not be dead-lettered, nor a query answered
+    500, for them."""
+    return {name: _no_nul(value) for name, value in parameters.items()}
+
+
+def _no_nul(value: Any) -> Any:
+    if isinstance(value, str):
+        return value.replace("\x00", "") if "\x00" in value else value
+    if isinstance(value, list | tuple):
+        return [_no_nul(item) for item in value]
+    return value
 
 
 class PostgresEngine:

@@ -404,3 +404,20 @@ def test_a_swap_gives_way_to_a_reader_it_would_deadlock_with(postgres_server: Po
         rebuilt.discard()
     finally:
         stores.close()
+
+
+def test_nul_padding_in_a_value_and_in_a_query_is_harmless(query_stores: QueryStores, tmp_path: Path) -> None:
+    """Some devices pad values with NUL; PostgreSQL's text cannot hold it. The study reaches the
+    rows (no dead letter) on both engines, and a query holding NUL (a hostile QIDO parameter) is
+    answered, not an error."""
+    study, series, sop = uid("nul-study"), uid("nul-series"), uid("nul-sop")
+    with open_event_log(f"sqlite://{tmp_path}/nul.db") as log:
+        log.ensure_topics(archive_topics(3))
+        publish_many(
+            log, [received(study, series, sop, patient_id="NUL-1", patient_name="NUL^PADDED\x00", organisation=ORG_A)]
+        )
+        store = project_into(log, query_stores.open())
+    [row] = store.select("SELECT patient_name FROM qm_studies WHERE study_uid = :study", {"study": study})
+    assert str(row["patient_name"]).rstrip("\x00") == "NUL^PADDED"
+    assert [r["StudyInstanceUID"] for r in find(store, "STUDY", keys(PatientID="NUL-1"))] == [study]
+    assert find(store, "STUDY", keys(PatientID="NUL-1\x00")) in ([], [find(store, "STUDY", keys(PatientID="NUL-1"))[0]])

@@ -1,6 +1,7 @@
 """The pilot region on redundant servers, every part a real process: three Kafka brokers
 (replication 3, min.insync 2), MinIO over four drives (one erasure set), a ClickHouse endpoint,
-two ``cami serve`` nodes behind haproxy and a ``cami workers`` process running the projections.
+PostgreSQL holding the query store, two ``cami serve`` nodes behind haproxy and a
+``cami workers`` process running the projections.
 
 * Two studies are sent with storescu through the balancer while a broker is killed and a MinIO
   drive taken away: every instance answered Success is in the log and the archive index once and
@@ -47,6 +48,7 @@ from tests.support.chdb_http import ChdbHttpServer
 from tests.support.cli import CAMI
 from tests.support.commitment_receiver import CommitmentReceiver
 from tests.support.dicomweb import split_multipart
+from tests.support.postgres import PostgresServer
 from tests.support.readside import ROOT_UID
 from tests.support.servers import HaproxyServer, KafkaCluster, MinioServer, free_ports
 
@@ -97,6 +99,7 @@ def region(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Region]:
         KafkaCluster(root / "kafka", nodes=3) as kafka,
         MinioServer(root / "minio", drives=4) as minio,
         ChdbHttpServer(root / "clickhouse") as clickhouse,
+        PostgresServer() as postgres,
     ):
         env = {
             "CAMI_EVENT_LOG": f"kafka://{kafka.bootstrap}?replication=3&min_insync=2",
@@ -105,10 +108,9 @@ def region(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Region]:
             "AWS_SECRET_ACCESS_KEY": minio.secret_key,
             "AWS_DEFAULT_REGION": "us-east-1",
             "CAMI_CLICKHOUSE": clickhouse.url,
-            # the nodes and the workers share the query store (one host)
-            "CAMI_QUERY_STORE": f"sqlite://{root}/shared/query.db",
+            # the nodes and the workers share the query store, as on several hosts
+            "CAMI_QUERY_STORE": postgres.url_for(schema="pilot"),
         }
-        (root / "shared").mkdir()
         ports = free_ports(6)
         nodes = [
             Cami(root / f"node{i}", ports[2 * i], ports[2 * i + 1], AGENT, ports[4 + i], env_extra=env) for i in (0, 1)

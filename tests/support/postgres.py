@@ -81,6 +81,9 @@ class PostgresServer(_ScriptServer):
         if self._made_dir:
             shutil.rmtree(self.data_dir, ignore_errors=True)
 
+    def __exit__(self, *exc: object) -> None:
+        self.remove()  # as a context manager: stopped and, when made here, its directory gone
+
 
 # -- query stores of either engine, for the contract tests ---------------------------------------------
 class QueryStores:
