@@ -14,7 +14,7 @@ from ingest.hl7.listener import MllpListener
 from ingest.hl7.outbound import OrderNotices, SentNotices, StatusNotifier
 from ingest.hl7.receiver import HL7Receiver
 from ingest.instance_claims import instance_claims
-from ingest.mpps import ProcedureSteps, StepStore
+from ingest.mpps import ProcedureSteps, StepProjection, StepStore, StepStoreSink
 from ingest.pipeline import Ingestor
 from ingest.reports import DocumentReportHook
 from ingest.reports.rules import ReportError, ReportState
@@ -120,8 +120,17 @@ class Archive:
                 " but the archive asks for none: set CAMI_TLS_CERT, CAMI_TLS_KEY and CAMI_TLS_CA"
             )
         commitment = StorageCommitment(self.sop_index, self.blobs, senders, refresh_index=self.refresh_sop_index)
+        step_store = StepStore(self.settings.home / "mpps.db")
+        # the steps other ingest nodes recorded: folded from the log before a step is read
+        step_projection = StepProjection(step_store.projection_name(_node()))
+        step_runner = EmbeddedRunner(self.event_log, [(step_projection, StepStoreSink(step_store))])
+        step_runner.catch_up(timeout=120)  # at start: a new file reads the whole topic once
         steps = ProcedureSteps(
-            self.event_log, senders, StepStore(self.settings.home / "mpps.db"), ZoneInfo(self.settings.timezone)
+            self.event_log,
+            senders,
+            step_store,
+            ZoneInfo(self.settings.timezone),
+            refresh=lambda: step_runner.catch_up(timeout=30),
         )
         return StorageSCP(
             self.ingestor,
@@ -199,7 +208,7 @@ class Archive:
         """The runner that sends orders' status to the MIS listed as ``[[mis]]`` in the senders
         file (None: none asked). The first time it starts at the log's end: history is not news."""
         senders = self.senders()
-        if not senders.mis:
+        if not senders.mis or not self.settings.mis_notices:
             return None
         path = self.settings.home / "order-notices.db"
         fresh = not path.exists()

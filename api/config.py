@@ -49,6 +49,8 @@ CAMI_DICOM_REQUEST_TIMEOUT  seconds to send the A-ASSOCIATE-RQ          5
 CAMI_DICOM_MAX_ASSOCIATIONS DICOM associations at once                  32
 CAMI_MAX_INFLATED_BYTES     how far a deflated data set may inflate     268435456 (256 MiB)
 CAMI_HTTP_MAX_BODY          the largest HTTP request body (STOW-RS)     1073741824 (1 GiB)
+CAMI_MIS_NOTICES            on | off: this node sends orders' status    on
+                            to the MIS (on exactly one of several)
 CAMI_READY_MAX_LAG          events a projection may be behind before    10000
                             ``/readyz`` answers 503 (``off``: never)
 CAMI_IMPORT_MAX_FILE        ``cami import``: largest file or member     2147483648 (2 GiB)
@@ -354,6 +356,15 @@ def _options() -> tuple[Option, ...]:
         "decisive)",
         10000,
     )
+    add(
+        "mis_notices",
+        SWITCH,
+        "true",
+        "this node sends orders' status to the MIS listed as [[mis]] in the senders file; with several ingest "
+        "nodes, true on exactly one (each node remembers what it sent: two would send some stages twice or out "
+        "of order)",
+        True,
+    )
 
     group = "Files of the archive"
     add(
@@ -551,6 +562,8 @@ class Settings:
     blob_store_env: Mapping[str, str] = field(default_factory=dict, repr=False)
     #: events a projection may be behind before ``/readyz`` answers 503 (None: lag never does)
     ready_max_lag: int | None = DEFAULT_READY_MAX_LAG
+    #: this node sends orders' status to the MIS (``CAMI_MIS_NOTICES``; one node of several)
+    mis_notices: bool = True
     #: ``CAMI_LOG_LEVEL`` (one of :data:`LOG_LEVELS`; empty: the command's default)
     log_level: str = ""
     #: ``CAMI_LOG_FORMAT`` (one of :data:`LOG_FORMATS`)
@@ -643,6 +656,7 @@ def _read(env: Mapping[str, str]) -> Settings:
         http_max_body=_integer(env, "CAMI_HTTP_MAX_BODY", DEFAULT_MAX_HTTP_BODY),
         blob_store_env={name: env[name] for name in BLOB_STORE_ENVIRONMENT if env.get(name)},
         ready_max_lag=_ready_max_lag(env.get("CAMI_READY_MAX_LAG", "")),
+        mis_notices=_switch(env, "CAMI_MIS_NOTICES", True),
         log_level=_choice(env, "CAMI_LOG_LEVEL", LOG_LEVELS, ""),
         log_format=_choice(env, "CAMI_LOG_FORMAT", LOG_FORMATS, "text"),
     )

@@ -6,8 +6,12 @@ instance so one step's events stay in order. Every event is complete: an N-SET's
 laid over what the step already said, so a reader never has to merge partial facts.
 
 Only a ``[[sender]]`` of the senders file may report steps (a modality; the organisation is
-its own). The steps this node has seen are kept in ``mpps.db`` (written after the event is
-durable) so that an N-SET is checked against the step's state after a restart too.
+its own). The steps are kept in ``mpps.db`` (written after the event is durable) so that an
+N-SET is checked against the step's state after a restart too. With several ingest nodes a
+modality's N-SET may reach another node than its N-CREATE: the file is also folded from the log
+(:class:`StepProjection`), and before a step's state is read the node catches up with the log
+(the event of an N-CREATE answered elsewhere is there: its answer waited for it), so the N-SET
+finds the step, in its latest state, whichever node took the earlier messages.
 
 Statuses (PS3.4 F.7.2, PS3.7 C): 0x0000 success; 0x0111 an N-CREATE of an instance that exists;
 0x0106 an N-CREATE whose status is not IN PROGRESS, or a status that is not one of the three;
@@ -22,7 +26,8 @@ import json
 import logging
 import sqlite3
 import threading
-from collections.abc import Callable
+import uuid
+from collections.abc import Callable, Sequence
 from datetime import UTC, datetime, tzinfo
 from pathlib import Path
 from typing import Any
@@ -33,10 +38,12 @@ from pydicom.uid import generate_uid
 from ingest.ae_titles import ae_title
 from ingest.dicom import first_item, text
 from ingest.senders import Senders
-from schemas.events import Actor, new_event
+from schemas.events import Actor, Event, new_event
 from schemas.uids import is_uid
 from streams.log import EventLog
+from streams.processing import Row, Source
 from streams.publisher import publish
+from streams.topics import ORDERS
 
 log = logging.getLogger("cami.mpps")
 
@@ -54,14 +61,26 @@ IN_PROGRESS, COMPLETED, DISCONTINUED = "IN PROGRESS", "COMPLETED", "DISCONTINUED
 _STATUSES = {IN_PROGRESS, COMPLETED, DISCONTINUED}
 
 
+STEPS = "steps"
+
+
 class StepStore:
-    """The MPPS instances this node has recorded: uid -> the step's payload (JSON)."""
+    """The MPPS instances recorded (here or, folded from the log, by other nodes): uid -> the
+    step's payload (JSON). Like the SOP index it can be rebuilt from the log at any time: the file
+    draws a *generation* when created, which the folding projection's group carries."""
 
     def __init__(self, path: Path) -> None:
         self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
         self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("CREATE TABLE IF NOT EXISTS steps (uid TEXT PRIMARY KEY, payload TEXT NOT NULL)")
+        self._db.execute(f"CREATE TABLE IF NOT EXISTS {STEPS} (uid TEXT PRIMARY KEY, payload TEXT NOT NULL)")
+        self._db.execute("CREATE TABLE IF NOT EXISTS steps_meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)")
+        self._db.execute("INSERT OR IGNORE INTO steps_meta VALUES ('generation', ?)", (uuid.uuid4().hex[:12],))
+        self.generation = str(self._db.execute("SELECT value FROM steps_meta WHERE key = 'generation'").fetchone()[0])
         self._lock = threading.Lock()
+
+    def projection_name(self, node: str) -> str:
+        """The name (and so the consumer group) of the projection that folds the log into this file."""
+        return f"{node}.{self.generation}"
 
     def get(self, uid: str) -> dict[str, Any] | None:
         with self._lock:
@@ -83,6 +102,31 @@ class StepStore:
         self._db.close()
 
 
+class StepProjection:
+    """Pure: ProcedureStepChanged -> the step's latest payload (each event is complete, and one
+    step's events are in order: they are keyed by the MPPS instance)."""
+
+    topics: Sequence[str] = (ORDERS,)
+
+    def __init__(self, node: str = "local") -> None:
+        self.name = f"mpps-steps.{node}"
+
+    def apply(self, event: Event, source: Source) -> Sequence[Row]:
+        if event.type != "ProcedureStepChanged":
+            return []
+        return [Row(STEPS, {"uid": event.envelope.aggregate_id, "payload": dict(event.payload)})]
+
+
+class StepStoreSink:
+    def __init__(self, store: StepStore) -> None:
+        self.store = store
+
+    def write(self, rows: Sequence[Row]) -> None:
+        for row in rows:
+            if row.table == STEPS:
+                self.store.put(str(row.values["uid"]), dict(row.values["payload"]))
+
+
 class ProcedureSteps:
     """What the N-CREATE and N-SET handlers share: the log, the senders, the step store, the
     region's time zone (DICOM dates and times are local) and one lock per step."""
@@ -94,10 +138,13 @@ class ProcedureSteps:
         store: StepStore,
         zone: tzinfo = UTC,
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+        refresh: Callable[[], object] | None = None,
     ) -> None:
         self.event_log = event_log
         self.senders = senders
         self.store = store
+        #: folds what other nodes recorded into the store (None: this node is alone)
+        self.refresh = refresh
         self.zone = zone
         self.clock = clock
         #: one step changes at a time: its state is read, checked and written as one
@@ -145,6 +192,13 @@ class ProcedureSteps:
         if reason is not None:
             found["discontinuation_reason"] = text(reason, "CodeMeaning") or text(reason, "CodeValue")
         return found
+
+    def current(self, uid: str) -> dict[str, Any] | None:
+        """The step's latest state, after catching up with the log (another node may have taken
+        its N-CREATE or an N-SET); raises when the log cannot be read (the modality retries)."""
+        if self.refresh is not None:
+            self.refresh()
+        return self.store.get(uid)
 
     def record(self, uid: str, payload: dict[str, Any], caller: str, organisation: str) -> int:
         """Append the step's event (durable) and keep its state: SUCCESS, or OUT_OF_RESOURCES
@@ -218,7 +272,12 @@ def handle_n_create(event: Any, steps: ProcedureSteps) -> tuple[int, Dataset | N
     if attributes.get("StudyInstanceUID") and not is_uid(str(attributes["StudyInstanceUID"])):
         return INVALID_ATTRIBUTE_VALUE, None
     with steps.lock:
-        if steps.store.get(uid) is not None:
+        try:
+            known = steps.current(uid)
+        except Exception:
+            log.exception("MPPS %s: the steps could not be read from the log", uid)
+            return OUT_OF_RESOURCES, None
+        if known is not None:
             return DUPLICATE_INSTANCE, None
         status = steps.record(uid, {**_EMPTY_STEP, **attributes, "AffectedSOPInstanceUID": uid}, *caller)
     if status != SUCCESS:
@@ -246,7 +305,11 @@ def handle_n_set(event: Any, steps: ProcedureSteps) -> tuple[int, Dataset | None
     if changes.get("PerformedProcedureStepStatus", IN_PROGRESS) not in _STATUSES:
         return INVALID_ATTRIBUTE_VALUE, None
     with steps.lock:
-        current = steps.store.get(uid)
+        try:
+            current = steps.current(uid)
+        except Exception:
+            log.exception("MPPS %s: the steps could not be read from the log", uid)
+            return OUT_OF_RESOURCES, None
         if current is None:
             return NO_SUCH_INSTANCE, None
         if current["PerformedProcedureStepStatus"] in {COMPLETED, DISCONTINUED}:

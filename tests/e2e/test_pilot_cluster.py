@@ -19,6 +19,7 @@ The ClickHouse endpoint is the test-only one in front of the ClickHouse engine
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import threading
 import time
@@ -41,13 +42,14 @@ from ingest.dicom import split_part10
 from projections.warehouse import open_warehouse
 from schemas.codec import decode
 from streams import open_event_log
-from streams.topics import DICOM
+from streams.topics import ORDERS
 from tests.support import studies
 from tests.support.agent_region import ADMIN_TOKEN, Cami, Process, _clean_env, wait_for
 from tests.support.chdb_http import ChdbHttpServer
 from tests.support.cli import CAMI
 from tests.support.commitment_receiver import CommitmentReceiver
 from tests.support.dicomweb import split_multipart
+from tests.support.events import received_versions
 from tests.support.postgres import PostgresServer
 from tests.support.readside import ROOT_UID
 from tests.support.servers import HaproxyServer, KafkaCluster, MinioServer, free_ports
@@ -56,6 +58,7 @@ pytestmark = [pytest.mark.kafka, pytest.mark.s3, pytest.mark.clickhouse_http, py
 
 AGENT = "PILOT_AGENT"
 CT = "1.2.840.10008.5.1.4.1.1.2"
+MPPS = "1.2.840.10008.3.1.2.3.3"
 #: instances per study: enough that the failures happen while storescu is still sending
 PER_STUDY = 40
 #: the broker and the drive that fail
@@ -80,16 +83,8 @@ class Region:
 
     def received(self) -> Counter[tuple[str, int]]:
         """InstanceReceived events in the log, by (SOPInstanceUID, version)."""
-        found: Counter[tuple[str, int]] = Counter()
         with open_event_log(self.env["CAMI_EVENT_LOG"]) as log:
-            for partition in log.partitions(DICOM):
-                offset = 0
-                while records := log.read(DICOM, partition, offset, 1000):
-                    for event in map(decode, (r.value for r in records)):
-                        if event.type == "InstanceReceived":
-                            found[(str(event.payload["SOPInstanceUID"]), int(event.payload["version"]))] += 1
-                    offset = records[-1].offset + 1
-        return found
+            return received_versions(log)
 
 
 @pytest.fixture(scope="module")
@@ -144,6 +139,28 @@ def region(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Region]:
             workers.stop()
             for node in nodes:
                 node.process.stop()
+
+
+def fail(region: Region, broker: int, drive: int) -> None:
+    """Kill a broker; take a drive away and keep it away: MinIO would make a new, empty one where
+    the old one was and heal it within seconds (a replaced drive), so a file stands in its place
+    until :func:`bring_back`."""
+    region.kafka.kill_node(broker)
+    region.minio.fail_drive(drive)
+    path = region.minio.drive_path(drive)
+    if path.is_dir():
+        shutil.rmtree(path)
+    path.write_bytes(b"")
+
+
+def bring_back(region: Region, broker: int, drive: int) -> None:
+    """The broker and the drive back (whatever the test got to: it runs in ``finally``)."""
+    if not region.kafka.node_running(broker):
+        region.kafka.start_node(broker)
+    path = region.minio.drive_path(drive)
+    if path.is_file():
+        path.unlink()
+        region.minio.restore_drive(drive)
 
 
 def is_ready(region: Region, node: Cami) -> bool:
@@ -211,78 +228,76 @@ def test_two_studies_through_the_balancer_while_a_broker_and_a_drive_fail(region
     ]
     for event in started:
         assert event.wait(120), "storescu stored nothing"
-    region.kafka.kill_node(BROKER)
-    region.minio.fail_drive(DRIVE)
-    for proc in senders:
-        assert proc.wait(600) is not None
-    time.sleep(0.5)  # the watcher threads read the last lines
-    told = {}
-    for output in outputs:
-        told.update(studies.outcomes("".join(output)))
-    stored = {f.sop_instance_uid for f in sent if told.get(str(f.path)) == "Success"}
-    assert len(stored) >= 10, told  # ingest went on after the first successes
-    sent_after_failures = [o for output in outputs for o in output[-PER_STUDY // 2 :]]
-    assert any("Success" in line for line in sent_after_failures)
+    fail(region, BROKER, DRIVE)
+    try:
+        for proc in senders:
+            assert proc.wait(600) is not None
+        time.sleep(0.5)  # the watcher threads read the last lines
+        told = {}
+        for output in outputs:
+            told.update(studies.outcomes("".join(output)))
+        stored = {f.sop_instance_uid for f in sent if told.get(str(f.path)) == "Success"}
+        assert len(stored) >= 10, told  # ingest went on after the first successes
+        sent_after_failures = [o for output in outputs for o in output[-PER_STUDY // 2 :]]
+        assert any("Success" in line for line in sent_after_failures)
 
-    # the nodes say what is degraded, and stay ready: the cluster still takes writes
-    last: list[dict[str, Any]] = []
+        # the nodes say what is degraded, and stay ready: the cluster still takes writes
+        last: list[dict[str, Any]] = []
 
-    def degraded(node: Cami) -> dict[str, Any] | None:
-        ready = region.ready(node)
-        last[:] = [ready]
-        checks = ready["checks"]
-        both = checks["event_log"]["status"] == "degraded" and checks["blobs"]["status"] == "degraded"
-        return ready if both else None
+        def degraded(node: Cami) -> dict[str, Any] | None:
+            ready = region.ready(node)
+            last[:] = [ready]
+            checks = ready["checks"]
+            both = checks["event_log"]["status"] == "degraded" and checks["blobs"]["status"] == "degraded"
+            return ready if both else None
 
-    for node in region.nodes:
-        try:
-            ready = wait_for("the degradation in /readyz", partial(degraded, node), timeout=120, every=1)
-        except AssertionError as exc:
-            raise AssertionError(f"{exc}; last answer {last}") from None
-        assert ready["http_status"] == 200 and ready["status"] == "degraded", ready
-    status = cami_status(region, region.nodes[0], "--json")
-    assert status.returncode == 0, status.stderr[-3000:]
-    health = json.loads(status.stdout)["health"]
-    assert health["event_log"]["status"] == "degraded" and health["blobs"]["status"] == "degraded", health
-    shown = " ".join(cami_status(region, region.nodes[1]).stdout.split())
-    assert "event log: DEGRADED" in shown and "blob store: DEGRADED" in shown, shown
+        for node in region.nodes:
+            try:
+                ready = wait_for("the degradation in /readyz", partial(degraded, node), timeout=120, every=1)
+            except AssertionError as exc:
+                raise AssertionError(f"{exc}; last answer {last}") from None
+            assert ready["http_status"] == 200 and ready["status"] == "degraded", ready
+        status = cami_status(region, region.nodes[0], "--json")
+        assert status.returncode == 0, status.stderr[-3000:]
+        health = json.loads(status.stdout)["health"]
+        assert health["event_log"]["status"] == "degraded" and health["blobs"]["status"] == "degraded", health
+        shown = " ".join(cami_status(region, region.nodes[1]).stdout.split())
+        assert "event log: DEGRADED" in shown and "blob store: DEGRADED" in shown, shown
 
-    # every instance told Success: in the log once, in the archive index once, byte-identical
-    events = region.received()
-    for sop in stored:
-        assert [(v, n) for (s, v), n in events.items() if s == sop] == [(1, 1)], sop
-    warehouse = open_warehouse(region.env["CAMI_CLICKHOUSE"])
+        # every instance told Success: in the log once, in the archive index once, byte-identical
+        events = region.received()
+        for sop in stored:
+            assert [(v, n) for (s, v), n in events.items() if s == sop] == [(1, 1)], sop
+        warehouse = open_warehouse(region.env["CAMI_CLICKHOUSE"])
 
-    def indexed() -> dict[str, int]:
-        rows = warehouse.query(
-            "SELECT sop_uid, count() FROM archive_instances FINAL"
-            " WHERE sop_uid IN {sops:Array(String)} GROUP BY sop_uid",
-            {"sops": sorted(stored)},
-        ).rows
-        return {str(sop): int(n) for sop, n in rows}
+        def indexed() -> dict[str, int]:
+            rows = warehouse.query(
+                "SELECT sop_uid, count() FROM archive_instances FINAL"
+                " WHERE sop_uid IN {sops:Array(String)} GROUP BY sop_uid",
+                {"sops": sorted(stored)},
+            ).rows
+            return {str(sop): int(n) for sop, n in rows}
 
-    wait_for("the stored instances in the archive index", lambda: len(indexed()) == len(stored), timeout=180)
-    assert set(indexed().values()) == {1}
-    by_uid = {f.sop_instance_uid: f for f in sent}
-    client = httpx.Client(base_url=region.balancer.http_url, headers={"Authorization": f"Bearer {ADMIN_TOKEN}"})
-    for sop in sorted(stored):
-        original = by_uid[sop].path.read_bytes()
-        split = split_part10(original)
-        study, series = _study_series(original)
-        answer = client.get(
-            f"/dicomweb/studies/{study}/series/{series}/instances/{sop}",
-            headers={"Accept": 'multipart/related; type="application/dicom"; transfer-syntax=*'},
-            timeout=60,
-        )
-        assert answer.status_code == 200, answer.text[:500]
-        [(_, body)] = split_multipart(answer)
-        assert _data_set(body) == (split.transfer_syntax, original[split.dataset_offset :]), sop
+        wait_for("the stored instances in the archive index", lambda: len(indexed()) == len(stored), timeout=180)
+        assert set(indexed().values()) == {1}
+        by_uid = {f.sop_instance_uid: f for f in sent}
+        client = httpx.Client(base_url=region.balancer.http_url, headers={"Authorization": f"Bearer {ADMIN_TOKEN}"})
+        for sop in sorted(stored):
+            original = by_uid[sop].path.read_bytes()
+            split = split_part10(original)
+            study, series = _study_series(original)
+            answer = client.get(
+                f"/dicomweb/studies/{study}/series/{series}/instances/{sop}",
+                headers={"Accept": 'multipart/related; type="application/dicom"; transfer-syntax=*'},
+                timeout=60,
+            )
+            assert answer.status_code == 200, answer.text[:500]
+            [(_, body)] = split_multipart(answer)
+            assert _data_set(body) == (split.transfer_syntax, original[split.dataset_offset :]), sop
+    finally:
+        bring_back(region, BROKER, DRIVE)
 
-    # the broker and the drive come back: the nodes say so
-    region.kafka.start_node(BROKER)
-    if not region.minio.drive_path(DRIVE).exists():
-        region.minio.restore_drive(DRIVE)
-    # else MinIO made a new, empty drive where the old one was and healed it: a replaced drive
+    # the broker and the drive are back: the nodes say so
     for node in region.nodes:
         wait_for("/readyz ready again", partial(is_ready, region, node), timeout=240, every=1)
     health = json.loads(cami_status(region, region.nodes[1], "--json").stdout)["health"]
@@ -416,8 +431,7 @@ def test_a_replay_goes_on_while_a_broker_and_a_drive_fail(region: Region) -> Non
     )
     try:
         time.sleep(1.0)  # the replay has started (reading the log's metadata)
-        region.kafka.kill_node(1)
-        region.minio.fail_drive(1)
+        fail(region, 1, 1)
         out, err = replay.communicate(timeout=600)
         assert replay.returncode == 0, err[-3000:]
         assert warehouse.query(fingerprint).rows == before
@@ -426,9 +440,7 @@ def test_a_replay_goes_on_while_a_broker_and_a_drive_fail(region: Region) -> Non
     finally:
         if replay.poll() is None:
             replay.kill()
-        region.kafka.start_node(1)
-        if not region.minio.drive_path(1).exists():
-            region.minio.restore_drive(1)
+        bring_back(region, 1, 1)
         region.workers.start()
 
 
@@ -439,3 +451,46 @@ def test_the_workers_log_one_json_object_per_line(region: Region) -> None:
         entry = json.loads(line)
         assert {"time", "level", "logger", "message"} <= set(entry), line
     assert any(json.loads(line)["logger"].startswith(("faust", "mode", "aiokafka", "cami")) for line in lines)
+
+
+def _step(status: str, **extra: str) -> Dataset:
+    ds = Dataset()
+    ds.PerformedProcedureStepStatus = status
+    for keyword, value in extra.items():
+        setattr(ds, keyword, value)
+    return ds
+
+
+def test_a_procedure_step_begun_at_one_node_is_completed_at_the_other(region: Region) -> None:
+    """A modality's MPPS messages each on an association of its own, the balancer sending them to
+    either node: the N-SET finds the step wherever its N-CREATE went, in its latest state."""
+    ae = AE(ae_title=AGENT)  # a [[sender]]: only senders report steps
+    ae.add_requested_context(MPPS)
+    uid = generate_uid(prefix=ROOT_UID)
+
+    def send(node: Cami, message: str, ds: Dataset) -> int:
+        association = ae.associate("127.0.0.1", node.dicom_port, ae_title="CAMI")
+        assert association.is_established
+        try:
+            if message == "create":
+                status, _ = association.send_n_create(ds, MPPS, uid)
+            else:
+                status, _ = association.send_n_set(ds, MPPS, uid)
+            return int(status.Status)
+        finally:
+            association.release()
+
+    first, second = region.nodes
+    assert send(first, "create", _step("IN PROGRESS", Modality="CT")) == 0x0000
+    assert send(second, "create", _step("IN PROGRESS", Modality="CT")) == 0x0111  # known there too
+    assert send(second, "set", _step("COMPLETED")) == 0x0000
+    assert send(first, "set", _step("DISCONTINUED")) == 0xC310  # the first node knows it is completed
+    with open_event_log(region.env["CAMI_EVENT_LOG"]) as log:
+        steps = [
+            decode(r.value)
+            for p in log.partitions(ORDERS)
+            for r in log.read(ORDERS, p, 0, 1_000_000)
+        ]  # fmt: skip
+    recorded = [e.payload for e in steps if e.type == "ProcedureStepChanged" and e.envelope.aggregate_id == uid]
+    assert [p["PerformedProcedureStepStatus"] for p in recorded] == ["IN PROGRESS", "COMPLETED"]
+    assert recorded[-1]["Modality"] == "CT"  # the N-SET was laid over the state the other node recorded

@@ -20,8 +20,7 @@ from api.bootstrap import Archive, bootstrap
 from api.config import Settings
 from ingest.pipeline import Arrival, Outcome
 from ingest.statuses import Status
-from schemas.codec import decode
-from streams.topics import DICOM
+from tests.support.events import received_versions
 from tests.support.readside import ROOT_UID
 from tests.support.servers import KafkaServer, MinioServer
 from tests.support.stow import ct_dataset, new_study, part10
@@ -86,16 +85,7 @@ def at_once(archives: list[Archive], objects: list[bytes]) -> list[Outcome]:
 
 def received(archive: Archive) -> Counter[tuple[str, int]]:
     """InstanceReceived events in the log, by (SOPInstanceUID, version)."""
-    log = archive.event_log
-    found: Counter[tuple[str, int]] = Counter()
-    for partition in log.partitions(DICOM):
-        offset = 0
-        while records := log.read(DICOM, partition, offset, 1000):
-            for event in map(decode, (r.value for r in records)):
-                if event.type == "InstanceReceived":
-                    found[(str(event.payload["SOPInstanceUID"]), int(event.payload["version"]))] += 1
-            offset = records[-1].offset + 1
-    return found
+    return received_versions(archive.event_log)
 
 
 def same_object_to_both_nodes(archives: list[Archive]) -> None:

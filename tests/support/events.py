@@ -4,12 +4,16 @@ catalogue that fails on chosen events (a separate worker process imports it too)
 from __future__ import annotations
 
 import uuid
+from collections import Counter
 from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 
 from projections.catalogue import EventCatalogue
+from schemas.codec import decode
 from schemas.events import Actor, Event, new_event
+from streams import EventLog
 from streams.processing import Row, Source
+from streams.topics import DICOM
 
 
 def synthetic_events(count: int) -> list[Event]:
@@ -312,3 +316,17 @@ class FussyCatalogue(EventCatalogue):
         if str(event.envelope.event_id) in self.refuse:
             raise ValueError(f"cannot apply {event.envelope.event_id}")
         return super().apply(event, source)
+
+
+def received_versions(log: EventLog) -> Counter[tuple[str, int]]:
+    """The InstanceReceived events in ``log``, counted by (SOPInstanceUID, version): a count above
+    one is an instance recorded twice."""
+    found: Counter[tuple[str, int]] = Counter()
+    for partition in log.partitions(DICOM):
+        offset = 0
+        while records := log.read(DICOM, partition, offset, 1000):
+            for event in map(decode, (r.value for r in records)):
+                if event.type == "InstanceReceived":
+                    found[(str(event.payload["SOPInstanceUID"]), int(event.payload["version"]))] += 1
+            offset = records[-1].offset + 1
+    return found

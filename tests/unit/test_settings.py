@@ -69,6 +69,7 @@ def test_every_variable_in_the_readme_table_changes_a_setting(tmp_path: Path) ->
         "CAMI_KAFKA_WAIT": "30",
         "CAMI_TOPIC_PREFIX": "region50",
         "CAMI_READY_MAX_LAG": "500",
+        "CAMI_MIS_NOTICES": "off",
         "CAMI_PSEUDONYM_KEY": "x" * 40,
         "CAMI_ENV": "production",
         "CAMI_SENDERS": "/etc/cami/senders.toml",
