@@ -16,7 +16,8 @@
 #
 # DIR holds one balancer: haproxy.cfg (generated on every start), haproxy.out (haproxy's log: one line
 #   per connection, which node took it, and every node going DOWN or UP), haproxy.pid, haproxy.sock
-#   (the admin socket `servers` reads), address.
+#   (the admin socket `servers` reads; /tmp/cami-haproxy-<hash of DIR>.sock when DIR is too deep for
+#   haproxy's 97-byte limit), address.
 # Frontends (mode tcp: the bytes pass untouched, TLS included):
 #   dicom  on --listen, over the --backend nodes (their DICOM ports): health check `option tcp-check`
 #          (a connection that opens is a node up; nothing is sent, so no association is started);
@@ -108,6 +109,10 @@ parse_opts() {
     # the balancer's command line names DIR/haproxy.cfg: that identifies our process
     PID_MARKER="$DIR/haproxy.cfg"
     SOCKET="$DIR/haproxy.sock"
+    # haproxy takes socket paths of at most 97 bytes: a deep DIR gets one in /tmp named after it
+    if ((${#SOCKET} > 97)); then
+        SOCKET="/tmp/cami-haproxy-$(printf '%s' "$DIR" | sha256sum | cut -c1-16).sock"
+    fi
 }
 
 # HOST:PORT with an IPv4 address, a host name or a bracketed IPv6 address, and a port 1-65535.

@@ -144,18 +144,18 @@ spawn_detached() {
     done
 }
 
-# SIGTERM, wait up to TIMEOUT seconds, then SIGKILL. Removes PIDFILE.
-# Usage: stop_pid_file PIDFILE MARKER TIMEOUT
+# SIGTERM (or SIGNAL), wait up to TIMEOUT seconds, then SIGKILL. Removes PIDFILE.
+# Usage: stop_pid_file PIDFILE MARKER TIMEOUT [SIGNAL]
 stop_pid_file() {
-    local pid_file="$1" marker="$2" timeout_s="$3" pid
+    local pid_file="$1" marker="$2" timeout_s="$3" signal="${4:-TERM}" pid
     if ! pid="$(read_live_pid "$pid_file" "$marker")"; then
         debug "not running ($pid_file)"
         rm -f "$pid_file"
         return 0
     fi
-    kill -TERM "$pid" 2>/dev/null || true
+    kill "-$signal" "$pid" 2>/dev/null || true
     if ! wait_pid_gone "$pid" "$timeout_s"; then
-        log "pid $pid did not exit ${timeout_s}s after SIGTERM; sending SIGKILL"
+        log "pid $pid did not exit ${timeout_s}s after SIG$signal; sending SIGKILL"
         kill -KILL "$pid" 2>/dev/null || true
         wait_pid_gone "$pid" 10 || die "pid $pid survived SIGKILL"
     fi

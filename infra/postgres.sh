@@ -224,19 +224,7 @@ cmd_start() {
 # SIGINT is PostgreSQL's fast shutdown (SIGTERM would wait for every session to end)
 cmd_stop() {
     parse_opts "$@"
-    local pid
-    if ! pid="$(read_live_pid "$PID_FILE" "$PID_MARKER")"; then
-        debug "not running ($PID_FILE)"
-        rm -f "$PID_FILE"
-        return 0
-    fi
-    kill -INT "$pid" 2>/dev/null || true
-    if ! wait_pid_gone "$pid" "$STOP_TIMEOUT"; then
-        log "pid $pid did not exit ${STOP_TIMEOUT}s after SIGINT; sending SIGKILL"
-        kill -KILL "$pid" 2>/dev/null || true
-        wait_pid_gone "$pid" 10 || die "pid $pid survived SIGKILL"
-    fi
-    rm -f "$PID_FILE"
+    stop_pid_file "$PID_FILE" "$PID_MARKER" "$STOP_TIMEOUT" INT
 }
 
 cmd_kill() {

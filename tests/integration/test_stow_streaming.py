@@ -59,16 +59,20 @@ def test_a_chunked_body_over_the_limit_is_413_json_and_nothing_is_stored(tmp_pat
 def test_a_large_many_part_stow_stores_every_part_byte_identical(tmp_path: Path) -> None:
     rng = random.Random(9)
     study = new_study()
-    boundary = "cami-streaming-test"
-    # the first part is sized so its closing delimiter straddles the first chunk border
-    first = instance_bytes(study, 1, bytes(1000))
-    header = len(PREAMBLE.format(b=boundary))
-    missing = SCAN_CHUNK - 5 - header - len(first)
-    if missing % 2:
-        boundary += "x"
-        header += 1
-        missing -= 1
-    first = instance_bytes(study, 1, bytes(1000 + missing))
+    # the first part is sized so its closing delimiter straddles the first chunk border (each
+    # instance has new UIDs, whose length varies: sized again until one fits exactly)
+    for _ in range(50):
+        boundary = "cami-streaming-test"
+        first = instance_bytes(study, 1, bytes(1000))
+        header = len(PREAMBLE.format(b=boundary))
+        missing = SCAN_CHUNK - 5 - header - len(first)
+        if missing % 2:
+            boundary += "x"
+            header += 1
+            missing -= 1
+        first = instance_bytes(study, 1, bytes(1000 + missing))
+        if header + len(first) == SCAN_CHUNK - 5:
+            break
     assert header + len(first) == SCAN_CHUNK - 5
     sent = [first]
     for number in range(2, 41):
