@@ -50,6 +50,7 @@ from tests.support.cli import CAMI
 from tests.support.commitment_receiver import CommitmentReceiver
 from tests.support.dicomweb import split_multipart
 from tests.support.events import received_versions
+from tests.support.mpps import MPPS, step
 from tests.support.postgres import PostgresServer
 from tests.support.readside import ROOT_UID
 from tests.support.servers import HaproxyServer, KafkaCluster, MinioServer, free_ports
@@ -58,7 +59,6 @@ pytestmark = [pytest.mark.kafka, pytest.mark.s3, pytest.mark.clickhouse_http, py
 
 AGENT = "PILOT_AGENT"
 CT = "1.2.840.10008.5.1.4.1.1.2"
-MPPS = "1.2.840.10008.3.1.2.3.3"
 #: instances per study: enough that the failures happen while storescu is still sending
 PER_STUDY = 40
 #: the broker and the drive that fail
@@ -453,14 +453,6 @@ def test_the_workers_log_one_json_object_per_line(region: Region) -> None:
     assert any(json.loads(line)["logger"].startswith(("faust", "mode", "aiokafka", "cami")) for line in lines)
 
 
-def _step(status: str, **extra: str) -> Dataset:
-    ds = Dataset()
-    ds.PerformedProcedureStepStatus = status
-    for keyword, value in extra.items():
-        setattr(ds, keyword, value)
-    return ds
-
-
 def test_a_procedure_step_begun_at_one_node_is_completed_at_the_other(region: Region) -> None:
     """A modality's MPPS messages each on an association of its own, the balancer sending them to
     either node: the N-SET finds the step wherever its N-CREATE went, in its latest state."""
@@ -481,10 +473,10 @@ def test_a_procedure_step_begun_at_one_node_is_completed_at_the_other(region: Re
             association.release()
 
     first, second = region.nodes
-    assert send(first, "create", _step("IN PROGRESS", Modality="CT")) == 0x0000
-    assert send(second, "create", _step("IN PROGRESS", Modality="CT")) == 0x0111  # known there too
-    assert send(second, "set", _step("COMPLETED")) == 0x0000
-    assert send(first, "set", _step("DISCONTINUED")) == 0xC310  # the first node knows it is completed
+    assert send(first, "create", step("IN PROGRESS", Modality="CT")) == 0x0000
+    assert send(second, "create", step("IN PROGRESS", Modality="CT")) == 0x0111  # known there too
+    assert send(second, "set", step("COMPLETED")) == 0x0000
+    assert send(first, "set", step("DISCONTINUED")) == 0xC310  # the first node knows it is completed
     with open_event_log(region.env["CAMI_EVENT_LOG"]) as log:
         steps = [
             decode(r.value)

@@ -13,9 +13,9 @@ from pynetdicom import AE
 from pynetdicom.association import Association
 
 from streams.topics import ORDERS
+from tests.support.mpps import MPPS, step
 from tests.support.readside import ORG, SENDER_AE, ReadSide
 
-MPPS = "1.2.840.10008.3.1.2.3.3"
 WORKLIST = "1.2.840.10008.5.1.4.31"
 
 
@@ -31,14 +31,6 @@ def assoc(tmp_path: Path) -> Iterator[tuple[ReadSide, Association]]:
             yield side, association
         finally:
             association.release()
-
-
-def step(status: str, **extra: str) -> Dataset:
-    ds = Dataset()
-    ds.PerformedProcedureStepStatus = status
-    for keyword, value in extra.items():
-        setattr(ds, keyword, value)
-    return ds
 
 
 def test_mpps_refusals_are_named_statuses(assoc: tuple[ReadSide, Association]) -> None:
