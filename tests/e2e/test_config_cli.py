@@ -15,20 +15,16 @@ from pathlib import Path
 from typing import Any
 
 from tests.support.cli import CAMI, embedded_env, run_cami
+from tests.support.config_files import write_config
 
 RFC3339_MS_UTC = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z")
 
 
-def _config(tmp_path: Path, text: str, name: str = "cami.toml") -> Path:
-    path = tmp_path / name
-    path.write_text(text, encoding="utf-8")
-    path.chmod(0o600)
-    return path
-
-
 def test_config_check_shows_a_good_file_and_where_each_setting_came_from(tmp_path: Path) -> None:
     home = tmp_path / "home"
-    path = _config(tmp_path, f'home = "{home}"\ndicom_port = 11113\nhl7_port = "off"\n[s3]\nsecret_key = "hunter2"\n')
+    path = write_config(
+        tmp_path, f'home = "{home}"\ndicom_port = 11113\nhl7_port = "off"\n[s3]\nsecret_key = "hunter2"\n'
+    )
     env = {**embedded_env(tmp_path), "CAMI_HTTP_PORT": "9090"}
     env.pop("CAMI_HOME")
     env.pop("CAMI_HL7_PORT")
@@ -51,7 +47,7 @@ def test_config_check_shows_a_good_file_and_where_each_setting_came_from(tmp_pat
 
 
 def test_config_check_lists_every_problem_of_a_bad_file_and_other_commands_stop_at_the_first(tmp_path: Path) -> None:
-    path = _config(tmp_path, 'dicom_prot = 11112\nhttp_port = "8042"\ntimezone = "Mars/Olympus"\n')
+    path = write_config(tmp_path, 'dicom_prot = 11112\nhttp_port = "8042"\ntimezone = "Mars/Olympus"\n')
     env = embedded_env(tmp_path)
     result = run_cami("--config", str(path), "config", "check", env=env, timeout=60)
     assert result.returncode == 2, (result.returncode, result.stderr)
@@ -91,7 +87,7 @@ def _json_lines(text: str) -> list[dict[str, Any]]:
 
 
 def test_serve_with_log_format_json_writes_only_json_lines_on_stderr(tmp_path: Path) -> None:
-    path = _config(
+    path = write_config(
         tmp_path,
         f'home = "{tmp_path / "home"}"\ndicom_port = 0\nhttp_port = 0\nhl7_port = 0\nlog_format = "json"\n',
     )
@@ -125,7 +121,7 @@ def test_serve_with_log_format_json_writes_only_json_lines_on_stderr(tmp_path: P
 
 
 def test_a_failing_command_logs_its_error_as_json_with_the_traceback_under_v(tmp_path: Path) -> None:
-    path = _config(tmp_path, f'home = "{tmp_path / "home"}"\ndicom_port = 0\nhttp_port = 0\nlog_format = "json"\n')
+    path = write_config(tmp_path, f'home = "{tmp_path / "home"}"\ndicom_port = 0\nhttp_port = 0\nlog_format = "json"\n')
     env = {k: v for k, v in embedded_env(tmp_path).items() if k != "CAMI_HOME"}
     # --dicom-tls-port without tls_cert: refused after the settings are read, before anything opens
     for args, traceback in ((("serve",), False), (("-v", "--config", str(path), "serve"), True)):

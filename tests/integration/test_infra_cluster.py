@@ -32,7 +32,7 @@ import boto3
 import pytest
 from botocore.config import Config
 from botocore.exceptions import ClientError
-from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Producer
+from confluent_kafka import KafkaError, Message, Producer
 from confluent_kafka.admin import AdminClient, ConfigResource, NewTopic
 
 from streams import open_event_log
@@ -40,6 +40,7 @@ from streams.blobs.s3 import S3BlobStore
 from streams.publisher import publish_many
 from streams.topics import DICOM, archive_topics, topic_for
 from tests.support.events import synthetic_sequence
+from tests.support.kafka_topics import consume_all
 from tests.support.servers import HaproxyServer, KafkaCluster, MinioServer, free_ports
 
 pytestmark = [pytest.mark.slow]
@@ -89,35 +90,6 @@ def _isr_sizes(cluster: KafkaCluster, topic: str) -> list[int]:
     listed = _admin(cluster).list_topics(topic, timeout=10).topics.get(topic)
     partitions = listed.partitions if listed is not None else {}  # a lagging broker may not list it yet
     return [len(partitions[p].isrs) for p in sorted(partitions)]
-
-
-def _consume_values(cluster: KafkaCluster, topic: str, expected: int, timeout: float = 60.0) -> list[bytes]:
-    consumer = Consumer(
-        {
-            "bootstrap.servers": cluster.bootstrap,
-            "group.id": f"infra-cluster-{uuid.uuid4().hex}",
-            "auto.offset.reset": "earliest",
-            "enable.auto.commit": False,
-            "isolation.level": "read_committed",
-        }
-    )
-    values: list[bytes] = []
-    try:
-        consumer.subscribe([topic])
-        deadline = time.monotonic() + timeout
-        while len(values) < expected and time.monotonic() < deadline:
-            msg = consumer.poll(0.5)
-            if msg is None:
-                continue
-            if msg.error() is not None:
-                raise KafkaException(msg.error())
-            value = msg.value()
-            assert isinstance(value, bytes)
-            values.append(value)
-        consumer.commit(asynchronous=False)  # a group's offsets: __consumer_offsets gets created
-    finally:
-        consumer.close()
-    return values
 
 
 class _Appender:
@@ -224,7 +196,8 @@ def test_a_broker_killed_under_appends_loses_nothing_acknowledged(cluster: Kafka
         appender.wait_for_more(100)
 
     assert not appender.failed, appender.failed[:3]
-    consumed = _consume_values(cluster, topic, expected=len(appender.acknowledged))
+    records = consume_all(cluster.bootstrap, topic, len(appender.acknowledged), commit=True)
+    consumed = [value for _, value in records]
     counts = Counter(consumed)
     assert set(appender.acknowledged) <= set(counts), "an acknowledged record is missing"
     assert max(counts.values()) == 1, "a record was written twice"

@@ -16,9 +16,10 @@ from typing import Any
 import boto3
 import pytest
 from botocore.config import Config
-from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Producer
+from confluent_kafka import Consumer, KafkaError, Message, Producer
 from confluent_kafka.admin import AdminClient, NewTopic
 
+from tests.support.kafka_topics import consume_all
 from tests.support.servers import KafkaServer, MinioServer, ServerError, free_port
 
 # ---- Kafka -----------------------------------------------------------------------------------------
@@ -58,35 +59,6 @@ def _produce(bootstrap: str, topic: str, key: bytes, value: bytes) -> tuple[int,
     partition, offset = reports[0].partition(), reports[0].offset()
     assert partition is not None and offset is not None
     return partition, offset
-
-
-def _consume_all(bootstrap: str, topic: str, expected: int, timeout_s: float = 60.0) -> list[tuple[bytes, bytes]]:
-    """Read the topic from the beginning with a fresh group until ``expected`` records arrived."""
-    consumer = Consumer(
-        {
-            "bootstrap.servers": bootstrap,
-            "group.id": f"infra-test-{uuid.uuid4().hex}",
-            "auto.offset.reset": "earliest",
-            "enable.auto.commit": False,
-            "session.timeout.ms": 6000,
-        }
-    )
-    records: list[tuple[bytes, bytes]] = []
-    try:
-        consumer.subscribe([topic])
-        deadline = time.monotonic() + timeout_s
-        while len(records) < expected and time.monotonic() < deadline:
-            msg = consumer.poll(1.0)
-            if msg is None:
-                continue
-            if msg.error() is not None:
-                raise KafkaException(msg.error())
-            key, value = msg.key(), msg.value()
-            assert isinstance(key, bytes) and isinstance(value, bytes)
-            records.append((key, value))
-    finally:
-        consumer.close()
-    return records
 
 
 def _port_accepts(port: int) -> bool:
@@ -151,7 +123,7 @@ def test_kafka_record_survives_sigkill_and_restart(kafka: KafkaServer) -> None:
     _create_topic(kafka.bootstrap, topic, partitions=1)
     first = _produce(kafka.bootstrap, topic, b"study-1", b"before crash")
     assert first == (0, 0)
-    assert _consume_all(kafka.bootstrap, topic, expected=1) == [(b"study-1", b"before crash")]
+    assert consume_all(kafka.bootstrap, topic, expected=1) == [(b"study-1", b"before crash")]
 
     kafka.kill()
     assert not kafka.is_running()
@@ -162,7 +134,7 @@ def test_kafka_record_survives_sigkill_and_restart(kafka: KafkaServer) -> None:
     assert topic in AdminClient({"bootstrap.servers": kafka.bootstrap}).list_topics(timeout=10).topics
     second = _produce(kafka.bootstrap, topic, b"study-2", b"after restart")
     assert second == (0, 1)
-    assert _consume_all(kafka.bootstrap, topic, expected=2) == [
+    assert consume_all(kafka.bootstrap, topic, expected=2) == [
         (b"study-1", b"before crash"),
         (b"study-2", b"after restart"),
     ]
@@ -181,7 +153,7 @@ def test_kafka_graceful_stop_then_start_keeps_data(kafka: KafkaServer) -> None:
     kafka.start()
     metadata = AdminClient({"bootstrap.servers": kafka.bootstrap}).list_topics(timeout=10)
     assert len(metadata.topics[topic].partitions) == 3
-    assert _consume_all(kafka.bootstrap, topic, expected=1) == [(b"k", b"v")]
+    assert consume_all(kafka.bootstrap, topic, expected=1) == [(b"k", b"v")]
 
 
 @pytest.mark.kafka

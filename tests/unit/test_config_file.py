@@ -33,16 +33,10 @@ from api.config import (
     read_config_file,
 )
 from streams.blobs import ENVIRONMENT as BLOB_STORE_ENVIRONMENT
+from tests.support.config_files import write_config
 
 ROOT = Path(__file__).resolve().parents[2]
 VARIABLE = re.compile(r"\bCAMI_[A-Z][A-Z0-9]*(?:_[A-Z0-9]+)*\b")
-
-
-def _file(tmp_path: Path, text: str, name: str = "cami.toml") -> Path:
-    path = tmp_path / name
-    path.write_text(text, encoding="utf-8")
-    path.chmod(0o600)
-    return path
 
 
 def _settings(path: Path, **env: str) -> Settings:
@@ -53,7 +47,7 @@ def _settings(path: Path, **env: str) -> Settings:
 
 
 def test_the_file_values_reach_the_settings(tmp_path: Path) -> None:
-    path = _file(
+    path = write_config(
         tmp_path,
         f"""
 home = "{tmp_path / "home"}"
@@ -103,7 +97,7 @@ region = "eu-central-1"
 
 
 def test_the_environment_overrides_the_file_and_an_empty_variable_does_not(tmp_path: Path) -> None:
-    path = _file(tmp_path, "dicom_port = 104\nhttp_port = 8080\nlog_format = 'json'\n")
+    path = write_config(tmp_path, "dicom_port = 104\nhttp_port = 8080\nlog_format = 'json'\n")
     settings = _settings(path, CAMI_DICOM_PORT="11113", CAMI_HTTP_PORT="")
     assert (settings.dicom_port, settings.http_port) == (11113, 8080)
     assert log_settings({"CAMI_CONFIG": str(path), "CAMI_LOG_FORMAT": "text"}).format == "text"
@@ -114,7 +108,9 @@ def test_the_environment_overrides_the_file_and_an_empty_variable_does_not(tmp_p
 def test_switches_and_lists_take_toml_types(tmp_path: Path) -> None:
     cert = tmp_path / "cert.pem"
     cert.write_text("only its existence is checked here\n")
-    path = _file(tmp_path, f'tls_cert = "{cert}"\nhttp_tls = false\ndicom_tls_port = "off"\ndouble_read = "MG"\n')
+    path = write_config(
+        tmp_path, f'tls_cert = "{cert}"\nhttp_tls = false\ndicom_tls_port = "off"\ndouble_read = "MG"\n'
+    )
     settings = _settings(path)
     assert settings.tls.enabled and not settings.http_tls and settings.dicom_tls_port is None
     assert settings.double_read_modalities == ("MG",)
@@ -152,7 +148,7 @@ REFUSED = {
 def test_a_bad_file_is_refused_naming_the_file_the_key_the_value_and_what_is_allowed(
     tmp_path: Path, text: str, says: list[str]
 ) -> None:
-    path = _file(tmp_path, text)
+    path = write_config(tmp_path, text)
     with pytest.raises(ConfigError) as refused:
         _settings(path)
     message = str(refused.value)
@@ -164,7 +160,7 @@ def test_a_bad_file_is_refused_naming_the_file_the_key_the_value_and_what_is_all
 
 
 def test_secrets_are_never_repeated_in_a_message(tmp_path: Path) -> None:
-    path = _file(tmp_path, "pseudonym_key = 123456789\n[s3]\nsecret_key = 987654321\n")
+    path = write_config(tmp_path, "pseudonym_key = 123456789\n[s3]\nsecret_key = 987654321\n")
     check = check_configuration({"CAMI_CONFIG": str(path)})
     assert len(check.problems) == 2
     for problem in check.problems:
@@ -177,7 +173,7 @@ def test_a_file_that_cannot_be_read_is_one_clear_line(tmp_path: Path) -> None:
         _settings(missing)
     with pytest.raises(ConfigError, match="is a directory"):
         _settings(tmp_path)
-    broken = _file(tmp_path, "dicom_port = \n")
+    broken = write_config(tmp_path, "dicom_port = \n")
     with pytest.raises(ConfigError, match=r"not a TOML file: .*line 1"):
         _settings(broken)
     binary = tmp_path / "binary.toml"
@@ -187,7 +183,7 @@ def test_a_file_that_cannot_be_read_is_one_clear_line(tmp_path: Path) -> None:
 
 
 def test_the_first_problem_stops_a_command_and_says_there_are_more(tmp_path: Path) -> None:
-    path = _file(tmp_path, "dicom_prot = 1\nhttp_prot = 2\nhl7_prot = 3\n")
+    path = write_config(tmp_path, "dicom_prot = 1\nhttp_prot = 2\nhl7_prot = 3\n")
     with pytest.raises(ConfigError, match=r"dicom_prot .*\(and more: cami config check lists every problem\)$"):
         _settings(path)
 
@@ -195,7 +191,7 @@ def test_the_first_problem_stops_a_command_and_says_there_are_more(tmp_path: Pat
 def test_a_value_that_needs_another_is_explained_with_its_key(tmp_path: Path) -> None:
     key = tmp_path / "key.pem"
     key.write_text("a key\n")
-    path = _file(tmp_path, f'tls_key = "{key}"\n')
+    path = write_config(tmp_path, f'tls_key = "{key}"\n')
     with pytest.raises(ConfigError, match=rf"need CAMI_TLS_CERT \(in {re.escape(str(path))}: tls_key\)"):
         _settings(path)
 
@@ -204,7 +200,7 @@ def test_a_value_that_needs_another_is_explained_with_its_key(tmp_path: Path) ->
 
 
 def test_check_finds_every_problem_of_the_file_and_the_environment(tmp_path: Path) -> None:
-    path = _file(tmp_path, 'dicom_prot = 1\nhttp_port = "x"\nhl7_port = 70000\ntimezone = "Nowhere/Town"\n')
+    path = write_config(tmp_path, 'dicom_prot = 1\nhttp_port = "x"\nhl7_port = 70000\ntimezone = "Nowhere/Town"\n')
     check = check_configuration({"CAMI_CONFIG": str(path), "CAMI_DICOM_HOST": "999.1.1.1"})
     assert [p.split(": ", 2)[1].split(" ")[0] for p in check.problems if p.startswith(str(path))] == [
         "unknown",
@@ -217,7 +213,7 @@ def test_check_finds_every_problem_of_the_file_and_the_environment(tmp_path: Pat
 
 
 def test_check_shows_each_setting_in_effect_and_where_it_came_from(tmp_path: Path) -> None:
-    path = _file(
+    path = write_config(
         tmp_path,
         'clickhouse = "clickhouse://cami:hunter2@ch.local:8123/cami"\ndicom_port = 104\nhttp_port = 8080\n'
         'session_key = "' + "s" * 40 + '"\n',
@@ -236,13 +232,13 @@ def test_check_shows_each_setting_in_effect_and_where_it_came_from(tmp_path: Pat
     shown = json.dumps([vars(row) for row in check.rows])
     assert "hunter2" not in shown and "s" * 40 not in shown
     # `cami config show`: the same as a file that reads back
-    again = _file(tmp_path, effective_file(check), "shown.toml")
+    again = write_config(tmp_path, effective_file(check), "shown.toml")
     assert read_config_file(again).problems == ()
     assert tomllib.loads(again.read_text())["http_port"] == 9090
 
 
 def test_check_warns_of_secrets_everyone_can_read(tmp_path: Path) -> None:
-    path = _file(tmp_path, "[s3]\nsecret_key = 'x'\n")
+    path = write_config(tmp_path, "[s3]\nsecret_key = 'x'\n")
     assert check_configuration({"CAMI_CONFIG": str(path)}).warnings == ()
     path.chmod(0o644)
     [warning] = check_configuration({"CAMI_CONFIG": str(path)}).warnings
@@ -273,7 +269,7 @@ def test_the_example_file_is_generated_from_the_table() -> None:
 def test_the_example_parses_and_sets_every_option(tmp_path: Path) -> None:
     text = example_file()
     assert tomllib.loads(text) == {}  # all commented out: the defaults
-    example = _file(tmp_path, _uncommented(text))
+    example = write_config(tmp_path, _uncommented(text))
     read = read_config_file(example)
     assert read.problems == ()
     assert set(read.values) == {option.variable for option in OPTIONS}
