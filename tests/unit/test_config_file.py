@@ -137,6 +137,8 @@ REFUSED = {
     "list": ("double_read = [1, 2]\n", ["double_read = [1, 2]", "a list of strings"]),
     "modality": ('double_read = ["MG", "X-RAY"]\n', ["double_read", "X-RAY is not a DICOM modality code"]),
     "switch": ('http_tls = "maybe"\n', ['http_tls = "maybe"', "true or false"]),
+    "balancer": ('dicom_proxy_from = ["lb1.region"]\n', ["dicom_proxy_from", "'lb1.region' is not an IP address"]),
+    "notices": ('mis_notices = "one"\n', ['mis_notices = "one"', "true or false"]),
     "broker-port": ('event_log = "kafka://b1:99999"\n', ['event_log = "kafka://b1:99999"', "'99999' is not a port"]),
     "host": ('http_host = "999.1.1.1"\n', ['http_host = "999.1.1.1"', "is not a host"]),
     "environment": ('env = "prod"\n', ['env = "prod"', "development, production"]),
