@@ -91,6 +91,8 @@ def store(port: int, calling: str, source: str) -> Any:
     try:
         answer = assoc.send_c_store(ds)
         return (int(answer.Status), str(ds.SOPInstanceUID)) if "Status" in answer else "aborted"
+    except RuntimeError:  # the archive aborted the association between its acceptance and the C-STORE
+        return "aborted"
     finally:
         if assoc.is_established:
             assoc.release()
